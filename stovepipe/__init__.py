@@ -1,0 +1,3 @@
+"""Stovepipe: tells a company at which commit a branch is green."""
+
+__version__ = "0.1.0"

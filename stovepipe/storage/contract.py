@@ -1,0 +1,101 @@
+"""The storage contract: three stores, each operation one key and one atomic step.
+
+These protocols are what a backend implements and what the conformance suite in
+``contract_tests/`` holds every backend to. The rules, in one place:
+
+* **One key, one atomic step.** No method spans two stores; there are no cross-store
+  transactions, so any key/value engine can satisfy the contract. Callers orchestrate.
+* **Keys are exact.** Ids, queue names and URIs are arbitrary Unicode strings compared byte
+  for byte: case-sensitive, whitespace-significant; no two distinct keys (or distinct
+  ``(queue, uri)`` pairs, whatever separators they contain) may ever share storage.
+* **Limits** are in :mod:`stovepipe.storage.limits`. :func:`stovepipe.storage.open_storage`
+  rejects longer input with :class:`~stovepipe.storage.errors.LimitExceeded` before it
+  reaches a backend, so a backend may rely on them (column widths, key sizes).
+* **Read-after-write**: a read after a successful write returns that write.
+* **Thread-safe**: one instance serves a server's whole thread pool.
+* **Errors** are those of :mod:`stovepipe.storage.errors`. Transient faults (refused, reset,
+  timed out) are :class:`~stovepipe.storage.errors.Unavailable`; every call has a timeout, so
+  a dead engine yields ``Unavailable`` promptly, never a hang.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from stovepipe.entity import Request
+
+
+class RequestStore(Protocol):
+    """Requests by id."""
+
+    def create(self, request: Request) -> None:
+        """Persist a new request as given, ``version`` included.
+
+        Raises ``AlreadyExists`` if the id is stored already; the stored request is left
+        exactly as it was (first writer wins).
+        """
+        ...
+
+    def get(self, request_id: str) -> Request:
+        """Return the stored request, or raise ``NotFound``."""
+        ...
+
+    def update(self, request: Request, *, old_version: int, new_version: int) -> None:
+        """Conditionally persist the mutable fields of ``request``.
+
+        Stores ``request.uri`` and ``request.state`` and sets the version to ``new_version``
+        only if the stored version equals ``old_version``; otherwise raises
+        ``VersionMismatch``, also when no request has ``request.id``. Never reads
+        ``request.version`` and never changes ``id`` or ``queue``.
+        """
+        ...
+
+
+class RequestURIStore(Protocol):
+    """The reverse index ``(queue, uri) -> request id``: the ingest dedup key."""
+
+    def create(self, queue: str, uri: str, request_id: str) -> None:
+        """Map ``(queue, uri)`` to ``request_id``.
+
+        Raises ``AlreadyExists`` if the pair is mapped already, leaving the first mapping
+        intact. This is the dedup signal.
+        """
+        ...
+
+    def get_id_by_uri(self, queue: str, uri: str) -> str:
+        """Return the id mapped to ``(queue, uri)``, or raise ``NotFound``."""
+        ...
+
+
+class Counter(Protocol):
+    """Named monotonic sequences."""
+
+    def next(self, domain: str) -> int:
+        """Return the next number of ``domain``: 1, 2, 3, ...
+
+        Never a repeat, across threads and processes sharing the engine.
+        """
+        ...
+
+
+class Backend(Protocol):
+    """What a backend's entry point returns: the three stores over one engine connection."""
+
+    @property
+    def requests(self) -> RequestStore: ...
+
+    @property
+    def request_uris(self) -> RequestURIStore: ...
+
+    @property
+    def counter(self) -> Counter: ...
+
+    def close(self) -> None:
+        """Release connections. Idempotent."""
+        ...
+
+
+class BackendOpener(Protocol):
+    """The object a ``stovepipe.storage`` entry point names: opens a backend from its URL."""
+
+    def __call__(self, url: str) -> Backend: ...

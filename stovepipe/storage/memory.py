@@ -1,0 +1,93 @@
+"""``memory://``: the reference model of the contract. In-process, thread-safe, not durable.
+
+Every URL opens a new, empty store. The conformance suite compares other backends against
+this one, so it stays as plain as the rules it models.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+
+from stovepipe.entity import Request
+from stovepipe.storage.errors import AlreadyExists, NotFound, VersionMismatch
+
+
+class MemoryRequestStore:
+    """Requests in a dict, one lock for every operation."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._requests: dict[str, Request] = {}
+
+    def create(self, request: Request) -> None:
+        with self._lock:
+            if request.id in self._requests:
+                raise AlreadyExists(f"request {request.id!r} exists")
+            self._requests[request.id] = request
+
+    def get(self, request_id: str) -> Request:
+        with self._lock:
+            try:
+                return self._requests[request_id]
+            except KeyError:
+                raise NotFound(f"request {request_id!r}") from None
+
+    def update(self, request: Request, *, old_version: int, new_version: int) -> None:
+        with self._lock:
+            stored = self._requests.get(request.id)
+            if stored is None or stored.version != old_version:
+                raise VersionMismatch(f"request {request.id!r} is not at version {old_version}")
+            self._requests[request.id] = dataclasses.replace(
+                stored, uri=request.uri, state=request.state, version=new_version
+            )
+
+
+class MemoryRequestURIStore:
+    """``(queue, uri) -> id`` in a dict keyed by the tuple itself, so keys never collide."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ids: dict[tuple[str, str], str] = {}
+
+    def create(self, queue: str, uri: str, request_id: str) -> None:
+        with self._lock:
+            if (queue, uri) in self._ids:
+                raise AlreadyExists(f"uri {uri!r} of queue {queue!r} is mapped")
+            self._ids[queue, uri] = request_id
+
+    def get_id_by_uri(self, queue: str, uri: str) -> str:
+        with self._lock:
+            try:
+                return self._ids[queue, uri]
+            except KeyError:
+                raise NotFound(f"uri {uri!r} of queue {queue!r}") from None
+
+
+class MemoryCounter:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values: dict[str, int] = {}
+
+    def next(self, domain: str) -> int:
+        with self._lock:
+            value = self._values.get(domain, 0) + 1
+            self._values[domain] = value
+            return value
+
+
+class MemoryBackend:
+    """The three in-memory stores. ``close`` keeps the data: nothing to release."""
+
+    def __init__(self) -> None:
+        self.requests = MemoryRequestStore()
+        self.request_uris = MemoryRequestURIStore()
+        self.counter = MemoryCounter()
+
+    def close(self) -> None:
+        pass
+
+
+def open_backend(url: str) -> MemoryBackend:
+    """Entry point for ``memory://``: a new, empty store."""
+    return MemoryBackend()

@@ -1,0 +1,239 @@
+"""``sqlite:///path``: the embedded default, durable, on the standard library's sqlite3.
+
+URLs follow the usual convention: ``sqlite:///relative/file.db`` or
+``sqlite:////absolute/file.db``. Query options: ``timeout`` (seconds a statement waits for
+another writer's lock before ``Unavailable``; default 5) and ``synchronous`` (``full``, the
+default, makes every acknowledged write survive power loss; ``normal`` only a crash of the
+process).
+
+Each thread gets its own connection in autocommit mode and every operation is one statement,
+so the file can be shared by a server's thread pool and by several processes (WAL journal).
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sqlite3
+import threading
+import urllib.parse
+
+from stovepipe.entity import Request, RequestState
+from stovepipe.storage.errors import (
+    AlreadyExists,
+    NotFound,
+    StorageError,
+    Unavailable,
+    VersionMismatch,
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS request (
+    id      TEXT PRIMARY KEY,
+    queue   TEXT NOT NULL,
+    uri     TEXT NOT NULL,
+    state   TEXT NOT NULL,
+    version INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS request_uri (
+    queue      TEXT NOT NULL,
+    uri        TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    PRIMARY KEY (queue, uri)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS counter (
+    domain TEXT PRIMARY KEY,
+    value  INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
+
+
+def _mapped(error: sqlite3.Error) -> StorageError:
+    """Translate a sqlite3 error: lock waits and I/O trouble are transient, the rest is not."""
+    if isinstance(error, sqlite3.OperationalError):
+        return Unavailable(f"sqlite: {error}")
+    return StorageError(f"sqlite: {error}")
+
+
+class _Connections:
+    """One connection per thread, all closed together."""
+
+    def __init__(self, path: str, timeout: float, synchronous: str) -> None:
+        self._path = path
+        self._timeout = timeout
+        self._synchronous = synchronous
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._all: list[sqlite3.Connection] = []
+        self._closed = False
+
+    def get(self) -> sqlite3.Connection:
+        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = self._connect()
+            self._local.connection = connection
+        return connection
+
+    def _connect(self) -> sqlite3.Connection:
+        with self._lock:
+            if self._closed:
+                raise StorageError("sqlite storage is closed")
+            try:
+                connection = sqlite3.connect(
+                    self._path,
+                    timeout=self._timeout,
+                    isolation_level=None,  # autocommit: each statement is its own transaction
+                    check_same_thread=True,
+                )
+                connection.execute(f"PRAGMA synchronous = {self._synchronous}")
+            except sqlite3.Error as error:
+                raise _mapped(error) from None
+            self._all.append(connection)
+            return connection
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            for connection in self._all:
+                connection.close()
+            self._all.clear()
+
+
+class SQLiteRequestStore:
+    def __init__(self, connections: _Connections) -> None:
+        self._connections = connections
+
+    def create(self, request: Request) -> None:
+        try:
+            self._connections.get().execute(
+                "INSERT INTO request (id, queue, uri, state, version) VALUES (?, ?, ?, ?, ?)",
+                (request.id, request.queue, request.uri, str(request.state), request.version),
+            )
+        except sqlite3.IntegrityError:
+            raise AlreadyExists(f"request {request.id!r} exists") from None
+        except sqlite3.Error as error:
+            raise _mapped(error) from None
+
+    def get(self, request_id: str) -> Request:
+        try:
+            row = (
+                self._connections.get()
+                .execute("SELECT queue, uri, state, version FROM request WHERE id = ?", (request_id,))
+                .fetchone()
+            )
+        except sqlite3.Error as error:
+            raise _mapped(error) from None
+        if row is None:
+            raise NotFound(f"request {request_id!r}")
+        queue, uri, state, version = row
+        return Request(id=request_id, queue=queue, uri=uri, state=RequestState(state), version=version)
+
+    def update(self, request: Request, *, old_version: int, new_version: int) -> None:
+        try:
+            cursor = self._connections.get().execute(
+                "UPDATE request SET uri = ?, state = ?, version = ? WHERE id = ? AND version = ?",
+                (request.uri, str(request.state), new_version, request.id, old_version),
+            )
+        except sqlite3.Error as error:
+            raise _mapped(error) from None
+        # SQLite counts every row the WHERE matched, changed or not.
+        if cursor.rowcount != 1:
+            raise VersionMismatch(f"request {request.id!r} is not at version {old_version}")
+
+
+class SQLiteRequestURIStore:
+    def __init__(self, connections: _Connections) -> None:
+        self._connections = connections
+
+    def create(self, queue: str, uri: str, request_id: str) -> None:
+        try:
+            self._connections.get().execute(
+                "INSERT INTO request_uri (queue, uri, request_id) VALUES (?, ?, ?)",
+                (queue, uri, request_id),
+            )
+        except sqlite3.IntegrityError:
+            raise AlreadyExists(f"uri {uri!r} of queue {queue!r} is mapped") from None
+        except sqlite3.Error as error:
+            raise _mapped(error) from None
+
+    def get_id_by_uri(self, queue: str, uri: str) -> str:
+        try:
+            row = (
+                self._connections.get()
+                .execute(
+                    "SELECT request_id FROM request_uri WHERE queue = ? AND uri = ?", (queue, uri)
+                )
+                .fetchone()
+            )
+        except sqlite3.Error as error:
+            raise _mapped(error) from None
+        if row is None:
+            raise NotFound(f"uri {uri!r} of queue {queue!r}")
+        request_id: str = row[0]
+        return request_id
+
+
+class SQLiteCounter:
+    def __init__(self, connections: _Connections) -> None:
+        self._connections = connections
+
+    def next(self, domain: str) -> int:
+        try:
+            row = (
+                self._connections.get()
+                .execute(
+                    "INSERT INTO counter (domain, value) VALUES (?, 1)"
+                    " ON CONFLICT (domain) DO UPDATE SET value = value + 1 RETURNING value",
+                    (domain,),
+                )
+                .fetchone()
+            )
+        except sqlite3.Error as error:
+            raise _mapped(error) from None
+        value: int = row[0]
+        return value
+
+
+class SQLiteBackend:
+    """The three stores over one SQLite file."""
+
+    def __init__(self, path: str, *, timeout: float = 5.0, synchronous: str = "full") -> None:
+        if synchronous not in ("full", "normal"):
+            raise ValueError(f"sqlite synchronous must be full or normal, not {synchronous!r}")
+        if path != ":memory:":
+            pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._connections = _Connections(path, timeout, synchronous)
+        self._create_schema()
+        self.requests = SQLiteRequestStore(self._connections)
+        self.request_uris = SQLiteRequestURIStore(self._connections)
+        self.counter = SQLiteCounter(self._connections)
+
+    def _create_schema(self) -> None:
+        connection = self._connections.get()
+        try:
+            # WAL lets readers run beside the one writer; it is a property of the file.
+            connection.execute("PRAGMA journal_mode = WAL")
+            connection.executescript(_SCHEMA)
+        except sqlite3.Error as error:
+            raise _mapped(error) from None
+
+    def close(self) -> None:
+        self._connections.close()
+
+
+def open_backend(url: str) -> SQLiteBackend:
+    """Entry point for ``sqlite:///path``."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.netloc:
+        raise ValueError(f"sqlite URLs name a file, not a host: sqlite:///{parts.netloc}{parts.path}")
+    path = parts.path[1:]  # sqlite:///a.db -> "a.db"; sqlite:////tmp/a.db -> "/tmp/a.db"
+    if not path:
+        raise ValueError("sqlite URL needs a file path: sqlite:///path/to/file.db")
+    options = dict(urllib.parse.parse_qsl(parts.query, strict_parsing=bool(parts.query)))
+    unknown = set(options) - {"timeout", "synchronous"}
+    if unknown:
+        raise ValueError(f"unknown sqlite URL options: {', '.join(sorted(unknown))}")
+    return SQLiteBackend(
+        urllib.parse.unquote(path),
+        timeout=float(options.get("timeout", 5.0)),
+        synchronous=options.get("synchronous", "full"),
+    )
