@@ -74,8 +74,8 @@ _NO_SUCH_TABLE: Final = 1146
 _CONNECTION_LOST: Final = frozenset({2006, 2013, 2055, 1053, 1927, 4031})
 # The server is there but could not serve the statement now; the connection stays usable.
 _TRANSIENT: Final = frozenset({1040, 1205, 1213, 1317, 1969, 3024})
-# Refused for good: wrong credentials or database. Retrying will not help.
-_REFUSED: Final = frozenset({1044, 1045, 1049, 1698})
+# Refused for good: wrong credentials or database, or TLS required and not offered.
+_REFUSED: Final = frozenset({1044, 1045, 1049, 1698, 2026})
 
 
 class _AlreadyExistsOnRetry(AlreadyExists):
@@ -83,7 +83,7 @@ class _AlreadyExistsOnRetry(AlreadyExists):
 
 
 def _reason(error: BaseException) -> str:
-    args = getattr(error, "args", ())
+    args: tuple[Any, ...] = error.args
     if len(args) == 2:
         return f"{args[1]} (error {args[0]})"
     return str(error) or type(error).__name__
@@ -124,7 +124,7 @@ class _Database:
         *,
         retry_if_sent: bool,
     ) -> T:
-        """Execute one statement and return ``read(cursor)``, retrying lost connections per policy."""
+        """Run one statement and return ``read(cursor)``; retry a lost connection per the policy."""
         pooled = self._pool.acquire()
         retried = False
         while True:

@@ -33,7 +33,9 @@ DEFAULT_PORT = 3306
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_POOL_SIZE = 10
 
-_OPTIONS = frozenset({"timeout", "pool_size", "ssl_ca", "ssl_cert", "ssl_key", "ssl_verify", "migrate"})
+_OPTIONS = frozenset(
+    {"timeout", "pool_size", "ssl_ca", "ssl_cert", "ssl_key", "ssl_verify", "migrate"}
+)
 _BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 # Every session runs in the same mode whatever the server's default, so each statement means
@@ -125,7 +127,9 @@ def parse_url(url: str) -> MySQLOptions:
     database = urllib.parse.unquote(parts.path.lstrip("/"))
     if not parts.hostname or not database or "/" in database:
         raise ValueError("mysql URLs look like mysql://user:password@host:port/database")
-    query = urllib.parse.parse_qs(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+    query = urllib.parse.parse_qs(
+        parts.query, keep_blank_values=True, strict_parsing=bool(parts.query)
+    )
     unknown = set(query) - _OPTIONS
     if unknown:
         raise ValueError(f"unknown mysql URL options: {', '.join(sorted(unknown))}")
@@ -147,6 +151,8 @@ def parse_url(url: str) -> MySQLOptions:
         ssl_ca=options.get("ssl_ca") or None,
         ssl_cert=options.get("ssl_cert") or None,
         ssl_key=options.get("ssl_key") or None,
-        ssl_verify=_boolean("ssl_verify", options["ssl_verify"]) if "ssl_verify" in options else None,
+        ssl_verify=_boolean("ssl_verify", options["ssl_verify"])
+        if "ssl_verify" in options
+        else None,
         migrate=_boolean("migrate", options["migrate"]) if "migrate" in options else False,
     )

@@ -10,6 +10,7 @@ to open one); :class:`queue.SimpleQueue` gives the blocking, timed hand-over in 
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import select
 from collections.abc import Callable
@@ -43,10 +44,9 @@ class PooledConnection:
 
     def close(self) -> None:
         """Close the connection; never raises."""
-        try:
+        # Already closed, or the goodbye could not be sent: the socket is shut either way.
+        with contextlib.suppress(pymysql.Error):
             self.connection.close()
-        except pymysql.Error:
-            pass  # already closed, or the goodbye could not be sent: the socket is shut anyway
 
 
 class ConnectionPool:
@@ -62,7 +62,7 @@ class ConnectionPool:
         self._closed = False
 
     def acquire(self) -> PooledConnection:
-        """A live connection for the caller's exclusive use; give it back with release or discard."""
+        """A live connection for the caller alone; give it back with release or discard."""
         if self._closed:
             raise StorageError("mysql storage is closed")
         try:

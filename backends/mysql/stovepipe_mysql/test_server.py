@@ -33,7 +33,9 @@ def mysql_test_server() -> Iterator[str]:
         )
         container.start()
     except Exception as error:
-        raise RuntimeError(f"could not start a {MYSQL_IMAGE} container; is Docker running? ({error})") from error
+        raise RuntimeError(
+            f"could not start a {MYSQL_IMAGE} container; is Docker running? ({error})"
+        ) from error
     try:
         host = container.get_container_host_ip()
         port = container.get_exposed_port(3306)

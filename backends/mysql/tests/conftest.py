@@ -6,6 +6,7 @@ The server comes from ``STOVEPIPE_TEST_MYSQL_URL``. Without it the tests skip, e
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -15,10 +16,10 @@ from collections.abc import Callable, Iterator
 
 import pymysql
 import pytest
-
-from stovepipe.storage import Storage, open_storage
 from stovepipe_mysql.migrations import migrate
 from stovepipe_mysql.options import parse_url
+
+from stovepipe.storage import Storage, open_storage
 
 
 @pytest.fixture(scope="session")
@@ -76,6 +77,14 @@ def storage(mysql_url: str) -> Iterator[Storage]:
 
 
 @pytest.fixture
+def admin(mysql_url: str) -> Iterator[pymysql.connections.Connection[pymysql.cursors.Cursor]]:
+    """A plain PyMySQL connection to the test server, for what the storage cannot do."""
+    connection = admin_connection(mysql_url)
+    yield connection
+    connection.close()
+
+
+@pytest.fixture
 def scratch_database(mysql_url: str) -> Iterator[str]:
     """The URL of a new, empty database, dropped afterwards."""
     name = f"stovepipe_scratch_{uuid.uuid4().hex[:12]}"
@@ -101,10 +110,8 @@ class _Link:
 
     def shut(self) -> None:
         for sock in (self.client, self.server):
-            try:
+            with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             sock.close()
 
 
@@ -136,13 +143,14 @@ class FaultyProxy:
         """Local ports of the proxy's live connections to the server (its processlist HOST)."""
         ports = []
         for link in self.links:
-            try:
+            with contextlib.suppress(OSError):  # closed meanwhile
                 ports.append(link.server.getsockname()[1])
-            except OSError:
-                pass
         return ports
 
     def close(self) -> None:
+        """Stop listening and cut every connection, as a server that stopped would."""
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept() on Linux
         self._listener.close()
         for link in self.links:
             link.shut()
@@ -198,6 +206,4 @@ def proxy(mysql_url: str) -> Iterator[FaultyProxy]:
 @pytest.fixture
 def proxied_url(mysql_url: str, proxy: FaultyProxy) -> str:
     """The test server's URL through the proxy, one pooled connection, 2 s timeout."""
-    return with_options(
-        with_address(mysql_url, "127.0.0.1", proxy.port), timeout=2, pool_size=1
-    )
+    return with_options(with_address(mysql_url, "127.0.0.1", proxy.port), timeout=2, pool_size=1)

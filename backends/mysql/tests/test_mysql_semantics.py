@@ -27,7 +27,9 @@ def unique(prefix: str = "") -> str:
     return f"{prefix}{uuid.uuid4().hex}"
 
 
-def request(request_id: str, *, uri: str = "git://remote/repo/main/abc", version: int = 1) -> Request:
+def request(
+    request_id: str, *, uri: str = "git://remote/repo/main/abc", version: int = 1
+) -> Request:
     return Request(
         id=request_id, queue="monorepo/main", uri=uri, state=RequestState.ACCEPTED, version=version
     )
@@ -54,7 +56,19 @@ def race(count: int, action: Callable[[int], object]) -> list[object]:
 
 
 # Strings a case-insensitive, accent-insensitive or PAD SPACE collation would treat as equal.
-LOOKALIKES = ["key", "Key", "KEY", "key ", "key  ", "key\t", "key\x00", "kéy", "ke\u0301y", "keý", "k\U0001f600y"]
+LOOKALIKES = [
+    "key",
+    "Key",
+    "KEY",
+    "key ",
+    "key  ",
+    "key\t",
+    "key\x00",
+    "kéy",
+    "ke\u0301y",
+    "keý",
+    "k\U0001f600y",
+]
 
 
 def test_request_ids_compare_byte_for_byte_without_case_accent_or_pad_space_folding(
@@ -83,8 +97,14 @@ def test_queue_and_uri_keys_compare_byte_for_byte_without_pad_space_folding(
 
 def test_queue_uri_pairs_with_separators_never_share_a_key(storage: Storage) -> None:
     base = unique()
-    pairs = [(base + "a/b", "c"), (base + "a", "b/c"), (base + "a:", "bc"), (base + "a", ":bc"),
-             (base + "a\x00b", "c"), (base + "a", "\x00bc")]
+    pairs = [
+        (base + "a/b", "c"),
+        (base + "a", "b/c"),
+        (base + "a:", "bc"),
+        (base + "a", ":bc"),
+        (base + "a\x00b", "c"),
+        (base + "a", "\x00bc"),
+    ]
     for n, (queue, uri) in enumerate(pairs):
         storage.request_uris.create(queue, uri, f"id-{n}")
     for n, (queue, uri) in enumerate(pairs):
@@ -123,7 +143,9 @@ def test_update_persists_uri_and_state_and_version_only_when_the_stored_version_
     with pytest.raises(VersionMismatch):
         storage.requests.update(request(stored.id, uri="other"), old_version=2, new_version=3)
     assert storage.requests.get(stored.id) == stored
-    storage.requests.update(request(stored.id, uri="other", version=99), old_version=1, new_version=2)
+    storage.requests.update(
+        request(stored.id, uri="other", version=99), old_version=1, new_version=2
+    )
     assert storage.requests.get(stored.id) == request(stored.id, uri="other", version=2)
 
 
