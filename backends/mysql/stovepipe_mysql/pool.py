@@ -4,8 +4,9 @@ Hand-written rather than DBUtils' PooledDB on purpose: DBUtils' "steady" connect
 a lost connection and run the failed statement again on their own, which would retry a
 counter increment or a conditional update whose first attempt may have committed. Here a
 lost connection is simply discarded, and the backend alone decides what is safe to retry.
-The pool is a queue of ``pool_size`` slots (a slot is an open connection or ``None``, room
-to open one); :class:`queue.SimpleQueue` gives the blocking, timed hand-over in C.
+``pool_size`` permits in a :class:`queue.SimpleQueue` bound the connections open at once (a
+blocking, timed hand-over in C); idle connections wait on a stack, so a lightly loaded pool
+keeps reusing its most recent connection, warm on both ends, instead of rotating through all.
 """
 
 from __future__ import annotations
@@ -56,9 +57,11 @@ class ConnectionPool:
         self._connect = connect
         self._size = size
         self._timeout = timeout
-        self._slots: queue.SimpleQueue[PooledConnection | None] = queue.SimpleQueue()
+        self._permits: queue.SimpleQueue[None] = queue.SimpleQueue()
         for _ in range(size):
-            self._slots.put(None)
+            self._permits.put(None)
+        # Only ever touched by list.append and list.pop, each atomic, by permit holders.
+        self._idle: list[PooledConnection] = []
         self._closed = False
 
     def acquire(self) -> PooledConnection:
@@ -66,50 +69,53 @@ class ConnectionPool:
         if self._closed:
             raise StorageError("mysql storage is closed")
         try:
-            pooled = self._slots.get(timeout=self._timeout)
+            self._permits.get(timeout=self._timeout)
         except queue.Empty:
             raise Unavailable(
                 f"mysql: all {self._size} pooled connections stayed busy for {self._timeout}s"
             ) from None
-        if pooled is not None:
+        while True:
+            try:
+                pooled = self._idle.pop()
+            except IndexError:
+                return self._open_with_permit()
             if not pooled.closed_by_server():
                 return pooled
             pooled.close()
-        return self._open_in_slot()
 
     def release(self, pooled: PooledConnection) -> None:
         """Give back a connection that is still usable."""
-        self._slots.put(pooled)
+        self._idle.append(pooled)
+        self._permits.put(None)
         if self._closed:
-            self._drain()
+            self._close_idle()
 
     def discard(self, pooled: PooledConnection) -> None:
-        """Close a connection that failed and free its slot."""
+        """Close a connection that failed and give back its permit."""
         pooled.close()
-        self._slots.put(None)
+        self._permits.put(None)
 
     def replace(self, pooled: PooledConnection) -> PooledConnection:
-        """Close a connection that failed and open a new one in its slot."""
+        """Close a connection that failed and open a new one under the same permit."""
         pooled.close()
-        return self._open_in_slot()
+        return self._open_with_permit()
 
-    def _open_in_slot(self) -> PooledConnection:
+    def _open_with_permit(self) -> PooledConnection:
         try:
             return self._connect()
         except BaseException:
-            self._slots.put(None)
+            self._permits.put(None)
             raise
 
     def close(self) -> None:
         """Close idle connections now and busy ones when they are released. Idempotent."""
         self._closed = True
-        self._drain()
+        self._close_idle()
 
-    def _drain(self) -> None:
+    def _close_idle(self) -> None:
         while True:
             try:
-                pooled = self._slots.get_nowait()
-            except queue.Empty:
+                pooled = self._idle.pop()
+            except IndexError:
                 return
-            if pooled is not None:
-                pooled.close()
+            pooled.close()
