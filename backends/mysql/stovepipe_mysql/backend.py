@@ -89,6 +89,14 @@ def _reason(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
+def connect_failure(error: pymysql.Error, address: str) -> StorageError:
+    """The contract's error for a failed connection attempt: refused for good, or Unavailable."""
+    code = error.args[0] if error.args else 0
+    if code in _REFUSED:
+        return StorageError(f"mysql {address} refused: {_reason(error)}")
+    return Unavailable(f"mysql {address} unreachable: {_reason(error)}")
+
+
 def _timed_out(error: BaseException) -> bool:
     """True if PyMySQL raised this error because a socket call timed out."""
     return isinstance(error.__context__, TimeoutError)
@@ -107,10 +115,7 @@ class _Database:
         try:
             return PooledConnection(pymysql.connect(**self._connect_arguments))
         except pymysql.Error as error:
-            code = error.args[0] if error.args else 0
-            if code in _REFUSED:
-                raise StorageError(f"mysql {self._address} refused: {_reason(error)}") from None
-            raise Unavailable(f"mysql {self._address} unreachable: {_reason(error)}") from None
+            raise connect_failure(error, self._address) from None
 
     def check(self) -> None:
         """Open a connection now, so a wrong URL fails at open rather than at first use."""
@@ -325,7 +330,7 @@ def open_backend(url: str) -> MySQLBackend:
     """
     options = parse_url(url)
     if options.migrate:
-        from stovepipe_mysql.migrations import migrate_options
+        from stovepipe_mysql.migrations import migrate_options  # imports this module
 
         migrate_options(options)
     backend = MySQLBackend(options)

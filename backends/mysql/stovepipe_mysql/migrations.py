@@ -13,7 +13,8 @@ import importlib.resources
 import pymysql
 from pymysql.constants import CLIENT
 
-from stovepipe.storage.errors import StorageError, Unavailable
+from stovepipe.storage.errors import StorageError
+from stovepipe_mysql.backend import connect_failure
 from stovepipe_mysql.options import MySQLOptions, parse_url
 
 
@@ -34,7 +35,7 @@ def migrate_options(options: MySQLOptions) -> None:
     try:
         connection = pymysql.connect(**arguments)
     except pymysql.Error as error:
-        raise Unavailable(f"mysql {options.address} unreachable: {error}") from None
+        raise connect_failure(error, options.address) from None
     try:
         with connection.cursor() as cursor:
             for name, sql in schema_files():
