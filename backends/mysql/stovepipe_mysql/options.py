@@ -140,6 +140,8 @@ def parse_url(url: str) -> MySQLOptions:
     pool_size = int(options.get("pool_size", DEFAULT_POOL_SIZE))
     if pool_size < 1:
         raise ValueError(f"mysql URL option pool_size must be at least 1, not {pool_size}")
+    if options.get("ssl_key") and not options.get("ssl_cert"):
+        raise ValueError("mysql URL option ssl_key needs ssl_cert, the certificate it belongs to")
     return MySQLOptions(
         host=parts.hostname,
         port=port,

@@ -14,7 +14,7 @@ import pytest
 from stovepipe_mysql import migrate, open_backend
 from stovepipe_mysql.migrations import schema_files
 from stovepipe_mysql.options import parse_url
-from stovepipe_mysql.test_server import mysql_test_server
+from stovepipe_mysql.throwaway_server import mysql_test_server
 
 from stovepipe.storage import StorageError, open_storage
 
@@ -101,6 +101,7 @@ def test_url_options_are_parsed_and_unknown_ones_rejected() -> None:
         "mysql://h/db?timeout=0",
         "mysql://h/db?pool_size=0",
         "mysql://h/db?ssl_verify=maybe",
+        "mysql://h/db?ssl_key=client.key",
         "mysql://h/",
         "mysql:///db",
     ):
