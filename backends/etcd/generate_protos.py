@@ -15,7 +15,7 @@ import pathlib
 import sys
 import tempfile
 
-from grpc_tools import protoc  # type: ignore[import-untyped]
+from grpc_tools import protoc
 
 ROOT = pathlib.Path(__file__).resolve().parent
 PROTO = "stovepipe_etcd/etcdrpc/rpc.proto"

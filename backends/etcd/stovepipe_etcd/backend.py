@@ -244,10 +244,10 @@ class EtcdBackend:
     """The three stores over one etcd client."""
 
     def __init__(self, client: EtcdClient, keys: Layout) -> None:
-        self._client = client
+        self.client = client
         self.requests = EtcdRequestStore(client, keys)
         self.request_uris = EtcdRequestURIStore(client, keys)
         self.counter = EtcdCounter(client, keys)
 
     def close(self) -> None:
-        self._client.close()
+        self.client.close()
