@@ -12,18 +12,16 @@ where the queue ends, so ``(queue, uri)`` is recovered from the key alone: two d
 never share a key, whatever ``/``, ``:``, NUL or other bytes they contain. Request ids and
 counter domains are the whole rest of their key.
 
-A request's value is four lines::
+A request's value is two lines, readable with ``etcdctl get``::
 
-    <version, 19 decimal digits, zero-padded>
-    <queue as a JSON string>
-    <uri as a JSON string>
-    <state as a JSON string>
+    <version: 19 decimal digits, zero-padded>
+    <[queue, uri, state] as a JSON array of strings, Python's default separators>
 
-JSON escapes newlines, so the lines are unambiguous, and the value stays readable with
-``etcdctl get``. The version comes first at a fixed width so that byte order equals numeric
-order: "stored version is v and stored queue is q" is the same as "the value starts with
-``version_prefix(v, q)``", which an etcd transaction can check by comparing the value against
-the two ends of that prefix's range. That lets an update be one transaction.
+for example ``0000000000000000001`` and ``["monorepo/main", "git://...", "accepted"]``. The
+version comes first at a fixed width so that byte order equals numeric order, and the queue
+comes next: "stored version is v and stored queue is q" is the same as "the value starts
+with ``version_prefix(v, q)``", which an etcd transaction can check by comparing the value
+with the two ends of that prefix's range. That lets an update be one transaction.
 """
 
 from __future__ import annotations
@@ -75,32 +73,37 @@ def _json(text: str) -> bytes:
 
 def version_prefix(version: int, queue: str) -> bytes:
     """The bytes every stored value of a request at ``version`` in ``queue`` starts with."""
-    return b"%0*d\n%s\n" % (VERSION_DIGITS, version, _json(queue))
+    return b"%0*d\n[%s, " % (VERSION_DIGITS, version, _json(queue))
 
 
 def prefix_upper_bound(prefix: bytes) -> bytes:
     """The least byte string greater than every string that starts with ``prefix``.
 
-    ``prefix`` ends with a newline (0x0a), so incrementing its last byte suffices.
+    A version prefix ends with a space (0x20), so incrementing its last byte suffices.
     """
     return prefix[:-1] + bytes((prefix[-1] + 1,))
 
 
 def encode_request(request: Request, *, version: int, queue: str) -> bytes:
     """The stored value of ``request`` with the given version and queue."""
-    return version_prefix(version, queue) + b"%s\n%s" % (_json(request.uri), _json(request.state))
+    return version_prefix(version, queue) + b"%s, %s]" % (_json(request.uri), _json(request.state))
 
 
 def decode_request(request_id: str, value: bytes) -> Request:
     """The request a stored value describes."""
     try:
-        version, queue, uri, state = value.split(b"\n")
+        version, _, fields = value.decode().partition("\n")
+        queue, uri, state = json.loads(fields)
+        if not (isinstance(queue, str) and isinstance(uri, str)):
+            raise ValueError("queue and uri must be strings")
         return Request(
             id=request_id,
-            queue=json.loads(queue),
-            uri=json.loads(uri),
-            state=RequestState(json.loads(state)),
+            queue=queue,
+            uri=uri,
+            state=RequestState(state),
             version=int(version),
         )
-    except ValueError as error:  # also json.JSONDecodeError and a wrong field count
+    # UnicodeDecodeError and json.JSONDecodeError are ValueErrors; unpacking a non-list of
+    # three raises ValueError or TypeError.
+    except (ValueError, TypeError) as error:
         raise CorruptValue(f"request {request_id!r} has an unreadable value: {error}") from None
