@@ -14,7 +14,7 @@ IMAGE = "gcr.io/etcd-development/etcd:v3.5.17"
 
 _CLIENT_PORT = 2379
 _COMMAND = [
-    "etcd",
+    "/usr/local/bin/etcd",
     "--name=stovepipe-test",
     "--data-dir=/tmp/etcd-data",
     f"--listen-client-urls=http://0.0.0.0:{_CLIENT_PORT}",
