@@ -117,7 +117,9 @@ class SQLiteRequestStore:
         try:
             row = (
                 self._connections.get()
-                .execute("SELECT queue, uri, state, version FROM request WHERE id = ?", (request_id,))
+                .execute(
+                    "SELECT queue, uri, state, version FROM request WHERE id = ?", (request_id,)
+                )
                 .fetchone()
             )
         except sqlite3.Error as error:
@@ -125,7 +127,9 @@ class SQLiteRequestStore:
         if row is None:
             raise NotFound(f"request {request_id!r}")
         queue, uri, state, version = row
-        return Request(id=request_id, queue=queue, uri=uri, state=RequestState(state), version=version)
+        return Request(
+            id=request_id, queue=queue, uri=uri, state=RequestState(state), version=version
+        )
 
     def update(self, request: Request, *, old_version: int, new_version: int) -> None:
         try:
@@ -224,7 +228,9 @@ def open_backend(url: str) -> SQLiteBackend:
     """Entry point for ``sqlite:///path``."""
     parts = urllib.parse.urlsplit(url)
     if parts.netloc:
-        raise ValueError(f"sqlite URLs name a file, not a host: sqlite:///{parts.netloc}{parts.path}")
+        raise ValueError(
+            f"sqlite URLs name a file, not a host: sqlite:///{parts.netloc}{parts.path}"
+        )
     path = parts.path[1:]  # sqlite:///a.db -> "a.db"; sqlite:////tmp/a.db -> "/tmp/a.db"
     if not path:
         raise ValueError("sqlite URL needs a file path: sqlite:///path/to/file.db")
