@@ -168,9 +168,16 @@ def _serve(args: argparse.Namespace) -> int:
     )
     _configure_logging(config.log_level)
     try:
-        return server.run(config)
+        drained = server.run(config)
     except OSError as error:
         raise CommandError(str(error), EXIT_USAGE) from None
+    if not drained:
+        # Threads stuck past the grace period would hold the interpreter's exit forever.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+    return 0
 
 
 def _stub(args: argparse.Namespace) -> tuple[grpc.Channel, StovepipeClient, str]:

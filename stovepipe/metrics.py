@@ -6,6 +6,7 @@ metric                                             type       labels
 ``stovepipe_grpc_server_handled_total``            counter    grpc_service, grpc_method,
                                                               grpc_code
 ``stovepipe_grpc_server_handling_seconds``         histogram  grpc_service, grpc_method
+``stovepipe_grpc_server_in_flight``                gauge
 ``stovepipe_storage_operations_total``             counter    store, operation, outcome
 ``stovepipe_storage_operation_seconds``            histogram  store, operation
 =================================================  =========  =================================
@@ -25,7 +26,7 @@ from wsgiref.simple_server import WSGIServer
 
 import grpc
 import prometheus_client
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from stovepipe.storage import Counter as StorageCounter
 from stovepipe.storage import RequestStore, RequestURIStore, Storage
@@ -76,6 +77,13 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.rpcs_in_flight = Gauge(
+            "stovepipe_grpc_server_in_flight",
+            "RPCs being handled right now.",
+            registry=self.registry,
+        )
+        self._in_flight = 0
+        self._in_flight_lock = threading.Lock()
         self.storage_operations = Counter(
             "stovepipe_storage_operations",
             "Storage operations, by store, operation and outcome (ok or the error's kind).",
@@ -91,6 +99,16 @@ class Metrics:
         )
         self._http: WSGIServer | None = None
         self._http_thread: threading.Thread | None = None
+
+    def in_flight(self) -> int:
+        """How many RPCs are being handled right now."""
+        with self._in_flight_lock:
+            return self._in_flight
+
+    def _track(self, delta: int) -> None:
+        with self._in_flight_lock:
+            self._in_flight += delta
+        self.rpcs_in_flight.inc(delta)
 
     def interceptor(self) -> grpc.ServerInterceptor:
         """A server interceptor that counts and times every unary RPC."""
@@ -196,10 +214,12 @@ class _RpcMetricsInterceptor(grpc.ServerInterceptor):
         seconds = self._metrics.rpc_seconds.labels(service, method)
         handled = self._metrics.rpc_handled
         behavior = handler.unary_unary
+        metrics = self._metrics
 
         def timed_behavior(request: Any, context: grpc.ServicerContext) -> Any:
             start = time.perf_counter()
             code: grpc.StatusCode | None = None
+            metrics._track(+1)
             try:
                 response = behavior(request, context)
                 code = _code_of(context) or grpc.StatusCode.OK
@@ -211,6 +231,7 @@ class _RpcMetricsInterceptor(grpc.ServerInterceptor):
             finally:
                 seconds.observe(time.perf_counter() - start)
                 handled.labels(service, method, (code or grpc.StatusCode.UNKNOWN).name).inc()
+                metrics._track(-1)
 
         return grpc.unary_unary_rpc_method_handler(
             timed_behavior,

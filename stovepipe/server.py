@@ -101,11 +101,16 @@ class StovepipeServer:
         self.health.set("", serving)
         self.health.set(service.SERVICE_NAME, serving)
 
-    def stop(self, grace: float = configuration.DEFAULT_GRACE_PERIOD) -> None:
+    def stop(self, grace: float = configuration.DEFAULT_GRACE_PERIOD) -> bool:
         """Report NOT_SERVING, refuse new calls, let in-flight calls finish for up to ``grace``
-        seconds, drain the messaging queue, then close metrics and storage. Idempotent."""
+        seconds, drain the messaging queue, then close metrics and storage.
+
+        Returns whether everything drained. If a call is still running after ``grace`` (stuck
+        in a backend, say), its thread keeps the storage it uses open and the caller should
+        exit the process. Idempotent.
+        """
         if self._stopped.is_set():
-            return
+            return True
         self._stopped.set()
         deadline = time.monotonic() + grace
         self.health.enter_graceful_shutdown()
@@ -113,7 +118,12 @@ class StovepipeServer:
         drain = max(deadline - time.monotonic(), _MIN_QUEUE_DRAIN_SECONDS)
         self.message_queue.stop(timeout=drain)
         self.metrics.close()
+        stuck = self.metrics.in_flight()
+        if stuck:
+            logger.warning("%d call(s) did not finish within the %gs grace period", stuck, grace)
+            return False
         self.storage.close()
+        return True
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the server has stopped (or ``timeout``); True if it has."""
@@ -155,8 +165,12 @@ def build_server(config: configuration.Config) -> StovepipeServer:
         raise
 
 
-def run(config: configuration.Config) -> int:
-    """Serve until SIGTERM or SIGINT, then drain within ``config.grace_period``; exit status."""
+def run(config: configuration.Config) -> bool:
+    """Serve until SIGTERM or SIGINT, then drain within ``config.grace_period``.
+
+    Returns whether every call finished; if not, the caller must end the process without
+    waiting for the stuck threads (see :meth:`StovepipeServer.stop`).
+    """
     server = build_server(config)
     stop_requested = threading.Event()
 
@@ -179,11 +193,11 @@ def run(config: configuration.Config) -> int:
         while not stop_requested.wait(1.0):
             pass
     finally:
-        server.stop(config.grace_period)
+        drained = server.stop(config.grace_period)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     logger.info("stopped")
-    return 0
+    return drained
 
 
 def _with_port(address: str, port: int) -> str:

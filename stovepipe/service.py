@@ -117,6 +117,8 @@ class StovepipeServicer(pb_grpc.StovepipeServicer):
     @staticmethod
     def _run(context: grpc.ServicerContext, work: Callable[[], T]) -> T:
         """Run ``work`` unless the call's deadline has passed; map its errors to a status."""
+        # gRPC drops a call cancelled before dispatch; this catches a deadline that ran out
+        # between dispatch and here (e.g. while the call waited for a worker thread).
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:
             context.abort(
