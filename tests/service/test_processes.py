@@ -141,9 +141,11 @@ def test_sigterm_drains_the_in_flight_call_and_refuses_new_ones(
     locked = LockedIngest(processes, tmp_path, grace=10)
     locked.server.signal(signal.SIGTERM)
     time.sleep(0.3)  # the server is draining now
-    with grpc.insecure_channel(locked.server.address) as channel:
-        with pytest.raises(grpc.RpcError) as refused:
-            StovepipeClient(channel).Ping(pb.PingRequest(), timeout=5)
+    with (
+        grpc.insecure_channel(locked.server.address) as channel,
+        pytest.raises(grpc.RpcError) as refused,
+    ):
+        StovepipeClient(channel).Ping(pb.PingRequest(), timeout=5)
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
     assert locked.server.popen.poll() is None  # still waiting for the in-flight call
 
