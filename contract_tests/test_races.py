@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+from collections.abc import Callable
 
 import pytest
 
@@ -67,13 +68,39 @@ def test_race_concurrent_counter_increments_never_repeat_or_skip(storage: Storag
     assert numbers == list(range(1, RACERS * per_racer + 1)), numbers
 
 
-def test_race_counter_across_processes_never_repeats_or_skips(
-    storage_url: str, storage: Storage, ns: str
-) -> None:
-    if storage_url.startswith("memory:"):
+PROCESSES = 4
+
+
+def race_processes(target: Callable[..., None], *args: object) -> list[object]:
+    """Run ``target(*args, barrier, results)`` in PROCESSES fresh processes; their results."""
+    if any(isinstance(arg, str) and arg.startswith("memory:") for arg in args):
         pytest.skip("memory:// is private to its process")
-    processes, per_process = 4, 25
-    with multiprocessing.get_context("spawn").Pool(processes) as pool:
-        results = pool.starmap(workers.count, [(storage_url, f"{ns}/c", per_process)] * processes)
-    numbers = sorted(n for result in results for n in result)
-    assert numbers == list(range(1, processes * per_process + 1))
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(PROCESSES), context.Queue()
+    processes = [
+        context.Process(target=target, args=(*args, barrier, results)) for _ in range(PROCESSES)
+    ]
+    for process in processes:
+        process.start()
+    outcomes = [results.get(timeout=120) for _ in processes]
+    for process in processes:
+        process.join(timeout=30)
+        assert process.exitcode == 0
+    return outcomes
+
+
+def test_race_counter_across_processes_never_repeats_or_skips(storage_url: str, ns: str) -> None:
+    per_process = 25
+    outcomes = race_processes(workers.count, storage_url, f"{ns}/c", per_process)
+    numbers = sorted(n for numbers in outcomes if isinstance(numbers, list) for n in numbers)
+    assert numbers == list(range(1, PROCESSES * per_process + 1))
+
+
+def test_race_uri_claims_across_processes_have_exactly_one_winner(
+    storage: Storage, storage_url: str, ns: str
+) -> None:
+    # Each process claims with its own id; exactly one id must be mapped.
+    outcomes = race_processes(workers.claim_own, storage_url, f"{ns}/q", "git://head")
+    winners = [outcome[0] for outcome in outcomes if isinstance(outcome, tuple) and outcome[1]]
+    assert len(winners) == 1, outcomes
+    assert storage.request_uris.get_id_by_uri(f"{ns}/q", "git://head") == winners[0]
