@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import signal
 import subprocess
@@ -15,6 +16,7 @@ from stovepipe.sourcecontrol.fake import FakeSourceControl
 from stovepipe.testing import StartServer, run_cli, stovepipe_command
 
 CLOSED_PORT = "127.0.0.1:1"  # nothing listens on port 1 without privileges
+FAKE_CONFIG = 'storage_url = "sqlite:///{db}"\n[queues."q"]\ntype = "fake"\ncommits = ["c1"]\n'
 
 
 def test_an_unreachable_server_is_a_one_line_error_and_exit_status_3() -> None:
@@ -166,3 +168,45 @@ def test_poll_stops_with_an_error_on_an_unknown_queue(
     status = cli.main(["poll", "nope", "--every", "0.05", "--server", running.address])
     assert status == cli.EXIT_SERVER_ERROR
     assert "NOT_FOUND" in capsys.readouterr().err
+
+
+def test_serve_on_a_port_in_use_is_a_one_line_error_and_exit_status_2(
+    start_server: StartServer, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    taken = start_server({}).address
+    config = tmp_path / "s.toml"
+    config.write_text(FAKE_CONFIG.format(db=tmp_path / "s.db"), encoding="utf-8")
+    assert cli.main(["serve", "--config", str(config), "--listen", taken]) == cli.EXIT_USAGE
+    assert capsys.readouterr().err.startswith(f"stovepipe: cannot listen on {taken}")
+    metrics = ["serve", "--config", str(config), "--metrics-listen", taken]
+    assert cli.main([*metrics, "--listen", "127.0.0.1:0"]) == cli.EXIT_USAGE
+    assert capsys.readouterr().err.startswith(f"stovepipe: cannot serve metrics on {taken}")
+
+
+def test_migrate_runs_the_migration_a_backend_registers_for_its_scheme(
+    tmp_path: pathlib.Path,
+) -> None:
+    """A distribution on the path registers a backend and its migration under the entry-point
+    groups; ``stovepipe migrate`` finds it by the URL's scheme and calls it with the URL."""
+    (tmp_path / "kvmigrate.py").write_text(
+        "def open_backend(url):\n    raise NotImplementedError\n\n"
+        "def migrate(url):\n    print('migrating', url)\n",
+        encoding="utf-8",
+    )
+    dist_info = tmp_path / "kvmigrate-1.0.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: kvmigrate\nVersion: 1.0\n")
+    (dist_info / "entry_points.txt").write_text(
+        "[stovepipe.storage]\nkv = kvmigrate:open_backend\n\n"
+        "[stovepipe.storage.migrations]\nkv = kvmigrate:migrate\n",
+        encoding="utf-8",
+    )
+    result = subprocess.run(
+        [*stovepipe_command(), "migrate", "kv://db.internal/stovepipe"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "migrating kv://db.internal/stovepipe\nkv:// migrated\n"
