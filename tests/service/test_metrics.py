@@ -98,9 +98,15 @@ def test_storage_instrumentation_wraps_any_storage_without_changing_its_answers(
         with pytest.raises(NotFound):
             store.request_uris.get_id_by_uri("q", "uri")
         assert store.counter.next("d") == 1
-    count = metrics.storage_operations.labels
-    assert count("requests", "create", "ok")._value.get() == 1
-    assert count("requests", "create", "AlreadyExists")._value.get() == 1
-    assert count("requests", "get", "ok")._value.get() == 1
-    assert count("request_uris", "get_id_by_uri", "NotFound")._value.get() == 1
-    assert count("counter", "next", "ok")._value.get() == 1
+
+    def count(store: str, operation: str, outcome: str) -> float | None:
+        return metrics.registry.get_sample_value(
+            "stovepipe_storage_operations_total",
+            {"store": store, "operation": operation, "outcome": outcome},
+        )
+
+    assert count("requests", "create", "ok") == 1
+    assert count("requests", "create", "AlreadyExists") == 1
+    assert count("requests", "get", "ok") == 1
+    assert count("request_uris", "get_id_by_uri", "NotFound") == 1
+    assert count("counter", "next", "ok") == 1
