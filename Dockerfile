@@ -10,12 +10,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     STOVEPIPE_STORAGE_URL=sqlite:////data/stovepipe.db
 
 COPY . /src
+# Repositories are mounted from the host, owned by another user: /etc/gitconfig trusts them.
 RUN pip install --no-cache-dir /src \
     && for backend in /src/backends/*/; do \
          if [ -f "${backend}pyproject.toml" ]; then pip install --no-cache-dir "$backend"; fi; \
        done \
     && rm -rf /src \
-    # Repositories are mounted from the host and owned by another user: trust them.
     && printf '[safe]\n\tdirectory = *\n' > /etc/gitconfig \
     && useradd --system --uid 10001 --home-dir /data --create-home stovepipe
 

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+import stovepipe
 from stovepipe import cli
 from stovepipe.sourcecontrol.fake import FakeSourceControl
 from stovepipe.testing import StartServer, run_cli, stovepipe_command
@@ -92,7 +93,9 @@ def test_ping_prints_the_server_version(
     running = start_server({})
     monkeypatch.setenv(cli.SERVER_ENV, running.address)  # the default --server
     assert cli.main(["ping"]) == 0
-    assert capsys.readouterr().out.startswith(f"stovepipe 0.1.0 at {running.address} (")
+    assert capsys.readouterr().out.startswith(
+        f"stovepipe {stovepipe.__version__} at {running.address} ("
+    )
 
 
 def test_migrate_says_so_when_a_backend_needs_no_migration(
