@@ -40,12 +40,16 @@ def test_health_reports_serving_for_the_server_and_the_service(start_server: Sta
         assert response.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_health_reports_not_serving_once_shutdown_begins(start_server: StartServer) -> None:
+def test_health_watchers_see_not_serving_when_shutdown_begins(start_server: StartServer) -> None:
     running = start_server({})
-    running.server.health.enter_graceful_shutdown()  # the first step of stop()
     health = health_pb2_grpc.HealthStub(running.channel)
-    response = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=TIMEOUT)
-    assert response.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    updates = health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=TIMEOUT)
+    assert next(updates).status == health_pb2.HealthCheckResponse.SERVING
+    stopping = threading.Thread(target=running.server.stop, kwargs={"grace": 2})
+    stopping.start()
+    assert next(updates).status == health_pb2.HealthCheckResponse.NOT_SERVING
+    updates.cancel()  # the watch is an in-flight call too: end it so the drain ends
+    stopping.join(timeout=TIMEOUT)
 
 
 def test_reflection_lists_the_stovepipe_service(start_server: StartServer) -> None:
