@@ -1,0 +1,342 @@
+"""``mysql://``: the storage contract on MySQL 8.0+ and MariaDB 10.3+, through PyMySQL.
+
+Every operation is one statement in autocommit mode on a pooled connection:
+
+==================  ===============================================================
+requests.create     ``INSERT``; duplicate key (1062) -> ``AlreadyExists``
+requests.get        ``SELECT`` by primary key
+requests.update     ``UPDATE ... WHERE id = ? AND version = ?``; the connection reports
+                    matched rows (CLIENT.FOUND_ROWS), so 0 means ``VersionMismatch``
+request_uris.*      ``INSERT`` / ``SELECT`` on the (queue, uri) primary key
+counter.next        ``INSERT ... ON DUPLICATE KEY UPDATE value = LAST_INSERT_ID(value + 1)``:
+                    the row lock orders racers and the new value comes back in the
+                    statement's own result, so there is no read-modify-write
+==================  ===============================================================
+
+Keys travel as UTF-8 bytes into VARBINARY columns: compared byte for byte (see schema/).
+
+Retries. A connection the server closed while idle is noticed before use and replaced, so
+no statement is sent on it. When a connection fails *during* a statement, the statement
+may or may not have committed, so only what is safe is retried, once, on a new connection:
+
+* reads (``get``, ``get_id_by_uri``) are retried;
+* creates are retried; if the retry meets a duplicate key, the stored row is read back and
+  an identical row counts as the caller's own first attempt (no false ``AlreadyExists``);
+* ``counter.next`` is retried: a lost first increment leaves a gap, never a repeat;
+* ``update`` is retried only if the statement was never sent; otherwise it raises
+  ``Unavailable``: re-running a compare-and-set whose first attempt may have won would
+  report a false ``VersionMismatch``, and treating an identical stored row as a win could
+  let two racers both believe they won;
+* nothing is retried after a timeout, so a call never takes much more than ``timeout``
+  per step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final, TypeVar
+
+import pymysql
+from pymysql.cursors import Cursor
+
+from stovepipe.entity import Request, RequestState
+from stovepipe.storage.errors import (
+    AlreadyExists,
+    NotFound,
+    StorageError,
+    Unavailable,
+    VersionMismatch,
+)
+from stovepipe_mysql.options import MySQLOptions, parse_url
+from stovepipe_mysql.pool import ConnectionPool, PooledConnection
+
+T = TypeVar("T")
+
+# The statements, exactly; the benchmark runs these same strings through raw PyMySQL.
+INSERT_REQUEST: Final = (
+    "INSERT INTO request (id, queue, uri, state, version) VALUES (%s, %s, %s, %s, %s)"
+)
+SELECT_REQUEST: Final = "SELECT queue, uri, state, version FROM request WHERE id = %s"
+UPDATE_REQUEST: Final = (
+    "UPDATE request SET uri = %s, state = %s, version = %s WHERE id = %s AND version = %s"
+)
+INSERT_REQUEST_URI: Final = "INSERT INTO request_uri (queue, uri, request_id) VALUES (%s, %s, %s)"
+SELECT_REQUEST_URI: Final = "SELECT request_id FROM request_uri WHERE queue = %s AND uri = %s"
+NEXT_COUNTER: Final = (
+    "INSERT INTO counter (domain, `value`) VALUES (%s, LAST_INSERT_ID(1))"
+    " ON DUPLICATE KEY UPDATE `value` = LAST_INSERT_ID(`value` + 1)"
+)
+
+_DUPLICATE_KEY: Final = 1062
+_NO_SUCH_TABLE: Final = 1146
+# The connection is gone: client-side losses, and the server's "killed", "shutting down"
+# and "disconnected for inactivity" (MySQL 8.0.24+).
+_CONNECTION_LOST: Final = frozenset({2006, 2013, 2055, 1053, 1927, 4031})
+# The server is there but could not serve the statement now; the connection stays usable.
+_TRANSIENT: Final = frozenset({1040, 1205, 1213, 1317, 1969, 3024})
+# Refused for good: wrong credentials or database, or TLS required and not offered.
+_REFUSED: Final = frozenset({1044, 1045, 1049, 1698, 2026})
+
+
+class _AlreadyExistsOnRetry(AlreadyExists):
+    """A duplicate key met by a retry: maybe the caller's own lost first attempt."""
+
+
+def _reason(error: BaseException) -> str:
+    args: tuple[Any, ...] = error.args
+    if len(args) == 2:
+        return f"{args[1]} (error {args[0]})"
+    return str(error) or type(error).__name__
+
+
+def connect_failure(error: pymysql.Error, address: str) -> StorageError:
+    """The contract's error for a failed connection attempt: refused for good, or Unavailable."""
+    code = error.args[0] if error.args else 0
+    if code in _REFUSED:
+        return StorageError(f"mysql {address} refused: {_reason(error)}")
+    return Unavailable(f"mysql {address} unreachable: {_reason(error)}")
+
+
+def _timed_out(error: BaseException) -> bool:
+    """True if PyMySQL raised this error because a socket call timed out."""
+    return isinstance(error.__context__, TimeoutError)
+
+
+class _Database:
+    """The pool, and one place that runs a statement and maps what can go wrong."""
+
+    def __init__(self, options: MySQLOptions) -> None:
+        self._options = options
+        self._connect_arguments = options.connect_arguments()
+        self._address = options.address
+        self._pool = ConnectionPool(self._connect, options.pool_size, options.timeout)
+
+    def _connect(self) -> PooledConnection:
+        try:
+            return PooledConnection(pymysql.connect(**self._connect_arguments))
+        except pymysql.Error as error:
+            raise connect_failure(error, self._address) from None
+
+    def check(self) -> None:
+        """Open a connection now, so a wrong URL fails at open rather than at first use."""
+        self._pool.release(self._pool.acquire())
+
+    def run(
+        self,
+        statement: str,
+        args: tuple[Any, ...],
+        read: Callable[[Cursor], T],
+        *,
+        retry_if_sent: bool,
+    ) -> T:
+        """Run one statement and return ``read(cursor)``; retry a lost connection per the policy."""
+        pooled = self._pool.acquire()
+        retried = False
+        while True:
+            try:
+                pooled.cursor.execute(statement, args)
+                result = read(pooled.cursor)
+            except pymysql.Error as error:
+                code = error.args[0] if error.args else 0
+                if code in _CONNECTION_LOST or isinstance(error, pymysql.InterfaceError):
+                    # 2006 and InterfaceError: the statement could not be sent at all.
+                    unsent = code == 2006 or isinstance(error, pymysql.InterfaceError)
+                    if retried or _timed_out(error) or not (unsent or retry_if_sent):
+                        self._pool.discard(pooled)
+                        raise self._lost(error, unsent) from None
+                    retried = True
+                    pooled = self._pool.replace(pooled)
+                    continue
+                self._pool.release(pooled)
+                if code == _DUPLICATE_KEY:
+                    raise (_AlreadyExistsOnRetry if retried else AlreadyExists)(
+                        _reason(error)
+                    ) from None
+                raise self._failed(error, code) from None
+            except BaseException:
+                self._pool.discard(pooled)
+                raise
+            self._pool.release(pooled)
+            return result
+
+    def _lost(self, error: BaseException, unsent: bool) -> Unavailable:
+        what = "timed out" if _timed_out(error) else "lost the connection"
+        outcome = "" if unsent else "; the statement may or may not have been applied"
+        return Unavailable(f"mysql {self._address} {what}: {_reason(error)}{outcome}")
+
+    def _failed(self, error: BaseException, code: int) -> StorageError:
+        if code in _TRANSIENT:
+            return Unavailable(f"mysql {self._address}: {_reason(error)}")
+        if code == _NO_SUCH_TABLE:
+            return StorageError(
+                f"mysql {self._address}: {_reason(error)}; apply the schema with "
+                "`stovepipe migrate URL` (or open the URL with ?migrate=true)"
+            )
+        return StorageError(f"mysql {self._address}: {_reason(error)}")
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+def _no_result(cursor: Cursor) -> None:
+    return None
+
+
+def _fetch_one(cursor: Cursor) -> tuple[Any, ...] | None:
+    return cursor.fetchone()
+
+
+def _matched_rows(cursor: Cursor) -> int:
+    return cursor.rowcount
+
+
+def _last_insert_id(cursor: Cursor) -> int:
+    value: int = cursor.lastrowid
+    return value
+
+
+class MySQLRequestStore:
+    """Requests in table ``request``, keyed by id."""
+
+    def __init__(self, database: _Database) -> None:
+        self._database = database
+
+    def create(self, request: Request) -> None:
+        try:
+            self._database.run(
+                INSERT_REQUEST,
+                (
+                    request.id.encode(),
+                    request.queue.encode(),
+                    request.uri.encode(),
+                    request.state.encode(),
+                    request.version,
+                ),
+                _no_result,
+                retry_if_sent=True,
+            )
+        except _AlreadyExistsOnRetry:
+            if self._find(request.id) != request:
+                raise AlreadyExists(f"request {request.id!r} exists") from None
+        except AlreadyExists:
+            raise AlreadyExists(f"request {request.id!r} exists") from None
+
+    def get(self, request_id: str) -> Request:
+        request = self._find(request_id)
+        if request is None:
+            raise NotFound(f"request {request_id!r}")
+        return request
+
+    def _find(self, request_id: str) -> Request | None:
+        row = self._database.run(
+            SELECT_REQUEST, (request_id.encode(),), _fetch_one, retry_if_sent=True
+        )
+        if row is None:
+            return None
+        queue, uri, state, version = row
+        return Request(
+            id=request_id,
+            queue=queue.decode(),
+            uri=uri.decode(),
+            state=RequestState(state.decode()),
+            version=version,
+        )
+
+    def update(self, request: Request, *, old_version: int, new_version: int) -> None:
+        matched = self._database.run(
+            UPDATE_REQUEST,
+            (
+                request.uri.encode(),
+                request.state.encode(),
+                new_version,
+                request.id.encode(),
+                old_version,
+            ),
+            _matched_rows,
+            retry_if_sent=False,
+        )
+        if matched != 1:
+            raise VersionMismatch(f"request {request.id!r} is not at version {old_version}")
+
+
+class MySQLRequestURIStore:
+    """``(queue, uri) -> request id`` in table ``request_uri``: two key columns, no separator."""
+
+    def __init__(self, database: _Database) -> None:
+        self._database = database
+
+    def create(self, queue: str, uri: str, request_id: str) -> None:
+        try:
+            self._database.run(
+                INSERT_REQUEST_URI,
+                (queue.encode(), uri.encode(), request_id.encode()),
+                _no_result,
+                retry_if_sent=True,
+            )
+        except _AlreadyExistsOnRetry:
+            if self._find(queue, uri) != request_id:
+                raise AlreadyExists(f"uri {uri!r} of queue {queue!r} is mapped") from None
+        except AlreadyExists:
+            raise AlreadyExists(f"uri {uri!r} of queue {queue!r} is mapped") from None
+
+    def get_id_by_uri(self, queue: str, uri: str) -> str:
+        request_id = self._find(queue, uri)
+        if request_id is None:
+            raise NotFound(f"uri {uri!r} of queue {queue!r}")
+        return request_id
+
+    def _find(self, queue: str, uri: str) -> str | None:
+        row = self._database.run(
+            SELECT_REQUEST_URI, (queue.encode(), uri.encode()), _fetch_one, retry_if_sent=True
+        )
+        if row is None:
+            return None
+        request_id: str = row[0].decode()
+        return request_id
+
+
+class MySQLCounter:
+    """Counters in table ``counter``, one row per domain holding the last number handed out."""
+
+    def __init__(self, database: _Database) -> None:
+        self._database = database
+
+    def next(self, domain: str) -> int:
+        return self._database.run(
+            NEXT_COUNTER, (domain.encode(),), _last_insert_id, retry_if_sent=True
+        )
+
+
+class MySQLBackend:
+    """The three stores over one connection pool. Thread-safe."""
+
+    def __init__(self, options: MySQLOptions) -> None:
+        self.options = options
+        self._database = _Database(options)
+        self.requests = MySQLRequestStore(self._database)
+        self.request_uris = MySQLRequestURIStore(self._database)
+        self.counter = MySQLCounter(self._database)
+
+    def close(self) -> None:
+        """Close every pooled connection. Idempotent."""
+        self._database.close()
+
+
+def open_backend(url: str) -> MySQLBackend:
+    """Entry point for ``mysql://user:password@host:port/database?options``.
+
+    Connects once before returning, so an unreachable server raises ``Unavailable`` and
+    wrong credentials ``StorageError`` here. With ``?migrate=true`` applies the schema first.
+    """
+    options = parse_url(url)
+    if options.migrate:
+        from stovepipe_mysql.migrations import migrate_options  # imports this module
+
+        migrate_options(options)
+    backend = MySQLBackend(options)
+    try:
+        backend._database.check()
+    except BaseException:
+        backend.close()
+        raise
+    return backend

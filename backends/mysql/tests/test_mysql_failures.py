@@ -1,0 +1,211 @@
+"""Failure handling: timeouts, dead servers, killed connections, and the retry policy.
+
+A :class:`FaultyProxy` (see conftest) sits between the storage and the server and loses or
+holds back the reply to one chosen statement, so each case of the policy happens for real:
+the statement reached the server, and the client never heard back.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from stovepipe.entity import Request, RequestState
+from stovepipe.storage import (
+    AlreadyExists,
+    Storage,
+    StorageError,
+    Unavailable,
+    open_storage,
+)
+
+TIMEOUT = 2.0  # the proxied URL's timeout option
+
+
+def unique(prefix: str = "") -> str:
+    return f"{prefix}{uuid.uuid4().hex}"
+
+
+def request(
+    request_id: str, *, uri: str = "git://remote/repo/main/abc", version: int = 1
+) -> Request:
+    return Request(
+        id=request_id, queue="monorepo/main", uri=uri, state=RequestState.ACCEPTED, version=version
+    )
+
+
+def marker(value: str) -> bytes:
+    """How ``value`` appears in a statement on the wire (PyMySQL sends bytes as hex)."""
+    return value.encode().hex().encode()
+
+
+@pytest.fixture
+def proxied(proxied_url: str) -> Iterator[Storage]:
+    with open_storage(proxied_url) as opened:
+        yield opened
+
+
+@pytest.fixture
+def direct(storage: Storage) -> Storage:
+    """The same database, not through the proxy: to see what really was stored."""
+    return storage
+
+
+def test_create_whose_reply_is_lost_after_commit_is_not_a_false_already_exists(
+    proxied: Storage, direct: Storage, proxy: Any
+) -> None:
+    created = request(unique("request/"))
+    proxy.arm(marker(created.id), "drop")
+    proxied.requests.create(created)
+    assert proxy.fired.is_set()
+    assert direct.requests.get(created.id) == created
+
+
+def test_create_retried_after_a_lost_reply_still_reports_another_writers_row(
+    proxied: Storage, direct: Storage, proxy: Any
+) -> None:
+    first = request(unique("request/"), uri="first")
+    direct.requests.create(first)
+    proxy.arm(marker(first.id), "drop")
+    with pytest.raises(AlreadyExists):
+        proxied.requests.create(request(first.id, uri="second"))
+    assert proxy.fired.is_set()
+    assert direct.requests.get(first.id) == first
+
+
+def test_uri_create_whose_reply_is_lost_after_commit_is_not_a_false_already_exists(
+    proxied: Storage, direct: Storage, proxy: Any
+) -> None:
+    queue, uri, request_id = unique("queue/"), unique("git://"), unique("request/")
+    proxy.arm(marker(request_id), "drop")
+    proxied.request_uris.create(queue, uri, request_id)
+    assert proxy.fired.is_set()
+    assert direct.request_uris.get_id_by_uri(queue, uri) == request_id
+
+
+def test_uri_create_retried_after_a_lost_reply_still_reports_the_first_mapping(
+    proxied: Storage, direct: Storage, proxy: Any
+) -> None:
+    queue, uri = unique("queue/"), unique("git://")
+    direct.request_uris.create(queue, uri, "request/first")
+    proxy.arm(marker("request/second"), "drop")
+    with pytest.raises(AlreadyExists):
+        proxied.request_uris.create(queue, uri, "request/second")
+    assert proxy.fired.is_set()
+    assert direct.request_uris.get_id_by_uri(queue, uri) == "request/first"
+
+
+def test_counter_whose_reply_is_lost_skips_a_number_but_never_repeats_one(
+    proxied: Storage, direct: Storage, proxy: Any
+) -> None:
+    domain = unique("request/")
+    assert proxied.counter.next(domain) == 1
+    proxy.arm(marker(domain), "drop")
+    assert proxied.counter.next(domain) == 3  # 2 was taken by the attempt whose reply was lost
+    assert proxy.fired.is_set()
+    assert direct.counter.next(domain) == 4
+
+
+def test_update_whose_reply_is_lost_is_unavailable_never_a_false_version_mismatch(
+    proxied: Storage, direct: Storage, proxy: Any
+) -> None:
+    stored = request(unique("request/"))
+    direct.requests.create(stored)
+    proxy.arm(marker(stored.id), "drop")
+    with pytest.raises(Unavailable, match="may or may not have been applied"):
+        proxied.requests.update(request(stored.id, uri="new"), old_version=1, new_version=2)
+    assert direct.requests.get(stored.id) == request(stored.id, uri="new", version=2)
+    # The storage recovers on a new connection.
+    proxied.requests.update(request(stored.id, uri="newer"), old_version=2, new_version=3)
+    assert direct.requests.get(stored.id).uri == "newer"
+
+
+def test_read_whose_reply_is_lost_is_retried(proxied: Storage, direct: Storage, proxy: Any) -> None:
+    stored = request(unique("request/"))
+    direct.requests.create(stored)
+    proxy.arm(marker(stored.id), "drop")
+    assert proxied.requests.get(stored.id) == stored
+    assert proxy.fired.is_set()
+
+
+def test_read_whose_reply_never_comes_is_unavailable_after_one_timeout_not_retried(
+    proxied: Storage, direct: Storage, proxy: Any
+) -> None:
+    stored = request(unique("request/"))
+    direct.requests.create(stored)
+    proxy.arm(marker(stored.id), "stall")
+    started = time.monotonic()
+    with pytest.raises(Unavailable, match="timed out"):
+        proxied.requests.get(stored.id)
+    elapsed = time.monotonic() - started
+    assert TIMEOUT - 0.2 < elapsed < TIMEOUT + 1.0
+    assert proxied.requests.get(stored.id) == stored
+
+
+def test_connection_killed_by_the_server_while_idle_is_replaced_before_any_statement(
+    proxied: Storage, direct: Storage, proxy: Any, admin: Any
+) -> None:
+    stored = request(unique("request/"))
+    proxied.requests.create(stored)
+    (port,) = proxy.upstream_ports()
+    with admin.cursor() as cursor:
+        cursor.execute("SELECT ID, HOST FROM information_schema.PROCESSLIST")
+        (connection_id,) = [row[0] for row in cursor.fetchall() if row[1].endswith(f":{port}")]
+        cursor.execute(f"KILL {int(connection_id)}")
+    deadline = time.monotonic() + 5
+    while port in proxy.upstream_ports() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # An update is not retried once sent, so it succeeds only if the dead connection was
+    # noticed and replaced before the statement went out.
+    proxied.requests.update(request(stored.id, uri="after kill"), old_version=1, new_version=2)
+    assert direct.requests.get(stored.id).uri == "after kill"
+    assert port not in proxy.upstream_ports()
+
+
+def test_unavailable_promptly_when_the_server_goes_away_under_an_open_storage(
+    proxied: Storage, proxy: Any
+) -> None:
+    domain = unique("request/")
+    assert proxied.counter.next(domain) == 1
+    proxy.close()  # listener and every connection gone: as if the server stopped
+    started = time.monotonic()
+    with pytest.raises(Unavailable):
+        proxied.counter.next(domain)
+    assert time.monotonic() - started < 1.0
+
+
+def test_wait_for_a_free_pooled_connection_is_bounded_by_the_timeout(proxied: Storage) -> None:
+    pool = proxied._backend._database._pool  # type: ignore[attr-defined]
+    held = pool.acquire()  # the only connection (pool_size=1), as a long call would hold it
+    try:
+        started = time.monotonic()
+        with pytest.raises(Unavailable, match="busy"):
+            proxied.counter.next(unique("request/"))
+        elapsed = time.monotonic() - started
+    finally:
+        pool.release(held)
+    assert TIMEOUT - 0.2 < elapsed < TIMEOUT + 1.0
+    assert proxied.counter.next(unique("request/")) == 1
+
+
+def test_wrong_credentials_are_a_storage_error_not_unavailable(
+    url_with: Callable[..., str], mysql_url: str
+) -> None:
+    wrong = mysql_url.replace("://", f"://nobody_{unique()[:8]}:wrong@", 1)
+    if wrong.count("@") > 1:  # the URL had credentials already: replace them instead
+        wrong = "mysql://nobody:wrong@" + mysql_url.split("@", 1)[1]
+    with pytest.raises(StorageError) as raised:
+        open_storage(wrong)
+    assert not isinstance(raised.value, Unavailable)
+
+
+def test_tls_options_refuse_a_server_that_does_not_offer_tls(
+    url_with: Callable[..., str], storage: Storage
+) -> None:
+    with pytest.raises(StorageError, match=r"SSL|TLS") as raised:
+        open_storage(url_with(ssl_verify=False))
+    assert not isinstance(raised.value, Unavailable)
