@@ -35,9 +35,9 @@ def published_ports(service: dict[str, Any]) -> set[int]:
 
 
 def documented_test_urls() -> dict[str, str]:
-    """The test server URLs of the README, by scheme."""
+    """The test server URLs the README exports (``STOVEPIPE_TEST_<SCHEME>_URL=...``), by scheme."""
     readme = (ROOT / "README.md").read_text()
-    urls = re.findall(r"`((?:mysql|redis|etcd)://[^`\s]+)`", readme)
+    urls = re.findall(r"^export STOVEPIPE_TEST_\w+_URL=(\S+)$", readme, re.MULTILINE)
     by_scheme = {urllib.parse.urlsplit(url).scheme: url for url in urls}
     assert set(by_scheme) == set(BACKEND_SERVICES), urls
     return by_scheme
