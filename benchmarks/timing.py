@@ -42,7 +42,9 @@ def measure(operation: Callable[[int], object], count: int, warmup: int = 50) ->
 def print_comparison(title: str, rows: Sequence[tuple[str, Latency, Latency]]) -> None:
     """Print each operation's latency next to the raw driver's, with the ratio of medians."""
     print(f"\n{title}")
-    print(f"{'operation':<22}{'p50 us':>10}{'p99 us':>10}{'raw p50':>10}{'raw p99':>10}{'ratio':>8}")
+    print(
+        f"{'operation':<22}{'p50 us':>10}{'p99 us':>10}{'raw p50':>10}{'raw p99':>10}{'ratio':>8}"
+    )
     for name, ours, raw in rows:
         print(
             f"{name:<22}{ours.p50_us:>10.1f}{ours.p99_us:>10.1f}"

@@ -5,7 +5,13 @@
 1
 """
 
-from stovepipe.storage.contract import Backend, BackendOpener, Counter, RequestStore, RequestURIStore
+from stovepipe.storage.contract import (
+    Backend,
+    BackendOpener,
+    Counter,
+    RequestStore,
+    RequestURIStore,
+)
 from stovepipe.storage.errors import (
     AlreadyExists,
     LimitExceeded,

@@ -12,10 +12,13 @@ so the file can be shared by a server's thread pool and by several processes (WA
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
+import queue
 import sqlite3
 import threading
 import urllib.parse
+from collections.abc import Iterator
 
 from stovepipe.entity import Request, RequestState
 from stovepipe.storage.errors import (
@@ -55,23 +58,30 @@ def _mapped(error: sqlite3.Error) -> StorageError:
 
 
 class _Connections:
-    """One connection per thread, all closed together."""
+    """A pool of connections: each operation borrows one, so threads may come and go."""
 
     def __init__(self, path: str, timeout: float, synchronous: str) -> None:
         self._path = path
         self._timeout = timeout
         self._synchronous = synchronous
-        self._local = threading.local()
+        self._idle: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._all: list[sqlite3.Connection] = []
         self._closed = False
 
-    def get(self) -> sqlite3.Connection:
-        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
-        if connection is None:
+    @contextlib.contextmanager
+    def borrow(self) -> Iterator[sqlite3.Connection]:
+        """Lend an idle connection (or a new one) for one statement; map sqlite3 errors."""
+        try:
+            connection = self._idle.get_nowait()
+        except queue.Empty:
             connection = self._connect()
-            self._local.connection = connection
-        return connection
+        try:
+            yield connection
+        except sqlite3.Error as error:
+            raise _mapped(error) from None
+        finally:
+            self._idle.put(connection)
 
     def _connect(self) -> sqlite3.Connection:
         with self._lock:
@@ -82,7 +92,7 @@ class _Connections:
                     self._path,
                     timeout=self._timeout,
                     isolation_level=None,  # autocommit: each statement is its own transaction
-                    check_same_thread=True,
+                    check_same_thread=False,  # pooled: used by one thread at a time
                 )
                 connection.execute(f"PRAGMA synchronous = {self._synchronous}")
             except sqlite3.Error as error:
@@ -103,38 +113,31 @@ class SQLiteRequestStore:
         self._connections = connections
 
     def create(self, request: Request) -> None:
-        try:
-            self._connections.get().execute(
-                "INSERT INTO request (id, queue, uri, state, version) VALUES (?, ?, ?, ?, ?)",
-                (request.id, request.queue, request.uri, str(request.state), request.version),
-            )
-        except sqlite3.IntegrityError:
-            raise AlreadyExists(f"request {request.id!r} exists") from None
-        except sqlite3.Error as error:
-            raise _mapped(error) from None
+        with self._connections.borrow() as connection:
+            try:
+                connection.execute(
+                    "INSERT INTO request (id, queue, uri, state, version) VALUES (?, ?, ?, ?, ?)",
+                    (request.id, request.queue, request.uri, str(request.state), request.version),
+                )
+            except sqlite3.IntegrityError:
+                raise AlreadyExists(f"request {request.id!r} exists") from None
 
     def get(self, request_id: str) -> Request:
-        try:
-            row = (
-                self._connections.get()
-                .execute("SELECT queue, uri, state, version FROM request WHERE id = ?", (request_id,))
-                .fetchone()
-            )
-        except sqlite3.Error as error:
-            raise _mapped(error) from None
+        with self._connections.borrow() as connection:
+            row = connection.execute(
+                "SELECT queue, uri, state, version FROM request WHERE id = ?", (request_id,)
+            ).fetchone()
         if row is None:
             raise NotFound(f"request {request_id!r}")
         queue, uri, state, version = row
-        return Request(id=request_id, queue=queue, uri=uri, state=RequestState(state), version=version)
+        return Request(request_id, queue, uri, RequestState(state), version)
 
     def update(self, request: Request, *, old_version: int, new_version: int) -> None:
-        try:
-            cursor = self._connections.get().execute(
+        with self._connections.borrow() as connection:
+            cursor = connection.execute(
                 "UPDATE request SET uri = ?, state = ?, version = ? WHERE id = ? AND version = ?",
                 (request.uri, str(request.state), new_version, request.id, old_version),
             )
-        except sqlite3.Error as error:
-            raise _mapped(error) from None
         # SQLite counts every row the WHERE matched, changed or not.
         if cursor.rowcount != 1:
             raise VersionMismatch(f"request {request.id!r} is not at version {old_version}")
@@ -145,27 +148,20 @@ class SQLiteRequestURIStore:
         self._connections = connections
 
     def create(self, queue: str, uri: str, request_id: str) -> None:
-        try:
-            self._connections.get().execute(
-                "INSERT INTO request_uri (queue, uri, request_id) VALUES (?, ?, ?)",
-                (queue, uri, request_id),
-            )
-        except sqlite3.IntegrityError:
-            raise AlreadyExists(f"uri {uri!r} of queue {queue!r} is mapped") from None
-        except sqlite3.Error as error:
-            raise _mapped(error) from None
+        with self._connections.borrow() as connection:
+            try:
+                connection.execute(
+                    "INSERT INTO request_uri (queue, uri, request_id) VALUES (?, ?, ?)",
+                    (queue, uri, request_id),
+                )
+            except sqlite3.IntegrityError:
+                raise AlreadyExists(f"uri {uri!r} of queue {queue!r} is mapped") from None
 
     def get_id_by_uri(self, queue: str, uri: str) -> str:
-        try:
-            row = (
-                self._connections.get()
-                .execute(
-                    "SELECT request_id FROM request_uri WHERE queue = ? AND uri = ?", (queue, uri)
-                )
-                .fetchone()
-            )
-        except sqlite3.Error as error:
-            raise _mapped(error) from None
+        with self._connections.borrow() as connection:
+            row = connection.execute(
+                "SELECT request_id FROM request_uri WHERE queue = ? AND uri = ?", (queue, uri)
+            ).fetchone()
         if row is None:
             raise NotFound(f"uri {uri!r} of queue {queue!r}")
         request_id: str = row[0]
@@ -177,20 +173,15 @@ class SQLiteCounter:
         self._connections = connections
 
     def next(self, domain: str) -> int:
-        try:
-            row = (
-                self._connections.get()
-                .execute(
-                    "INSERT INTO counter (domain, value) VALUES (?, 1)"
-                    " ON CONFLICT (domain) DO UPDATE SET value = value + 1 RETURNING value",
-                    (domain,),
-                )
-                .fetchone()
-            )
-        except sqlite3.Error as error:
-            raise _mapped(error) from None
-        value: int = row[0]
-        return value
+        with self._connections.borrow() as connection:
+            # fetchall, not fetchone: the statement (and its write lock) ends when drained.
+            [(value,)] = connection.execute(
+                "INSERT INTO counter (domain, value) VALUES (?, 1)"
+                " ON CONFLICT (domain) DO UPDATE SET value = value + 1 RETURNING value",
+                (domain,),
+            ).fetchall()
+        number: int = value
+        return number
 
 
 class SQLiteBackend:
@@ -208,13 +199,10 @@ class SQLiteBackend:
         self.counter = SQLiteCounter(self._connections)
 
     def _create_schema(self) -> None:
-        connection = self._connections.get()
-        try:
+        with self._connections.borrow() as connection:
             # WAL lets readers run beside the one writer; it is a property of the file.
             connection.execute("PRAGMA journal_mode = WAL")
             connection.executescript(_SCHEMA)
-        except sqlite3.Error as error:
-            raise _mapped(error) from None
 
     def close(self) -> None:
         self._connections.close()
@@ -224,7 +212,9 @@ def open_backend(url: str) -> SQLiteBackend:
     """Entry point for ``sqlite:///path``."""
     parts = urllib.parse.urlsplit(url)
     if parts.netloc:
-        raise ValueError(f"sqlite URLs name a file, not a host: sqlite:///{parts.netloc}{parts.path}")
+        raise ValueError(
+            f"sqlite URLs name a file, not a host: sqlite:///{parts.netloc}{parts.path}"
+        )
     path = parts.path[1:]  # sqlite:///a.db -> "a.db"; sqlite:////tmp/a.db -> "/tmp/a.db"
     if not path:
         raise ValueError("sqlite URL needs a file path: sqlite:///path/to/file.db")

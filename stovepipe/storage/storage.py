@@ -9,7 +9,13 @@ from typing import Self
 
 from stovepipe.entity import Request
 from stovepipe.storage import limits
-from stovepipe.storage.contract import Backend, BackendOpener, Counter, RequestStore, RequestURIStore
+from stovepipe.storage.contract import (
+    Backend,
+    BackendOpener,
+    Counter,
+    RequestStore,
+    RequestURIStore,
+)
 from stovepipe.storage.errors import UnknownBackend
 
 ENTRY_POINT_GROUP = "stovepipe.storage"
