@@ -24,8 +24,8 @@ def redis_server() -> Iterator[str]:
             "a throwaway Redis needs testcontainers: "
             "pip install 'stovepipe-redis[testcontainers]' (and a running Docker engine)"
         ) from error
-    container = RedisContainer(REDIS_IMAGE)
     try:
+        container = RedisContainer(REDIS_IMAGE)
         container.start()
     except Exception as error:
         raise RuntimeError(
