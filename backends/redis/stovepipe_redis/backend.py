@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import random
+import ssl
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -85,10 +86,14 @@ class _Connection(Protocol):
 
 
 def _mapped(error: redis.exceptions.RedisError) -> StorageError:
-    """Translate a redis-py error: connection trouble and timeouts are transient, the rest not."""
+    """Translate a redis-py error: connection trouble and timeouts are transient, the rest not.
+
+    A refused password or a server certificate that fails verification arrive as connection
+    errors too, but waiting will not fix them: they are plain ``StorageError``.
+    """
     if isinstance(
         error, redis.exceptions.AuthenticationError | redis.exceptions.AuthorizationError
-    ):
+    ) or isinstance(error.__context__, ssl.SSLCertVerificationError):
         return StorageError(f"redis: {error}")
     if isinstance(error, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
         return Unavailable(f"redis: {error}")

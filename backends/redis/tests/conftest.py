@@ -9,6 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pathlib
+import shutil
+import socket
+import subprocess
+import time
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
@@ -17,6 +22,16 @@ import pytest
 import redis
 
 from stovepipe.storage import Storage, open_storage
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+
+
+def _unreachable(reason: str) -> None:
+    if _in_ci():
+        pytest.fail(f"{reason} (CI is set: the Redis backend must be covered)")
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
@@ -30,13 +45,55 @@ def redis_url() -> Iterator[str]:
 
     with contextlib.ExitStack() as stack:
         try:
-            url = stack.enter_context(redis_server())
+            server_url = stack.enter_context(redis_server())
         except Exception as error:
-            reason = f"no Redis: STOVEPIPE_TEST_REDIS_URL is unset and {error}"
-            if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
-                pytest.fail(reason)
-            pytest.skip(reason)
-        yield url
+            _unreachable(f"no Redis: STOVEPIPE_TEST_REDIS_URL is unset and {error}")
+        yield server_url
+
+
+@pytest.fixture(scope="session")
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, pathlib.Path]]:
+    """A private ``redis-server`` speaking only TLS, with a self-signed certificate.
+
+    Yields its ``rediss://`` URL (no options) and the certificate that verifies it.
+    """
+    missing = [tool for tool in ("redis-server", "openssl") if shutil.which(tool) is None]
+    if missing:
+        _unreachable(f"a TLS Redis needs {' and '.join(missing)} on PATH")
+    directory = tmp_path_factory.mktemp("tls-redis")
+    certificate, key = directory / "server.crt", directory / "server.key"
+    openssl = "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1"
+    names = "-addext subjectAltName=IP:127.0.0.1"
+    subprocess.run(
+        [*openssl.split(), *names.split(), "-keyout", str(key), "-out", str(certificate)],
+        check=True,
+        capture_output=True,
+    )
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]
+    paths = {"--dir": directory, "--tls-cert-file": certificate, "--tls-key-file": key}
+    paths["--tls-ca-cert-file"] = certificate
+    options = f"--port 0 --tls-port {port} --bind 127.0.0.1 --tls-auth-clients no --appendonly no"
+    server = subprocess.Popen(
+        ["redis-server", *options.split(), "--save", ""]
+        + [part for flag, path in paths.items() for part in (flag, str(path))],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    _unreachable(f"redis-server with TLS did not start (exit {server.poll()})")
+                time.sleep(0.05)
+        yield f"rediss://127.0.0.1:{port}/0", certificate
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
 
 
 @pytest.fixture
