@@ -18,7 +18,9 @@ def redis_server() -> Iterator[str]:
     Raises ``RuntimeError`` naming what is missing when testcontainers or Docker is not there.
     """
     try:
-        from testcontainers.community.redis import RedisContainer
+        from testcontainers.community.redis import (  # type: ignore[import-not-found, unused-ignore]
+            RedisContainer,
+        )
     except ImportError as error:
         raise RuntimeError(
             "a throwaway Redis needs testcontainers: "
