@@ -67,8 +67,8 @@ def main() -> None:
         nargs="?",
         default=os.environ.get("STOVEPIPE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15"),
     )
-    parser.add_argument("--count", type=int, default=5000, help="timed calls per operation")
-    parser.add_argument("--rounds", type=int, default=3, help="best p50 of this many rounds")
+    parser.add_argument("--count", type=int, default=2000, help="timed calls per operation per round")
+    parser.add_argument("--rounds", type=int, default=7, help="best p50 of this many rounds")
     args = parser.parse_args()
     count: int = args.count
     prefix = f"bench-{uuid.uuid4().hex}:"
