@@ -85,6 +85,13 @@ class _Connection(Protocol):
     def disconnect(self) -> None: ...
 
 
+def _pause_after_conflict(attempt: int) -> None:
+    """Sleep a random while below an exponential cap ("full jitter"), so that racers which
+    collided spread out instead of colliding again."""
+    cap = min(_CONFLICT_BACKOFF_CAP_SECONDS, _CONFLICT_BACKOFF_SECONDS * 2**attempt)
+    time.sleep(random.uniform(0, cap))
+
+
 def _mapped(error: redis.exceptions.RedisError) -> StorageError:
     """Translate a redis-py error: connection trouble and timeouts are transient, the rest not.
 
@@ -154,11 +161,15 @@ class RedisRequestStore:
         if value is None:
             raise NotFound(f"request {request_id!r}")
         fields = decode_request(key, value)
+        try:
+            state = RequestState(fields["state"])
+        except ValueError:
+            raise StorageError(f"redis: key {key!r} holds an unknown state") from None
         return Request(
             id=request_id,
             queue=fields["queue"],
             uri=fields["uri"],
-            state=RequestState(fields["state"]),
+            state=state,
             version=fields["version"],
         )
 
@@ -174,16 +185,7 @@ class RedisRequestStore:
             watch_and_get = connection.pack_commands((("WATCH", key), ("GET", key)))
             for attempt in range(MAX_UPDATE_ATTEMPTS):
                 if attempt:
-                    # Full jitter: racers that collided spread out instead of colliding again.
-                    time.sleep(
-                        random.uniform(
-                            0,
-                            min(
-                                _CONFLICT_BACKOFF_CAP_SECONDS,
-                                _CONFLICT_BACKOFF_SECONDS * 2**attempt,
-                            ),
-                        )
-                    )
+                    _pause_after_conflict(attempt)
                 connection.send_packed_command(watch_and_get)
                 connection.read_response()  # OK
                 stored = connection.read_response()
@@ -235,10 +237,14 @@ class RedisRequestURIStore:
             raise AlreadyExists(f"uri {uri!r} of queue {queue!r} is mapped")
 
     def get_id_by_uri(self, queue: str, uri: str) -> str:
-        value = self._commands.run("GET", self._keys.request_uri(queue, uri))
+        key = self._keys.request_uri(queue, uri)
+        value = self._commands.run("GET", key)
         if value is None:
             raise NotFound(f"uri {uri!r} of queue {queue!r}")
-        request_id: str = value.decode("utf-8")
+        try:
+            request_id: str = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise StorageError(f"redis: key {key!r} does not hold a request id") from None
         return request_id
 
 
@@ -259,11 +265,10 @@ class RedisBackend:
 
     def __init__(self, pool: redis.ConnectionPool, keys: KeyLayout) -> None:
         self._pool = pool
-        commands = _Commands(pool)
+        self._commands = commands = _Commands(pool)
         self.requests = RedisRequestStore(pool, commands, keys)
         self.request_uris = RedisRequestURIStore(commands, keys)
         self.counter = RedisCounter(commands, keys)
-        self._commands = commands
 
     def ping(self) -> None:
         """Check the server answers; ``Unavailable`` if it does not within the timeout."""

@@ -233,8 +233,15 @@ def test_a_foreign_value_under_a_request_key_is_a_storage_error_never_a_driver_e
 ) -> None:
     raw.set(f"{prefix}request:request/q/1".encode(), b"not json")
     raw.rpush(f"{prefix}counter:request/q".encode(), b"a list")
+    unknown_state = b'{"queue":"q","uri":"u","state":"from the future","version":1}'
+    raw.set(f"{prefix}request:request/q/3".encode(), unknown_state)
+    raw.set(f"{prefix}request_uri:1:q:u".encode(), b"\xff not utf-8")
+    for foreign in ("request/q/1", "request/q/3"):
+        with pytest.raises(StorageError) as got:
+            storage.requests.get(foreign)
+        assert type(got.value) is StorageError
     with pytest.raises(StorageError) as got:
-        storage.requests.get("request/q/1")
+        storage.request_uris.get_id_by_uri("q", "u")
     assert type(got.value) is StorageError
     with pytest.raises(StorageError) as got:
         storage.requests.update(_request("request/q/1"), old_version=1, new_version=2)
