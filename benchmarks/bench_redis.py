@@ -44,6 +44,7 @@ class RoundTrips:
 
     def __init__(self) -> None:
         self.sent = 0
+        self.last = 0.0
         send: Callable[..., None] = redis.connection.Connection.send_packed_command
 
         def counting_send(connection: redis.connection.Connection, *args: Any, **kw: Any) -> None:
@@ -67,7 +68,7 @@ def main() -> None:
         nargs="?",
         default=os.environ.get("STOVEPIPE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15"),
     )
-    parser.add_argument("--count", type=int, default=2000, help="timed calls per operation per round")
+    parser.add_argument("--count", type=int, default=2000, help="timed calls per round")
     parser.add_argument("--rounds", type=int, default=7, help="best p50 of this many rounds")
     args = parser.parse_args()
     count: int = args.count
