@@ -1,0 +1,71 @@
+"""The messaging contract: publish to a topic with a partition key; consume with ack, retry
+and dead-letter, at least once.
+
+* **At least once.** A handler may see a message more than once; handlers are idempotent.
+* **Per-key ordering.** Messages of one ``(topic, key)`` are delivered one at a time, in
+  publish order; a message being retried holds back the later messages of its key.
+* **Ack, retry, dead-letter.** A handler that returns acknowledges the message. One that
+  raises has it redelivered with backoff (``attempt`` counts deliveries, from 1) until the
+  queue's maximum number of attempts, after which it moves to :func:`dead_letter_topic`
+  with the failure reason. :class:`PermanentFailure` moves it there at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Final, Protocol
+
+TOPIC_PROCESS: Final = "process"
+"""Requests admitted by ingest, payload ``ProcessRequest``, partitioned by queue."""
+
+
+def dead_letter_topic(topic: str) -> str:
+    """The topic that keeps ``topic``'s messages that failed for good."""
+    return f"{topic}.dead-letter"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Message:
+    """One delivery of a published message; ``attempt`` is 1 on the first delivery."""
+
+    topic: str
+    key: str
+    payload: bytes
+    attempt: int
+
+
+class PermanentFailure(Exception):
+    """Raised by a handler for a message that can never succeed: dead-letter it at once."""
+
+
+Handler = Callable[[Message], None]
+"""Consumes one message: returning acknowledges it, raising asks for a retry."""
+
+
+class Publisher(Protocol):
+    """The producing side of a messaging queue."""
+
+    def publish(self, topic: str, key: str, payload: bytes) -> None:
+        """Accept ``payload`` for delivery on ``topic``, ordered after earlier ``key`` messages.
+
+        Returns once the message is accepted (it will be delivered at least once); raises if
+        it was not.
+        """
+        ...
+
+
+class MessageQueue(Publisher, Protocol):
+    """A messaging queue: a publisher that also runs the subscribed handlers."""
+
+    def subscribe(self, topic: str, handler: Handler) -> None:
+        """Deliver ``topic``'s messages to ``handler`` (one handler per topic)."""
+        ...
+
+    def start(self) -> None:
+        """Start delivering. Messages published earlier are delivered too."""
+        ...
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop delivering: wait up to ``timeout`` seconds for in-flight deliveries to finish."""
+        ...

@@ -1,0 +1,473 @@
+"""IngestController (DESIGN section 3) on the memory and SQLite backends, with fakes.
+
+Faults are injected only by thin wrappers around a real backend's stores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from stovepipe.controller import InconsistentState, IngestController, InvalidQueue
+from stovepipe.entity import Request, RequestState
+from stovepipe.messagequeue import TOPIC_PROCESS
+from stovepipe.messagequeue.codec import decode_process_request
+from stovepipe.messagequeue.v1.messagequeue_pb2 import ProcessRequest
+from stovepipe.sourcecontrol import NotFound as SourceNotFound
+from stovepipe.sourcecontrol import QueueMap
+from stovepipe.sourcecontrol.fake import FakeSourceControl
+from stovepipe.storage import (
+    AlreadyExists,
+    Backend,
+    Counter,
+    NotFound,
+    RequestStore,
+    RequestURIStore,
+    Storage,
+    Unavailable,
+    open_storage,
+)
+from stovepipe.storage.memory import open_backend as open_memory_backend
+
+QUEUE = "monorepo/main"
+
+
+class RecordingPublisher:
+    """Keeps what was published, decoded. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.published: list[tuple[str, str, ProcessRequest]] = []
+
+    def publish(self, topic: str, key: str, payload: bytes) -> None:
+        with self._lock:
+            self.published.append((topic, key, decode_process_request(payload)))
+
+
+@dataclasses.dataclass
+class World:
+    storage: Storage
+    source: FakeSourceControl
+    publisher: RecordingPublisher
+    controller: IngestController
+
+
+def make_world(storage: Storage, *queues: str) -> World:
+    source = FakeSourceControl(["c1"], name="monorepo")
+    publisher = RecordingPublisher()
+    sources = QueueMap({queue: source for queue in queues or (QUEUE,)})
+    return World(storage, source, publisher, IngestController(storage, sources, publisher))
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/stovepipe.db"
+
+
+@pytest.fixture
+def world(storage_url: str) -> Iterator[World]:
+    with open_storage(storage_url) as storage:
+        yield make_world(storage)
+
+
+def stored_request_ids(storage: Storage, queue: str, up_to: int) -> list[str]:
+    """The ids ``request/<queue>/1..up_to`` that have a stored row."""
+    found = []
+    for n in range(1, up_to + 1):
+        with contextlib.suppress(NotFound):
+            found.append(storage.requests.get(f"request/{queue}/{n}").id)
+    return found
+
+
+def test_ingest_new_head_stores_an_accepted_request_at_version_1_and_publishes_it(
+    world: World,
+) -> None:
+    request = world.controller.ingest(QUEUE)
+    expected = Request(
+        "request/monorepo/main/1", QUEUE, "fake://monorepo/c1", RequestState.ACCEPTED, 1
+    )
+    assert request == expected
+    assert world.storage.requests.get(request.id) == expected
+    assert world.storage.request_uris.get_id_by_uri(QUEUE, "fake://monorepo/c1") == request.id
+    assert world.publisher.published == [
+        (TOPIC_PROCESS, QUEUE, ProcessRequest(id=request.id, queue=QUEUE))
+    ]
+
+
+def test_ingest_is_idempotent_on_queue_and_uri_and_republishes_while_accepted(
+    world: World,
+) -> None:
+    first = world.controller.ingest(QUEUE)
+    second = world.controller.ingest(QUEUE)
+    assert second == first
+    assert [message.id for _, _, message in world.publisher.published] == [first.id, first.id]
+    assert world.storage.counter.next(f"request/{QUEUE}") == 2  # the repeat minted nothing
+
+
+def test_ingest_new_head_gets_the_next_number(world: World) -> None:
+    assert world.controller.ingest(QUEUE).id == "request/monorepo/main/1"
+    world.source.push("c2")
+    assert world.controller.ingest(QUEUE).id == "request/monorepo/main/2"
+    world.source.push("c3")
+    third = world.controller.ingest(QUEUE)
+    assert third.id == "request/monorepo/main/3"
+    assert third.uri == "fake://monorepo/c3"
+
+
+def test_ingest_numbers_each_queue_separately(storage_url: str) -> None:
+    with open_storage(storage_url) as storage:
+        world = make_world(storage, "a/main", "b/main")
+        assert world.controller.ingest("a/main").id == "request/a/main/1"
+        assert world.controller.ingest("b/main").id == "request/b/main/1"
+        assert [key for _, key, _ in world.publisher.published] == ["a/main", "b/main"]
+
+
+@pytest.mark.parametrize(
+    "queue",
+    ["", "q" * 201, "é" * 101, "bad\ud800surrogate", None, b"bytes"],
+    ids=["empty", "201-ascii-bytes", "202-utf8-bytes", "lone-surrogate", "none", "bytes"],
+)
+def test_ingest_invalid_queue_raises_invalid_queue_before_any_lookup(
+    world: World, queue: object
+) -> None:
+    with pytest.raises(InvalidQueue):
+        world.controller.ingest(queue)  # type: ignore[arg-type]
+    assert world.publisher.published == []
+
+
+def test_ingest_queue_at_the_byte_limit_is_valid() -> None:
+    queue = "é" * 100  # exactly 200 bytes
+    with open_storage("memory://") as storage:
+        world = make_world(storage, queue)
+        assert world.controller.ingest(queue).id == f"request/{queue}/1"
+
+
+def test_ingest_unknown_queue_raises_not_found_and_stores_nothing(world: World) -> None:
+    with pytest.raises(SourceNotFound, match="unknown queue"):
+        world.controller.ingest("monorepo/other")
+    assert world.storage.counter.next("request/monorepo/other") == 1
+    assert world.publisher.published == []
+
+
+def test_ingest_ref_without_commits_raises_not_found(storage_url: str) -> None:
+    with open_storage(storage_url) as storage:
+        publisher = RecordingPublisher()
+        sources = QueueMap({QUEUE: FakeSourceControl()})
+        with pytest.raises(SourceNotFound):
+            IngestController(storage, sources, publisher).ingest(QUEUE)
+
+
+@dataclasses.dataclass
+class WrappedBackend:
+    """A real backend with some stores swapped for fault-injecting wrappers."""
+
+    inner: Backend
+    requests: RequestStore
+    request_uris: RequestURIStore
+    counter: Counter
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class AllMissURIStore:
+    """Holds every racer's failed lookup until all have failed: the worst interleaving."""
+
+    def __init__(self, inner: RequestURIStore, barrier: threading.Barrier) -> None:
+        self._inner = inner
+        self._barrier = barrier
+
+    def create(self, queue: str, uri: str, request_id: str) -> None:
+        self._inner.create(queue, uri, request_id)
+
+    def get_id_by_uri(self, queue: str, uri: str) -> str:
+        try:
+            return self._inner.get_id_by_uri(queue, uri)
+        except NotFound:
+            self._barrier.wait()
+            raise
+
+
+@pytest.mark.parametrize(
+    ("backend", "handles", "all_miss"),
+    [
+        ("memory", 1, False),
+        ("memory", 1, True),
+        ("sqlite", 1, False),
+        ("sqlite", 2, False),
+        ("sqlite", 2, True),
+    ],
+    ids=[
+        "memory",
+        "memory-all-miss",
+        "sqlite",
+        "sqlite-two-handles",
+        "sqlite-two-handles-all-miss",
+    ],
+)
+def test_ingest_race_32_threads_one_new_head_one_id_one_row_no_orphans(
+    tmp_path: Path, backend: str, handles: int, all_miss: bool
+) -> None:
+    """32 racers ingest one new head: one id, one mapping, one row, every number but one unused.
+
+    Two handles on one SQLite file stand for two server processes sharing it. ``all_miss``
+    forces every racer past a failed lookup before any claims, so all 32 draw a number
+    and race the claim; otherwise the threads interleave as the scheduler lets them.
+    """
+    racers = 32
+    storage_url = "memory://" if backend == "memory" else f"sqlite:///{tmp_path}/stovepipe.db"
+    storages = [open_storage(storage_url) for _ in range(handles)]
+    if all_miss:
+        lookups = threading.Barrier(racers)
+        storages = [
+            Storage(
+                WrappedBackend(
+                    storage,
+                    storage.requests,
+                    AllMissURIStore(storage.request_uris, lookups),
+                    storage.counter,
+                )
+            )
+            for storage in storages
+        ]
+    sources = QueueMap({QUEUE: FakeSourceControl(["c1"], name="monorepo")})
+    publisher = RecordingPublisher()
+    controllers = [IngestController(storage, sources, publisher) for storage in storages]
+    start = threading.Barrier(racers)
+    results: list[Request] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def race(controller: IngestController) -> None:
+        try:
+            start.wait()
+            request = controller.ingest(QUEUE)
+            with lock:
+                results.append(request)
+        except BaseException as error:
+            with lock:
+                errors.append(error)
+
+    threads = [
+        threading.Thread(target=race, args=(controllers[n % handles],)) for n in range(racers)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        storage = storages[0]
+        assert errors == []
+        assert len(results) == racers
+        ids = {request.id for request in results}
+        assert len(ids) == 1
+        [winner] = ids
+        # Every racer that missed the mapping drew a number; only the winner's is used.
+        drawn = storage.counter.next(f"request/{QUEUE}") - 1
+        assert drawn == racers if all_miss else 1 <= drawn <= racers
+        assert int(winner.rsplit("/", 1)[1]) <= drawn
+        assert stored_request_ids(storage, QUEUE, drawn) == [winner]
+        assert storage.request_uris.get_id_by_uri(QUEUE, "fake://monorepo/c1") == winner
+        assert {message.id for _, _, message in publisher.published} == {winner}
+    finally:
+        for storage in storages:
+            storage.close()
+
+
+class InterleavingURIStore:
+    """Lets a rival claim the head between this caller's lookup and its claim."""
+
+    def __init__(self, inner: RequestURIStore, rival: Callable[[], None]) -> None:
+        self._inner = inner
+        self._rival: Callable[[], None] | None = rival
+
+    def create(self, queue: str, uri: str, request_id: str) -> None:
+        if self._rival is not None:
+            rival, self._rival = self._rival, None
+            rival()
+        self._inner.create(queue, uri, request_id)
+
+    def get_id_by_uri(self, queue: str, uri: str) -> str:
+        return self._inner.get_id_by_uri(queue, uri)
+
+
+class CrashingRequestStore:
+    """Fails ``create`` once, as a process dying between the claim and the row would."""
+
+    def __init__(self, inner: RequestStore) -> None:
+        self._inner = inner
+        self.crashes_left = 1
+
+    def create(self, request: Request) -> None:
+        if self.crashes_left:
+            self.crashes_left -= 1
+            raise Unavailable("connection reset")
+        self._inner.create(request)
+
+    def get(self, request_id: str) -> Request:
+        return self._inner.get(request_id)
+
+    def update(self, request: Request, *, old_version: int, new_version: int) -> None:
+        self._inner.update(request, old_version=old_version, new_version=new_version)
+
+
+def test_ingest_lost_race_adopts_the_winners_id_and_leaves_no_orphan_row() -> None:
+    backend = open_memory_backend("memory://")
+    plain = Storage(backend)
+    winner = make_world(plain)
+
+    def rival_claims() -> None:
+        winner.controller.ingest(QUEUE)  # request/monorepo/main/2: claims first
+
+    uris = InterleavingURIStore(backend.request_uris, rival_claims)
+    loser = make_world(Storage(WrappedBackend(backend, backend.requests, uris, backend.counter)))
+    request = loser.controller.ingest(QUEUE)
+    assert request.id == "request/monorepo/main/2"
+    assert stored_request_ids(plain, QUEUE, 2) == ["request/monorepo/main/2"]
+    assert [message.id for _, _, message in loser.publisher.published] == [request.id]
+
+
+def test_ingest_heals_a_mapping_whose_row_is_missing(caplog: pytest.LogCaptureFixture) -> None:
+    backend = open_memory_backend("memory://")
+    crashing = CrashingRequestStore(backend.requests)
+    world = make_world(
+        Storage(WrappedBackend(backend, crashing, backend.request_uris, backend.counter))
+    )
+    with pytest.raises(Unavailable):
+        world.controller.ingest(QUEUE)
+    plain = Storage(backend)
+    assert (
+        plain.request_uris.get_id_by_uri(QUEUE, "fake://monorepo/c1") == "request/monorepo/main/1"
+    )
+    with pytest.raises(NotFound):
+        plain.requests.get("request/monorepo/main/1")
+    assert world.publisher.published == []
+
+    healed = world.controller.ingest(QUEUE)
+    expected = Request(
+        "request/monorepo/main/1", QUEUE, "fake://monorepo/c1", RequestState.ACCEPTED, 1
+    )
+    assert healed == expected
+    assert plain.requests.get(healed.id) == expected
+    assert [message.id for _, _, message in world.publisher.published] == [healed.id]
+    assert plain.counter.next(f"request/{QUEUE}") == 2  # healing minted no new number
+
+
+def test_ingest_row_created_by_a_racer_between_get_and_create_is_re_read() -> None:
+    backend = open_memory_backend("memory://")
+    row = Request("request/monorepo/main/1", QUEUE, "fake://monorepo/c1", RequestState.ACCEPTED, 1)
+
+    class RacingRequestStore(CrashingRequestStore):
+        def create(self, request: Request) -> None:
+            self._inner.create(row)  # the racer's identical row lands first
+            self._inner.create(request)
+
+    racing = RacingRequestStore(backend.requests)
+    world = make_world(
+        Storage(WrappedBackend(backend, racing, backend.request_uris, backend.counter))
+    )
+    assert world.controller.ingest(QUEUE) == row
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        Request("request/monorepo/main/1", QUEUE, "fake://monorepo/c0", RequestState.ACCEPTED, 1),
+        Request(
+            "request/monorepo/main/1",
+            "monorepo/other",
+            "fake://monorepo/c1",
+            RequestState.ACCEPTED,
+            1,
+        ),
+    ],
+    ids=["uri-differs", "queue-differs"],
+)
+def test_ingest_stored_request_differing_from_its_mapping_raises_inconsistent_state(
+    world: World, stored: Request, caplog: pytest.LogCaptureFixture
+) -> None:
+    world.storage.request_uris.create(QUEUE, "fake://monorepo/c1", stored.id)
+    world.storage.requests.create(stored)
+    with (
+        caplog.at_level(logging.ERROR, logger="stovepipe.controller.ingest"),
+        pytest.raises(InconsistentState, match="does not match the mapping"),
+    ):
+        world.controller.ingest(QUEUE)
+    logged = caplog.text
+    assert repr(stored.uri) in logged
+    assert repr(stored.queue) in logged
+    assert "'fake://monorepo/c1'" in logged
+    assert world.publisher.published == []
+
+
+def test_ingest_publish_failure_propagates_and_the_next_ingest_republishes(world: World) -> None:
+    class DownPublisher:
+        def publish(self, topic: str, key: str, payload: bytes) -> None:
+            raise ConnectionError("broker down")
+
+    sources = QueueMap({QUEUE: world.source})
+    with pytest.raises(ConnectionError):
+        IngestController(world.storage, sources, DownPublisher()).ingest(QUEUE)
+    request = world.controller.ingest(QUEUE)
+    assert request.id == "request/monorepo/main/1"
+    assert [message.id for _, _, message in world.publisher.published] == [request.id]
+
+
+def test_ingest_storage_unavailable_propagates() -> None:
+    backend = open_memory_backend("memory://")
+
+    class DownURIStore:
+        def create(self, queue: str, uri: str, request_id: str) -> None:
+            raise Unavailable("connection refused")
+
+        def get_id_by_uri(self, queue: str, uri: str) -> str:
+            raise Unavailable("connection refused")
+
+    world = make_world(
+        Storage(WrappedBackend(backend, backend.requests, DownURIStore(), backend.counter))
+    )
+    with pytest.raises(Unavailable):
+        world.controller.ingest(QUEUE)
+    assert world.publisher.published == []
+
+
+def test_ingest_mapping_that_exists_by_create_but_not_by_read_raises_inconsistent_state() -> None:
+    backend = open_memory_backend("memory://")
+
+    class BrokenURIStore:
+        def create(self, queue: str, uri: str, request_id: str) -> None:
+            raise AlreadyExists("mapped")
+
+        def get_id_by_uri(self, queue: str, uri: str) -> str:
+            raise NotFound("not mapped")
+
+    world = make_world(
+        Storage(WrappedBackend(backend, backend.requests, BrokenURIStore(), backend.counter))
+    )
+    with pytest.raises(InconsistentState, match="exists by create but not by read"):
+        world.controller.ingest(QUEUE)
+
+
+def test_ingest_row_that_exists_by_create_but_not_by_read_raises_inconsistent_state() -> None:
+    backend = open_memory_backend("memory://")
+
+    class BrokenRequestStore(CrashingRequestStore):
+        def create(self, request: Request) -> None:
+            raise AlreadyExists("exists")
+
+        def get(self, request_id: str) -> Request:
+            raise NotFound("missing")
+
+    broken = BrokenRequestStore(backend.requests)
+    world = make_world(
+        Storage(WrappedBackend(backend, broken, backend.request_uris, backend.counter))
+    )
+    with pytest.raises(InconsistentState, match="exists by create but not by read"):
+        world.controller.ingest(QUEUE)
+    assert world.publisher.published == []

@@ -1,0 +1,234 @@
+"""InProcessMessageQueue under real worker and publisher threads."""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from stovepipe.messagequeue import Message, MessageQueue, PermanentFailure, dead_letter_topic
+from stovepipe.messagequeue.inprocess import InProcessMessageQueue
+
+TIMEOUT = 10.0
+
+
+@pytest.fixture
+def queue() -> Iterator[InProcessMessageQueue]:
+    messagequeue = InProcessMessageQueue(max_attempts=3, backoff_seconds=0.05, workers=4)
+    yield messagequeue
+    messagequeue.stop(timeout=TIMEOUT)
+
+
+def test_dead_letter_topic_names_the_topic() -> None:
+    assert dead_letter_topic("process") == "process.dead-letter"
+
+
+def test_published_message_is_delivered_once_acknowledged(queue: InProcessMessageQueue) -> None:
+    delivered: list[Message] = []
+    queue.subscribe("t", delivered.append)
+    queue.start()
+    queue.publish("t", "k", b"payload")
+    assert queue.wait_until_idle(TIMEOUT)
+    assert delivered == [Message("t", "k", b"payload", 1)]
+    assert queue.dead_letters("t") == []
+
+
+def test_messages_published_before_start_or_subscribe_are_delivered_later(
+    queue: InProcessMessageQueue,
+) -> None:
+    delivered: list[bytes] = []
+    queue.publish("t", "k", b"before subscribe")
+    queue.start()
+    queue.publish("t", "k", b"before handler")
+    queue.subscribe("t", lambda message: delivered.append(message.payload))
+    assert queue.wait_until_idle(TIMEOUT)
+    assert delivered == [b"before subscribe", b"before handler"]
+
+
+def test_per_key_ordering_one_delivery_per_key_at_a_time_in_publish_order(
+    queue: InProcessMessageQueue,
+) -> None:
+    keys = [f"queue-{n}" for n in range(8)]
+    per_key = 60
+    received: dict[str, list[int]] = collections.defaultdict(list)
+    active: set[str] = set()
+    overlaps: list[str] = []
+    peak = 0
+    lock = threading.Lock()
+
+    def handle(message: Message) -> None:
+        nonlocal peak
+        with lock:
+            if message.key in active:
+                overlaps.append(message.key)
+            active.add(message.key)
+            peak = max(peak, len(active))
+        time.sleep(0.0005)
+        with lock:
+            active.discard(message.key)
+            received[message.key].append(int(message.payload))
+
+    queue.subscribe("t", handle)
+    queue.start()
+    barrier = threading.Barrier(len(keys))
+
+    def publish_all(key: str) -> None:
+        barrier.wait()
+        for n in range(per_key):
+            queue.publish("t", key, str(n).encode())
+
+    publishers = [threading.Thread(target=publish_all, args=(key,)) for key in keys]
+    for publisher in publishers:
+        publisher.start()
+    for publisher in publishers:
+        publisher.join()
+    assert queue.wait_until_idle(TIMEOUT)
+    assert overlaps == []
+    assert {key: received[key] for key in keys} == {key: list(range(per_key)) for key in keys}
+    assert peak > 1  # distinct keys did run in parallel
+
+
+def test_a_blocked_key_does_not_hold_back_other_keys(queue: InProcessMessageQueue) -> None:
+    release = threading.Event()
+    delivered: list[str] = []
+
+    def handle(message: Message) -> None:
+        if message.key == "slow":
+            release.wait(TIMEOUT)
+        delivered.append(message.key)
+
+    queue.subscribe("t", handle)
+    queue.start()
+    queue.publish("t", "slow", b"")
+    queue.publish("t", "fast", b"")
+    deadline = time.monotonic() + TIMEOUT
+    while "fast" not in delivered and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert delivered == ["fast"]
+    release.set()
+    assert queue.wait_until_idle(TIMEOUT)
+    assert delivered == ["fast", "slow"]
+
+
+def test_failed_delivery_is_retried_with_backoff_and_holds_back_its_key(
+    queue: InProcessMessageQueue,
+) -> None:
+    seen: list[tuple[bytes, int, float]] = []
+
+    def handle(message: Message) -> None:
+        seen.append((message.payload, message.attempt, time.monotonic()))
+        if message.payload == b"first" and message.attempt < 3:
+            raise ConnectionError("storage down")
+
+    queue.subscribe("t", handle)
+    queue.publish("t", "k", b"first")
+    queue.publish("t", "k", b"second")
+    queue.start()
+    assert queue.wait_until_idle(TIMEOUT)
+    assert [(payload, attempt) for payload, attempt, _ in seen] == [
+        (b"first", 1),
+        (b"first", 2),
+        (b"first", 3),
+        (b"second", 1),
+    ]
+    first_wait, second_wait = seen[1][2] - seen[0][2], seen[2][2] - seen[1][2]
+    assert first_wait >= 0.05
+    assert second_wait >= 0.1  # exponential: twice the first backoff
+    assert queue.dead_letters("t") == []
+
+
+def test_after_max_attempts_the_message_is_dead_lettered_with_its_reason_and_the_key_moves_on(
+    queue: InProcessMessageQueue,
+) -> None:
+    attempts: list[int] = []
+    delivered: list[bytes] = []
+
+    def handle(message: Message) -> None:
+        if message.payload == b"poison":
+            attempts.append(message.attempt)
+            raise ConnectionError("still down")
+        delivered.append(message.payload)
+
+    queue.subscribe("t", handle)
+    queue.start()
+    queue.publish("t", "k", b"poison")
+    queue.publish("t", "k", b"next")
+    assert queue.wait_until_idle(TIMEOUT)
+    assert attempts == [1, 2, 3]
+    assert delivered == [b"next"]
+    [letter] = queue.dead_letters("t")
+    assert letter.message == Message("t", "k", b"poison", 3)
+    assert letter.reason == "ConnectionError: still down"
+
+
+def test_permanent_failure_dead_letters_at_once(queue: InProcessMessageQueue) -> None:
+    attempts: list[int] = []
+
+    def handle(message: Message) -> None:
+        attempts.append(message.attempt)
+        raise PermanentFailure("malformed payload")
+
+    queue.subscribe("t", handle)
+    queue.start()
+    queue.publish("t", "k", b"junk")
+    assert queue.wait_until_idle(TIMEOUT)
+    assert attempts == [1]
+    [letter] = queue.dead_letters("t")
+    assert letter.message.attempt == 1
+    assert letter.reason == "PermanentFailure: malformed payload"
+
+
+def test_stop_drains_in_flight_deliveries_then_refuses_publishes() -> None:
+    queue: MessageQueue = InProcessMessageQueue(workers=2)
+    started = threading.Event()
+    finished: list[bytes] = []
+
+    def handle(message: Message) -> None:
+        started.set()
+        time.sleep(0.2)
+        finished.append(message.payload)
+
+    queue.subscribe("t", handle)
+    queue.start()
+    queue.publish("t", "k", b"in flight")
+    assert started.wait(TIMEOUT)
+    queue.stop(timeout=TIMEOUT)
+    assert finished == [b"in flight"]
+    with pytest.raises(RuntimeError, match="stopped"):
+        queue.publish("t", "k", b"too late")
+    queue.stop()  # idempotent
+
+
+def test_stop_gives_up_on_a_stuck_handler_after_the_timeout() -> None:
+    queue = InProcessMessageQueue(workers=1)
+    started, release = threading.Event(), threading.Event()
+
+    def handle(message: Message) -> None:
+        started.set()
+        release.wait(TIMEOUT)
+
+    queue.subscribe("t", handle)
+    queue.start()
+    queue.publish("t", "k", b"")
+    assert started.wait(TIMEOUT)
+    began = time.monotonic()
+    queue.stop(timeout=0.2)
+    assert 0.15 <= time.monotonic() - began < 2.0
+    release.set()
+
+
+def test_one_handler_per_topic_and_start_only_once(queue: InProcessMessageQueue) -> None:
+    queue.subscribe("t", lambda message: None)
+    with pytest.raises(ValueError, match="already has a handler"):
+        queue.subscribe("t", lambda message: None)
+    queue.start()
+    with pytest.raises(RuntimeError, match="only once"):
+        queue.start()
+
+
+def test_publish_checks_argument_types(queue: InProcessMessageQueue) -> None:
+    with pytest.raises(TypeError):
+        queue.publish("t", "k", "text")  # type: ignore[arg-type]

@@ -1,0 +1,214 @@
+"""GitSourceControl on real repositories made with the git CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from stovepipe.sourcecontrol import NotFound, Unavailable
+from stovepipe.sourcecontrol.git import GitSourceControl
+
+GIT_ENV = {
+    **os.environ,
+    "GIT_CONFIG_GLOBAL": os.devnull,
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_AUTHOR_NAME": "Test",
+    "GIT_AUTHOR_EMAIL": "test@example.com",
+    "GIT_COMMITTER_NAME": "Test",
+    "GIT_COMMITTER_EMAIL": "test@example.com",
+}
+
+
+def run_git(repo: Path, *args: str) -> str:
+    completed = subprocess.run(
+        ["git", "-C", str(repo), *args], env=GIT_ENV, check=True, capture_output=True, text=True
+    )
+    return completed.stdout.strip()
+
+
+def commit(repo: Path, message: str = "change") -> str:
+    run_git(repo, "commit", "--quiet", "--allow-empty", f"--message={message}")
+    return run_git(repo, "rev-parse", "HEAD")
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    path = tmp_path / "monorepo"
+    run_git(tmp_path, "init", "--quiet", "--initial-branch=main", str(path))
+    return path
+
+
+def test_uri_is_git_remote_repo_ref_sha(repo: Path) -> None:
+    sha = commit(repo)
+    assert GitSourceControl(repo, "main").latest() == f"git://local/monorepo/main/{sha}"
+    named = GitSourceControl(repo, "main", remote="origin.example")
+    assert named.latest() == f"git://origin.example/monorepo/main/{sha}"
+
+
+def test_full_ref_names_are_accepted_and_keep_their_name_in_the_uri(repo: Path) -> None:
+    sha = commit(repo)
+    run_git(repo, "update-ref", "refs/remotes/origin/main", sha)
+    assert GitSourceControl(repo, "refs/heads/main").latest() == f"git://local/monorepo/main/{sha}"
+    remote_ref = GitSourceControl(repo, "refs/remotes/origin/main").latest()
+    assert remote_ref == f"git://local/monorepo/refs/remotes/origin/main/{sha}"
+
+
+def test_bare_repository_name_drops_the_git_suffix(repo: Path, tmp_path: Path) -> None:
+    sha = commit(repo)
+    bare = tmp_path / "mirror.git"
+    run_git(tmp_path, "clone", "--quiet", "--bare", str(repo), str(bare))
+    assert GitSourceControl(bare, "main").latest() == f"git://local/mirror/main/{sha}"
+
+
+def test_annotated_tag_ref_resolves_to_its_commit(repo: Path) -> None:
+    sha = commit(repo)
+    run_git(repo, "tag", "--annotate", "--message=release", "v1")
+    assert GitSourceControl(repo, "refs/tags/v1").latest().endswith(f"/{sha}")
+
+
+def test_latest_sees_ref_updates_immediately_loose_packed_and_rewound(repo: Path) -> None:
+    source = GitSourceControl(repo, "main")
+    first = commit(repo)
+    assert source.latest().endswith(first)
+    second = commit(repo)
+    assert source.latest().endswith(second)
+    run_git(repo, "pack-refs", "--all")
+    assert source.latest().endswith(second)
+    run_git(repo, "update-ref", "refs/heads/main", first)  # a rewind, as after a force push
+    assert source.latest().endswith(first)
+    run_git(repo, "pack-refs", "--all")
+    third = commit(repo)
+    assert source.latest().endswith(third)
+    run_git(repo, "gc", "--quiet")  # objects move into a pack
+    fourth = commit(repo)
+    assert source.latest().endswith(fourth)
+    assert source.is_ancestor(source.latest().replace(fourth, third), source.latest())
+
+
+def test_latest_of_a_deleted_branch_raises_not_found(repo: Path) -> None:
+    commit(repo)
+    run_git(repo, "checkout", "--quiet", "-b", "other")
+    source = GitSourceControl(repo, "main")
+    source.latest()
+    run_git(repo, "branch", "--quiet", "-D", "main")
+    with pytest.raises(NotFound, match="refs/heads/main"):
+        source.latest()
+
+
+def test_latest_of_a_corrupt_ref_raises_unavailable(repo: Path) -> None:
+    commit(repo)
+    source = GitSourceControl(repo, "main")
+    (repo / ".git" / "refs" / "heads" / "main").write_text("garbage\n")
+    with pytest.raises(Unavailable):
+        source.latest()
+
+
+def test_latest_does_not_start_a_process(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sha = commit(repo)
+    source = GitSourceControl(repo, "main")
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("latest() started a process")
+
+    for name in ("fork", "posix_spawn", "posix_spawnp", "system", "execv", "execve"):
+        if hasattr(os, name):
+            monkeypatch.setattr(os, name, refuse)
+    monkeypatch.setattr(subprocess, "Popen", refuse)
+    for _ in range(100):
+        assert source.latest().endswith(sha)
+
+
+def test_missing_repository_raises_not_found(tmp_path: Path) -> None:
+    with pytest.raises(NotFound, match="no git repository"):
+        GitSourceControl(tmp_path / "absent", "main")
+
+
+@pytest.mark.parametrize("ref", ["", "bad..name", "has space", "refs/heads/x.lock"])
+def test_invalid_ref_name_raises_value_error(repo: Path, ref: str) -> None:
+    with pytest.raises(ValueError, match="ref name"):
+        GitSourceControl(repo, ref)
+
+
+def test_history_follows_first_parents_through_a_merge(repo: Path) -> None:
+    base = commit(repo, "base")
+    run_git(repo, "checkout", "--quiet", "-b", "feature")
+    feature = commit(repo, "feature")
+    run_git(repo, "checkout", "--quiet", "main")
+    mainline = commit(repo, "mainline")
+    run_git(repo, "merge", "--quiet", "--no-ff", "--message=merge", "feature")
+    merge = run_git(repo, "rev-parse", "HEAD")
+    source = GitSourceControl(repo, "main")
+    shas = [uri.rsplit("/", 1)[1] for uri in source.history(limit=10).uris]
+    assert shas == [merge, mainline, base]
+    # Ancestry uses the whole graph: the merged branch's commit is an ancestor too.
+    prefix = "git://local/monorepo/main/"
+    assert source.is_ancestor(prefix + feature, prefix + merge) is True
+    assert source.is_ancestor(prefix + feature, prefix + mainline) is False
+
+
+def test_is_ancestor_is_false_after_history_is_rewritten(repo: Path) -> None:
+    commit(repo, "base")
+    source = GitSourceControl(repo, "main")
+    before = source.latest()
+    run_git(repo, "commit", "--quiet", "--amend", "--allow-empty", "--message=rewritten")
+    after = source.latest()
+    assert before != after
+    assert source.is_ancestor(before, after) is False
+
+
+def test_is_ancestor_uri_of_another_ref_raises_not_found(repo: Path) -> None:
+    commit(repo)
+    run_git(repo, "branch", "release")
+    main, release = GitSourceControl(repo, "main"), GitSourceControl(repo, "release")
+    with pytest.raises(NotFound):
+        main.is_ancestor(release.latest(), main.latest())
+
+
+def test_is_ancestor_sha_of_a_non_commit_raises_not_found(repo: Path) -> None:
+    commit(repo)
+    tree = run_git(repo, "rev-parse", "HEAD^{tree}")
+    source = GitSourceControl(repo, "main")
+    with pytest.raises(NotFound):
+        source.is_ancestor(f"git://local/monorepo/main/{tree}", source.latest())
+
+
+def test_history_cursor_of_another_ref_of_the_same_repository_raises_value_error(
+    repo: Path,
+) -> None:
+    commit(repo)
+    commit(repo)
+    run_git(repo, "branch", "release")
+    cursor = GitSourceControl(repo, "release").history(limit=1).next_cursor
+    assert cursor is not None
+    with pytest.raises(ValueError, match="another source"):
+        GitSourceControl(repo, "main").history(cursor)
+
+
+def test_latest_is_thread_safe_while_commits_land(repo: Path) -> None:
+    commit(repo)
+    source = GitSourceControl(repo, "main")
+    seen: list[str] = []
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def read() -> None:
+        try:
+            while not done.is_set():
+                seen.append(source.latest())
+        except BaseException as error:
+            errors.append(error)
+
+    readers = [threading.Thread(target=read) for _ in range(8)]
+    for reader in readers:
+        reader.start()
+    heads = [commit(repo) for _ in range(5)]
+    done.set()
+    for reader in readers:
+        reader.join()
+    assert errors == []
+    assert source.latest().endswith(heads[-1])
+    assert {uri.rsplit("/", 1)[1] for uri in seen} <= {*heads, run_git(repo, "rev-parse", "HEAD~5")}
