@@ -17,6 +17,7 @@ a retried ``SET NX`` or ``INCR`` whose first attempt did land would answer wrong
 from __future__ import annotations
 
 import json
+import json.encoder
 import random
 import ssl
 import threading
@@ -44,18 +45,23 @@ without moving its version. After that it gives up with ``Unavailable`` (safe to
 _CONFLICT_BACKOFF_SECONDS: Final = 0.0002
 _CONFLICT_BACKOFF_CAP_SECONDS: Final = 0.01
 
-# Built once: json.dumps with options builds a new encoder on every call, and json.loads
-# spends longer sniffing the encoding of bytes than decoding them.
-_encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+# The string quoting of json.dumps(..., ensure_ascii=False), without building an encoder per
+# call: a third of the time json.dumps takes for this small, fixed shape.
+_json_string = json.encoder.encode_basestring
+# Built once; json.loads spends longer sniffing the encoding of bytes than decoding them.
 _decode_json = json.JSONDecoder().decode
 
 
 def encode_request(queue: str, uri: str, state: str, version: int) -> bytes:
     """The stored value of a request: compact UTF-8 JSON without the id (the key has it).
 
-    ``{"queue":"monorepo/main","uri":"git://...","state":"accepted","version":1}``
+    ``{"queue":"monorepo/main","uri":"git://...","state":"accepted","version":1}``, the same
+    bytes as ``json.dumps(fields, ensure_ascii=False, separators=(",", ":"))``.
     """
-    return _encode_json({"queue": queue, "uri": uri, "state": state, "version": version}).encode()
+    return (
+        f'{{"queue":{_json_string(queue)},"uri":{_json_string(uri)},'
+        f'"state":{_json_string(state)},"version":{version:d}}}'
+    ).encode()
 
 
 def decode_request(key: bytes, value: bytes) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -12,6 +13,7 @@ import redis.connection
 from hypothesis import given
 from hypothesis import strategies as st
 from stovepipe_redis import KeyLayout, RedisBackend, open_backend
+from stovepipe_redis.backend import decode_request, encode_request
 
 from stovepipe.entity import Request, RequestState
 from stovepipe.storage import Storage, StorageError, Unavailable, VersionMismatch, open_storage
@@ -223,6 +225,21 @@ def test_key_prefix_option_keeps_deployments_apart(
     with open_storage(url_with(prefix=prefix + "another-deployment:")) as other:
         assert other.counter.next("request/q") == 1
     assert storage.counter.next("request/q") == 2
+
+
+# --- stored value ----------------------------------------------------------------------------
+
+_text = st.text(st.characters(exclude_categories=["Cs"]))  # any code point but lone surrogates
+
+
+@given(queue=_text, uri=_text, state=_text, version=st.integers(1, 2**63 - 1))
+def test_stored_value_is_compact_json_and_round_trips_any_text(
+    queue: str, uri: str, state: str, version: int
+) -> None:
+    fields = {"queue": queue, "uri": uri, "state": state, "version": version}
+    value = encode_request(queue, uri, state, version)
+    assert value == json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode()
+    assert decode_request(b"key", value) == fields
 
 
 # --- errors ----------------------------------------------------------------------------------
