@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-REDIS_IMAGE = "redis:7.4"
+REDIS_IMAGE = "redis:7.4.1"
 
 
 @contextlib.contextmanager
@@ -18,9 +18,7 @@ def redis_server() -> Iterator[str]:
     Raises ``RuntimeError`` naming what is missing when testcontainers or Docker is not there.
     """
     try:
-        from testcontainers.community.redis import (  # type: ignore[import-not-found, unused-ignore]
-            RedisContainer,
-        )
+        from testcontainers.community.redis import RedisContainer
     except ImportError as error:
         raise RuntimeError(
             "a throwaway Redis needs testcontainers: "
