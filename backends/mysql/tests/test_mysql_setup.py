@@ -126,5 +126,5 @@ def test_test_server_hook_yields_a_migrated_mysql_8_or_explains_why_it_cannot() 
             assert storage.counter.next("request/q") == 1
     else:
         # Without testcontainers installed the hook names the extra to install instead.
-        with pytest.raises(RuntimeError, match="Docker|testcontainers"), mysql_test_server():
+        with pytest.raises(RuntimeError, match=r"Docker|testcontainers"), mysql_test_server():
             pass
