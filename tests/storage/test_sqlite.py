@@ -1,0 +1,72 @@
+"""What the SQLite backend promises beyond the shared contract suite."""
+
+from __future__ import annotations
+
+import pathlib
+import sqlite3
+import time
+
+import pytest
+
+from stovepipe.entity import Request, RequestState
+from stovepipe.storage import Unavailable, open_storage
+
+
+def test_sqlite_url_with_three_slashes_is_relative_and_four_is_absolute(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with open_storage("sqlite:///data/relative.db") as storage:
+        storage.counter.next("c")
+    assert (tmp_path / "data" / "relative.db").exists()
+    with open_storage(f"sqlite:///{tmp_path}/absolute.db") as storage:
+        storage.counter.next("c")
+    assert (tmp_path / "absolute.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("sqlite://host/file.db", "name a file, not a host"),
+        ("sqlite://", "needs a file path"),
+        ("sqlite:///x.db?cache=1", "unknown sqlite URL options: cache"),
+        ("sqlite:///x.db?synchronous=off", "full or normal"),
+    ],
+)
+def test_sqlite_bad_urls_are_rejected_with_a_clear_error(
+    url: str, message: str, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        open_storage(url)
+
+
+def test_sqlite_is_durable_across_restarts(tmp_path: pathlib.Path) -> None:
+    url = f"sqlite:///{tmp_path}/state.db"
+    request = Request("request/q/1", "q", "git://o/r/q/abc", RequestState.ACCEPTED, 1)
+    with open_storage(url) as storage:
+        storage.requests.create(request)
+        storage.request_uris.create("q", request.uri, request.id)
+        assert storage.counter.next("request/q") == 1
+    with open_storage(url) as storage:
+        assert storage.requests.get(request.id) == request
+        assert storage.request_uris.get_id_by_uri("q", request.uri) == request.id
+        assert storage.counter.next("request/q") == 2
+
+
+def test_sqlite_writer_blocked_past_its_timeout_gets_unavailable_promptly(
+    tmp_path: pathlib.Path,
+) -> None:
+    path = tmp_path / "locked.db"
+    with open_storage(f"sqlite:///{path}?timeout=0.2") as storage:
+        blocker = sqlite3.connect(path, isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")
+        try:
+            started = time.monotonic()
+            with pytest.raises(Unavailable, match="locked"):
+                storage.counter.next("c")
+            assert time.monotonic() - started < 2
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        assert storage.counter.next("c") == 1
