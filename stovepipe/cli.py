@@ -1,0 +1,320 @@
+"""The ``stovepipe`` command: run the server, and talk to one.
+
+    stovepipe serve [--listen HOST:PORT] [--config FILE] [--storage-url URL]
+                    [--metrics-listen HOST:PORT]
+    stovepipe ingest QUEUE            prints the request id of the queue's head
+    stovepipe get ID                  prints the request as JSON
+    stovepipe ping                    prints the server's version and the round trip
+    stovepipe poll QUEUE --every S    ingests every S seconds, logging each new id
+    stovepipe migrate URL             prepares a storage backend's schema, if it needs one
+
+Client commands take ``--server HOST:PORT`` (default ``127.0.0.1:50051``, or
+``$STOVEPIPE_SERVER``) and ``--timeout SECONDS``. Failures are one line on stderr and a
+non-zero exit: 1 for an error the server reported, 2 for bad usage or configuration, 3 when
+the server cannot be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Sequence
+from types import FrameType
+
+import grpc
+
+import stovepipe
+from stovepipe import config as configuration
+from stovepipe.client import StovepipeClient
+from stovepipe.v1 import stovepipe_pb2 as pb
+
+MIGRATIONS_GROUP = "stovepipe.storage.migrations"
+SERVER_ENV = "STOVEPIPE_SERVER"
+EXIT_SERVER_ERROR = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+
+# A poller keeps going through these; anything else means the call can never succeed.
+_TRANSIENT = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.CANCELLED,
+    }
+)
+
+# The servicer ends the detail of its UNAVAILABLE answers so (see stovepipe.service).
+_SERVER_UNAVAILABLE_MARK = "is unavailable; retry later"
+
+logger = logging.getLogger("stovepipe")
+
+
+class CommandError(Exception):
+    """A failure reported as one line on stderr with an exit status."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``stovepipe`` command; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except CommandError as error:
+        print(f"stovepipe: {error}", file=sys.stderr)
+        return error.status
+    except configuration.ConfigError as error:
+        print(f"stovepipe: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stovepipe", description="Tells at which commit a branch is green."
+    )
+    parser.add_argument("--version", action="version", version=stovepipe.__version__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the server until SIGTERM or SIGINT")
+    serve.add_argument("--config", help="TOML configuration file (default $STOVEPIPE_CONFIG)")
+    serve.add_argument("--listen", metavar="HOST:PORT", help="gRPC address")
+    serve.add_argument("--storage-url", metavar="URL", help="storage backend URL")
+    serve.add_argument(
+        "--metrics-listen", metavar="HOST:PORT", help='Prometheus address ("" turns it off)'
+    )
+    serve.set_defaults(handler=_serve)
+
+    def client(name: str, help: str) -> argparse.ArgumentParser:
+        command = commands.add_parser(name, help=help)
+        command.add_argument(
+            "--server",
+            metavar="HOST:PORT",
+            default=None,
+            help=f"server address (default ${SERVER_ENV} or {configuration.DEFAULT_LISTEN})",
+        )
+        command.add_argument(
+            "--timeout", type=_positive, default=10.0, metavar="SECONDS", help="per call"
+        )
+        return command
+
+    ingest = client("ingest", "admit a queue's head; print its request id")
+    ingest.add_argument("queue")
+    ingest.set_defaults(handler=_ingest)
+
+    get = client("get", "print a request as JSON")
+    get.add_argument("id")
+    get.set_defaults(handler=_get)
+
+    ping = client("ping", "check that the server answers")
+    ping.set_defaults(handler=_ping)
+
+    poll = client("poll", "ingest a queue on a timer, logging new request ids")
+    poll.add_argument("queue")
+    poll.add_argument("--every", type=_positive, required=True, metavar="SECONDS")
+    poll.set_defaults(handler=_poll)
+
+    migrate = commands.add_parser("migrate", help="prepare a storage backend's schema")
+    migrate.add_argument("url")
+    migrate.set_defaults(handler=_migrate)
+    return parser
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def _configure_logging(level: str = "info") -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from stovepipe import server  # the client commands do not pay for the server's imports
+
+    config = configuration.load(
+        args.config,
+        overrides={
+            "listen": args.listen,
+            "storage_url": args.storage_url,
+            "metrics_listen": args.metrics_listen,
+        },
+    )
+    _configure_logging(config.log_level)
+    try:
+        drained = server.run(config)
+    except OSError as error:
+        raise CommandError(str(error), EXIT_USAGE) from None
+    if not drained:
+        # Threads stuck past the grace period would hold the interpreter's exit forever.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+    return 0
+
+
+def _stub(args: argparse.Namespace) -> tuple[grpc.Channel, StovepipeClient, str]:
+    address: str = args.server or os.environ.get(SERVER_ENV) or configuration.DEFAULT_LISTEN
+    configuration.parse_address(address, setting="--server")
+    channel = grpc.insecure_channel(address)
+    return channel, StovepipeClient(channel), address
+
+
+def _failure(error: grpc.RpcError, address: str) -> CommandError:
+    code: grpc.StatusCode = error.code()
+    details: str = error.details() or ""
+    if code == grpc.StatusCode.UNAVAILABLE and _SERVER_UNAVAILABLE_MARK not in details:
+        # The channel never reached a server (the server words its own UNAVAILABLE so).
+        return CommandError(
+            f"cannot reach server at {address}: {_first_line(details)}", EXIT_UNREACHABLE
+        )
+    return CommandError(f"{code.name}: {_first_line(details)}", EXIT_SERVER_ERROR)
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else "no details"
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    channel, stub, address = _stub(args)
+    with channel:
+        try:
+            response: pb.IngestResponse = stub.Ingest(
+                pb.IngestRequest(queue=args.queue), timeout=args.timeout
+            )
+        except grpc.RpcError as error:
+            raise _failure(error, address) from None
+    print(response.id)
+    return 0
+
+
+def _get(args: argparse.Namespace) -> int:
+    channel, stub, address = _stub(args)
+    with channel:
+        try:
+            response: pb.GetRequestResponse = stub.GetRequest(
+                pb.GetRequestRequest(id=args.id), timeout=args.timeout
+            )
+        except grpc.RpcError as error:
+            raise _failure(error, address) from None
+    request = response.request
+    print(
+        json.dumps(
+            {
+                "id": request.id,
+                "queue": request.queue,
+                "uri": request.uri,
+                "state": pb.RequestState.Name(request.state).removeprefix("REQUEST_STATE_").lower(),
+                "version": request.version,
+            },
+            ensure_ascii=False,
+        )
+    )
+    return 0
+
+
+def _ping(args: argparse.Namespace) -> int:
+    channel, stub, address = _stub(args)
+    with channel:
+        start = time.perf_counter()
+        try:
+            response: pb.PingResponse = stub.Ping(
+                pb.PingRequest(), timeout=args.timeout, wait_for_ready=False
+            )
+        except grpc.RpcError as error:
+            raise _failure(error, address) from None
+        elapsed_ms = (time.perf_counter() - start) * 1000
+    print(f"stovepipe {response.version} at {address} ({elapsed_ms:.1f} ms)")
+    return 0
+
+
+def _poll(args: argparse.Namespace) -> int:
+    """Ingest every ``--every`` seconds until SIGINT or SIGTERM; log each new request id.
+
+    Transient failures (the server or its backend unavailable, a timeout) are logged and the
+    next tick tries again; a permanent one (unknown queue, invalid name) ends the poller.
+    """
+    _configure_logging()
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    channel, stub, address = _stub(args)
+    last_id: str | None = None
+    try:
+        with channel:
+            while not stop.is_set():
+                try:
+                    response: pb.IngestResponse = stub.Ingest(
+                        pb.IngestRequest(queue=args.queue), timeout=args.timeout
+                    )
+                except grpc.RpcError as error:
+                    failure = _failure(error, address)
+                    if error.code() not in _TRANSIENT:
+                        raise failure from None
+                    logger.warning("%s; retrying in %gs", failure, args.every)
+                else:
+                    if response.id != last_id:
+                        logger.info("new request %s at %s", response.id, response.uri)
+                        last_id = response.id
+                stop.wait(args.every)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    """Run the migration a backend registers under ``stovepipe.storage.migrations``."""
+    from stovepipe.storage import installed_schemes
+
+    scheme = urllib.parse.urlsplit(args.url).scheme
+    if not scheme or scheme not in installed_schemes():
+        installed = ", ".join(s + "://" for s in installed_schemes()) or "none"
+        raise CommandError(
+            f"no storage backend serves {args.url!r}; installed: {installed}", EXIT_USAGE
+        )
+    migrations = importlib.metadata.entry_points(group=MIGRATIONS_GROUP, name=scheme)
+    if not migrations:
+        print(f"{scheme}:// needs no migration: it prepares its schema when opened")
+        return 0
+    migrate: Callable[[str], object] = next(iter(migrations)).load()
+    try:
+        migrate(args.url)
+    except Exception as error:
+        raise CommandError(f"migration of {scheme}:// failed: {error}", EXIT_SERVER_ERROR) from None
+    print(f"{scheme}:// migrated")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

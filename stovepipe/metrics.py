@@ -1,0 +1,240 @@
+"""Prometheus metrics: every RPC and every storage operation.
+
+=================================================  =========  =================================
+metric                                             type       labels
+=================================================  =========  =================================
+``stovepipe_grpc_server_handled_total``            counter    grpc_service, grpc_method,
+                                                              grpc_code
+``stovepipe_grpc_server_handling_seconds``         histogram  grpc_service, grpc_method
+``stovepipe_grpc_server_in_flight``                gauge
+``stovepipe_storage_operations_total``             counter    store, operation, outcome
+``stovepipe_storage_operation_seconds``            histogram  store, operation
+=================================================  =========  =================================
+
+``outcome`` is ``ok`` or the error's class name (``NotFound``, ``AlreadyExists``,
+``Unavailable``, ...). Each :class:`Metrics` owns its registry, so several servers can live in
+one process; :meth:`Metrics.serve` exposes it over HTTP at ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar, cast
+from wsgiref.simple_server import WSGIServer
+
+import grpc
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from stovepipe.storage import Counter as StorageCounter
+from stovepipe.storage import RequestStore, RequestURIStore, Storage
+
+# From 100 us (an in-memory call) to 10 s (a backend timing out).
+LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Metrics:
+    """The metric families of one server, in a registry of their own."""
+
+    def __init__(self, *, process_metrics: bool = True) -> None:
+        self.registry = CollectorRegistry()
+        if process_metrics:
+            prometheus_client.ProcessCollector(registry=self.registry)
+            prometheus_client.PlatformCollector(registry=self.registry)
+            prometheus_client.GCCollector(registry=self.registry)
+        self.rpc_handled = Counter(
+            "stovepipe_grpc_server_handled",
+            "RPCs completed on the server, by method and status code.",
+            ["grpc_service", "grpc_method", "grpc_code"],
+            registry=self.registry,
+        )
+        self.rpc_seconds = Histogram(
+            "stovepipe_grpc_server_handling_seconds",
+            "Time to handle an RPC, from the handler's start to its response.",
+            ["grpc_service", "grpc_method"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.rpcs_in_flight = Gauge(
+            "stovepipe_grpc_server_in_flight",
+            "RPCs being handled right now.",
+            registry=self.registry,
+        )
+        self._in_flight = 0
+        self._in_flight_lock = threading.Lock()
+        self.storage_operations = Counter(
+            "stovepipe_storage_operations",
+            "Storage operations, by store, operation and outcome (ok or the error's kind).",
+            ["store", "operation", "outcome"],
+            registry=self.registry,
+        )
+        self.storage_seconds = Histogram(
+            "stovepipe_storage_operation_seconds",
+            "Time a storage operation took, errors included.",
+            ["store", "operation"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self._http: WSGIServer | None = None
+        self._http_thread: threading.Thread | None = None
+
+    def in_flight(self) -> int:
+        """How many RPCs are being handled right now."""
+        with self._in_flight_lock:
+            return self._in_flight
+
+    def _track(self, delta: int) -> None:
+        with self._in_flight_lock:
+            self._in_flight += delta
+        self.rpcs_in_flight.inc(delta)
+
+    def interceptor(self) -> grpc.ServerInterceptor:
+        """A server interceptor that counts and times every unary RPC."""
+        return _RpcMetricsInterceptor(self)
+
+    def instrument(self, storage: Storage) -> Storage:
+        """Time and count every call on ``storage``'s three stores, in place; return it.
+
+        Generic over the stores' methods, so it needs no change when a backend or the
+        contract grows.
+        """
+        storage.requests = cast(
+            RequestStore, _InstrumentedStore(storage.requests, "requests", self)
+        )
+        storage.request_uris = cast(
+            RequestURIStore, _InstrumentedStore(storage.request_uris, "request_uris", self)
+        )
+        storage.counter = cast(StorageCounter, _InstrumentedStore(storage.counter, "counter", self))
+        return storage
+
+    def timed(self, store: str, operation: str, function: Callable[P, R]) -> Callable[P, R]:
+        """Wrap one storage operation so each call is counted and timed."""
+        seconds = self.storage_seconds.labels(store, operation)
+        outcomes = self.storage_operations
+
+        def call(*args: P.args, **kwargs: P.kwargs) -> R:
+            start = time.perf_counter()
+            outcome = "ok"
+            try:
+                return function(*args, **kwargs)
+            except Exception as error:
+                outcome = type(error).__name__
+                raise
+            finally:
+                seconds.observe(time.perf_counter() - start)
+                outcomes.labels(store, operation, outcome).inc()
+
+        return call
+
+    def serve(self, address: str) -> int:
+        """Expose ``/metrics`` over HTTP on ``HOST:PORT``; return the bound port."""
+        host, _, port = address.rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")
+        self._http, self._http_thread = prometheus_client.start_http_server(
+            int(port), addr=host, registry=self.registry
+        )
+        return int(self._http.server_port)
+
+    def close(self) -> None:
+        """Stop the HTTP endpoint, if any. Idempotent."""
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
+        if self._http_thread is not None:
+            self._http_thread.join(timeout=5)
+            self._http_thread = None
+
+
+class _InstrumentedStore:
+    """Proxies a store, wrapping each public method with :meth:`Metrics.timed` on first use."""
+
+    def __init__(self, store: object, name: str, metrics: Metrics) -> None:
+        self._store = store
+        self._name = name
+        self._metrics = metrics
+
+    def __getattr__(self, attribute: str) -> Any:
+        value = getattr(self._store, attribute)
+        if attribute.startswith("_") or not callable(value):
+            return value
+        wrapped = self._metrics.timed(self._name, attribute, value)
+        # Cache on the instance: later lookups skip __getattr__ entirely.
+        self.__dict__[attribute] = wrapped
+        return wrapped
+
+
+def _split_method(full_method: str) -> tuple[str, str]:
+    """``/pkg.Service/Method`` -> (``pkg.Service``, ``Method``)."""
+    _, service, method = full_method.split("/", 2) if full_method.count("/") >= 2 else ("", "", "")
+    return service or "unknown", method or full_method
+
+
+def _code_of(context: grpc.ServicerContext) -> grpc.StatusCode | None:
+    """The status the handler set (by ``abort`` or ``set_code``), if any."""
+    code: grpc.StatusCode | None = cast(Any, context).code()
+    return code
+
+
+class _RpcMetricsInterceptor(grpc.ServerInterceptor):
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        service, method = _split_method(handler_call_details.method)
+        seconds = self._metrics.rpc_seconds.labels(service, method)
+        handled = self._metrics.rpc_handled
+        behavior = handler.unary_unary
+        metrics = self._metrics
+
+        def timed_behavior(request: Any, context: grpc.ServicerContext) -> Any:
+            start = time.perf_counter()
+            code: grpc.StatusCode | None = None
+            metrics._track(+1)
+            try:
+                response = behavior(request, context)
+                code = _code_of(context) or grpc.StatusCode.OK
+                return response
+            except Exception:
+                # abort() sets the code before raising; anything else becomes UNKNOWN.
+                code = _code_of(context) or grpc.StatusCode.UNKNOWN
+                raise
+            finally:
+                seconds.observe(time.perf_counter() - start)
+                handled.labels(service, method, (code or grpc.StatusCode.UNKNOWN).name).inc()
+                metrics._track(-1)
+
+        return grpc.unary_unary_rpc_method_handler(
+            timed_behavior,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

@@ -1,0 +1,205 @@
+"""Wires Stovepipe together and runs it: storage, source control, messaging, controllers,
+the gRPC server with health and reflection, and metrics.
+
+:class:`StovepipeServer` takes ready components (tests and benchmarks build it directly);
+:func:`build_server` makes them from a :class:`~stovepipe.config.Config`; :func:`run` serves
+until SIGTERM or SIGINT, then drains in-flight calls within the grace period.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Mapping
+from concurrent import futures
+from types import FrameType
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
+from grpc_reflection.v1alpha import reflection  # type: ignore[import-untyped]
+
+from stovepipe import config as configuration
+from stovepipe import service
+from stovepipe.controller.ingest import IngestController
+from stovepipe.controller.process import ProcessController
+from stovepipe.messagequeue import TOPIC_PROCESS, MessageQueue
+from stovepipe.messagequeue.inprocess import InProcessMessageQueue
+from stovepipe.metrics import Metrics
+from stovepipe.sourcecontrol import (
+    QueueMap,
+    SourceControl,
+    SourceControlError,
+    SourceControlFactory,
+)
+from stovepipe.sourcecontrol.fake import FakeSourceControl
+from stovepipe.sourcecontrol.git import GitSourceControl
+from stovepipe.storage import Storage, StorageError, open_storage
+
+logger = logging.getLogger(__name__)
+
+# How long the messaging queue may take to drain after the last RPC, at least.
+_MIN_QUEUE_DRAIN_SECONDS = 0.5
+
+
+class StovepipeServer:
+    """One Stovepipe server over the given storage and source control.
+
+    The server owns ``storage`` from here on and closes it in :meth:`stop`. Bind happens in
+    the constructor, so :attr:`port` is known before :meth:`start` (useful with port 0).
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        sourcecontrol: SourceControlFactory,
+        *,
+        listen: str = configuration.DEFAULT_LISTEN,
+        max_workers: int = configuration.DEFAULT_MAX_WORKERS,
+        metrics: Metrics | None = None,
+        metrics_listen: str = "",
+        message_queue: MessageQueue | None = None,
+    ) -> None:
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.storage = self.metrics.instrument(storage)
+        self.message_queue: MessageQueue = (
+            message_queue if message_queue is not None else InProcessMessageQueue()
+        )
+        self.message_queue.subscribe(TOPIC_PROCESS, ProcessController(self.storage).handle)
+        ingest = IngestController(self.storage, sourcecontrol, self.message_queue)
+        self._metrics_listen = metrics_listen
+        self.metrics_port: int | None = None
+
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
+            interceptors=[self.metrics.interceptor()],
+            # A second server on the same port must fail to bind, not share it silently.
+            options=[("grpc.so_reuseport", 0)],
+        )
+        service.add_to_server(service.StovepipeServicer(ingest, self.storage), self._server)
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        reflection.enable_server_reflection(
+            (service.SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+        )
+        try:
+            self.port: int = self._server.add_insecure_port(listen)
+        except RuntimeError as error:
+            raise OSError(f"cannot listen on {listen}: {error}") from None
+        host, _ = configuration.parse_address(listen, setting="listen")
+        self.address = f"{host if ':' not in host else f'[{host}]'}:{self.port}"
+        self._stopped = threading.Event()
+
+    def start(self) -> None:
+        """Start delivering messages, serving RPCs and metrics; report SERVING."""
+        self.message_queue.start()
+        self._server.start()
+        if self._metrics_listen:
+            self.metrics_port = self.metrics.serve(self._metrics_listen)
+        serving = health_pb2.HealthCheckResponse.SERVING
+        self.health.set("", serving)
+        self.health.set(service.SERVICE_NAME, serving)
+
+    def stop(self, grace: float = configuration.DEFAULT_GRACE_PERIOD) -> bool:
+        """Report NOT_SERVING, refuse new calls, let in-flight calls finish for up to ``grace``
+        seconds, drain the messaging queue, then close metrics and storage.
+
+        Returns whether everything drained. If a call is still running after ``grace`` (stuck
+        in a backend, say), its thread keeps the storage it uses open and the caller should
+        exit the process. Idempotent.
+        """
+        if self._stopped.is_set():
+            return True
+        self._stopped.set()
+        deadline = time.monotonic() + grace
+        self.health.enter_graceful_shutdown()
+        self._server.stop(grace).wait(grace + 1)
+        drain = max(deadline - time.monotonic(), _MIN_QUEUE_DRAIN_SECONDS)
+        self.message_queue.stop(timeout=drain)
+        self.metrics.close()
+        stuck = self.metrics.in_flight()
+        if stuck:
+            logger.warning("%d call(s) did not finish within the %gs grace period", stuck, grace)
+            return False
+        self.storage.close()
+        return True
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the server has stopped (or ``timeout``); True if it has."""
+        return self._server.wait_for_termination(timeout)
+
+
+def build_sourcecontrol(queues: Mapping[str, configuration.QueueSpec]) -> QueueMap:
+    """One SourceControl per configured queue; :class:`ConfigError` if one cannot be opened."""
+    bindings: dict[str, SourceControl] = {}
+    for name, spec in queues.items():
+        try:
+            if isinstance(spec, configuration.GitQueue):
+                bindings[name] = GitSourceControl(spec.path, spec.ref, remote=spec.remote)
+            else:
+                bindings[name] = FakeSourceControl(spec.commits, name=name)
+        except (SourceControlError, OSError, ValueError) as error:
+            raise configuration.ConfigError(f"queue {name!r}: {error}") from None
+    return QueueMap(bindings)
+
+
+def build_server(config: configuration.Config) -> StovepipeServer:
+    """Open storage and source control as ``config`` says and bind the server (not started)."""
+    sourcecontrol = build_sourcecontrol(config.queues)
+    configuration.prepare_default_storage(config.storage_url)
+    try:
+        storage = open_storage(config.storage_url)
+    except StorageError as error:
+        raise configuration.ConfigError(f"storage {config.storage_url}: {error}") from None
+    try:
+        return StovepipeServer(
+            storage,
+            sourcecontrol,
+            listen=config.listen,
+            max_workers=config.max_workers,
+            metrics_listen=config.metrics_listen,
+        )
+    except BaseException:
+        storage.close()
+        raise
+
+
+def run(config: configuration.Config) -> bool:
+    """Serve until SIGTERM or SIGINT, then drain within ``config.grace_period``.
+
+    Returns whether every call finished; if not, the caller must end the process without
+    waiting for the stuck threads (see :meth:`StovepipeServer.stop`).
+    """
+    server = build_server(config)
+    stop_requested = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        logger.info("received %s; draining", signal.Signals(signum).name)
+        stop_requested.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        server.start()
+        logger.info("stovepipe serving on %s", server.address)
+        for line in configuration.describe(config.queues):
+            logger.info("queue %s", line)
+        logger.info("storage %s", config.storage_url)
+        if server.metrics_port is not None:
+            logger.info(
+                "metrics on http://%s/metrics",
+                _with_port(config.metrics_listen, server.metrics_port),
+            )
+        while not stop_requested.wait(1.0):
+            pass
+    finally:
+        drained = server.stop(config.grace_period)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    logger.info("stopped")
+    return drained
+
+
+def _with_port(address: str, port: int) -> str:
+    host, _, _ = address.rpartition(":")
+    return f"{host}:{port}"

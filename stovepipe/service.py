@@ -1,0 +1,170 @@
+"""The gRPC servicer of ``stovepipe.v1.Stovepipe``: protobuf <-> entities, errors -> status.
+
+It holds no business logic. Status codes:
+
+======================================================  ====================
+error                                                   status
+======================================================  ====================
+``InvalidQueue``, ``LimitExceeded``, empty id,          ``INVALID_ARGUMENT``
+a request that does not parse
+SourceControl ``NotFound`` (queue, ref), storage        ``NOT_FOUND``
+``NotFound`` (request)
+storage or SourceControl ``Unavailable``                ``UNAVAILABLE``
+a deadline that expired before the call started         ``DEADLINE_EXCEEDED``
+anything else (``InconsistentState`` included)          ``INTERNAL``, detail logged only
+======================================================  ====================
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar, cast
+
+import grpc
+from google.protobuf.message import DecodeError
+
+import stovepipe
+from stovepipe import sourcecontrol, storage
+from stovepipe.controller.ingest import IngestController, InvalidQueue
+from stovepipe.entity import Request, RequestState
+from stovepipe.v1 import stovepipe_pb2 as pb
+from stovepipe.v1 import stovepipe_pb2_grpc as pb_grpc
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["Stovepipe"].full_name
+
+T = TypeVar("T")
+M = TypeVar("M")
+
+
+class Malformed:
+    """Stands in for a request message whose bytes did not parse, so the servicer can answer
+    ``INVALID_ARGUMENT`` (gRPC itself would answer ``INTERNAL``)."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _tolerant(parse: Callable[[bytes], M]) -> Callable[[bytes], M | Malformed]:
+    def deserialize(data: bytes) -> M | Malformed:
+        try:
+            return parse(data)
+        except DecodeError as error:
+            return Malformed(str(error) or "request does not parse")
+
+    return deserialize
+
+
+def _state_to_proto(state: RequestState) -> pb.RequestState:
+    value = pb.RequestState.DESCRIPTOR.values_by_name.get(f"REQUEST_STATE_{state.name}")
+    return pb.REQUEST_STATE_UNSPECIFIED if value is None else cast(pb.RequestState, value.number)
+
+
+def request_to_proto(request: Request) -> pb.Request:
+    """The wire form of a :class:`~stovepipe.entity.Request`."""
+    return pb.Request(
+        id=request.id,
+        queue=request.queue,
+        uri=request.uri,
+        state=_state_to_proto(request.state),
+        version=request.version,
+    )
+
+
+class StovepipeServicer(pb_grpc.StovepipeServicer):
+    """Serves ``Ping``, ``Ingest`` and ``GetRequest``; thread-safe."""
+
+    def __init__(self, ingest: IngestController, store: storage.Storage) -> None:
+        self._ingest = ingest
+        self._storage = store
+
+    def Ping(
+        self, request: pb.PingRequest | Malformed, context: grpc.ServicerContext
+    ) -> pb.PingResponse:
+        """Answers at once; touches no backend."""
+        self._parsed(request, context)
+        return pb.PingResponse(version=stovepipe.__version__)
+
+    def Ingest(
+        self, request: pb.IngestRequest | Malformed, context: grpc.ServicerContext
+    ) -> pb.IngestResponse:
+        """Admits the queue's head; the same head always yields the same id."""
+        message = self._parsed(request, context)
+        admitted = self._run(context, lambda: self._ingest.ingest(message.queue))
+        return pb.IngestResponse(id=admitted.id, uri=admitted.uri)
+
+    def GetRequest(
+        self, request: pb.GetRequestRequest | Malformed, context: grpc.ServicerContext
+    ) -> pb.GetRequestResponse:
+        """Reads a request by id."""
+        message = self._parsed(request, context)
+        if not message.id:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "id is empty")
+        stored = self._run(context, lambda: self._storage.requests.get(message.id))
+        return pb.GetRequestResponse(request=request_to_proto(stored))
+
+    @staticmethod
+    def _parsed(request: T | Malformed, context: grpc.ServicerContext) -> T:
+        if isinstance(request, Malformed):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {request.reason}")
+        return request
+
+    @staticmethod
+    def _run(context: grpc.ServicerContext, work: Callable[[], T]) -> T:
+        """Run ``work`` unless the call's deadline has passed; map its errors to a status."""
+        # gRPC drops a call cancelled before dispatch; this catches a deadline that ran out
+        # between dispatch and here (e.g. while the call waited for a worker thread).
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED, "deadline expired before the call started"
+            )
+        try:
+            return work()
+        except (InvalidQueue, storage.LimitExceeded) as error:
+            code, detail = grpc.StatusCode.INVALID_ARGUMENT, str(error)
+        except (sourcecontrol.NotFound, storage.NotFound) as error:
+            code, detail = grpc.StatusCode.NOT_FOUND, str(error)
+        except (storage.Unavailable, sourcecontrol.Unavailable) as error:
+            kind = "storage" if isinstance(error, storage.Unavailable) else "source control"
+            logger.warning("%s unavailable: %s", kind, error)
+            code, detail = grpc.StatusCode.UNAVAILABLE, f"{kind} is unavailable; retry later"
+        except Exception:
+            incident = uuid.uuid4().hex[:12]
+            logger.exception("internal error (incident %s)", incident)
+            code, detail = grpc.StatusCode.INTERNAL, f"internal error (incident {incident})"
+        _abort(context, code, detail)
+
+
+def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, detail: str) -> NoReturn:
+    context.abort(code, detail)
+    raise AssertionError("ServicerContext.abort returned")  # pragma: no cover
+
+
+def add_to_server(servicer: StovepipeServicer, server: grpc.Server) -> None:
+    """Register ``servicer`` on ``server``; requests that do not parse reach it as
+    :class:`Malformed`."""
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+        "Ping": grpc.unary_unary_rpc_method_handler(
+            servicer.Ping,
+            request_deserializer=_tolerant(pb.PingRequest.FromString),
+            response_serializer=pb.PingResponse.SerializeToString,
+        ),
+        "Ingest": grpc.unary_unary_rpc_method_handler(
+            servicer.Ingest,
+            request_deserializer=_tolerant(pb.IngestRequest.FromString),
+            response_serializer=pb.IngestResponse.SerializeToString,
+        ),
+        "GetRequest": grpc.unary_unary_rpc_method_handler(
+            servicer.GetRequest,
+            request_deserializer=_tolerant(pb.GetRequestRequest.FromString),
+            response_serializer=pb.GetRequestResponse.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)

@@ -1,0 +1,215 @@
+"""Helpers for testing against a real Stovepipe: servers in-process or as processes, git
+repositories made with the git CLI. Everything talks over real gRPC channels and sockets."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import grpc
+
+from stovepipe.client import StovepipeClient
+from stovepipe.metrics import Metrics
+from stovepipe.server import StovepipeServer
+from stovepipe.sourcecontrol import QueueMap, SourceControl
+from stovepipe.storage import open_storage
+
+_SERVING = re.compile(r"stovepipe serving on (\S+)")
+
+
+@dataclasses.dataclass
+class Running:
+    """An in-process server on 127.0.0.1 and a client connected to it."""
+
+    server: StovepipeServer
+    channel: grpc.Channel
+    client: StovepipeClient
+    storage_url: str
+
+    @property
+    def address(self) -> str:
+        """``HOST:PORT`` the server listens on."""
+        return self.server.address
+
+    def stop(self, grace: float = 0) -> None:
+        """Close the channel and stop the server."""
+        self.channel.close()
+        self.server.stop(grace)
+
+
+StartServer = Callable[..., Running]
+"""The type of a fixture that starts in-process servers (see :func:`start_in_process`)."""
+
+
+def start_in_process(
+    sources: Mapping[str, SourceControl],
+    storage_url: str,
+    *,
+    max_workers: int = 8,
+    metrics_listen: str = "",
+) -> Running:
+    """Start a server over ``sources`` and ``storage_url`` on a free port of 127.0.0.1."""
+    server = StovepipeServer(
+        open_storage(storage_url),
+        QueueMap(sources),
+        listen="127.0.0.1:0",
+        max_workers=max_workers,
+        metrics=Metrics(process_metrics=False),
+        metrics_listen=metrics_listen,
+    )
+    server.start()
+    channel = grpc.insecure_channel(server.address)
+    return Running(server, channel, StovepipeClient(channel), storage_url)
+
+
+def _clean_environment() -> dict[str, str]:
+    """This process's environment without the server's own settings, so a test's server is
+    configured by the test alone."""
+    return {name: value for name, value in os.environ.items() if not name.startswith("STOVEPIPE_")}
+
+
+def stovepipe_command() -> list[str]:
+    """The ``stovepipe`` script installed next to this interpreter, else ``python -m``."""
+    script = pathlib.Path(sys.executable).parent / "stovepipe"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "stovepipe.cli"]
+
+
+def run_cli(
+    *args: str, cwd: pathlib.Path | None = None, timeout: float = 30.0
+) -> subprocess.CompletedProcess[str]:
+    """Run the ``stovepipe`` command to completion and capture its output."""
+    return subprocess.run(
+        [*stovepipe_command(), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@dataclasses.dataclass
+class ServeProcess:
+    """A ``stovepipe serve`` process; its combined output goes to ``log``."""
+
+    popen: subprocess.Popen[bytes]
+    log: pathlib.Path
+    address: str = ""
+
+    def output(self) -> str:
+        """Everything the process has logged so far."""
+        return self.log.read_text(errors="replace")
+
+    def signal(self, signum: int = signal.SIGTERM) -> None:
+        """Send ``signum`` if the process still runs."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signum)
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM, wait for the exit, return the exit status."""
+        self.signal(signal.SIGTERM)
+        return self.popen.wait(timeout=timeout)
+
+
+class ServeProcesses:
+    """Starts ``stovepipe serve`` processes and kills whatever is left in :meth:`kill_all`."""
+
+    def __init__(self, log_dir: pathlib.Path) -> None:
+        self._log_dir = log_dir
+        self._started: list[ServeProcess] = []
+
+    def serve(
+        self,
+        args: Sequence[str] = (),
+        *,
+        cwd: pathlib.Path,
+        env: Mapping[str, str] | None = None,
+        timeout: float = 20.0,
+    ) -> ServeProcess:
+        """Run ``stovepipe serve --listen 127.0.0.1:0 ARGS`` in ``cwd``; return once it serves."""
+        (process,) = self.serve_many(1, args, cwd=cwd, env=env, timeout=timeout)
+        return process
+
+    def serve_many(
+        self,
+        count: int,
+        args: Sequence[str] = (),
+        *,
+        cwd: pathlib.Path,
+        env: Mapping[str, str] | None = None,
+        timeout: float = 20.0,
+    ) -> list[ServeProcess]:
+        """Start ``count`` servers at once (each on its own port); return once all serve."""
+        spawned = [self._spawn(args, cwd=cwd, env=env) for _ in range(count)]
+        deadline = time.monotonic() + timeout
+        for process in spawned:
+            while not process.address:
+                match = _SERVING.search(process.output())
+                if match:
+                    process.address = match.group(1)
+                elif process.popen.poll() is not None:
+                    raise RuntimeError(f"stovepipe serve exited early:\n{process.output()}")
+                elif time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"stovepipe serve did not start in {timeout}s:\n{process.output()}"
+                    )
+                else:
+                    time.sleep(0.02)
+        return spawned
+
+    def _spawn(
+        self, args: Sequence[str], *, cwd: pathlib.Path, env: Mapping[str, str] | None
+    ) -> ServeProcess:
+        log = self._log_dir / f"serve-{len(self._started)}.log"
+        with log.open("wb") as sink:
+            popen = subprocess.Popen(
+                [*stovepipe_command(), "serve", "--listen", "127.0.0.1:0", *args],
+                cwd=cwd,
+                env={**_clean_environment(), **(env or {})},
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        process = ServeProcess(popen, log)
+        self._started.append(process)
+        return process
+
+    def kill_all(self) -> None:
+        """Kill every process still running and reap them all."""
+        for process in self._started:
+            if process.popen.poll() is None:
+                process.popen.kill()
+            process.popen.wait(timeout=10)
+
+
+class GitRepository:
+    """A repository made with the git CLI; needs no global git configuration."""
+
+    def __init__(self, path: pathlib.Path, branch: str = "main") -> None:
+        self.path = path
+        path.mkdir(parents=True, exist_ok=True)
+        self.git("init", "--quiet", f"--initial-branch={branch}")
+
+    def git(self, *args: str) -> str:
+        """Run git in the repository; return its stripped stdout."""
+        completed = subprocess.run(
+            ["git", "-c", "user.name=Stovepipe Test", "-c", "user.email=test@example.com", *args],
+            cwd=self.path,
+            env={**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"},
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        return completed.stdout.strip()
+
+    def commit(self, message: str = "change") -> str:
+        """Add an empty commit to the current branch; return its sha."""
+        self.git("commit", "--quiet", "--allow-empty", f"--message={message}")
+        return self.git("rev-parse", "HEAD")

@@ -1,0 +1,121 @@
+"""The standard gRPC surface around the service: health, reflection, client deadlines."""
+
+from __future__ import annotations
+
+import pathlib
+import sqlite3
+import threading
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
+from grpc_reflection.v1alpha import (  # type: ignore[import-untyped]
+    reflection_pb2,
+    reflection_pb2_grpc,
+)
+
+from stovepipe.sourcecontrol.fake import FakeSourceControl
+from stovepipe.storage import open_storage
+from stovepipe.testing import StartServer
+from stovepipe.v1 import stovepipe_pb2 as pb
+
+TIMEOUT = 10
+
+
+def sum_of(histogram: object) -> float:
+    """How many observations a labelled histogram holds."""
+    for metric in histogram.collect():  # type: ignore[attr-defined]
+        for sample in metric.samples:
+            if sample.name.endswith("_count"):
+                return float(sample.value)
+    return 0.0
+
+
+def test_health_reports_serving_for_the_server_and_the_service(start_server: StartServer) -> None:
+    running = start_server({})
+    health = health_pb2_grpc.HealthStub(running.channel)
+    for service in ("", "stovepipe.v1.Stovepipe"):
+        response = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=TIMEOUT)
+        assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_health_reports_not_serving_once_shutdown_begins(start_server: StartServer) -> None:
+    running = start_server({})
+    running.server.health.enter_graceful_shutdown()  # the first step of stop()
+    health = health_pb2_grpc.HealthStub(running.channel)
+    response = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=TIMEOUT)
+    assert response.status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def test_reflection_lists_the_stovepipe_service(start_server: StartServer) -> None:
+    running = start_server({})
+    reflection = reflection_pb2_grpc.ServerReflectionStub(running.channel)
+    responses = reflection.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=TIMEOUT
+    )
+    names = {
+        service.name
+        for response in responses
+        for service in response.list_services_response.service
+    }
+    assert {"stovepipe.v1.Stovepipe", "grpc.health.v1.Health"} <= names
+
+
+def test_reflection_describes_the_ingest_method(start_server: StartServer) -> None:
+    running = start_server({})
+    reflection = reflection_pb2_grpc.ServerReflectionStub(running.channel)
+    request = reflection_pb2.ServerReflectionRequest(
+        file_containing_symbol="stovepipe.v1.Stovepipe"
+    )
+    (response,) = reflection.ServerReflectionInfo(iter([request]), timeout=TIMEOUT)
+    assert response.file_descriptor_response.file_descriptor_proto
+
+
+def test_a_call_whose_deadline_expired_while_queued_does_not_start_work(
+    start_server: StartServer, tmp_path: pathlib.Path
+) -> None:
+    """One worker thread, busy with an ingest stuck on a write lock; a second call with a short
+    deadline waits in the queue past its deadline and must not touch storage when it runs."""
+    path = tmp_path / "locked.db"
+    open_storage(f"sqlite:///{path}").close()
+    running = start_server(
+        {"q": FakeSourceControl(["c1"], name="q")},
+        storage_url=f"sqlite:///{path}?timeout=10",
+        max_workers=1,
+    )
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    first: list[str] = []
+    busy = threading.Thread(
+        target=lambda: first.append(
+            running.client.Ingest(pb.IngestRequest(queue="q"), timeout=TIMEOUT).id
+        )
+    )
+    busy.start()
+    operations = running.server.metrics.storage_operations
+    lookups = operations.labels("request_uris", "get_id_by_uri", "NotFound")
+    deadline = time.monotonic() + TIMEOUT
+    while lookups._value.get() < 1 and time.monotonic() < deadline:  # the first call is in storage
+        time.sleep(0.01)
+
+    with pytest.raises(grpc.RpcError) as caught:
+        running.client.Ingest(pb.IngestRequest(queue="q"), timeout=0.3)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    time.sleep(0.2)  # let the queued call reach the worker after its deadline
+    holder.execute("ROLLBACK")
+    holder.close()
+    busy.join(timeout=TIMEOUT)
+
+    assert first == ["request/q/1"]
+    # One ingest ran: one lookup, one counter draw. The expired call never started.
+    assert lookups._value.get() == 1
+    assert operations.labels("counter", "next", "ok")._value.get() == 1
+    ingests = running.server.metrics.rpc_seconds.labels("stovepipe.v1.Stovepipe", "Ingest")
+    assert sum_of(ingests) == 1
+
+
+def test_a_call_within_its_deadline_completes(start_server: StartServer) -> None:
+    running = start_server({"q": FakeSourceControl(["c1"], name="q")})
+    response = running.client.Ingest(pb.IngestRequest(queue="q"), timeout=5)
+    assert response.id == "request/q/1"

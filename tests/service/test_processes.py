@@ -1,0 +1,172 @@
+"""Claims about processes: the newcomer's path with no configuration, and SIGTERM draining."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+import signal
+import sqlite3
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+
+import grpc
+import pytest
+
+from stovepipe import cli
+from stovepipe.client import StovepipeClient
+from stovepipe.testing import GitRepository, ServeProcess, ServeProcesses, run_cli
+from stovepipe.v1 import stovepipe_pb2 as pb
+
+TIMEOUT = 20
+
+
+def ingest_in_subprocess(address: str, queue: str) -> str:
+    result = run_cli("ingest", queue, "--server", address)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def ingest(address: str, queue: str, capsys: pytest.CaptureFixture[str]) -> str:
+    """``stovepipe ingest`` run in this process (the same code, without interpreter start-up)."""
+    assert cli.main(["ingest", queue, "--server", address]) == 0
+    return capsys.readouterr().out.strip()
+
+
+def test_newcomer_path_serve_in_a_fresh_git_repository_and_ingest_its_branch(
+    processes: ServeProcesses,
+    git_repository: Callable[..., GitRepository],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    repo = git_repository("project", branch="main")
+    repo.commit("first")
+    server = processes.serve(cwd=repo.path)  # no configuration at all
+
+    assert ingest_in_subprocess(server.address, "project/main") == "request/project/main/1"
+    assert ingest(server.address, "project/main", capsys) == "request/project/main/1"
+    repo.commit("second")
+    assert ingest(server.address, "project/main", capsys) == "request/project/main/2"
+
+    assert server.stop() == 0, server.output()
+    server = processes.serve(cwd=repo.path)
+    assert ingest(server.address, "project/main", capsys) == "request/project/main/2"
+    repo.commit("third")
+    assert ingest(server.address, "project/main", capsys) == "request/project/main/3"
+
+    # The data lives in the repository's directory but never shows up in git status.
+    assert (repo.path / ".stovepipe" / "stovepipe.db").exists()
+    assert repo.git("status", "--porcelain") == ""
+    assert server.stop() == 0, server.output()
+
+
+def test_serve_without_a_git_repository_or_queues_fails_with_a_clear_error(
+    tmp_path: pathlib.Path,
+) -> None:
+    result = run_cli("serve", "--listen", "127.0.0.1:0", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "no queue configured and no git repository" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def metric(process: ServeProcess, name: str, **labels: str) -> float:
+    """One sample of the server's /metrics endpoint (0 if absent)."""
+    match = re.search(r"metrics on (http://\S+)", process.output())
+    assert match, process.output()
+    with urllib.request.urlopen(match.group(1), timeout=TIMEOUT) as response:
+        text = response.read().decode()
+    wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{") and line.split("}")[0].count("=") == len(labels):
+            sample_labels = ",".join(sorted(line[line.index("{") + 1 : line.index("}")].split(",")))
+            if sample_labels == wanted:
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+class LockedIngest:
+    """A server whose SQLite file the test write-locks, so an ingest of a new head waits in
+    storage until :meth:`release`: an in-flight call the test controls."""
+
+    def __init__(self, processes: ServeProcesses, tmp_path: pathlib.Path, grace: float) -> None:
+        self.database = tmp_path / "stovepipe.db"
+        config = tmp_path / "stovepipe.toml"
+        config.write_text(
+            f'storage_url = "sqlite:///{self.database}?timeout=30"\n'
+            f"grace_period = {grace}\n"
+            'metrics_listen = "127.0.0.1:0"\n'
+            '[queues."q"]\ntype = "fake"\ncommits = ["c1"]\n',
+            encoding="utf-8",
+        )
+        self.server = processes.serve(["--config", str(config)], cwd=tmp_path)
+        self.holder = sqlite3.connect(self.database, isolation_level=None)
+        self.holder.execute("BEGIN IMMEDIATE")
+        self.channel = grpc.insecure_channel(self.server.address)
+        self.client = StovepipeClient(self.channel)
+        self.outcome: list[object] = []
+        self.thread = threading.Thread(target=self._call)
+        self.thread.start()
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:  # wait until the call is inside storage
+            if metric(
+                self.server,
+                "stovepipe_storage_operations_total",
+                store="request_uris",
+                operation="get_id_by_uri",
+                outcome="NotFound",
+            ):
+                return
+            time.sleep(0.02)
+        raise AssertionError("the ingest never reached storage")
+
+    def _call(self) -> None:
+        try:
+            self.outcome.append(self.client.Ingest(pb.IngestRequest(queue="q"), timeout=60).id)
+        except grpc.RpcError as error:
+            self.outcome.append(error.code())
+
+    def release(self) -> None:
+        self.holder.execute("ROLLBACK")
+        self.holder.close()
+
+    def close(self) -> None:
+        self.thread.join(timeout=TIMEOUT)
+        self.channel.close()
+
+
+def test_sigterm_drains_the_in_flight_call_and_refuses_new_ones(
+    processes: ServeProcesses, tmp_path: pathlib.Path
+) -> None:
+    locked = LockedIngest(processes, tmp_path, grace=10)
+    locked.server.signal(signal.SIGTERM)
+    time.sleep(0.3)  # the server is draining now
+    with (
+        grpc.insecure_channel(locked.server.address) as channel,
+        pytest.raises(grpc.RpcError) as refused,
+    ):
+        StovepipeClient(channel).Ping(pb.PingRequest(), timeout=5)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert locked.server.popen.poll() is None  # still waiting for the in-flight call
+
+    locked.release()
+    assert locked.server.popen.wait(timeout=TIMEOUT) == 0, locked.server.output()
+    locked.close()
+    assert locked.outcome == ["request/q/1"]
+    assert "draining" in locked.server.output()
+
+
+def test_sigterm_exits_within_the_grace_period_when_a_call_does_not_finish(
+    processes: ServeProcesses, tmp_path: pathlib.Path
+) -> None:
+    grace = 1.0
+    locked = LockedIngest(processes, tmp_path, grace=grace)
+    start = time.monotonic()
+    locked.server.signal(signal.SIGTERM)
+    status = locked.server.popen.wait(timeout=TIMEOUT)
+    elapsed = time.monotonic() - start
+    locked.release()
+    locked.close()
+    assert status == 0, locked.server.output()
+    assert elapsed < grace + 2.0
+    assert locked.outcome and locked.outcome[0] != "request/q/1"
