@@ -115,7 +115,13 @@ class IngestController:
                 requests.create(fresh)
                 request = fresh
             except AlreadyExists:
-                request = requests.get(request_id)
+                # A racer wrote the row between our get and create: theirs is the row.
+                try:
+                    request = requests.get(request_id)
+                except NotFound as error:
+                    raise InconsistentState(
+                        f"request {request_id!r} exists by create but not by read"
+                    ) from error
         if request.queue != queue or request.uri != uri:
             logger.error(
                 "request %r is stored with queue %r and uri %r, but the mapping of queue %r "

@@ -452,3 +452,22 @@ def test_ingest_mapping_that_exists_by_create_but_not_by_read_raises_inconsisten
     )
     with pytest.raises(InconsistentState, match="exists by create but not by read"):
         world.controller.ingest(QUEUE)
+
+
+def test_ingest_row_that_exists_by_create_but_not_by_read_raises_inconsistent_state() -> None:
+    backend = open_memory_backend("memory://")
+
+    class BrokenRequestStore(CrashingRequestStore):
+        def create(self, request: Request) -> None:
+            raise AlreadyExists("exists")
+
+        def get(self, request_id: str) -> Request:
+            raise NotFound("missing")
+
+    broken = BrokenRequestStore(backend.requests)
+    world = make_world(
+        Storage(WrappedBackend(backend, broken, backend.request_uris, backend.counter))
+    )
+    with pytest.raises(InconsistentState, match="exists by create but not by read"):
+        world.controller.ingest(QUEUE)
+    assert world.publisher.published == []

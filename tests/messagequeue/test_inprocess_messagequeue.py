@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from stovepipe.messagequeue import Message, PermanentFailure, dead_letter_topic
+from stovepipe.messagequeue import Message, MessageQueue, PermanentFailure, dead_letter_topic
 from stovepipe.messagequeue.inprocess import InProcessMessageQueue
 
 TIMEOUT = 10.0
@@ -182,7 +182,7 @@ def test_permanent_failure_dead_letters_at_once(queue: InProcessMessageQueue) ->
 
 
 def test_stop_drains_in_flight_deliveries_then_refuses_publishes() -> None:
-    queue = InProcessMessageQueue(workers=2)
+    queue: MessageQueue = InProcessMessageQueue(workers=2)
     started = threading.Event()
     finished: list[bytes] = []
 
