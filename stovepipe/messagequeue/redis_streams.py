@@ -35,7 +35,7 @@ import time
 import urllib.parse
 import uuid
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final, TypeVar
 
 import redis
@@ -184,7 +184,7 @@ class RedisStreamsBroker:
 
     def ack(self, delivery: Delivery) -> None:
         """``XACK`` and ``XDEL`` the entry, atomically."""
-        topic, index, entry_id = self._settle(delivery)
+        topic, index, entry_id = self._receipt(delivery)
         stream = self._stream(topic, index)
 
         def acknowledge() -> None:
@@ -193,17 +193,19 @@ class RedisStreamsBroker:
                 pipe.xdel(stream, entry_id)
                 pipe.execute()
 
-        self._call(acknowledge)
+        with self._settling(topic, index):
+            self._call(acknowledge)
 
     def retry(self, delivery: Delivery, delay: float, reason: str) -> None:
         """Leave the entry pending; keep the shard (and renew it) while backing off."""
-        topic, index, _ = self._settle(delivery)
+        topic, index, _ = self._receipt(delivery)
         with self._lock:
             self._backing_off[(topic, index)] = time.monotonic() + delay
+            self._in_flight.discard((topic, index))
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Add the dead letter and ``XACK``/``XDEL`` the entry, in one ``MULTI``."""
-        topic, index, entry_id = self._settle(delivery)
+        topic, index, entry_id = self._receipt(delivery)
         stream = self._stream(topic, index)
         message = delivery.message
         letter = {
@@ -220,7 +222,8 @@ class RedisStreamsBroker:
                 pipe.xdel(stream, entry_id)
                 pipe.execute()
 
-        self._call(move)
+        with self._settling(topic, index):
+            self._call(move)
 
     def renew(self) -> None:
         """Extend the leases of the shards delivering or backing off here."""
@@ -279,13 +282,22 @@ class RedisStreamsBroker:
                 )
         self._client.close()
 
-    def _settle(self, delivery: Delivery) -> tuple[str, int, bytes]:
+    @staticmethod
+    def _receipt(delivery: Delivery) -> tuple[str, int, bytes]:
         receipt = delivery.receipt
         assert isinstance(receipt, tuple)
         topic, index, entry_id = receipt
-        with self._lock:
-            self._in_flight.discard((topic, index))
         return topic, index, entry_id
+
+    @contextlib.contextmanager
+    def _settling(self, topic: str, index: int) -> Iterator[None]:
+        """Keep the shard busy here until the entry is settled on the server: a worker that
+        claimed the shard earlier would find the entry still pending and deliver it again."""
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_flight.discard((topic, index))
 
     def _shard_of(self, key: str) -> int:
         return zlib.crc32(_encode(key)) % self._shards
