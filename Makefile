@@ -24,7 +24,8 @@ test: dev
 lint: dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy stovepipe contract_tests tests $(BACKENDS)
+	$(BIN)/mypy stovepipe contract_tests tests benchmarks scripts
+	for backend in $(BACKENDS); do $(BIN)/mypy $$backend || exit 1; done
 
 protos: dev
 	$(BIN)/python scripts/generate_protos.py

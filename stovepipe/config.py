@@ -140,22 +140,26 @@ def load(
         if value is not None:
             settings[name] = value
 
-    queues = _parse_queues(raw.get("queues", {}), base_dir)
-    if not queues and queues_required:
-        queues = default_queue(workdir)
-    storage_url = _text(settings, "storage_url", "")
-    if not storage_url:
-        storage_url = default_storage_url(workdir)
     log_level = _text(settings, "log_level", "info").lower()
     if log_level not in LOG_LEVELS:
         raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}, not {log_level!r}")
+    listen = _address(settings, "listen", DEFAULT_LISTEN, allow_empty=False)
+    metrics_listen = _address(settings, "metrics_listen", "", allow_empty=True)
+    grace_period = _number(settings, "grace_period", DEFAULT_GRACE_PERIOD, float)
+    max_workers = int(_number(settings, "max_workers", DEFAULT_MAX_WORKERS, int))
+    # The defaults that look at the working directory come last, after every explicit
+    # setting has been checked.
+    queues = _parse_queues(raw.get("queues", {}), base_dir)
+    if not queues and queues_required:
+        queues = default_queue(workdir)
+    storage_url = _text(settings, "storage_url", "") or default_storage_url(workdir)
     config = Config(
-        listen=_address(settings, "listen", DEFAULT_LISTEN, allow_empty=False),
-        metrics_listen=_address(settings, "metrics_listen", "", allow_empty=True),
+        listen=listen,
+        metrics_listen=metrics_listen,
         storage_url=storage_url,
         queue_url=_text(settings, "queue_url", "").strip(),
-        grace_period=_number(settings, "grace_period", DEFAULT_GRACE_PERIOD, float),
-        max_workers=int(_number(settings, "max_workers", DEFAULT_MAX_WORKERS, int)),
+        grace_period=grace_period,
+        max_workers=max_workers,
         log_level=log_level,
         queues=queues,
     )

@@ -152,9 +152,12 @@ class Metrics:
         """Expose ``/metrics`` over HTTP on ``HOST:PORT``; return the bound port."""
         host, _, port = address.rpartition(":")
         host = host.removeprefix("[").removesuffix("]")
-        self._http, self._http_thread = prometheus_client.start_http_server(
-            int(port), addr=host, registry=self.registry
-        )
+        try:
+            self._http, self._http_thread = prometheus_client.start_http_server(
+                int(port), addr=host, registry=self.registry
+            )
+        except OSError as error:
+            raise OSError(f"cannot serve metrics on {address}: {error.strerror}") from None
         return int(self._http.server_port)
 
     def close(self) -> None:

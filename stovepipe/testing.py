@@ -52,14 +52,15 @@ def start_in_process(
     sources: Mapping[str, SourceControl],
     storage_url: str,
     *,
+    listen: str = "127.0.0.1:0",
     max_workers: int = 8,
     metrics_listen: str = "",
 ) -> Running:
-    """Start a server over ``sources`` and ``storage_url`` on a free port of 127.0.0.1."""
+    """Start a server over ``sources`` and ``storage_url`` (on a free port by default)."""
     server = StovepipeServer(
         open_storage(storage_url),
         QueueMap(sources),
-        listen="127.0.0.1:0",
+        listen=listen,
         max_workers=max_workers,
         metrics=Metrics(process_metrics=False),
         metrics_listen=metrics_listen,

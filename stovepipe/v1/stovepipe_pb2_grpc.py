@@ -68,6 +68,9 @@ class StovepipeServicer:
     def Ingest(self, request, context):
         """Admits the queue's current head commit exactly once and returns its request id.
         Idempotent: the same head always yields the same id.
+        Errors: INVALID_ARGUMENT for an empty or oversized queue name (over 200 bytes of UTF-8);
+        NOT_FOUND for an unknown queue or a ref without commits; UNAVAILABLE when storage or
+        source control cannot be reached (retry later); INTERNAL for anything else.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -75,6 +78,8 @@ class StovepipeServicer:
 
     def GetRequest(self, request, context):
         """Reads a request by id.
+        Errors: INVALID_ARGUMENT for an empty or oversized id; NOT_FOUND for an unknown id;
+        UNAVAILABLE when storage cannot be reached; INTERNAL for anything else.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

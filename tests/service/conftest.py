@@ -20,20 +20,22 @@ from stovepipe.testing import (
 
 @pytest.fixture
 def start_server(tmp_path: pathlib.Path) -> Iterator[StartServer]:
-    """``start(sources, storage_url=None, max_workers=8, metrics_listen="")``: a running
-    in-process server, on SQLite in ``tmp_path`` unless a URL is given; stopped at teardown."""
+    """``start(sources, storage_url=None, listen=..., max_workers=8, metrics_listen="")``
+    starts a server in this process, on SQLite in ``tmp_path`` unless a URL is given; every
+    server started is stopped at teardown."""
     started: list[Running] = []
 
     def start(
         sources: Mapping[str, SourceControl],
         *,
         storage_url: str | None = None,
+        listen: str = "127.0.0.1:0",
         max_workers: int = 8,
         metrics_listen: str = "",
     ) -> Running:
         url = storage_url or f"sqlite:///{tmp_path / f'stovepipe-{len(started)}.db'}"
         running = start_in_process(
-            sources, url, max_workers=max_workers, metrics_listen=metrics_listen
+            sources, url, listen=listen, max_workers=max_workers, metrics_listen=metrics_listen
         )
         started.append(running)
         return running

@@ -135,18 +135,29 @@ class LockedIngest:
         self.channel.close()
 
 
+def refused_after_signal(address: str) -> grpc.StatusCode:
+    """Ping ``address`` until a call fails (the server has begun to drain); its status."""
+    deadline = time.monotonic() + TIMEOUT
+    with grpc.insecure_channel(address) as channel:
+        client = StovepipeClient(channel)
+        while time.monotonic() < deadline:
+            try:
+                client.Ping(pb.PingRequest(), timeout=2)
+            except grpc.RpcError as error:
+                code: grpc.StatusCode = error.code()
+                return code
+            time.sleep(0.05)
+    raise AssertionError("the server still answers new calls after SIGTERM")
+
+
 def test_sigterm_drains_the_in_flight_call_and_refuses_new_ones(
     processes: ServeProcesses, tmp_path: pathlib.Path
 ) -> None:
     locked = LockedIngest(processes, tmp_path, grace=10)
     locked.server.signal(signal.SIGTERM)
-    time.sleep(0.3)  # the server is draining now
-    with (
-        grpc.insecure_channel(locked.server.address) as channel,
-        pytest.raises(grpc.RpcError) as refused,
-    ):
-        StovepipeClient(channel).Ping(pb.PingRequest(), timeout=5)
-    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    # UNAVAILABLE once the port is closed; CANCELLED for a call that raced the stop itself.
+    refused = refused_after_signal(locked.server.address)
+    assert refused in {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
     assert locked.server.popen.poll() is None  # still waiting for the in-flight call
 
     locked.release()
@@ -168,5 +179,5 @@ def test_sigterm_exits_within_the_grace_period_when_a_call_does_not_finish(
     locked.release()
     locked.close()
     assert status == 0, locked.server.output()
-    assert elapsed < grace + 2.0
+    assert elapsed < grace + 2.5  # the grace period, a short queue drain, process exit
     assert locked.outcome and locked.outcome[0] != "request/q/1"

@@ -1,0 +1,251 @@
+"""The etcd backend's own promises, beyond the conformance suite: key layout, prefixes, round
+trips, and the counter's compare-and-swap under contention. Against a real etcd."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter as Tally
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from stovepipe_etcd import EtcdBackend, open_backend
+from stovepipe_etcd.backend import EtcdCounter
+from stovepipe_etcd.client import EtcdClient
+from stovepipe_etcd.etcdrpc.rpc_pb2 import PutRequest, RangeRequest, RequestOp, TxnRequest
+
+from stovepipe.entity import Request, RequestState
+from stovepipe.storage import NotFound, StorageError, Unavailable, open_storage
+
+RACERS = 16
+
+
+def _keys_under(client: EtcdClient, prefix: bytes) -> list[bytes]:
+    """Every key that starts with ``prefix``: one range up to the prefix's successor."""
+    end = prefix[:-1] + bytes((prefix[-1] + 1,))
+    response = client.txn(
+        TxnRequest(success=[RequestOp(request_range=RangeRequest(key=prefix, range_end=end))])
+    )
+    return [kv.key for kv in response.responses[0].response_range.kvs]
+
+
+def _put(client: EtcdClient, key: bytes, value: bytes) -> None:
+    client.txn(TxnRequest(success=[RequestOp(request_put=PutRequest(key=key, value=value))]))
+
+
+def _count_round_trips(backend: EtcdBackend, monkeypatch: pytest.MonkeyPatch) -> Tally[str]:
+    """Count the client's calls from now on, by kind."""
+    calls: Tally[str] = Tally()
+    client = backend.client
+
+    def counted(name: str, call: Callable[..., object]) -> Callable[..., object]:
+        def wrapper(*args: object, **kwargs: object) -> object:
+            calls[name] += 1
+            return call(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(client, "txn", counted("txn", client.txn))
+    monkeypatch.setattr(client, "range", counted("range", client.range))
+    return calls
+
+
+def _request(
+    request_id: str, queue: str = "q", uri: str = "git://r/main/1", version: int = 1
+) -> Request:
+    return Request(request_id, queue, uri, RequestState.ACCEPTED, version)
+
+
+# Key layout
+
+
+TRICKY_PAIRS = [
+    ("a", "bc"),
+    ("ab", "c"),
+    ("abc", ""),
+    ("", "abc"),
+    ("a/b", "c"),
+    ("a", "b/c"),
+    ("1:a", "b"),
+    ("1", ":ab"),
+    ("3:a", "bc"),
+    ("a\x00", "b"),
+    ("a", "\x00b"),
+    ("q", "uri/1:qx"),
+    ("é", "x"),
+    ("\u00c3", "\u00a9x"),
+]
+
+
+def test_key_layout_never_collides_on_the_engine_for_pairs_sharing_a_concatenation(
+    url: str,
+) -> None:
+    with open_storage(url) as storage:
+        for i, (queue, uri) in enumerate(TRICKY_PAIRS):
+            storage.request_uris.create(queue, uri, f"id-{i}")
+        for i, (queue, uri) in enumerate(TRICKY_PAIRS):
+            assert storage.request_uris.get_id_by_uri(queue, uri) == f"id-{i}"
+
+
+def test_key_layout_keeps_the_three_stores_apart_for_one_string(url: str) -> None:
+    name = "uri/1:ab"
+    with open_storage(url) as storage:
+        storage.requests.create(_request(name))
+        storage.request_uris.create("a", "b", "mapped")
+        assert storage.counter.next(name) == 1
+        assert storage.requests.get(name).id == name
+        with pytest.raises(NotFound):
+            storage.request_uris.get_id_by_uri(name, "")
+
+
+def test_key_layout_is_readable_and_documented(backend: EtcdBackend, prefix: str) -> None:
+    backend.requests.create(_request("request/monorepo/main/1", queue="monorepo/main"))
+    backend.request_uris.create("monorepo/main", "git://r/main/abc", "request/monorepo/main/1")
+    backend.counter.next("request/monorepo/main")
+    p = prefix.encode()
+    assert sorted(_keys_under(backend.client, p)) == [
+        p + b"counter/request/monorepo/main",
+        p + b"request/request/monorepo/main/1",
+        p + b"uri/13:monorepo/maingit://r/main/abc",
+    ]
+
+
+# Prefix isolation
+
+
+def test_prefix_isolation_two_prefixes_share_no_data(
+    url_with: Callable[..., str], prefix: str
+) -> None:
+    with (
+        open_storage(url_with(prefix=prefix + "a/")) as first,
+        open_storage(url_with(prefix=prefix + "b/")) as second,
+    ):
+        first.requests.create(_request("r"))
+        first.request_uris.create("q", "u", "r")
+        assert [first.counter.next("d") for _ in range(3)] == [1, 2, 3]
+        with pytest.raises(NotFound):
+            second.requests.get("r")
+        with pytest.raises(NotFound):
+            second.request_uris.get_id_by_uri("q", "u")
+        assert second.counter.next("d") == 1
+
+
+def test_prefix_isolation_every_key_written_lies_under_the_prefix(
+    backend: EtcdBackend, prefix: str
+) -> None:
+    backend.requests.create(_request("r"))
+    backend.requests.update(_request("r", uri="u2"), old_version=1, new_version=2)
+    backend.request_uris.create("q", "u", "r")
+    backend.counter.next("d")
+    # The prefix is unique to the test; without its final "/" it also covers near misses.
+    near = _keys_under(backend.client, prefix.rstrip("/").encode())
+    assert len(near) == 3
+    assert all(key.startswith(prefix.encode()) for key in near)
+
+
+# Round trips
+
+
+def test_create_get_and_update_are_one_round_trip_each(
+    backend: EtcdBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _count_round_trips(backend, monkeypatch)
+    backend.requests.create(_request("r"))
+    backend.requests.get("r")
+    backend.requests.update(_request("r", uri="u2"), old_version=1, new_version=2)
+    backend.request_uris.create("q", "u", "r")
+    backend.request_uris.get_id_by_uri("q", "u")
+    assert calls == {"txn": 3, "range": 2}
+
+
+def test_update_with_another_queue_takes_two_round_trips_and_keeps_the_stored_queue(
+    backend: EtcdBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend.requests.create(_request("r", queue="stored"))
+    calls = _count_round_trips(backend, monkeypatch)
+    backend.requests.update(_request("r", queue="other", uri="u2"), old_version=1, new_version=2)
+    assert calls == {"txn": 2}
+    assert backend.requests.get("r") == _request("r", queue="stored", uri="u2", version=2)
+
+
+def test_uncontended_counter_next_is_one_round_trip_after_the_first(
+    backend: EtcdBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _count_round_trips(backend, monkeypatch)
+    assert backend.counter.next("d") == 1
+    assert calls == {"txn": 1}
+    assert [backend.counter.next("d") for _ in range(5)] == [2, 3, 4, 5, 6]
+    assert calls == {"txn": 6}
+
+
+# Counter under contention
+
+
+def test_counter_under_racing_threads_never_repeats(url: str) -> None:
+    per_racer = 10
+    with open_storage(url) as storage:
+        barrier = threading.Barrier(RACERS)
+
+        def take(_: int) -> list[int]:
+            barrier.wait()
+            return [storage.counter.next("d") for _ in range(per_racer)]
+
+        with ThreadPoolExecutor(RACERS) as pool:
+            numbers = [n for batch in pool.map(take, range(RACERS)) for n in batch]
+    assert sorted(numbers) == list(range(1, RACERS * per_racer + 1))
+
+
+def test_counter_under_racing_clients_never_repeats(url: str) -> None:
+    """Separate instances share no in-process state, so they contend on the compare."""
+    per_racer = 10
+    clients = [open_storage(url) for _ in range(RACERS)]
+    try:
+        barrier = threading.Barrier(RACERS)
+
+        def take(i: int) -> list[int]:
+            barrier.wait()
+            return [clients[i].counter.next("d") for _ in range(per_racer)]
+
+        with ThreadPoolExecutor(RACERS) as pool:
+            numbers = [n for batch in pool.map(take, range(RACERS)) for n in batch]
+    finally:
+        for client in clients:
+            client.close()
+    assert sorted(numbers) == list(range(1, RACERS * per_racer + 1))
+
+
+def test_counter_that_gives_up_raises_unavailable_and_hands_out_no_number(url: str) -> None:
+    first, second = open_backend(url), open_backend(url)
+    try:
+        assert first.counter.next("d") == 1
+        # The second instance's first attempt assumes the key absent and loses; allowed no
+        # other attempt, it must give up rather than guess.
+        second.counter.MAX_ATTEMPTS = 1
+        with pytest.raises(Unavailable, match="contention"):
+            second.counter.next("d")
+        assert first.counter.next("d") == 2
+        second.counter.MAX_ATTEMPTS = EtcdCounter.MAX_ATTEMPTS
+        assert second.counter.next("d") == 3
+    finally:
+        first.close()
+        second.close()
+
+
+# Errors
+
+
+def test_a_corrupt_stored_value_is_a_storage_error(backend: EtcdBackend, prefix: str) -> None:
+    _put(backend.client, prefix.encode() + b"request/r", b"not a request")
+    _put(backend.client, prefix.encode() + b"counter/d", b"not a number")
+    with pytest.raises(StorageError, match="unreadable"):
+        backend.requests.get("r")
+    with pytest.raises(StorageError, match="no number"):
+        backend.counter.next("d")
+
+
+def test_a_closed_storage_raises_storage_error(url: str) -> None:
+    storage = open_storage(url)
+    storage.close()
+    with pytest.raises(StorageError, match="closed"):
+        storage.requests.get("r")
+    storage.close()

@@ -1,0 +1,215 @@
+"""The ``stovepipe`` command: client commands, one-line failures, the poller, migrate."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import time
+
+import pytest
+
+import stovepipe
+from stovepipe import cli
+from stovepipe.sourcecontrol.fake import FakeSourceControl
+from stovepipe.testing import StartServer, run_cli, stovepipe_command
+
+CLOSED_PORT = "127.0.0.1:1"  # nothing listens on port 1 without privileges
+FAKE_CONFIG = 'storage_url = "sqlite:///{db}"\n[queues."q"]\ntype = "fake"\ncommits = ["c1"]\n'
+
+
+def test_an_unreachable_server_is_a_one_line_error_and_exit_status_3() -> None:
+    result = run_cli("ingest", "q", "--server", CLOSED_PORT, "--timeout", "5")
+    assert result.returncode == cli.EXIT_UNREACHABLE
+    assert result.stdout == ""
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"stovepipe: cannot reach server at {CLOSED_PORT}")
+
+
+@pytest.mark.parametrize("command", [["ping"], ["get", "request/q/1"], ["ingest", "q"]])
+def test_every_client_command_reports_an_unreachable_server_without_a_traceback(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main([*command, "--server", CLOSED_PORT]) == cli.EXIT_UNREACHABLE
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1
+    assert "Traceback" not in captured.err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["ping", "--server", "no-port"], "--server must be HOST:PORT"),
+        (["serve", "--listen", "nonsense"], "listen must be HOST:PORT"),
+        (["serve", "--config", "/nonexistent/stovepipe.toml"], "cannot read config"),
+        (["migrate", "nosuch://x"], "no storage backend serves"),
+    ],
+)
+def test_bad_input_is_a_one_line_error_and_exit_status_2(
+    args: list[str],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: pathlib.Path,
+) -> None:
+    monkeypatch.chdir(tmp_path)  # not a git repository: explicit settings are checked first
+    assert cli.main(args) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.count("\n") == 1
+
+
+def test_server_errors_are_one_line_with_the_status_and_exit_status_1(
+    start_server: StartServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    running = start_server({"q": FakeSourceControl(["c1"])})
+    assert cli.main(["ingest", "unknown", "--server", running.address]) == cli.EXIT_SERVER_ERROR
+    assert capsys.readouterr().err == "stovepipe: NOT_FOUND: unknown queue 'unknown'\n"
+    assert cli.main(["ingest", "", "--server", running.address]) == cli.EXIT_SERVER_ERROR
+    assert capsys.readouterr().err == "stovepipe: INVALID_ARGUMENT: queue is empty\n"
+
+
+def test_ingest_prints_the_id_and_get_prints_the_request_as_json(
+    start_server: StartServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    running = start_server({"q": FakeSourceControl(["c1"], name="q")})
+    assert cli.main(["ingest", "q", "--server", running.address]) == 0
+    assert capsys.readouterr().out == "request/q/1\n"
+    assert cli.main(["get", "request/q/1", "--server", running.address]) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "id": "request/q/1",
+        "queue": "q",
+        "uri": "fake://q/c1",
+        "state": "accepted",
+        "version": 1,
+    }
+
+
+def test_ping_prints_the_server_version(
+    start_server: StartServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    running = start_server({})
+    monkeypatch.setenv(cli.SERVER_ENV, running.address)  # the default --server
+    assert cli.main(["ping"]) == 0
+    assert capsys.readouterr().out.startswith(
+        f"stovepipe {stovepipe.__version__} at {running.address} ("
+    )
+
+
+def test_migrate_says_so_when_a_backend_needs_no_migration(
+    capsys: pytest.CaptureFixture[str], tmp_path: pathlib.Path
+) -> None:
+    assert cli.main(["migrate", f"sqlite:///{tmp_path / 'x.db'}"]) == 0
+    assert (
+        capsys.readouterr().out
+        == "sqlite:// needs no migration: it prepares its schema when opened\n"
+    )
+
+
+def wait_for(log: pathlib.Path, text: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{text!r} never logged:\n{log.read_text()}")
+        time.sleep(0.02)
+
+
+def test_poll_logs_new_ids_keeps_going_through_unavailable_and_stops_on_sigint(
+    start_server: StartServer, tmp_path: pathlib.Path
+) -> None:
+    source = FakeSourceControl(["c1"], name="q")
+    storage_url = f"sqlite:///{tmp_path / 'poll.db'}"
+    running = start_server({"q": source}, storage_url=storage_url)
+    address = running.address
+    log = tmp_path / "poll.log"
+    with log.open("wb") as sink:
+        poller = subprocess.Popen(
+            [
+                *stovepipe_command(),
+                "poll",
+                "q",
+                "--every",
+                "0.05",
+                "--server",
+                address,
+                "--timeout",
+                "2",
+            ],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for(log, "new request request/q/1 at fake://q/c1")
+        source.push("c2")
+        wait_for(log, "new request request/q/2")
+
+        running.stop()
+        wait_for(log, f"cannot reach server at {address}")
+        assert poller.poll() is None  # still polling
+
+        start_server({"q": source}, storage_url=storage_url, listen=address)
+        source.push("c3")
+        wait_for(log, "new request request/q/3")
+
+        poller.send_signal(signal.SIGINT)
+        assert poller.wait(timeout=10) == 0
+    finally:
+        if poller.poll() is None:
+            poller.kill()
+            poller.wait()
+    output = log.read_text()
+    assert output.count("new request request/q/2") == 1  # an unchanged head is not re-logged
+    assert "Traceback" not in output
+
+
+def test_poll_stops_with_an_error_on_an_unknown_queue(
+    start_server: StartServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    running = start_server({})
+    status = cli.main(["poll", "nope", "--every", "0.05", "--server", running.address])
+    assert status == cli.EXIT_SERVER_ERROR
+    assert "NOT_FOUND" in capsys.readouterr().err
+
+
+def test_serve_on_a_port_in_use_is_a_one_line_error_and_exit_status_2(
+    start_server: StartServer, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    taken = start_server({}).address
+    config = tmp_path / "s.toml"
+    config.write_text(FAKE_CONFIG.format(db=tmp_path / "s.db"), encoding="utf-8")
+    assert cli.main(["serve", "--config", str(config), "--listen", taken]) == cli.EXIT_USAGE
+    assert capsys.readouterr().err.startswith(f"stovepipe: cannot listen on {taken}")
+    metrics = ["serve", "--config", str(config), "--metrics-listen", taken]
+    assert cli.main([*metrics, "--listen", "127.0.0.1:0"]) == cli.EXIT_USAGE
+    assert capsys.readouterr().err.startswith(f"stovepipe: cannot serve metrics on {taken}")
+
+
+def test_migrate_runs_the_migration_a_backend_registers_for_its_scheme(
+    tmp_path: pathlib.Path,
+) -> None:
+    """A distribution on the path registers a backend and its migration under the entry-point
+    groups; ``stovepipe migrate`` finds it by the URL's scheme and calls it with the URL."""
+    (tmp_path / "kvmigrate.py").write_text(
+        "def open_backend(url):\n    raise NotImplementedError\n\n"
+        "def migrate(url):\n    print('migrating', url)\n",
+        encoding="utf-8",
+    )
+    dist_info = tmp_path / "kvmigrate-1.0.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: kvmigrate\nVersion: 1.0\n")
+    (dist_info / "entry_points.txt").write_text(
+        "[stovepipe.storage]\nkv = kvmigrate:open_backend\n\n"
+        "[stovepipe.storage.migrations]\nkv = kvmigrate:migrate\n",
+        encoding="utf-8",
+    )
+    result = subprocess.run(
+        [*stovepipe_command(), "migrate", "kv://db.internal/stovepipe"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "migrating kv://db.internal/stovepipe\nkv:// migrated\n"
