@@ -144,3 +144,12 @@ def _number(text: str, name: str, kind: type[int] | type[float]) -> float:
     if value < 0:
         raise ValueError(f"queue URL option {name} must not be negative, not {text!r}")
     return value
+
+
+def redact(url: str) -> str:
+    """``url`` without its password, fit for a log line."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return url.replace(parts.netloc, netloc, 1)
