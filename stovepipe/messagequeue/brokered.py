@@ -33,8 +33,6 @@ DEFAULT_MAX_BACKOFF_SECONDS: Final = 30.0
 DEFAULT_VISIBILITY_TIMEOUT: Final = 30.0
 DEFAULT_WORKERS: Final = 4
 DEFAULT_POLL_INTERVAL: Final = 0.1
-# How often the backlog gauge is refreshed, at most.
-_LAG_INTERVAL: Final = 5.0
 
 
 class MessageQueueUnavailable(Unavailable):
@@ -326,7 +324,7 @@ class BrokeredMessageQueue:
             )
 
     def _beat(self) -> None:
-        next_lag = 0.0
+        """Renew leases and refresh the backlog gauge, every ``renew_interval``."""
         while True:
             with self._condition:
                 if self._condition.wait_for(lambda: self._stopping, self._renew_interval):
@@ -337,10 +335,8 @@ class BrokeredMessageQueue:
             except Exception as error:
                 self._metrics.broker_errors.labels("renew").inc()
                 logger.warning("renewing delivery leases failed: %s", error)
-            if time.monotonic() >= next_lag:
-                next_lag = time.monotonic() + _LAG_INTERVAL
-                for topic in topics:
-                    try:
-                        self._metrics.lag.labels(topic).set(self.broker.backlog(topic))
-                    except Exception as error:
-                        logger.debug("measuring the backlog of %r failed: %s", topic, error)
+            for topic in topics:
+                try:
+                    self._metrics.lag.labels(topic).set(self.broker.backlog(topic))
+                except Exception as error:
+                    logger.debug("measuring the backlog of %r failed: %s", topic, error)
