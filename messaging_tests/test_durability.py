@@ -4,6 +4,8 @@ redeliveries count their attempts, and per-key order holds across consumer proce
 from __future__ import annotations
 
 import itertools
+import threading
+import time
 from collections.abc import Callable
 
 from messaging_tests.conftest import QueueFactory, url_with
@@ -113,3 +115,33 @@ def test_per_key_order_one_at_a_time_across_consumer_processes(
     assert len({e["pid"] for e in starts}) > 1, "the work was shared by the processes"
     for process in processes:
         assert children.terminate(process) == 0, "SIGTERM stops a consumer gracefully"
+
+
+def test_a_delivery_still_running_when_stop_times_out_keeps_its_lease_until_it_runs_out(
+    make_durable_queue: QueueFactory, topic: str
+) -> None:
+    release = threading.Event()
+    entered = threading.Event()
+
+    def stuck(message: Message) -> None:
+        entered.set()
+        release.wait(30)
+
+    first = make_durable_queue(visibility_timeout=LEASE)
+    first.subscribe(topic, stuck)
+    first.start()
+    first.publish(topic, "k", b"slow")
+    assert entered.wait(30)
+    stopped_at = time.monotonic()
+    first.stop(timeout=0.1)
+
+    second = make_durable_queue(visibility_timeout=LEASE)
+    recorder = Recorder()
+    second.subscribe(topic, recorder)
+    second.start()
+    try:
+        (seen,) = recorder.wait_for(1)
+    finally:
+        release.set()
+    assert seen.message == Message(topic, "k", b"slow", 2)
+    assert seen.started - stopped_at >= LEASE * 0.5, "no other consumer starts the key alongside"

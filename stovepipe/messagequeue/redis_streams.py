@@ -265,12 +265,16 @@ class RedisStreamsBroker:
         return letters
 
     def close(self) -> None:
-        """Give up the shards still held, so that others take them at once; disconnect."""
+        """Give up the shards backing off, so that others take them at once; disconnect.
+
+        Shards with a delivery still running keep their lease until it runs out: handing
+        them back would let another consumer start the same key alongside.
+        """
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            shards = sorted(self._in_flight | set(self._backing_off))
+            shards = sorted(self._backing_off)
             self._backing_off.clear()
         if shards:
             with contextlib.suppress(MessageQueueUnavailable):

@@ -266,18 +266,11 @@ class SQLBroker:
         ]
 
     def close(self) -> None:
-        """Hand back held leases at once, so another consumer need not wait them out; close."""
-        with self._lock:
-            held, self._held = list(self._held.items()), {}
-        for row_id, token in held:
-            with contextlib.suppress(MessageQueueUnavailable):
-                self._execute(
-                    "UPDATE stovepipe_queue_message SET lease_token = NULL, lease_until = NULL"
-                    " WHERE id = ? AND lease_token = ?",
-                    (row_id, token),
-                )
+        """Close the connections. Leases of deliveries still running are left to run out:
+        handing them back would let another consumer start the same key alongside."""
         with self._lock:
             self._closed = True
+            self._held = {}
             connections, self._connections = self._connections, []
         for connection in connections:
             with contextlib.suppress(Exception):
