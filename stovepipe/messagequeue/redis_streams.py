@@ -61,16 +61,19 @@ for i = 1, #KEYS, 2 do
   local owner = redis.call('GET', owner_key)
   if (not owner) or owner == me then
     local entry, count
-    local claimed = redis.call('XAUTOCLAIM', stream, group, me, 0, '0-0', 'COUNT', 1)
-    if #claimed[2] > 0 then
-      entry = claimed[2][1]
-      count = redis.call('XPENDING', stream, group, entry[1], entry[1], 1)[1][4]
-    else
-      local read = redis.call('XREADGROUP', 'GROUP', group, me, 'COUNT', 1,
-                              'STREAMS', stream, '>')
-      if read then
-        entry = read[1][2][1]
-        count = 1
+    -- Settled entries are deleted, so an empty stream has nothing pending either.
+    if redis.call('XLEN', stream) > 0 then
+      local claimed = redis.call('XAUTOCLAIM', stream, group, me, 0, '0-0', 'COUNT', 1)
+      if #claimed[2] > 0 then
+        entry = claimed[2][1]
+        count = redis.call('XPENDING', stream, group, entry[1], entry[1], 1)[1][4]
+      else
+        local read = redis.call('XREADGROUP', 'GROUP', group, me, 'COUNT', 1,
+                                'STREAMS', stream, '>')
+        if read then
+          entry = read[1][2][1]
+          count = 1
+        end
       end
     end
     if entry then
