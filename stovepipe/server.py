@@ -206,6 +206,11 @@ def run_worker(config: configuration.Config) -> int:
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         message_queue = build_message_queue(config, metrics)
+        if isinstance(message_queue, InProcessMessageQueue):
+            raise configuration.ConfigError(
+                "stovepipe worker needs a messaging queue shared with the servers "
+                "(queue_url sqlite:///, mysql:// or redis://), not an in-process one"
+            )
         try:
             message_queue.subscribe(TOPIC_PROCESS, ProcessController(storage).handle)
             message_queue.start()
