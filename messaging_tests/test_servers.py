@@ -133,3 +133,17 @@ def test_a_worker_process_processes_what_another_process_ingests_and_stops_grace
         if worker.poll() is None:
             worker.kill()
             worker.wait(TIMEOUT)
+
+
+def test_a_worker_refuses_an_in_process_queue_no_server_could_reach(
+    tmp_path: pathlib.Path,
+) -> None:
+    result = subprocess.run(
+        [*stovepipe_command(), "worker", "--storage-url", "memory://"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 2
+    assert "needs a messaging queue shared with the servers" in result.stderr
