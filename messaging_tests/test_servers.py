@@ -86,7 +86,9 @@ def test_two_servers_on_one_queue_ingest_on_one_process_on_either_each_request_o
     durable_queue_url: str, processes: ServeProcesses, tmp_path: pathlib.Path
 ) -> None:
     config = write_config(tmp_path, durable_queue_url)
-    first, second = processes.serve_many(2, ["--config", str(config)], cwd=tmp_path)
+    # One after the other: the first creates the storage file's schema.
+    first = processes.serve(["--config", str(config)], cwd=tmp_path)
+    second = processes.serve(["--config", str(config)], cwd=tmp_path)
 
     ids = ingest_all(first.address)
 
