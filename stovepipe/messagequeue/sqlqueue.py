@@ -124,6 +124,10 @@ class _Dialect:
     now: str
     begin: str
     transient: tuple[type[BaseException], ...]
+    # Run every write in an explicit ``begin`` transaction: SQLite in WAL mode fails a lone
+    # statement that reads, then writes after another writer, without waiting (BUSY_SNAPSHOT);
+    # BEGIN IMMEDIATE takes the write lock first, waiting up to the busy timeout.
+    explicit_writes: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -315,7 +319,10 @@ class SQLBroker:
         return int(cursor.rowcount)
 
     def _execute(self, statement: str, parameters: tuple[object, ...] = ()) -> int:
-        """Run one autocommitted statement; the number of rows it changed."""
+        """Run one write statement on its own; the number of rows it changed."""
+        if self._dialect.explicit_writes:
+            with self._transaction() as cursor:
+                return self._run(cursor, statement, parameters)
         with self._cursor() as cursor:
             return self._run(cursor, statement, parameters)
 
@@ -392,6 +399,7 @@ def sqlite_broker(url: str, *, visibility_timeout: float) -> SQLBroker:
         # IMMEDIATE takes the write lock up front: no deadlock upgrading a read lock.
         begin="BEGIN IMMEDIATE",
         transient=(sqlite3.OperationalError,),
+        explicit_writes=True,
     )
     broker = SQLBroker(dialect, visibility_timeout=visibility_timeout)
     with contextlib.closing(sqlite3.connect(path, timeout=timeout)) as connection:
