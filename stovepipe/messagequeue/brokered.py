@@ -324,19 +324,21 @@ class BrokeredMessageQueue:
             )
 
     def _beat(self) -> None:
-        """Renew leases and refresh the backlog gauge, every ``renew_interval``."""
+        """Refresh the backlog gauge (at once, then every ``renew_interval``) and renew
+        leases."""
         while True:
             with self._condition:
-                if self._condition.wait_for(lambda: self._stopping, self._renew_interval):
-                    return
                 topics = list(self._handlers)
-            try:
-                self.broker.renew()
-            except Exception as error:
-                self._metrics.broker_errors.labels("renew").inc()
-                logger.warning("renewing delivery leases failed: %s", error)
             for topic in topics:
                 try:
                     self._metrics.lag.labels(topic).set(self.broker.backlog(topic))
                 except Exception as error:
                     logger.debug("measuring the backlog of %r failed: %s", topic, error)
+            with self._condition:
+                if self._condition.wait_for(lambda: self._stopping, self._renew_interval):
+                    return
+            try:
+                self.broker.renew()
+            except Exception as error:
+                self._metrics.broker_errors.labels("renew").inc()
+                logger.warning("renewing delivery leases failed: %s", error)
