@@ -88,8 +88,12 @@ def open_queue(
     broker_url = with_query(url, urllib.parse.urlencode(options))
     broker: brokered.Broker
     if scheme == "redis":
-        from stovepipe.messagequeue.redis_streams import redis_broker
-
+        try:
+            from stovepipe.messagequeue.redis_streams import redis_broker
+        except ImportError:
+            raise ValueError(
+                "redis:// queues need redis-py: pip install 'stovepipe[redis]' (or stovepipe-redis)"
+            ) from None
         broker = redis_broker(broker_url, visibility_timeout=visibility_timeout)
     elif scheme == "mysql":
         from stovepipe.messagequeue.sqlqueue import mysql_broker

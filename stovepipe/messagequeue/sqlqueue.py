@@ -416,7 +416,9 @@ def mysql_broker(url: str, *, visibility_timeout: float) -> SQLBroker:
     try:
         import pymysql
     except ImportError:
-        raise ValueError("mysql:// queues need PyMySQL: pip install stovepipe-mysql") from None
+        raise ValueError(
+            "mysql:// queues need PyMySQL: pip install 'stovepipe[mysql]' (or stovepipe-mysql)"
+        ) from None
     parts = urllib.parse.urlsplit(url)
     database = urllib.parse.unquote(parts.path.lstrip("/"))
     if not parts.hostname or not database:
