@@ -1,7 +1,10 @@
 """The ``stovepipe`` command: run the server, and talk to one.
 
     stovepipe serve [--listen HOST:PORT] [--config FILE] [--storage-url URL]
-                    [--metrics-listen HOST:PORT]
+                    [--queue-url URL] [--metrics-listen HOST:PORT]
+    stovepipe worker [--config FILE] [--storage-url URL] [--queue-url URL]
+                     [--metrics-listen HOST:PORT]
+                                      consumes the process stage's messages, serves no RPC
     stovepipe ingest QUEUE            prints the request id of the queue's head
     stovepipe get ID                  prints the request as JSON
     stovepipe ping                    prints the server's version and the round trip
@@ -97,10 +100,22 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="TOML configuration file (default $STOVEPIPE_CONFIG)")
     serve.add_argument("--listen", metavar="HOST:PORT", help="gRPC address")
     serve.add_argument("--storage-url", metavar="URL", help="storage backend URL")
+    serve.add_argument("--queue-url", metavar="URL", help="messaging queue URL")
     serve.add_argument(
         "--metrics-listen", metavar="HOST:PORT", help='Prometheus address ("" turns it off)'
     )
     serve.set_defaults(handler=_serve)
+
+    worker = commands.add_parser(
+        "worker", help="consume the process stage's messages until SIGTERM or SIGINT"
+    )
+    worker.add_argument("--config", help="TOML configuration file (default $STOVEPIPE_CONFIG)")
+    worker.add_argument("--storage-url", metavar="URL", help="storage backend URL")
+    worker.add_argument("--queue-url", metavar="URL", help="messaging queue URL")
+    worker.add_argument(
+        "--metrics-listen", metavar="HOST:PORT", help='Prometheus address ("" turns it off)'
+    )
+    worker.set_defaults(handler=_worker)
 
     def client(name: str, help: str) -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=help)
@@ -163,6 +178,7 @@ def _serve(args: argparse.Namespace) -> int:
         overrides={
             "listen": args.listen,
             "storage_url": args.storage_url,
+            "queue_url": args.queue_url,
             "metrics_listen": args.metrics_listen,
         },
     )
@@ -178,6 +194,25 @@ def _serve(args: argparse.Namespace) -> int:
         sys.stderr.flush()
         os._exit(0)
     return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from stovepipe import server
+
+    config = configuration.load(
+        args.config,
+        overrides={
+            "storage_url": args.storage_url,
+            "queue_url": args.queue_url,
+            "metrics_listen": args.metrics_listen,
+        },
+        queues_required=False,
+    )
+    _configure_logging(config.log_level)
+    try:
+        return server.run_worker(config)
+    except OSError as error:
+        raise CommandError(str(error), EXIT_USAGE) from None
 
 
 def _stub(args: argparse.Namespace) -> tuple[grpc.Channel, StovepipeClient, str]:

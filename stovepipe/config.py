@@ -6,6 +6,7 @@ file (``--config`` or ``STOVEPIPE_CONFIG``), built-in defaults. A complete file:
     listen = "127.0.0.1:50051"          # gRPC address; port 0 picks a free port
     metrics_listen = "127.0.0.1:9464"   # Prometheus /metrics; "" (the default) turns it off
     storage_url = "sqlite:///var/lib/stovepipe/stovepipe.db"
+    queue_url = "redis://127.0.0.1:6379/0"  # messaging queue; default: follows storage_url
     grace_period = 5.0                   # seconds SIGTERM waits for in-flight calls
     max_workers = 32                     # threads serving RPCs
     log_level = "info"
@@ -73,6 +74,7 @@ class Config:
     listen: str = DEFAULT_LISTEN
     metrics_listen: str = ""
     storage_url: str = ""
+    queue_url: str = ""
     grace_period: float = DEFAULT_GRACE_PERIOD
     max_workers: int = DEFAULT_MAX_WORKERS
     log_level: str = "info"
@@ -84,6 +86,7 @@ _SCALARS: dict[str, str] = {
     "listen": "STOVEPIPE_LISTEN",
     "metrics_listen": "STOVEPIPE_METRICS_LISTEN",
     "storage_url": "STOVEPIPE_STORAGE_URL",
+    "queue_url": "STOVEPIPE_QUEUE_URL",
     "grace_period": "STOVEPIPE_GRACE_PERIOD",
     "max_workers": "STOVEPIPE_MAX_WORKERS",
     "log_level": "STOVEPIPE_LOG_LEVEL",
@@ -98,13 +101,15 @@ def load(
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, object | None] | None = None,
     cwd: str | os.PathLike[str] | None = None,
+    queues_required: bool = True,
 ) -> Config:
     """Resolve the configuration from a file, the environment and flag ``overrides``.
 
     ``path`` defaults to ``$STOVEPIPE_CONFIG``; ``overrides`` maps setting names to flag values
     (``None`` means the flag was not given). Without queues, the git repository in ``cwd`` (the
     current directory by default) becomes the only queue; without a storage URL, SQLite under
-    ``cwd/.stovepipe/``. Raises :class:`ConfigError` with a one-line reason.
+    ``cwd/.stovepipe/``. With ``queues_required=False`` (``stovepipe worker``, which serves no
+    queue) no queue is fine. Raises :class:`ConfigError` with a one-line reason.
     """
     environ = os.environ if environ is None else environ
     workdir = pathlib.Path.cwd() if cwd is None else pathlib.Path(cwd)
@@ -144,12 +149,15 @@ def load(
     max_workers = int(_number(settings, "max_workers", DEFAULT_MAX_WORKERS, int))
     # The defaults that look at the working directory come last, after every explicit
     # setting has been checked.
-    queues = _parse_queues(raw.get("queues", {}), base_dir) or default_queue(workdir)
+    queues = _parse_queues(raw.get("queues", {}), base_dir)
+    if not queues and queues_required:
+        queues = default_queue(workdir)
     storage_url = _text(settings, "storage_url", "") or default_storage_url(workdir)
     config = Config(
         listen=listen,
         metrics_listen=metrics_listen,
         storage_url=storage_url,
+        queue_url=_text(settings, "queue_url", "").strip(),
         grace_period=grace_period,
         max_workers=max_workers,
         log_level=log_level,

@@ -26,6 +26,7 @@ from stovepipe.controller.ingest import IngestController
 from stovepipe.controller.process import ProcessController
 from stovepipe.messagequeue import TOPIC_PROCESS, MessageQueue
 from stovepipe.messagequeue.inprocess import InProcessMessageQueue
+from stovepipe.messagequeue.registry import default_queue_url, open_queue, redact
 from stovepipe.metrics import Metrics
 from stovepipe.sourcecontrol import (
     QueueMap,
@@ -153,16 +154,85 @@ def build_server(config: configuration.Config) -> StovepipeServer:
     except StorageError as error:
         raise configuration.ConfigError(f"storage {config.storage_url}: {error}") from None
     try:
-        return StovepipeServer(
-            storage,
-            sourcecontrol,
-            listen=config.listen,
-            max_workers=config.max_workers,
-            metrics_listen=config.metrics_listen,
-        )
+        metrics = Metrics()
+        message_queue = build_message_queue(config, metrics)
+        try:
+            return StovepipeServer(
+                storage,
+                sourcecontrol,
+                listen=config.listen,
+                max_workers=config.max_workers,
+                metrics=metrics,
+                metrics_listen=config.metrics_listen,
+                message_queue=message_queue,
+            )
+        except BaseException:
+            message_queue.stop(timeout=0)
+            raise
     except BaseException:
         storage.close()
         raise
+
+
+def queue_url_of(config: configuration.Config) -> str:
+    """The messaging queue's URL: configured, else the one that goes with the storage."""
+    return config.queue_url or default_queue_url(config.storage_url)
+
+
+def build_message_queue(config: configuration.Config, metrics: Metrics) -> MessageQueue:
+    """Open (not start) the configured messaging queue, its metrics in ``metrics``' registry."""
+    url = queue_url_of(config)
+    try:
+        return open_queue(url, registry=metrics.registry)
+    except (ValueError, StorageError) as error:
+        raise configuration.ConfigError(f"messaging queue {redact(url)}: {error}") from None
+
+
+def run_worker(config: configuration.Config) -> int:
+    """Consume the ``process`` topic (no RPCs) until SIGTERM or SIGINT, then drain within
+    ``config.grace_period``; exit status. Scales the process stage apart from ingest."""
+    configuration.prepare_default_storage(config.storage_url)
+    metrics = Metrics()
+    try:
+        storage = metrics.instrument(open_storage(config.storage_url))
+    except StorageError as error:
+        raise configuration.ConfigError(f"storage {config.storage_url}: {error}") from None
+    stop_requested = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        logger.info("received %s; draining", signal.Signals(signum).name)
+        stop_requested.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        message_queue = build_message_queue(config, metrics)
+        if isinstance(message_queue, InProcessMessageQueue):
+            raise configuration.ConfigError(
+                "stovepipe worker needs a messaging queue shared with the servers "
+                "(queue_url sqlite:///, mysql:// or redis://), not an in-process one"
+            )
+        try:
+            message_queue.subscribe(TOPIC_PROCESS, ProcessController(storage).handle)
+            message_queue.start()
+            if config.metrics_listen:
+                port = metrics.serve(config.metrics_listen)
+                logger.info("metrics on http://%s/metrics", _with_port(config.metrics_listen, port))
+            logger.info(
+                "stovepipe worker consuming %s from %s",
+                TOPIC_PROCESS,
+                redact(queue_url_of(config)),
+            )
+            while not stop_requested.wait(1.0):
+                pass
+        finally:
+            message_queue.stop(timeout=config.grace_period)
+            metrics.close()
+    finally:
+        storage.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    logger.info("stopped")
+    return 0
 
 
 def run(config: configuration.Config) -> bool:
@@ -185,6 +255,7 @@ def run(config: configuration.Config) -> bool:
         for line in configuration.describe(config.queues):
             logger.info("queue %s", line)
         logger.info("storage %s", config.storage_url)
+        logger.info("messaging queue %s", redact(queue_url_of(config)))
         if server.metrics_port is not None:
             logger.info(
                 "metrics on http://%s/metrics",

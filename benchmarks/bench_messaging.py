@@ -1,0 +1,261 @@
+"""Messaging queues: publish and claim+ack latency next to the raw driver, publish-to-consume
+latency, and drain throughput, per implementation.
+
+    python benchmarks/bench_messaging.py [--count N] [--url URL ...]
+
+Without ``--url`` it covers ``memory://``, a SQLite file, and the servers named by
+``STOVEPIPE_TEST_MYSQL_URL`` and ``STOVEPIPE_TEST_REDIS_URL`` when set. Each URL gets a
+fresh topic, so a shared server is fine.
+
+* publish, claim+ack: one call each, against the raw driver doing the same minimal round trips
+  (SQL: INSERT; SELECT the head, conditional UPDATE, DELETE. Redis: XADD; XREADGROUP, then
+  XACK+XDEL in one MULTI).
+* publish -> handler: one message at a time, the consumer in this process (a consumer in
+  another process sees it within its ``poll_interval`` instead).
+* drain: messages already queued on 16 keys, consumed by 4 workers, messages per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sqlite3
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+from benchmarks.timing import Latency, measure, print_comparison
+from stovepipe.messagequeue import Message
+from stovepipe.messagequeue.brokered import Broker, BrokeredMessageQueue
+from stovepipe.messagequeue.registry import open_queue
+
+
+def raw_sqlite(url: str, topic: str) -> tuple[Callable[[int], object], Callable[[int], object]]:
+    """Publish and claim+ack with bare sqlite3 statements on the queue's table."""
+    connection = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+    connection.execute("PRAGMA journal_mode=WAL")
+    now = "((julianday('now') - 2440587.5) * 86400.0)"
+    topic_bytes = b"raw-" + topic.encode()
+
+    def publish(i: int) -> object:
+        return connection.execute(
+            "INSERT INTO stovepipe_queue_message"
+            " (topic, partition_key, payload, attempt, available_at, published_at)"
+            f" VALUES (?, ?, ?, 0, {now}, {now})",
+            (topic_bytes, b"k", b"x" * 64),
+        )
+
+    def claim_ack(i: int) -> object:
+        (row_id,) = connection.execute(
+            "SELECT MIN(id) FROM stovepipe_queue_message WHERE topic = ?", (topic_bytes,)
+        ).fetchone()
+        connection.execute(
+            f"UPDATE stovepipe_queue_message SET lease_until = {now} + 30, attempt = attempt + 1"
+            " WHERE id = ?",
+            (row_id,),
+        )
+        return connection.execute("DELETE FROM stovepipe_queue_message WHERE id = ?", (row_id,))
+
+    return publish, claim_ack
+
+
+def raw_mysql(url: str, topic: str) -> tuple[Callable[[int], object], Callable[[int], object]]:
+    """Publish and claim+ack with bare PyMySQL statements on the queue's table."""
+    import urllib.parse
+
+    import pymysql
+
+    parts = urllib.parse.urlsplit(url)
+    connection = pymysql.connect(
+        host=parts.hostname,
+        port=parts.port or 3306,
+        user=parts.username or "root",
+        password=parts.password or "",
+        database=parts.path.lstrip("/"),
+        autocommit=True,
+    )
+    cursor = connection.cursor()
+    now = "UNIX_TIMESTAMP(NOW(6))"
+    topic_bytes = b"raw-" + topic.encode()
+
+    def publish(i: int) -> object:
+        return cursor.execute(
+            "INSERT INTO stovepipe_queue_message"
+            " (topic, partition_key, payload, attempt, available_at, published_at)"
+            f" VALUES (%s, %s, %s, 0, {now}, {now})",
+            (topic_bytes, b"k", b"x" * 64),
+        )
+
+    def claim_ack(i: int) -> object:
+        cursor.execute(
+            "SELECT MIN(id) FROM stovepipe_queue_message WHERE topic = %s", (topic_bytes,)
+        )
+        row = cursor.fetchone()
+        assert row is not None
+        row_id = row[0]
+        cursor.execute(
+            f"UPDATE stovepipe_queue_message SET lease_until = {now} + 30, attempt = attempt + 1"
+            " WHERE id = %s",
+            (row_id,),
+        )
+        return cursor.execute("DELETE FROM stovepipe_queue_message WHERE id = %s", (row_id,))
+
+    return publish, claim_ack
+
+
+def raw_redis(url: str, topic: str) -> tuple[Callable[[int], object], Callable[[int], object]]:
+    """Publish and claim+ack with bare redis-py stream commands."""
+    import redis
+
+    client = redis.Redis.from_url(url.split("?", 1)[0])
+    stream = f"bench:raw:{topic}"
+    client.xgroup_create(stream, "g", id="0", mkstream=True)
+
+    def publish(i: int) -> object:
+        return client.xadd(stream, {"key": "k", "payload": b"x" * 64})
+
+    def claim_ack(i: int) -> object:
+        read: list[tuple[bytes, list[tuple[bytes, object]]]] = client.xreadgroup(  # type: ignore[assignment]
+            "g", "c", {stream: ">"}, count=1
+        )
+        entry_id = read[0][1][0][0]
+        with client.pipeline(transaction=True) as pipe:
+            pipe.xack(stream, "g", entry_id)
+            pipe.xdel(stream, entry_id)
+            return pipe.execute()
+
+    return publish, claim_ack
+
+
+RAW = {"sqlite": raw_sqlite, "mysql": raw_mysql, "redis": raw_redis}
+
+
+def publish_to_handler(url: str, count: int) -> Latency:
+    """Latency from ``publish`` returning... to the handler running, one message at a time."""
+    queue = open_queue(url)
+    topic = f"bench-{uuid.uuid4().hex[:8]}"
+    arrived = threading.Event()
+
+    def handle(message: Message) -> None:
+        arrived.set()
+
+    queue.subscribe(topic, handle)
+    queue.start()
+
+    def round_trip(i: int) -> None:
+        arrived.clear()
+        queue.publish(topic, "k", b"x" * 64)
+        if not arrived.wait(10):
+            raise RuntimeError("a message was not delivered within 10 s")
+
+    try:
+        return measure(round_trip, count, warmup=20)
+    finally:
+        queue.stop(timeout=5)
+
+
+def drain_rate(url: str, count: int) -> float:
+    """Messages per second consumed by 4 workers from a backlog on 16 keys."""
+    queue = open_queue(url + ("&" if "?" in url else "?") + "workers=4")
+    topic = f"bench-{uuid.uuid4().hex[:8]}"
+    for n in range(count):
+        queue.publish(topic, f"key-{n % 16}", b"x" * 64)
+    done = threading.Event()
+    handled = 0
+    lock = threading.Lock()
+
+    def handle(message: Message) -> None:
+        nonlocal handled
+        with lock:
+            handled += 1
+            if handled == count:
+                done.set()
+
+    queue.subscribe(topic, handle)
+    start = time.perf_counter()
+    queue.start()
+    try:
+        if not done.wait(300):
+            raise RuntimeError(f"drained {handled} of {count} in 300 s")
+        return count / (time.perf_counter() - start)
+    finally:
+        queue.stop(timeout=5)
+
+
+def broker_operations(
+    url: str, count: int
+) -> tuple[Callable[[int], object], Callable[[int], object], Callable[[], None]]:
+    """Publish and claim+ack through the queue's own broker; and its close."""
+    queue = open_queue(url)
+    assert isinstance(queue, BrokeredMessageQueue)
+    broker: Broker = queue.broker
+    topic = f"bench-{uuid.uuid4().hex[:8]}"
+
+    def publish(i: int) -> object:
+        broker.publish(topic, "k", b"x" * 64)
+        return None
+
+    def claim_ack(i: int) -> object:
+        delivery = broker.claim([topic])
+        if delivery is None:
+            raise RuntimeError("nothing to claim")
+        broker.ack(delivery)
+        return None
+
+    return publish, claim_ack, lambda: queue.stop(timeout=5)
+
+
+@contextlib.contextmanager
+def targets(urls: list[str]) -> Iterator[list[str]]:
+    with tempfile.TemporaryDirectory() as directory:
+        if urls:
+            yield urls
+            return
+        found = ["memory://", f"sqlite:///{directory}/bench-queue.db"]
+        for scheme in ("mysql", "redis"):
+            url = os.environ.get(f"STOVEPIPE_TEST_{scheme.upper()}_URL")
+            if url:
+                found.append(url)
+            else:
+                print(f"({scheme}: set STOVEPIPE_TEST_{scheme.upper()}_URL to include it)")
+        yield found
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=500, help="calls per measurement")
+    parser.add_argument("--url", action="append", default=[], help="queue URL (repeatable)")
+    args = parser.parse_args()
+    count: int = args.count
+    summary: list[tuple[str, Latency, float]] = []
+    with targets(args.url) as urls:
+        for url in urls:
+            scheme = url.split("://", 1)[0]
+            if scheme in RAW:
+                publish, claim_ack, close = broker_operations(url, count)
+                raw_publish, raw_claim_ack = RAW[scheme](url, f"{uuid.uuid4().hex[:8]}")
+                rows = [
+                    ("publish", measure(publish, count), measure(raw_publish, count)),
+                    ("claim+ack", measure(claim_ack, count), measure(raw_claim_ack, count)),
+                ]
+                close()
+                print_comparison(f"{scheme}: broker calls next to the raw driver", rows)
+            summary.append(
+                (scheme, publish_to_handler(url, count), drain_rate(url, max(count, 1000)))
+            )
+    print("\npublish -> handler (consumer in this process), and drain rate (4 workers, 16 keys)")
+    print(f"{'queue':<10}{'p50 us':>10}{'p99 us':>10}{'mean us':>10}{'msgs/s':>10}")
+    for scheme, latency, rate in summary:
+        print(
+            f"{scheme:<10}{latency.p50_us:>10.1f}{latency.p99_us:>10.1f}"
+            f"{latency.mean_us:>10.1f}{rate:>10.0f}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

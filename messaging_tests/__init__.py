@@ -1,0 +1,1 @@
+"""The messaging conformance suite: every messaging queue implementation, one set of rules."""

@@ -1,0 +1,147 @@
+"""Durable queues across real processes: SIGKILLed consumers and publishers lose nothing,
+redeliveries count their attempts, and per-key order holds across consumer processes."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable
+
+from messaging_tests.conftest import QueueFactory, url_with
+from messaging_tests.processes import Children
+from messaging_tests.recorder import Recorder, payloads
+from messaging_tests.test_delivery import dead_letters_of
+from stovepipe.messagequeue import Message
+
+
+def started(children: Children, count: int) -> Callable[[], bool]:
+    """Whether exactly ``count`` deliveries have started in the child processes."""
+    return lambda: len(children.events("start")) == count
+
+
+# Short leases, so that a dead consumer's message comes back within the test.
+LEASE = 1.0
+
+
+def test_a_message_survives_a_consumer_killed_before_ack_and_is_redelivered(
+    durable_queue_url: str, make_durable_queue: QueueFactory, topic: str, children: Children
+) -> None:
+    url = url_with(durable_queue_url, visibility_timeout=LEASE)
+    doomed = children.spawn(url, topic, handler="hang", publish=[["k", "survivor"]])
+    children.wait_for("the delivery to start", lambda: bool(children.events("start")))
+    children.kill(doomed)
+
+    queue = make_durable_queue(visibility_timeout=LEASE)
+    recorder = Recorder()
+    queue.subscribe(topic, recorder)
+    queue.start()
+
+    (first,) = children.events("start")
+    assert (first["payload"], first["attempt"]) == ("survivor", 1)
+    (seen,) = recorder.wait_for(1)
+    assert seen.message == Message(topic, "k", b"survivor", 2)
+
+
+def test_a_message_whose_consumers_keep_dying_is_dead_lettered_after_max_attempts(
+    durable_queue_url: str, make_durable_queue: QueueFactory, topic: str, children: Children
+) -> None:
+    url = url_with(durable_queue_url, visibility_timeout=LEASE)
+    children.spawn(url, topic, consume=False, publish=[["k", "poison"]])
+    children.wait_for("the publish", lambda: bool(children.events("ready")))
+    for attempt in (1, 2):
+        doomed = children.spawn(url, topic, handler="hang")
+        children.wait_for(f"delivery {attempt}", started(children, attempt))
+        children.kill(doomed)
+
+    queue = make_durable_queue(visibility_timeout=LEASE, max_attempts=2)
+    recorder = Recorder()
+    queue.subscribe(topic, recorder)
+    queue.start()
+
+    (letter,) = dead_letters_of(queue, topic)
+    assert [e["attempt"] for e in children.events("start")] == [1, 2]
+    assert letter.message == Message(topic, "k", b"poison", 3)
+    assert "without an outcome" in letter.reason
+    assert recorder.seen == [], "the handler never sees a message past its last attempt"
+
+
+def test_a_server_killed_between_publish_and_ack_loses_nothing(
+    durable_queue_url: str, make_durable_queue: QueueFactory, topic: str, children: Children
+) -> None:
+    url = url_with(durable_queue_url, visibility_timeout=LEASE, workers=2)
+    published = [[f"queue-{n % 3}", f"{n:03}"] for n in range(30)]
+    server = children.spawn(url, topic, handler="hang", publish=published)
+    children.wait_for("deliveries in flight", lambda: len(children.events("start")) == 2)
+    children.kill(server)
+
+    queue = make_durable_queue(visibility_timeout=LEASE, workers=4)
+    recorder = Recorder()
+    queue.subscribe(topic, recorder)
+    queue.start()
+
+    seen = recorder.wait_for(len(published))
+    for key, group in itertools.groupby(sorted(published), key=lambda item: item[0]):
+        assert payloads(seen, key) == [payload.encode() for _, payload in group]
+    in_flight = {e["payload"] for e in children.events("start")}
+    assert {s.message.payload.decode() for s in seen if s.message.attempt == 2} == in_flight
+    assert all(s.message.attempt == 1 for s in seen if s.message.payload.decode() not in in_flight)
+
+
+def test_per_key_order_one_at_a_time_across_consumer_processes(
+    durable_queue_url: str, make_durable_queue: QueueFactory, topic: str, children: Children
+) -> None:
+    keys, per_key, consumers = 4, 12, 3
+    url = url_with(durable_queue_url, workers=2, poll_interval=0.02)
+    processes = [children.spawn(url, topic, sleep=0.01) for _ in range(consumers)]
+    children.wait_for("consumers", lambda: len(children.events("ready")) == consumers)
+
+    publisher = make_durable_queue()
+    for n in range(per_key):
+        for k in range(keys):
+            publisher.publish(topic, f"k{k}", f"{n:03}".encode())
+    children.wait_for("every delivery", lambda: len(children.events("end")) == keys * per_key)
+
+    starts, ends = children.events("start"), children.events("end")
+    assert len(starts) == keys * per_key, "each message was delivered once"
+    for k in range(keys):
+        mine_started = sorted((e for e in starts if e["key"] == f"k{k}"), key=lambda e: e["t"])
+        mine_ended = sorted((e for e in ends if e["key"] == f"k{k}"), key=lambda e: e["t"])
+        expected = [f"{n:03}" for n in range(per_key)]
+        assert [e["payload"] for e in mine_started] == expected
+        assert [e["payload"] for e in mine_ended] == expected
+        for ended, next_started in zip(mine_ended, mine_started[1:], strict=False):
+            assert ended["t"] <= next_started["t"], f"two deliveries of k{k} overlapped"
+    assert len({e["pid"] for e in starts}) > 1, "the work was shared by the processes"
+    for process in processes:
+        assert children.terminate(process) == 0, "SIGTERM stops a consumer gracefully"
+
+
+def test_a_delivery_still_running_when_stop_times_out_keeps_its_lease_until_it_runs_out(
+    make_durable_queue: QueueFactory, topic: str
+) -> None:
+    release = threading.Event()
+    entered = threading.Event()
+
+    def stuck(message: Message) -> None:
+        entered.set()
+        release.wait(30)
+
+    first = make_durable_queue(visibility_timeout=LEASE)
+    first.subscribe(topic, stuck)
+    first.start()
+    first.publish(topic, "k", b"slow")
+    assert entered.wait(30)
+    stopped_at = time.monotonic()
+    first.stop(timeout=0.1)
+
+    second = make_durable_queue(visibility_timeout=LEASE)
+    recorder = Recorder()
+    second.subscribe(topic, recorder)
+    second.start()
+    try:
+        (seen,) = recorder.wait_for(1)
+    finally:
+        release.set()
+    assert seen.message == Message(topic, "k", b"slow", 2)
+    assert seen.started - stopped_at >= LEASE * 0.5, "no other consumer starts the key alongside"

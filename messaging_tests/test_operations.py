@@ -1,0 +1,117 @@
+"""What operators rely on: metrics of the durable queues, prompt failure when the server is
+gone, and choosing a queue by URL."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from messaging_tests.conftest import url_with
+from messaging_tests.recorder import Recorder
+from messaging_tests.test_delivery import dead_letters_of
+from stovepipe.messagequeue import Message, PermanentFailure
+from stovepipe.messagequeue.brokered import BrokeredMessageQueue, MessageQueueUnavailable
+from stovepipe.messagequeue.inprocess import InProcessMessageQueue
+from stovepipe.messagequeue.registry import default_queue_url, open_queue, redact
+from stovepipe.storage import Unavailable
+
+
+def sample(registry: CollectorRegistry, name: str, topic: str) -> float:
+    return registry.get_sample_value(name, {"topic": topic}) or 0.0
+
+
+def test_metrics_count_deliveries_retries_dead_letters_and_lag(
+    durable_queue_url: str, topic: str
+) -> None:
+    registry = CollectorRegistry()
+    queue = open_queue(
+        url_with(durable_queue_url, max_attempts=2, backoff=0.05, visibility_timeout=0.3),
+        registry=registry,
+    )
+
+    def handle(message: Message) -> None:
+        if message.payload == b"fails":
+            raise RuntimeError("boom")
+        if message.payload == b"refused":
+            raise PermanentFailure("never")
+
+    try:
+        for payload in (b"fails", b"refused", b"fine"):
+            queue.publish(topic, payload.decode(), payload)
+        queue.subscribe(topic, Recorder(handle))
+        queue.start()
+        dead_letters_of(queue, topic, count=2)
+        deadline = time.monotonic() + 10
+        while sample(registry, "stovepipe_messagequeue_deliveries_total", topic) < 4:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        time.sleep(0.3)  # a heartbeat refreshes the lag
+    finally:
+        queue.stop(timeout=5)
+
+    assert sample(registry, "stovepipe_messagequeue_published_total", topic) == 3
+    assert sample(registry, "stovepipe_messagequeue_deliveries_total", topic) == 4
+    assert sample(registry, "stovepipe_messagequeue_retries_total", topic) == 1
+    assert sample(registry, "stovepipe_messagequeue_dead_letters_total", topic) == 2
+    assert sample(registry, "stovepipe_messagequeue_lag", topic) == 0
+    assert sample(registry, "stovepipe_messagequeue_handling_seconds_count", topic) == 4
+
+
+@pytest.fixture
+def silent_listener() -> Iterator[int]:
+    """A port that accepts connections and never answers."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        yield server.getsockname()[1]
+
+
+def closed_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        return int(server.getsockname()[1])
+
+
+@pytest.mark.parametrize("scheme", ["redis", "mysql"])
+@pytest.mark.parametrize("kind", ["closed port", "silent listener"])
+def test_an_unreachable_server_is_unavailable_within_the_timeout(
+    scheme: str, topic: str, kind: str, silent_listener: int
+) -> None:
+    port = closed_port() if kind == "closed port" else silent_listener
+    url = {
+        "redis": f"redis://127.0.0.1:{port}/0?timeout=1",
+        "mysql": f"mysql://root@127.0.0.1:{port}/stovepipe_test?timeout=1",
+    }[scheme]
+    start = time.monotonic()
+    with pytest.raises(MessageQueueUnavailable) as raised:
+        queue = open_queue(url)  # MySQL connects at once, to create its tables
+        queue.publish(topic, "k", b"lost")  # Redis connects on first use
+    assert time.monotonic() - start < 5
+    assert isinstance(raised.value, Unavailable), "the ingest RPC maps it to UNAVAILABLE"
+
+
+def test_the_url_scheme_picks_the_queue(tmp_path: object) -> None:
+    assert isinstance(open_queue(None), InProcessMessageQueue)
+    assert isinstance(open_queue("memory://?max_attempts=2"), InProcessMessageQueue)
+    sqlite = open_queue(f"sqlite:///{tmp_path}/q.db?visibility_timeout=5&timeout=2")
+    assert isinstance(sqlite, BrokeredMessageQueue)
+    sqlite.stop()
+    for bad in ("kafka://host", "memory://?shards=2", "sqlite:///x.db?bogus=1"):
+        with pytest.raises(ValueError):
+            open_queue(bad)
+
+
+def test_the_default_queue_follows_the_storage_backend() -> None:
+    assert default_queue_url("sqlite:////var/lib/s.db?synchronous=normal&timeout=3") == (
+        "sqlite:////var/lib/s.db?timeout=3"
+    )
+    assert default_queue_url("mysql://u:p@db:3306/stovepipe") == "mysql://u:p@db:3306/stovepipe"
+    assert default_queue_url("redis://cache:6379/2") == "redis://cache:6379/2"
+    assert default_queue_url("etcd://127.0.0.1:2379") == "memory://"
+    assert default_queue_url("memory://") == "memory://"
+
+
+def test_log_lines_carry_no_password() -> None:
+    assert redact("mysql://app:s3cret@db/stovepipe") == "mysql://app:***@db/stovepipe"
+    assert redact("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"

@@ -1,0 +1,344 @@
+"""A messaging queue over a durable broker: the consumer loop shared by the SQL and Redis
+Streams queues.
+
+A :class:`Broker` stores messages and hands out *deliveries*: a message leased to this
+consumer for a visibility timeout, with its delivery count as ``attempt``. The broker keeps
+per-key order and one delivery at a time per key, across every process sharing it.
+:class:`BrokeredMessageQueue` runs the handlers on worker threads, renews the leases of
+running deliveries on a heartbeat, and settles each delivery: acknowledge, retry after an
+exponential backoff, or dead-letter with the reason. A consumer that dies stops renewing, its
+lease runs out and the message is delivered again with the next ``attempt``; a delivery whose
+``attempt`` is past the maximum (its consumers kept dying) is dead-lettered unhandled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import Final, Protocol
+
+from stovepipe.messagequeue.contract import Handler, Message, PermanentFailure
+from stovepipe.messagequeue.inprocess import DeadLetter
+from stovepipe.messagequeue.metrics import MessagingMetrics
+from stovepipe.storage.errors import Unavailable
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_ATTEMPTS: Final = 5
+DEFAULT_BACKOFF_SECONDS: Final = 0.1
+DEFAULT_MAX_BACKOFF_SECONDS: Final = 30.0
+DEFAULT_VISIBILITY_TIMEOUT: Final = 30.0
+DEFAULT_WORKERS: Final = 4
+DEFAULT_POLL_INTERVAL: Final = 0.1
+
+
+class MessageQueueUnavailable(Unavailable):
+    """The messaging queue's server could not be reached in time (transient).
+
+    A storage ``Unavailable`` too, so callers that already treat an unreachable backend as
+    retryable (the ingest RPC answers ``UNAVAILABLE``) treat this one alike.
+    """
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Delivery:
+    """A message leased to this consumer; ``receipt`` is the broker's handle on the lease."""
+
+    message: Message
+    receipt: object
+
+
+class Broker(Protocol):
+    """Durable storage of messages with leased, per-key ordered deliveries.
+
+    Every method may raise :class:`MessageQueueUnavailable`. Thread-safe.
+    """
+
+    def publish(self, topic: str, key: str, payload: bytes) -> None:
+        """Store a message behind the earlier messages of ``(topic, key)``."""
+        ...
+
+    def claim(self, topics: Sequence[str]) -> Delivery | None:
+        """Lease the next deliverable message of ``topics``, or ``None`` if there is none.
+
+        Deliverable: the oldest message of its key, whose key has no delivery leased and is
+        not backing off. Each claim counts one more delivery of the message.
+        """
+        ...
+
+    def ack(self, delivery: Delivery) -> None:
+        """Remove the message for good."""
+        ...
+
+    def retry(self, delivery: Delivery, delay: float, reason: str) -> None:
+        """Give the lease back; the message is deliverable again after ``delay`` seconds."""
+        ...
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Move the message to its topic's dead-letter topic with ``reason``."""
+        ...
+
+    def renew(self) -> None:
+        """Extend the leases this broker holds by one visibility timeout."""
+        ...
+
+    def backlog(self, topic: str) -> int:
+        """Messages of ``topic`` published and not yet acknowledged or dead-lettered."""
+        ...
+
+    def dead_letters(self, topic: str) -> list[DeadLetter]:
+        """The dead letters of ``topic`` (the original topic), oldest first."""
+        ...
+
+    def close(self) -> None:
+        """Give back the leases still held and close the connections. Idempotent."""
+        ...
+
+
+class BrokeredMessageQueue:
+    """A :class:`~stovepipe.messagequeue.MessageQueue` whose messages live in a broker.
+
+    ``max_attempts`` bounds the deliveries of one message; the n-th retry waits
+    ``backoff_seconds * 2**(n-1)``, at most ``max_backoff_seconds``. ``workers`` threads each
+    run one delivery at a time; an idle worker asks the broker again after ``poll_interval``
+    seconds, or at once when this process publishes. Leases are renewed every
+    ``renew_interval`` seconds (a third of the broker's visibility timeout).
+    """
+
+    def __init__(
+        self,
+        broker: Broker,
+        *,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        backoff_seconds: float = DEFAULT_BACKOFF_SECONDS,
+        max_backoff_seconds: float = DEFAULT_MAX_BACKOFF_SECONDS,
+        workers: int = DEFAULT_WORKERS,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        renew_interval: float = DEFAULT_VISIBILITY_TIMEOUT / 3,
+        metrics: MessagingMetrics | None = None,
+    ) -> None:
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, not {max_attempts}")
+        if backoff_seconds < 0 or max_backoff_seconds < 0:
+            raise ValueError("backoff must not be negative")
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, not {workers}")
+        if poll_interval <= 0 or renew_interval <= 0:
+            raise ValueError("poll_interval and renew_interval must be positive")
+        self.broker = broker
+        self._max_attempts = max_attempts
+        self._backoff_seconds = backoff_seconds
+        self._max_backoff_seconds = max_backoff_seconds
+        self._worker_count = workers
+        self._poll_interval = poll_interval
+        self._renew_interval = renew_interval
+        self._metrics = metrics if metrics is not None else MessagingMetrics()
+        self._handlers: dict[str, Handler] = {}
+        self._condition = threading.Condition()
+        self._published = 0  # wakes idle workers when this process publishes
+        self._started = False
+        self._stopping = False
+        self._threads: list[threading.Thread] = []
+        self._heartbeat: threading.Thread | None = None
+
+    def publish(self, topic: str, key: str, payload: bytes) -> None:
+        """Store ``payload`` durably on ``topic`` behind the earlier messages of ``key``.
+
+        Raises :class:`MessageQueueUnavailable` if the broker did not take it, and
+        ``RuntimeError`` once the queue is stopped.
+        """
+        if not isinstance(topic, str) or not isinstance(key, str):
+            raise TypeError("topic and key must be str")
+        if not isinstance(payload, bytes):
+            raise TypeError(f"payload must be bytes, not {type(payload).__name__}")
+        with self._condition:
+            if self._stopping:
+                raise RuntimeError("the message queue is stopped")
+        self.broker.publish(topic, key, payload)
+        self._metrics.published.labels(topic).inc()
+        with self._condition:
+            self._published += 1
+            self._condition.notify_all()
+
+    def subscribe(self, topic: str, handler: Handler) -> None:
+        """Deliver ``topic``'s messages, earlier ones included, to ``handler``.
+
+        Raises ``ValueError`` if the topic already has a handler.
+        """
+        with self._condition:
+            if topic in self._handlers:
+                raise ValueError(f"topic {topic!r} already has a handler")
+            self._handlers[topic] = handler
+            self._condition.notify_all()
+
+    def start(self) -> None:
+        """Start the workers and the lease heartbeat. Raises ``RuntimeError`` if started before."""
+        with self._condition:
+            if self._started or self._stopping:
+                raise RuntimeError("the message queue starts only once")
+            self._started = True
+            self._threads = [
+                threading.Thread(target=self._work, name=f"messagequeue-{n}", daemon=True)
+                for n in range(self._worker_count)
+            ]
+            self._heartbeat = threading.Thread(
+                target=self._beat, name="messagequeue-heartbeat", daemon=True
+            )
+        for thread in self._threads:
+            thread.start()
+        self._heartbeat.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Claim nothing more, wait up to ``timeout`` seconds for running deliveries, then give
+        back the leases and close the broker. Idempotent.
+
+        A delivery still running when the wait ends is not acknowledged by this process: its
+        message is delivered again after the visibility timeout.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._condition:
+            if self._stopping and not self._threads and self._heartbeat is None:
+                return
+            self._stopping = True
+            self._condition.notify_all()
+            threads, self._threads = self._threads, []
+            heartbeat, self._heartbeat = self._heartbeat, None
+        for thread in threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        running = sum(thread.is_alive() for thread in threads)
+        if running:
+            logger.warning(
+                "stopped with %d deliveries still running; they will be redelivered", running
+            )
+        if heartbeat is not None:
+            heartbeat.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        self.broker.close()
+
+    def dead_letters(self, topic: str) -> list[DeadLetter]:
+        """The messages of ``topic`` that failed for good, oldest first."""
+        return self.broker.dead_letters(topic)
+
+    def backlog(self, topic: str) -> int:
+        """Messages of ``topic`` not yet acknowledged or dead-lettered, on every consumer."""
+        return self.broker.backlog(topic)
+
+    def _work(self) -> None:
+        seen = -1
+        while True:
+            with self._condition:
+                if self._stopping:
+                    return
+                topics = list(self._handlers)
+                seen = self._published
+            delivery = None
+            if topics:
+                try:
+                    delivery = self.broker.claim(topics)
+                except Exception as error:
+                    self._metrics.broker_errors.labels("claim").inc()
+                    logger.warning("claiming a message failed: %s", error)
+            if delivery is None:
+                self._idle(seen)
+                continue
+            self._deliver(delivery)
+
+    def _idle(self, seen: int) -> None:
+        """Wait a poll interval, or less if stopping or if this process published since."""
+        with self._condition:
+            self._condition.wait_for(
+                lambda: self._stopping or self._published != seen, self._poll_interval
+            )
+
+    def _deliver(self, delivery: Delivery) -> None:
+        message = delivery.message
+        topic = message.topic
+        if message.attempt > self._max_attempts:
+            # Every earlier delivery ended without a settlement: its consumer died or stalled.
+            reason = (
+                f"delivered {message.attempt - 1} times without an outcome "
+                "(each consumer stopped before acknowledging)"
+            )
+            self._settle("dead_letter", delivery, reason)
+            return
+        handler = self._handlers[topic]
+        self._metrics.deliveries.labels(topic).inc()
+        started = time.perf_counter()
+        try:
+            handler(message)
+        except PermanentFailure as error:
+            self._observe(topic, started)
+            self._settle("dead_letter", delivery, f"{type(error).__name__}: {error}")
+        except Exception as error:
+            self._observe(topic, started)
+            reason = f"{type(error).__name__}: {error}"
+            if message.attempt >= self._max_attempts:
+                self._settle("dead_letter", delivery, reason)
+                return
+            logger.warning(
+                "delivery %d of a %r message for key %r failed, will retry: %s",
+                message.attempt,
+                topic,
+                message.key,
+                reason,
+            )
+            self._settle("retry", delivery, reason)
+        else:
+            self._observe(topic, started)
+            self._settle("ack", delivery, "")
+
+    def _observe(self, topic: str, started: float) -> None:
+        self._metrics.handling_seconds.labels(topic).observe(time.perf_counter() - started)
+
+    def _settle(self, outcome: str, delivery: Delivery, reason: str) -> None:
+        """Ack, retry or dead-letter; a broker failure here leaves the lease to run out."""
+        message = delivery.message
+        try:
+            if outcome == "ack":
+                self.broker.ack(delivery)
+            elif outcome == "retry":
+                delay = min(
+                    self._backoff_seconds * 2 ** (message.attempt - 1), self._max_backoff_seconds
+                )
+                self.broker.retry(delivery, delay, reason)
+                self._metrics.retries.labels(message.topic).inc()
+            else:
+                logger.error(
+                    "dead-lettering a %r message for key %r after %d deliveries: %s",
+                    message.topic,
+                    message.key,
+                    message.attempt,
+                    reason,
+                )
+                self.broker.dead_letter(delivery, reason)
+                self._metrics.dead_letters.labels(message.topic).inc()
+        except Exception as error:
+            self._metrics.broker_errors.labels(outcome).inc()
+            logger.warning(
+                "could not %s a %r message (it will be delivered again): %s",
+                outcome.replace("_", "-"),
+                message.topic,
+                error,
+            )
+
+    def _beat(self) -> None:
+        """Refresh the backlog gauge (at once, then every ``renew_interval``) and renew
+        leases."""
+        while True:
+            with self._condition:
+                topics = list(self._handlers)
+            for topic in topics:
+                try:
+                    self._metrics.lag.labels(topic).set(self.broker.backlog(topic))
+                except Exception as error:
+                    logger.debug("measuring the backlog of %r failed: %s", topic, error)
+            with self._condition:
+                if self._condition.wait_for(lambda: self._stopping, self._renew_interval):
+                    return
+            try:
+                self.broker.renew()
+            except Exception as error:
+                self._metrics.broker_errors.labels("renew").inc()
+                logger.warning("renewing delivery leases failed: %s", error)

@@ -1,0 +1,373 @@
+"""A messaging queue on Redis Streams, with consumer groups and leased shards.
+
+Layout, for a topic ``T`` whose UTF-8 encoding is ``n`` bytes long (the length prefix keeps
+topics that contain ``:`` apart)::
+
+    stovepipe:mq:<n>:T:s<i>        stream of shard i (0 <= i < shards); entries {key, payload}
+    stovepipe:mq:<n>:T:o<i>        the consumer owning shard i, with a TTL (the lease)
+    stovepipe:mq:<n>:T:dead-letter stream of dead letters {key, payload, attempt, reason}
+
+A message goes to shard ``crc32(key) % shards``: all messages of a key share one stream, in
+``XADD`` order. Every stream has the consumer group ``stovepipe``. Per-key order and one
+delivery at a time come from shard ownership: a consumer delivers from a shard only while it
+holds the shard's lease, and only one message of the shard at a time. One Lua script claims,
+atomically, the first free or own shard that has work: its pending entry first (``XAUTOCLAIM``,
+which adds one to the entry's delivery count, read back with ``XPENDING`` as ``attempt``),
+else the next new entry (``XREADGROUP``); an empty shard's lease is dropped so that any
+consumer may take it next. Acknowledging is ``XACK`` plus ``XDEL``; dead-lettering adds
+``XADD`` to the dead-letter stream in the same ``MULTI``. A failed delivery stays pending
+while its owner backs off and renews the lease, then is claimed again with the next count.
+
+The lease is the visibility timeout: a consumer that dies stops renewing, the lease expires,
+and the next owner reclaims the dead consumer's pending entry at once. A shard's messages
+wait behind its head while it backs off (other shards proceed); all processes sharing a
+Redis must use the same number of shards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+import urllib.parse
+import uuid
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Final, TypeVar
+
+import redis
+import redis.exceptions
+
+from stovepipe.messagequeue.brokered import Delivery, MessageQueueUnavailable
+from stovepipe.messagequeue.contract import Message
+from stovepipe.messagequeue.inprocess import DeadLetter
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SHARDS: Final = 16
+DEFAULT_TIMEOUT: Final = 5.0
+GROUP: Final = b"stovepipe"
+PREFIX: Final = b"stovepipe:mq:"
+
+# KEYS: stream_1, owner_1, stream_2, owner_2, ...  ARGV: group, consumer, lease in ms.
+# Returns {index of the stream in KEYS, entry id, entry fields, delivery count} or false.
+_CLAIM: Final = """
+local group, me, lease = ARGV[1], ARGV[2], ARGV[3]
+for i = 1, #KEYS, 2 do
+  local stream, owner_key = KEYS[i], KEYS[i + 1]
+  local owner = redis.call('GET', owner_key)
+  if (not owner) or owner == me then
+    local entry, count
+    -- Settled entries are deleted, so an empty stream has nothing pending either.
+    if redis.call('XLEN', stream) > 0 then
+      local claimed = redis.call('XAUTOCLAIM', stream, group, me, 0, '0-0', 'COUNT', 1)
+      if #claimed[2] > 0 then
+        entry = claimed[2][1]
+        count = redis.call('XPENDING', stream, group, entry[1], entry[1], 1)[1][4]
+      else
+        local read = redis.call('XREADGROUP', 'GROUP', group, me, 'COUNT', 1,
+                                'STREAMS', stream, '>')
+        if read then
+          entry = read[1][2][1]
+          count = 1
+        end
+      end
+    end
+    if entry then
+      redis.call('SET', owner_key, me, 'PX', lease)
+      return {i, entry[1], entry[2], count}
+    elseif owner then
+      redis.call('DEL', owner_key)
+    end
+  end
+end
+return false
+"""
+
+# KEYS: owner keys. ARGV: consumer, lease in ms (0 = give the lease up). Returns a list of
+# 1/0, whether each lease was still this consumer's.
+_RENEW: Final = """
+local held = {}
+for i = 1, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[1] then
+    if ARGV[2] == '0' then
+      redis.call('DEL', KEYS[i])
+    else
+      redis.call('PEXPIRE', KEYS[i], ARGV[2])
+    end
+    held[i] = 1
+  else
+    held[i] = 0
+  end
+end
+return held
+"""
+
+_T = TypeVar("_T")
+_Shard = tuple[str, int]
+"""``(topic, shard index)``."""
+
+
+class RedisStreamsBroker:
+    """The :class:`~stovepipe.messagequeue.brokered.Broker` on Redis Streams (see module)."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        visibility_timeout: float,
+        shards: int = DEFAULT_SHARDS,
+    ) -> None:
+        if shards < 1:
+            raise ValueError(f"shards must be at least 1, not {shards}")
+        self._client = client
+        self._lease_ms = max(1, round(visibility_timeout * 1000))
+        self._shards = shards
+        self._consumer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}".encode()
+        self._claim_script = client.register_script(_CLAIM)
+        self._renew_script = client.register_script(_RENEW)
+        self._lock = threading.Lock()
+        self._groups: set[bytes] = set()  # streams known to have the group
+        self._in_flight: set[_Shard] = set()
+        self._backing_off: dict[_Shard, float] = {}  # shard -> monotonic time it may resume
+        self._closed = False
+
+    def publish(self, topic: str, key: str, payload: bytes) -> None:
+        """``XADD`` to the key's shard stream."""
+        stream = self._stream(topic, self._shard_of(key))
+        self._ensure_group(stream)
+        self._call(lambda: self._client.xadd(stream, {b"key": _encode(key), b"payload": payload}))
+
+    def claim(self, topics: Sequence[str]) -> Delivery | None:
+        """Claim from the first shard of ``topics`` that is not busy here and has work."""
+        now = time.monotonic()
+        with self._lock:
+            for shard, due in list(self._backing_off.items()):
+                if due <= now:
+                    del self._backing_off[shard]
+            # Start at a random shard, so that consumers spread over the shards.
+            offset = uuid.uuid4().int % self._shards
+            candidates = [
+                (topic, (offset + n) % self._shards)
+                for topic in topics
+                for n in range(self._shards)
+                if (topic, (offset + n) % self._shards) not in self._in_flight
+                and (topic, (offset + n) % self._shards) not in self._backing_off
+            ]
+            # Mark them busy, so that this process's other workers pass them by meanwhile.
+            self._in_flight.update(candidates)
+        if not candidates:
+            return None
+        claimed: Any = None
+        try:
+            for topic, index in candidates:
+                self._ensure_group(self._stream(topic, index))
+            keys = [
+                name
+                for topic, index in candidates
+                for name in (self._stream(topic, index), self._owner(topic, index))
+            ]
+            claimed = self._call(
+                lambda: self._claim_script(keys=keys, args=[GROUP, self._consumer, self._lease_ms])
+            )
+        finally:
+            with self._lock:
+                won = candidates[(int(claimed[0]) - 1) // 2] if claimed else None
+                self._in_flight.difference_update(c for c in candidates if c != won)
+        if not claimed:
+            return None
+        topic, index = won  # type: ignore[misc]
+        _, entry_id, raw_fields, count = claimed
+        fields = dict(zip(raw_fields[::2], raw_fields[1::2], strict=True))
+        message = Message(topic, _decode(fields[b"key"]), bytes(fields[b"payload"]), int(count))
+        return Delivery(message, (topic, index, bytes(entry_id)))
+
+    def ack(self, delivery: Delivery) -> None:
+        """``XACK`` and ``XDEL`` the entry, atomically."""
+        topic, index, entry_id = self._receipt(delivery)
+        stream = self._stream(topic, index)
+
+        def acknowledge() -> None:
+            with self._client.pipeline(transaction=True) as pipe:
+                pipe.xack(stream, GROUP, entry_id)
+                pipe.xdel(stream, entry_id)
+                pipe.execute()
+
+        with self._settling(topic, index):
+            self._call(acknowledge)
+
+    def retry(self, delivery: Delivery, delay: float, reason: str) -> None:
+        """Leave the entry pending; keep the shard (and renew it) while backing off."""
+        topic, index, _ = self._receipt(delivery)
+        with self._lock:
+            self._backing_off[(topic, index)] = time.monotonic() + delay
+            self._in_flight.discard((topic, index))
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Add the dead letter and ``XACK``/``XDEL`` the entry, in one ``MULTI``."""
+        topic, index, entry_id = self._receipt(delivery)
+        stream = self._stream(topic, index)
+        message = delivery.message
+        letter = {
+            b"key": _encode(message.key),
+            b"payload": message.payload,
+            b"attempt": str(message.attempt).encode(),
+            b"reason": reason.encode("utf-8", "surrogatepass"),
+        }
+
+        def move() -> None:
+            with self._client.pipeline(transaction=True) as pipe:
+                pipe.xadd(self._dead_letter_stream(topic), letter)  # type: ignore[arg-type]
+                pipe.xack(stream, GROUP, entry_id)
+                pipe.xdel(stream, entry_id)
+                pipe.execute()
+
+        with self._settling(topic, index):
+            self._call(move)
+
+    def renew(self) -> None:
+        """Extend the leases of the shards delivering or backing off here."""
+        with self._lock:
+            shards = sorted(self._in_flight | set(self._backing_off))
+        if not shards:
+            return
+        held = self._call(
+            lambda: self._renew_script(
+                keys=[self._owner(topic, index) for topic, index in shards],
+                args=[self._consumer, self._lease_ms],
+            )
+        )
+        with self._lock:
+            for shard, still_held in zip(shards, held, strict=True):
+                if not still_held and self._backing_off.pop(shard, None) is not None:
+                    logger.warning("lost the lease of a backing-off %r shard", shard[0])
+
+    def backlog(self, topic: str) -> int:
+        """Entries left in ``topic``'s shard streams (acknowledged ones are deleted)."""
+
+        def count() -> int:
+            with self._client.pipeline(transaction=False) as pipe:
+                for index in range(self._shards):
+                    pipe.xlen(self._stream(topic, index))
+                return sum(int(length) for length in pipe.execute())
+
+        return self._call(count)
+
+    def dead_letters(self, topic: str) -> list[DeadLetter]:
+        """The dead-letter stream of ``topic``, oldest first."""
+        entries: Any = self._call(lambda: self._client.xrange(self._dead_letter_stream(topic)))
+        letters = []
+        for _, fields in entries:
+            message = Message(
+                topic, _decode(fields[b"key"]), bytes(fields[b"payload"]), int(fields[b"attempt"])
+            )
+            letters.append(DeadLetter(message, _decode(fields[b"reason"])))
+        return letters
+
+    def close(self) -> None:
+        """Give up the shards backing off, so that others take them at once; disconnect.
+
+        Shards with a delivery still running keep their lease until it runs out: handing
+        them back would let another consumer start the same key alongside.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            shards = sorted(self._backing_off)
+            self._backing_off.clear()
+        if shards:
+            with contextlib.suppress(MessageQueueUnavailable):
+                self._call(
+                    lambda: self._renew_script(
+                        keys=[self._owner(topic, index) for topic, index in shards],
+                        args=[self._consumer, 0],
+                    )
+                )
+        self._client.close()
+
+    @staticmethod
+    def _receipt(delivery: Delivery) -> tuple[str, int, bytes]:
+        receipt = delivery.receipt
+        assert isinstance(receipt, tuple)
+        topic, index, entry_id = receipt
+        return topic, index, entry_id
+
+    @contextlib.contextmanager
+    def _settling(self, topic: str, index: int) -> Iterator[None]:
+        """Keep the shard busy here until the entry is settled on the server: a worker that
+        claimed the shard earlier would find the entry still pending and deliver it again."""
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_flight.discard((topic, index))
+
+    def _shard_of(self, key: str) -> int:
+        return zlib.crc32(_encode(key)) % self._shards
+
+    def _base(self, topic: str) -> bytes:
+        encoded = _encode(topic)
+        return PREFIX + str(len(encoded)).encode() + b":" + encoded
+
+    def _stream(self, topic: str, index: int) -> bytes:
+        return self._base(topic) + b":s" + str(index).encode()
+
+    def _owner(self, topic: str, index: int) -> bytes:
+        return self._base(topic) + b":o" + str(index).encode()
+
+    def _dead_letter_stream(self, topic: str) -> bytes:
+        return self._base(topic) + b":dead-letter"
+
+    def _ensure_group(self, stream: bytes) -> None:
+        if stream in self._groups:
+            return
+
+        def create() -> None:
+            # From id 0: entries added before the group existed are delivered too.
+            with contextlib.suppress(redis.exceptions.ResponseError):  # BUSYGROUP: exists
+                self._client.xgroup_create(stream, GROUP, id="0", mkstream=True)
+
+        self._call(create)
+        with self._lock:
+            self._groups.add(stream)
+
+    def _call(self, operation: Callable[[], _T]) -> _T:
+        try:
+            return operation()
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as error:
+            raise MessageQueueUnavailable(f"redis queue: {error}") from None
+
+
+def _encode(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")
+
+
+def _decode(data: bytes) -> str:
+    return bytes(data).decode("utf-8", "surrogatepass")
+
+
+def redis_broker(url: str, *, visibility_timeout: float) -> RedisStreamsBroker:
+    """A broker on the Redis of ``redis://[:password@]host:port/db[?timeout=S&shards=N]``.
+
+    ``timeout`` (seconds, default 5) bounds connecting and every command.
+    """
+    parts = urllib.parse.urlsplit(url)
+    options = dict(urllib.parse.parse_qsl(parts.query, strict_parsing=bool(parts.query)))
+    unknown = set(options) - {"timeout", "shards"}
+    if unknown:
+        raise ValueError(f"unknown redis queue URL options: {', '.join(sorted(unknown))}")
+    timeout = float(options.get("timeout", DEFAULT_TIMEOUT))
+    client = redis.Redis.from_url(
+        urllib.parse.urlunsplit(parts._replace(query="")),
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+    )
+    return RedisStreamsBroker(
+        client,
+        visibility_timeout=visibility_timeout,
+        shards=int(options.get("shards", DEFAULT_SHARDS)),
+    )

@@ -1,0 +1,159 @@
+"""Open a messaging queue by URL.
+
+=================================  ====================================================
+URL                                queue
+=================================  ====================================================
+``memory://`` (or none)            in this process only (:mod:`.inprocess`)
+``sqlite:///path/to/file.db``      SQL tables in a SQLite file (:mod:`.sqlqueue`)
+``mysql://user:pw@host:port/db``   SQL tables in MySQL or MariaDB (:mod:`.sqlqueue`, PyMySQL)
+``redis://host:port/db``           Redis Streams (:mod:`.redis_streams`, redis-py)
+=================================  ====================================================
+
+Every URL takes these query options: ``max_attempts`` (deliveries of one message before it is
+dead-lettered, default 5), ``backoff`` (seconds before the first retry, doubling after each,
+default 0.1), ``max_backoff`` (default 30), ``workers`` (handler threads, default 4). The
+durable queues also take ``visibility_timeout`` (seconds a delivery stays leased without a
+renewal, default 30), ``poll_interval`` (seconds an idle worker waits before asking again,
+default 0.1) and ``timeout`` (seconds bounding every call to the server, default 5); Redis
+takes ``shards`` (default 16, the same in every process).
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from typing import Final, Protocol
+
+from prometheus_client import CollectorRegistry
+
+from stovepipe.messagequeue import brokered
+from stovepipe.messagequeue.contract import MessageQueue
+from stovepipe.messagequeue.inprocess import DeadLetter, InProcessMessageQueue
+from stovepipe.messagequeue.metrics import MessagingMetrics
+
+QUEUE_URL_ENV: Final = "STOVEPIPE_QUEUE_URL"
+SCHEMES: Final = ("memory", "sqlite", "mysql", "redis")
+_DURABLE_OPTIONS: Final = ("visibility_timeout", "poll_interval")
+
+
+class InspectableMessageQueue(MessageQueue, Protocol):
+    """A messaging queue whose dead letters can be read back."""
+
+    def dead_letters(self, topic: str) -> list[DeadLetter]:
+        """The messages of ``topic`` that failed for good, oldest first."""
+        ...
+
+
+def open_queue(
+    url: str | None, *, registry: CollectorRegistry | None = None
+) -> InspectableMessageQueue:
+    """Open (not start) the messaging queue ``url`` names; ``None`` or ``""`` is in-process.
+
+    The durable queues register their metrics in ``registry`` (see :mod:`.metrics`). Raises
+    ``ValueError`` for a malformed URL or an unknown scheme or option, and
+    :class:`~stovepipe.messagequeue.brokered.MessageQueueUnavailable` if the server cannot be
+    reached.
+    """
+    url = url or "memory://"
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme
+    if scheme not in SCHEMES:
+        raise ValueError(
+            f"unknown messaging queue URL scheme {scheme!r} in {url!r}: use one of "
+            + ", ".join(f"{s}://" for s in SCHEMES)
+        )
+    options = dict(urllib.parse.parse_qsl(parts.query, strict_parsing=bool(parts.query)))
+    max_attempts = _number(options.pop("max_attempts", "5"), "max_attempts", int)
+    backoff = _number(options.pop("backoff", "0.1"), "backoff", float)
+    max_backoff = _number(options.pop("max_backoff", "30"), "max_backoff", float)
+    workers = _number(options.pop("workers", "4"), "workers", int)
+    if scheme == "memory":
+        if options or parts.netloc or parts.path:
+            raise ValueError(f"memory:// takes no host, path or option but these: {url!r}")
+        return InProcessMessageQueue(
+            max_attempts=int(max_attempts),
+            backoff_seconds=backoff,
+            max_backoff_seconds=max_backoff,
+            workers=int(workers),
+        )
+    visibility_timeout = _number(
+        options.pop("visibility_timeout", str(brokered.DEFAULT_VISIBILITY_TIMEOUT)),
+        "visibility_timeout",
+        float,
+    )
+    poll_interval = _number(
+        options.pop("poll_interval", str(brokered.DEFAULT_POLL_INTERVAL)), "poll_interval", float
+    )
+    if visibility_timeout <= 0 or poll_interval <= 0:
+        raise ValueError("visibility_timeout and poll_interval must be positive")
+    broker_url = with_query(url, urllib.parse.urlencode(options))
+    broker: brokered.Broker
+    if scheme == "redis":
+        try:
+            from stovepipe.messagequeue.redis_streams import redis_broker
+        except ImportError:
+            raise ValueError(
+                "redis:// queues need redis-py: pip install 'stovepipe[redis]' (or stovepipe-redis)"
+            ) from None
+        broker = redis_broker(broker_url, visibility_timeout=visibility_timeout)
+    elif scheme == "mysql":
+        from stovepipe.messagequeue.sqlqueue import mysql_broker
+
+        broker = mysql_broker(broker_url, visibility_timeout=visibility_timeout)
+    else:
+        from stovepipe.messagequeue.sqlqueue import sqlite_broker
+
+        broker = sqlite_broker(broker_url, visibility_timeout=visibility_timeout)
+    try:
+        return brokered.BrokeredMessageQueue(
+            broker,
+            max_attempts=int(max_attempts),
+            backoff_seconds=backoff,
+            max_backoff_seconds=max_backoff,
+            workers=int(workers),
+            poll_interval=poll_interval,
+            renew_interval=visibility_timeout / 3,
+            metrics=MessagingMetrics(registry),
+        )
+    except BaseException:
+        broker.close()
+        raise
+
+
+def default_queue_url(storage_url: str) -> str:
+    """The messaging queue that goes with a storage backend: the same SQLite file, MySQL
+    database or Redis server where the backend is one of those, else in-process."""
+    parts = urllib.parse.urlsplit(storage_url)
+    if parts.scheme not in ("sqlite", "mysql", "redis"):
+        return "memory://"
+    # Only the connection's timeout carries over; the other options are the backend's own.
+    options = urllib.parse.parse_qsl(parts.query)
+    kept = urllib.parse.urlencode([(name, value) for name, value in options if name == "timeout"])
+    return with_query(storage_url, kept)
+
+
+def with_query(url: str, query: str) -> str:
+    """``url`` with its query replaced (string surgery: ``urlunsplit`` would turn
+    ``sqlite:////abs/path`` into ``sqlite://abs/path``)."""
+    base = url.split("?", 1)[0].split("#", 1)[0]
+    return f"{base}?{query}" if query else base
+
+
+def _number(text: str, name: str, kind: type[int] | type[float]) -> float:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise ValueError(
+            f"queue URL option {name} must be a {kind.__name__}, not {text!r}"
+        ) from None
+    if value < 0:
+        raise ValueError(f"queue URL option {name} must not be negative, not {text!r}")
+    return value
+
+
+def redact(url: str) -> str:
+    """``url`` without its password, fit for a log line."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return url.replace(parts.netloc, netloc, 1)

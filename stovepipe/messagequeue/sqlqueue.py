@@ -1,0 +1,466 @@
+"""A messaging queue in two SQL tables, on SQLite (stdlib) or MySQL/MariaDB (PyMySQL).
+
+Layout::
+
+    stovepipe_queue_message      one row per message not yet acknowledged or dead-lettered
+      id             auto-increment: the publish order
+      topic, partition_key       UTF-8 bytes, compared byte for byte
+      payload
+      attempt        deliveries so far (each claim adds one)
+      available_at   not deliverable before (server clock, seconds): the retry backoff
+      lease_token, lease_until   the consumer holding the delivery, and until when
+      last_error     why the last delivery failed
+    stovepipe_queue_dead_letter  the messages given up on, with the reason
+
+Per-key order, one delivery at a time: only the *head* of a key (its row with the smallest
+id) is ever claimed, and only while it has no live lease, so a key's next message waits
+until its head is acknowledged or dead-lettered, also while the head backs off. A claim is
+one conditional ``UPDATE ... WHERE id = ? AND attempt = ? AND (lease_until IS NULL OR
+lease_until <= now)``: of racing consumers exactly one changes the row. A consumer that dies
+stops renewing its lease; once ``lease_until`` passes, the head is claimable again and its
+next delivery has the next ``attempt``. Acknowledging deletes the row; dead-lettering moves
+it in one transaction. Every time is the database server's clock, so consumers on several
+hosts need no synchronized clocks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import secrets
+import sqlite3
+import threading
+import urllib.parse
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Final, Protocol
+
+from stovepipe.messagequeue.brokered import Delivery, MessageQueueUnavailable
+from stovepipe.messagequeue.contract import Message
+from stovepipe.messagequeue.inprocess import DeadLetter
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT: Final = 5.0
+# Heads examined per claim: enough to get past heads that racing consumers just took.
+_CANDIDATES: Final = 8
+
+_SQLITE_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS stovepipe_queue_message (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic         BLOB NOT NULL,
+    partition_key BLOB NOT NULL,
+    payload       BLOB NOT NULL,
+    attempt       INTEGER NOT NULL DEFAULT 0,
+    available_at  REAL NOT NULL,
+    lease_token   BLOB,
+    lease_until   REAL,
+    last_error    TEXT,
+    published_at  REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS stovepipe_queue_message_partition
+    ON stovepipe_queue_message (topic, partition_key, id);
+CREATE TABLE IF NOT EXISTS stovepipe_queue_dead_letter (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic         BLOB NOT NULL,
+    partition_key BLOB NOT NULL,
+    payload       BLOB NOT NULL,
+    attempt       INTEGER NOT NULL,
+    reason        TEXT NOT NULL,
+    published_at  REAL NOT NULL,
+    dead_at       REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS stovepipe_queue_dead_letter_topic
+    ON stovepipe_queue_dead_letter (topic, id);
+"""
+
+# Binary columns: no PAD SPACE, no case folding; a key is its exact UTF-8 bytes.
+_MYSQL_SCHEMA: Final = (
+    """
+CREATE TABLE IF NOT EXISTS stovepipe_queue_message (
+    id            BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    topic         VARBINARY(255) NOT NULL,
+    partition_key VARBINARY(1024) NOT NULL,
+    payload       LONGBLOB NOT NULL,
+    attempt       INT NOT NULL DEFAULT 0,
+    available_at  DOUBLE NOT NULL,
+    lease_token   VARBINARY(32) NULL,
+    lease_until   DOUBLE NULL,
+    last_error    TEXT NULL,
+    published_at  DOUBLE NOT NULL,
+    KEY stovepipe_queue_message_partition (topic, partition_key, id)
+) ENGINE=InnoDB
+""",
+    """
+CREATE TABLE IF NOT EXISTS stovepipe_queue_dead_letter (
+    id            BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    topic         VARBINARY(255) NOT NULL,
+    partition_key VARBINARY(1024) NOT NULL,
+    payload       LONGBLOB NOT NULL,
+    attempt       INT NOT NULL,
+    reason        TEXT NOT NULL,
+    published_at  DOUBLE NOT NULL,
+    dead_at       DOUBLE NOT NULL,
+    KEY stovepipe_queue_dead_letter_topic (topic, id)
+) ENGINE=InnoDB
+""",
+)
+
+
+class _Connection(Protocol):
+    def cursor(self) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class _Dialect:
+    """What differs between the engines: connecting, placeholders, the clock, errors."""
+
+    name: str
+    connect: Callable[[], _Connection]
+    placeholder: str
+    # The server's clock in seconds since the epoch, as an SQL expression.
+    now: str
+    begin: str
+    transient: tuple[type[BaseException], ...]
+    # Run every write in an explicit ``begin`` transaction: SQLite in WAL mode fails a lone
+    # statement that reads, then writes after another writer, without waiting (BUSY_SNAPSHOT);
+    # BEGIN IMMEDIATE takes the write lock first, waiting up to the busy timeout.
+    explicit_writes: bool = False
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Receipt:
+    row_id: int
+    token: bytes
+
+
+class SQLBroker:
+    """The :class:`~stovepipe.messagequeue.brokered.Broker` over the two tables.
+
+    One connection per thread, opened on first use. ``visibility_timeout`` is how long a
+    delivery stays leased without a renewal.
+    """
+
+    def __init__(self, dialect: _Dialect, *, visibility_timeout: float) -> None:
+        self._dialect = dialect
+        self._visibility_timeout = visibility_timeout
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[_Connection] = []
+        self._held: dict[int, bytes] = {}  # row id -> lease token, for renewals
+        self._closed = False
+
+    def create_schema(self, statements: Sequence[str]) -> None:
+        """Create the tables if missing (idempotent, safe to race)."""
+        for statement in statements:
+            self._execute(statement)
+
+    def publish(self, topic: str, key: str, payload: bytes) -> None:
+        """Insert the message; its id orders it after every message committed before."""
+        self._execute(
+            "INSERT INTO stovepipe_queue_message"
+            " (topic, partition_key, payload, attempt, available_at, published_at)"
+            f" VALUES (?, ?, ?, 0, {self._dialect.now}, {self._dialect.now})",
+            (_encode(topic), _encode(key), payload),
+        )
+
+    def claim(self, topics: Sequence[str]) -> Delivery | None:
+        """Lease the oldest deliverable head among ``topics``' keys, if any."""
+        now = self._dialect.now
+        marks = ", ".join("?" * len(topics))
+        heads = self._query(
+            "SELECT m.id, m.topic, m.partition_key, m.payload, m.attempt"
+            " FROM stovepipe_queue_message m JOIN ("
+            "   SELECT MIN(id) AS id FROM stovepipe_queue_message"
+            f"  WHERE topic IN ({marks}) GROUP BY topic, partition_key"
+            " ) head ON m.id = head.id"
+            f" WHERE m.available_at <= {now} AND (m.lease_until IS NULL OR m.lease_until <= {now})"
+            f" ORDER BY m.id LIMIT {_CANDIDATES}",
+            tuple(_encode(topic) for topic in topics),
+        )
+        for row_id, topic, key, payload, attempt in heads:
+            token = secrets.token_bytes(16)
+            claimed = self._execute(
+                "UPDATE stovepipe_queue_message"
+                f" SET lease_token = ?, lease_until = {now} + ?, attempt = attempt + 1"
+                " WHERE id = ? AND attempt = ?"
+                f" AND (lease_until IS NULL OR lease_until <= {now}) AND available_at <= {now}",
+                (token, self._visibility_timeout, row_id, attempt),
+            )
+            if claimed == 1:
+                with self._lock:
+                    self._held[row_id] = token
+                message = Message(_decode(topic), _decode(key), bytes(payload), attempt + 1)
+                return Delivery(message, _Receipt(row_id, token))
+        return None
+
+    def ack(self, delivery: Delivery) -> None:
+        """Delete the row, if this delivery still holds its lease."""
+        receipt = self._release(delivery)
+        deleted = self._execute(
+            "DELETE FROM stovepipe_queue_message WHERE id = ? AND lease_token = ?",
+            (receipt.row_id, receipt.token),
+        )
+        if deleted != 1:
+            logger.warning("acknowledged a %r message after its lease ran out", _topic(delivery))
+
+    def retry(self, delivery: Delivery, delay: float, reason: str) -> None:
+        """Drop the lease and make the row claimable after ``delay`` seconds."""
+        receipt = self._release(delivery)
+        self._execute(
+            "UPDATE stovepipe_queue_message"
+            " SET lease_token = NULL, lease_until = NULL, last_error = ?,"
+            f" available_at = {self._dialect.now} + ?"
+            " WHERE id = ? AND lease_token = ?",
+            (reason, delay, receipt.row_id, receipt.token),
+        )
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Copy the row to the dead letters and delete it, in one transaction."""
+        receipt = self._release(delivery)
+        with self._transaction() as cursor:
+            moved = self._run(
+                cursor,
+                "INSERT INTO stovepipe_queue_dead_letter"
+                " (topic, partition_key, payload, attempt, reason, published_at, dead_at)"
+                f" SELECT topic, partition_key, payload, attempt, ?, published_at,"
+                f" {self._dialect.now}"
+                " FROM stovepipe_queue_message WHERE id = ? AND lease_token = ?",
+                (reason, receipt.row_id, receipt.token),
+            )
+            self._run(
+                cursor,
+                "DELETE FROM stovepipe_queue_message WHERE id = ? AND lease_token = ?",
+                (receipt.row_id, receipt.token),
+            )
+        if moved != 1:
+            logger.warning("dead-lettered a %r message after its lease ran out", _topic(delivery))
+
+    def renew(self) -> None:
+        """Push back the deadline of every lease this broker holds."""
+        with self._lock:
+            held = list(self._held.items())
+        for row_id, token in held:
+            self._execute(
+                "UPDATE stovepipe_queue_message"
+                f" SET lease_until = {self._dialect.now} + ?"
+                " WHERE id = ? AND lease_token = ?",
+                (self._visibility_timeout, row_id, token),
+            )
+
+    def backlog(self, topic: str) -> int:
+        """Rows of ``topic`` still in the message table."""
+        rows = self._query(
+            "SELECT COUNT(*) FROM stovepipe_queue_message WHERE topic = ?", (_encode(topic),)
+        )
+        return int(rows[0][0])
+
+    def dead_letters(self, topic: str) -> list[DeadLetter]:
+        """The dead letters of ``topic``, oldest first."""
+        rows = self._query(
+            "SELECT partition_key, payload, attempt, reason FROM stovepipe_queue_dead_letter"
+            " WHERE topic = ? ORDER BY id",
+            (_encode(topic),),
+        )
+        return [
+            DeadLetter(Message(topic, _decode(key), bytes(payload), int(attempt)), str(reason))
+            for key, payload, attempt, reason in rows
+        ]
+
+    def close(self) -> None:
+        """Close the connections. Leases of deliveries still running are left to run out:
+        handing them back would let another consumer start the same key alongside."""
+        with self._lock:
+            self._closed = True
+            self._held = {}
+            connections, self._connections = self._connections, []
+        for connection in connections:
+            with contextlib.suppress(Exception):
+                connection.close()
+
+    def _release(self, delivery: Delivery) -> _Receipt:
+        receipt = delivery.receipt
+        assert isinstance(receipt, _Receipt)
+        with self._lock:
+            self._held.pop(receipt.row_id, None)
+        return receipt
+
+    def _connection(self) -> _Connection:
+        connection: _Connection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            with self._lock:
+                if self._closed:
+                    raise MessageQueueUnavailable("the messaging queue is closed")
+            try:
+                connection = self._dialect.connect()
+            except self._dialect.transient as error:
+                raise MessageQueueUnavailable(f"{self._dialect.name} queue: {error}") from None
+            with self._lock:
+                self._connections.append(connection)
+            self._local.connection = connection
+        return connection
+
+    def _discard_connection(self) -> None:
+        connection = getattr(self._local, "connection", None)
+        self._local.connection = None
+        if connection is not None:
+            with self._lock, contextlib.suppress(ValueError):
+                self._connections.remove(connection)
+            with contextlib.suppress(Exception):
+                connection.close()
+
+    def _sql(self, statement: str) -> str:
+        return statement.replace("?", self._dialect.placeholder)
+
+    def _run(self, cursor: Any, statement: str, parameters: tuple[object, ...] = ()) -> int:
+        cursor.execute(self._sql(statement), parameters)
+        return int(cursor.rowcount)
+
+    def _execute(self, statement: str, parameters: tuple[object, ...] = ()) -> int:
+        """Run one write statement on its own; the number of rows it changed."""
+        if self._dialect.explicit_writes:
+            with self._transaction() as cursor:
+                return self._run(cursor, statement, parameters)
+        with self._cursor() as cursor:
+            return self._run(cursor, statement, parameters)
+
+    def _query(self, statement: str, parameters: tuple[object, ...] = ()) -> list[Any]:
+        with self._cursor() as cursor:
+            cursor.execute(self._sql(statement), parameters)
+            return list(cursor.fetchall())
+
+    @contextlib.contextmanager
+    def _cursor(self) -> Iterator[Any]:
+        cursor = self._connection().cursor()
+        try:
+            yield cursor
+        except self._dialect.transient as error:
+            self._discard_connection()
+            raise MessageQueueUnavailable(f"{self._dialect.name} queue: {error}") from None
+        finally:
+            with contextlib.suppress(Exception):
+                cursor.close()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Any]:
+        with self._cursor() as cursor:
+            cursor.execute(self._dialect.begin)
+            try:
+                yield cursor
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    cursor.execute("ROLLBACK")
+                raise
+            cursor.execute("COMMIT")
+
+
+def _encode(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")
+
+
+def _decode(data: bytes) -> str:
+    return bytes(data).decode("utf-8", "surrogatepass")
+
+
+def _topic(delivery: Delivery) -> str:
+    return delivery.message.topic
+
+
+def sqlite_broker(url: str, *, visibility_timeout: float) -> SQLBroker:
+    """A broker in the SQLite file of ``sqlite:///path[?timeout=S]``.
+
+    The tables may share the file with the SQLite storage backend. WAL mode lets consumers in
+    several processes on this host share the file; ``timeout`` bounds the wait for its lock.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.netloc:
+        raise ValueError(f"sqlite URLs name a file, not a host: {url}")
+    path = urllib.parse.unquote(parts.path[1:])
+    if not path:
+        raise ValueError("sqlite URL needs a file path: sqlite:///path/to/file.db")
+    options = _options(parts.query, {"timeout"}, "sqlite")
+    timeout = float(options.get("timeout", DEFAULT_TIMEOUT))
+
+    def connect() -> _Connection:
+        connection = sqlite3.connect(
+            path, timeout=timeout, isolation_level=None, check_same_thread=False
+        )
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=FULL")
+        return connection
+
+    dialect = _Dialect(
+        name="sqlite",
+        connect=connect,
+        placeholder="?",
+        now="((julianday('now') - 2440587.5) * 86400.0)",
+        # IMMEDIATE takes the write lock up front: no deadlock upgrading a read lock.
+        begin="BEGIN IMMEDIATE",
+        transient=(sqlite3.OperationalError,),
+        explicit_writes=True,
+    )
+    broker = SQLBroker(dialect, visibility_timeout=visibility_timeout)
+    with contextlib.closing(sqlite3.connect(path, timeout=timeout)) as connection:
+        connection.executescript(_SQLITE_SCHEMA)
+    return broker
+
+
+def mysql_broker(url: str, *, visibility_timeout: float) -> SQLBroker:
+    """A broker in the MySQL/MariaDB database of ``mysql://user:password@host:port/db``.
+
+    ``timeout`` (seconds, default 5) bounds connecting, every read and every write. Needs
+    PyMySQL (installed with the MySQL backend, ``stovepipe-mysql``).
+    """
+    try:
+        import pymysql
+    except ImportError:
+        raise ValueError(
+            "mysql:// queues need PyMySQL: pip install 'stovepipe[mysql]' (or stovepipe-mysql)"
+        ) from None
+    parts = urllib.parse.urlsplit(url)
+    database = urllib.parse.unquote(parts.path.lstrip("/"))
+    if not parts.hostname or not database:
+        raise ValueError("mysql queue URL needs a host and a database: mysql://host/db")
+    options = _options(parts.query, {"timeout"}, "mysql")
+    timeout = float(options.get("timeout", DEFAULT_TIMEOUT))
+
+    def connect() -> _Connection:
+        return pymysql.connect(
+            host=parts.hostname,
+            port=parts.port or 3306,
+            user=urllib.parse.unquote(parts.username or "root"),
+            password=urllib.parse.unquote(parts.password or ""),
+            database=database,
+            autocommit=True,
+            connect_timeout=max(1, round(timeout)),
+            read_timeout=timeout,
+            write_timeout=timeout,
+            # UTC: UNIX_TIMESTAMP(NOW(6)) is then unambiguous across daylight-saving changes.
+            init_command="SET time_zone = '+00:00'",
+        )
+
+    dialect = _Dialect(
+        name="mysql",
+        connect=connect,
+        placeholder="%s",
+        now="UNIX_TIMESTAMP(NOW(6))",
+        begin="START TRANSACTION",
+        transient=(pymysql.err.OperationalError, pymysql.err.InterfaceError),
+    )
+    broker = SQLBroker(dialect, visibility_timeout=visibility_timeout)
+    try:
+        broker.create_schema(_MYSQL_SCHEMA)
+    except BaseException:
+        broker.close()
+        raise
+    return broker
+
+
+def _options(query: str, allowed: set[str], scheme: str) -> dict[str, str]:
+    options = dict(urllib.parse.parse_qsl(query, strict_parsing=bool(query)))
+    unknown = set(options) - allowed
+    if unknown:
+        raise ValueError(f"unknown {scheme} queue URL options: {', '.join(sorted(unknown))}")
+    return options
