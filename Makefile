@@ -24,7 +24,7 @@ test: dev
 lint: dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy stovepipe contract_tests tests benchmarks scripts
+	$(BIN)/mypy stovepipe contract_tests tests messaging_tests benchmarks scripts
 	for backend in $(BACKENDS); do $(BIN)/mypy $$backend || exit 1; done
 
 protos: dev
