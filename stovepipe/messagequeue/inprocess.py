@@ -1,7 +1,8 @@
 """A messaging queue inside one process, for the embedded default deployment.
 
-Messages live in memory: delivery is at least once for as long as the process runs, and
-what is still queued when it exits is lost. That is safe for the ``process`` topic because
+Messages live in memory: delivery is at least once for as long as the process runs;
+:meth:`InProcessMessageQueue.stop` delivers what is queued within its timeout, and what is
+still queued after that is lost. That is safe for the ``process`` topic because
 ingest republishes a request for as long as it is ``accepted``.
 
 Each ``(topic, key)`` is a partition: a FIFO delivered one message at a time by a pool of
@@ -140,13 +141,17 @@ class InProcessMessageQueue:
             self._condition.notify_all()
 
     def stop(self, timeout: float | None = None) -> None:
-        """Stop delivering and wait up to ``timeout`` seconds for in-flight handlers.
+        """Drain, then stop: within ``timeout`` seconds in all.
 
-        Messages not yet delivered stay undelivered (logged); new publishes are refused.
-        Idempotent.
+        While the budget lasts, queued messages are delivered and failed ones retried after
+        their backoff, as when running, until the queue is idle (see :meth:`wait_until_idle`).
+        Then delivery stops, in-flight handlers get what is left of the budget, and what is
+        still undelivered is lost (logged). Publishes are refused from then on. Idempotent.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._condition:
+            if self._state == _RUNNING:
+                self._condition.wait_for(self._idle, timeout)
             self._state = _STOPPED
             self._condition.notify_all()
             threads, self._threads = self._threads, []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -200,6 +200,60 @@ def test_stop_drains_in_flight_deliveries_then_refuses_publishes() -> None:
     with pytest.raises(RuntimeError, match="stopped"):
         queue.publish("t", "k", b"too late")
     queue.stop()  # idempotent
+
+
+def test_stop_drains_queued_and_backing_off_messages_within_the_timeout() -> None:
+    queue = InProcessMessageQueue(workers=1, backoff_seconds=0.05)
+    delivered: list[tuple[bytes, int]] = []
+    started = threading.Event()
+
+    def handle(message: Message) -> None:
+        started.set()
+        time.sleep(0.01)
+        if message.payload == b"0" and message.attempt == 1:
+            raise ConnectionError("storage down")  # backing off when stop begins
+        delivered.append((message.payload, message.attempt))
+
+    queue.subscribe("t", handle)
+    payloads = [str(n).encode() for n in range(20)]
+    for payload in payloads:
+        queue.publish("t", "k", payload)
+    queue.start()
+    assert started.wait(TIMEOUT)
+    queue.stop(timeout=TIMEOUT)
+    assert delivered == [(b"0", 2)] + [(payload, 1) for payload in payloads[1:]]
+    with pytest.raises(RuntimeError, match="stopped"):
+        queue.publish("t", "k", b"too late")
+
+
+def test_stop_leaves_what_cannot_be_drained_within_the_timeout_undelivered(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    queue = InProcessMessageQueue(workers=1, backoff_seconds=60, max_backoff_seconds=60)
+    attempts: list[int] = []
+
+    def handle(message: Message) -> None:
+        attempts.append(message.attempt)
+        raise ConnectionError("storage down")
+
+    queue.subscribe("t", handle)
+    queue.publish("t", "k", b"")
+    queue.start()
+    assert _eventually(lambda: attempts == [1])
+    began = time.monotonic()
+    queue.stop(timeout=0.2)
+    assert 0.15 <= time.monotonic() - began < TIMEOUT
+    assert attempts == [1]
+    assert "stopped with 1 messages undelivered" in caplog.text
+
+
+def _eventually(condition: Callable[[], bool]) -> bool:
+    deadline = time.monotonic() + TIMEOUT
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def test_stop_gives_up_on_a_stuck_handler_after_the_timeout() -> None:
