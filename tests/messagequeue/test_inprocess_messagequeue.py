@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from stovepipe.messagequeue import Message, MessageQueue, PermanentFailure, dead_letter_topic
-from stovepipe.messagequeue.inprocess import InProcessMessageQueue
+from stovepipe.messagequeue.inprocess import DEFAULT_MAX_DEAD_LETTERS, InProcessMessageQueue
 
 TIMEOUT = 10.0
 
@@ -179,6 +179,34 @@ def test_permanent_failure_dead_letters_at_once(queue: InProcessMessageQueue) ->
     [letter] = queue.dead_letters("t")
     assert letter.message.attempt == 1
     assert letter.reason == "PermanentFailure: malformed payload"
+
+
+def test_dead_letters_keep_the_newest_per_topic_up_to_the_bound_and_count_the_dropped() -> None:
+    queue = InProcessMessageQueue(max_dead_letters=3)
+
+    def handle(message: Message) -> None:
+        raise PermanentFailure(message.payload.decode())
+
+    queue.subscribe("t", handle)
+    queue.subscribe("u", handle)
+    for n in range(5):
+        queue.publish("t", "k", str(n).encode())
+    queue.publish("u", "k", b"other topic")
+    queue.start()
+    try:
+        assert queue.wait_until_idle(TIMEOUT)
+        assert [letter.message.payload for letter in queue.dead_letters("t")] == [b"2", b"3", b"4"]
+        assert queue.dead_letters_dropped("t") == 2
+        assert [letter.message.payload for letter in queue.dead_letters("u")] == [b"other topic"]
+        assert queue.dead_letters_dropped("u") == 0
+    finally:
+        queue.stop(timeout=TIMEOUT)
+
+
+def test_dead_letters_are_bounded_by_default_and_the_bound_must_be_positive() -> None:
+    assert InProcessMessageQueue().max_dead_letters == DEFAULT_MAX_DEAD_LETTERS == 1000
+    with pytest.raises(ValueError, match="max_dead_letters"):
+        InProcessMessageQueue(max_dead_letters=0)
 
 
 def test_stop_drains_in_flight_deliveries_then_refuses_publishes() -> None:
