@@ -20,8 +20,11 @@ no statement is sent on it. When a connection fails *during* a statement, the st
 may or may not have committed, so only what is safe is retried, once, on a new connection:
 
 * reads (``get``, ``get_id_by_uri``) are retried;
-* creates are retried; if the retry meets a duplicate key, the stored row is read back and
-  an identical row counts as the caller's own first attempt (no false ``AlreadyExists``);
+* creates are retried. If the lost attempt was never sent, a duplicate key on the retry is
+  ``AlreadyExists`` (first writer wins). If it may have been sent, the stored row is read back
+  and an identical row is treated as the caller's own first attempt (no false
+  ``AlreadyExists``); a racer that stored the identical row first is then indistinguishable
+  from that attempt;
 * ``counter.next`` is retried: a lost first increment leaves a gap, never a repeat;
 * ``update`` is retried only if the statement was never sent; otherwise it raises
   ``Unavailable``: re-running a compare-and-set whose first attempt may have won would
@@ -79,7 +82,7 @@ _REFUSED: Final = frozenset({1044, 1045, 1049, 1698, 2026})
 
 
 class _AlreadyExistsOnRetry(AlreadyExists):
-    """A duplicate key met by a retry: maybe the caller's own lost first attempt."""
+    """A duplicate key met by a retry after an attempt that may have run: maybe the caller's own."""
 
 
 def _reason(error: BaseException) -> str:
@@ -132,6 +135,7 @@ class _Database:
         """Run one statement and return ``read(cursor)``; retry a lost connection per the policy."""
         pooled = self._pool.acquire()
         retried = False
+        lost_attempt_may_have_run = False
         while True:
             try:
                 pooled.cursor.execute(statement, args)
@@ -145,11 +149,14 @@ class _Database:
                         self._pool.discard(pooled)
                         raise self._lost(error, unsent) from None
                     retried = True
+                    lost_attempt_may_have_run = not unsent
                     pooled = self._pool.replace(pooled)
                     continue
                 self._pool.release(pooled)
                 if code == _DUPLICATE_KEY:
-                    raise (_AlreadyExistsOnRetry if retried else AlreadyExists)(
+                    # Only a lost attempt that may have run can own the duplicate; after one
+                    # that was never sent, the row is another writer's: first writer wins.
+                    raise (_AlreadyExistsOnRetry if lost_attempt_may_have_run else AlreadyExists)(
                         _reason(error)
                     ) from None
                 raise self._failed(error, code) from None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import struct
 import threading
 import urllib.parse
 import uuid
@@ -107,12 +108,23 @@ class _Link:
         self.client = client
         self.server = server
         self.reply_fate: str | None = None  # None: forward; "drop": hang up; "stall": hold
+        self.aborted = False
 
     def shut(self) -> None:
         for sock in (self.client, self.server):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+            if sock is not self.client or not self.aborted:  # shutdown would send a FIN
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
             sock.close()
+
+    def abort(self) -> None:
+        """Reset the client's connection: no FIN, only a RST when the relay closes it."""
+        self.aborted = True
+        with contextlib.suppress(OSError):
+            # A zero linger time makes close() send RST; SHUT_RD sends nothing but wakes the
+            # relay thread blocked reading this socket, which then closes it.
+            self.client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.client.shutdown(socket.SHUT_RD)
 
 
 class FaultyProxy:
@@ -146,6 +158,11 @@ class FaultyProxy:
             with contextlib.suppress(OSError):  # closed meanwhile
                 ports.append(link.server.getsockname()[1])
         return ports
+
+    def reset(self) -> None:
+        """Abort every live connection with a TCP reset, as a crashed server's host would."""
+        for link in self.links:
+            link.abort()
 
     def close(self) -> None:
         """Stop listening and cut every connection, as a server that stopped would."""

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from stovepipe_mysql.pool import PooledConnection
 
 from stovepipe.entity import Request, RequestState
 from stovepipe.storage import (
@@ -75,6 +76,44 @@ def test_create_retried_after_a_lost_reply_still_reports_another_writers_row(
         proxied.requests.create(request(first.id, uri="second"))
     assert proxy.fired.is_set()
     assert direct.requests.get(first.id) == first
+
+
+def hang_up_after_the_idle_check(proxied: Storage, proxy: Any, monkeypatch: Any) -> None:
+    """Reset the pooled connection so that its next statement cannot even be sent.
+
+    The server's host aborts the connection in the window between the pool's idle check and
+    the send, so the send fails (error 2006) and the statement certainly never left.
+    """
+    idle = proxied._backend._database._pool._idle  # type: ignore[attr-defined]
+    assert len(idle) == 1
+    proxy.reset()
+    deadline = time.monotonic() + 5
+    while not idle[0].closed_by_server() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert idle[0].closed_by_server()
+    monkeypatch.setattr(PooledConnection, "closed_by_server", lambda self: False)
+
+
+def test_create_whose_attempt_was_never_sent_reports_another_writers_identical_row(
+    proxied: Storage, direct: Storage, proxy: Any, monkeypatch: Any
+) -> None:
+    created = request(unique("request/"))
+    proxied.counter.next(unique("request/"))  # opens the pool's one connection
+    direct.requests.create(created)  # another writer wins with the identical row
+    hang_up_after_the_idle_check(proxied, proxy, monkeypatch)
+    with pytest.raises(AlreadyExists):
+        proxied.requests.create(created)
+
+
+def test_uri_create_whose_attempt_was_never_sent_reports_another_writers_identical_mapping(
+    proxied: Storage, direct: Storage, proxy: Any, monkeypatch: Any
+) -> None:
+    queue, uri, request_id = unique("queue/"), unique("git://"), unique("request/")
+    proxied.counter.next(unique("request/"))
+    direct.request_uris.create(queue, uri, request_id)
+    hang_up_after_the_idle_check(proxied, proxy, monkeypatch)
+    with pytest.raises(AlreadyExists):
+        proxied.request_uris.create(queue, uri, request_id)
 
 
 def test_uri_create_whose_reply_is_lost_after_commit_is_not_a_false_already_exists(
