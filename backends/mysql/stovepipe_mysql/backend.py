@@ -202,6 +202,17 @@ def _last_insert_id(cursor: Cursor) -> int:
     return value
 
 
+def _text(stored: bytes, where: str, column: str) -> str:
+    """A stored column's UTF-8 bytes as text, or a StorageError naming the key and column."""
+    try:
+        return stored.decode()
+    except UnicodeDecodeError as error:
+        raise StorageError(
+            f"{where}: stored {column} is not valid UTF-8 ({error.reason} at byte "
+            f"{error.start}); it was not written by this backend"
+        ) from None
+
+
 class MySQLRequestStore:
     """Requests in table ``request``, keyed by id."""
 
@@ -241,11 +252,20 @@ class MySQLRequestStore:
         if row is None:
             return None
         queue, uri, state, version = row
+        where = f"request {request_id!r}"
+        state_text = _text(state, where, "state")
+        try:
+            known_state = RequestState(state_text)
+        except ValueError:
+            raise StorageError(
+                f"{where} has state {state_text!r}, which this version does not know "
+                "(written by a newer version?)"
+            ) from None
         return Request(
             id=request_id,
-            queue=queue.decode(),
-            uri=uri.decode(),
-            state=RequestState(state.decode()),
+            queue=_text(queue, where, "queue"),
+            uri=_text(uri, where, "uri"),
+            state=known_state,
             version=version,
         )
 
@@ -298,8 +318,7 @@ class MySQLRequestURIStore:
         )
         if row is None:
             return None
-        request_id: str = row[0].decode()
-        return request_id
+        return _text(row[0], f"uri {uri!r} of queue {queue!r}", "request_id")
 
 
 class MySQLCounter:
