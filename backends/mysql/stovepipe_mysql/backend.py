@@ -36,6 +36,7 @@ may or may not have committed, so only what is safe is retried, once, on a new c
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
@@ -77,8 +78,9 @@ _NO_SUCH_TABLE: Final = 1146
 _CONNECTION_LOST: Final = frozenset({2006, 2013, 2055, 1053, 1927, 4031})
 # The server is there but could not serve the statement now; the connection stays usable.
 _TRANSIENT: Final = frozenset({1040, 1205, 1213, 1317, 1969, 3024})
-# Refused for good: wrong credentials or database, or TLS required and not offered.
-_REFUSED: Final = frozenset({1044, 1045, 1049, 1698, 2026})
+# Refused for good: wrong credentials or database, a host the account may not connect from,
+# an authentication method the server or the driver cannot use, or TLS required and failed.
+_REFUSED: Final = frozenset({1044, 1045, 1049, 1130, 1251, 1698, 2026, 2059})
 
 
 class _AlreadyExistsOnRetry(AlreadyExists):
@@ -92,12 +94,40 @@ def _reason(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
-def connect_failure(error: pymysql.Error, address: str) -> StorageError:
-    """The contract's error for a failed connection attempt: refused for good, or Unavailable."""
+def connect_failure(error: Exception, address: str) -> StorageError:
+    """The contract's error for a failed connection attempt: refused for good, or Unavailable.
+
+    Anything but a PyMySQL error is the driver unable to connect by design (an authentication
+    plugin that needs a package not installed raises RuntimeError), so it is refused for good.
+    """
+    if not isinstance(error, pymysql.Error):
+        return StorageError(f"mysql {address} refused: {type(error).__name__}: {error}")
     code = error.args[0] if error.args else 0
     if code in _REFUSED:
         return StorageError(f"mysql {address} refused: {_reason(error)}")
+    rejected = _certificate_rejection(error)
+    if rejected is not None:
+        return StorageError(
+            f"mysql {address} refused: the server's TLS certificate failed verification: "
+            f"{rejected.verify_message or rejected}"
+        )
     return Unavailable(f"mysql {address} unreachable: {_reason(error)}")
+
+
+def _certificate_rejection(error: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate verification failure behind ``error``, if there is one.
+
+    PyMySQL reports a failed TLS handshake as error 2003, "can't connect", with the ssl
+    error as the cause; a certificate that does not verify will not verify on a retry.
+    """
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def _timed_out(error: BaseException) -> bool:
@@ -117,7 +147,7 @@ class _Database:
     def _connect(self) -> PooledConnection:
         try:
             return PooledConnection(pymysql.connect(**self._connect_arguments))
-        except pymysql.Error as error:
+        except Exception as error:  # not only pymysql.Error: see connect_failure
             raise connect_failure(error, self._address) from None
 
     def check(self) -> None:
