@@ -8,8 +8,6 @@ and with running ``git rev-parse`` per call, the process-per-call design it avoi
 
 from __future__ import annotations
 
-import os
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -17,22 +15,7 @@ import pygit2
 
 from benchmarks.timing import measure, print_comparison
 from stovepipe.sourcecontrol.git import GitSourceControl
-
-GIT_ENV = {
-    **os.environ,
-    "GIT_CONFIG_GLOBAL": os.devnull,
-    "GIT_CONFIG_NOSYSTEM": "1",
-    "GIT_AUTHOR_NAME": "Bench",
-    "GIT_AUTHOR_EMAIL": "bench@example.com",
-    "GIT_COMMITTER_NAME": "Bench",
-    "GIT_COMMITTER_EMAIL": "bench@example.com",
-}
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-C", str(repo), *args], env=GIT_ENV, check=True, capture_output=True, text=True
-    ).stdout.strip()
+from stovepipe.testing import run_git as git
 
 
 def main() -> None:

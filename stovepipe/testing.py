@@ -190,6 +190,26 @@ class ServeProcesses:
             process.popen.wait(timeout=10)
 
 
+# Commits need an author; tests must not depend on (or touch) the machine's git configuration.
+GIT_ENV = {
+    **os.environ,
+    "GIT_CONFIG_GLOBAL": os.devnull,
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_AUTHOR_NAME": "Stovepipe Test",
+    "GIT_AUTHOR_EMAIL": "test@example.com",
+    "GIT_COMMITTER_NAME": "Stovepipe Test",
+    "GIT_COMMITTER_EMAIL": "test@example.com",
+}
+
+
+def run_git(repo: pathlib.Path, *args: str) -> str:
+    """Run git in ``repo`` with no global configuration; return its stripped stdout."""
+    completed = subprocess.run(
+        ["git", "-C", str(repo), *args], env=GIT_ENV, check=True, capture_output=True, text=True
+    )
+    return completed.stdout.strip()
+
+
 class GitRepository:
     """A repository made with the git CLI; needs no global git configuration."""
 
@@ -200,15 +220,7 @@ class GitRepository:
 
     def git(self, *args: str) -> str:
         """Run git in the repository; return its stripped stdout."""
-        completed = subprocess.run(
-            ["git", "-c", "user.name=Stovepipe Test", "-c", "user.email=test@example.com", *args],
-            cwd=self.path,
-            env={**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"},
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        return completed.stdout.strip()
+        return run_git(self.path, *args)
 
     def commit(self, message: str = "change") -> str:
         """Add an empty commit to the current branch; return its sha."""

@@ -50,9 +50,15 @@ CREATE TABLE IF NOT EXISTS counter (
 """
 
 
+# Another connection holds the lock past the busy timeout: waiting longer may succeed.
+_TRANSIENT = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+
+
 def _mapped(error: sqlite3.Error) -> StorageError:
-    """Translate a sqlite3 error: lock waits and I/O trouble are transient, the rest is not."""
-    if isinstance(error, sqlite3.OperationalError):
+    """Translate a sqlite3 error: a lock wait is transient; a missing table, an unwritable
+    or full disk, a file that cannot be opened are not, and retrying would not help."""
+    primary_code = getattr(error, "sqlite_errorcode", 0) & 0xFF
+    if primary_code in _TRANSIENT:
         return Unavailable(f"sqlite: {error}")
     return StorageError(f"sqlite: {error}")
 
@@ -130,7 +136,12 @@ class SQLiteRequestStore:
         if row is None:
             raise NotFound(f"request {request_id!r}")
         queue, uri, state, version = row
-        return Request(request_id, queue, uri, RequestState(state), version)
+        try:
+            known_state = RequestState(state)
+        except ValueError:
+            # e.g. written by a newer version during a rolling upgrade
+            raise StorageError(f"request {request_id!r} holds an unknown state {state!r}") from None
+        return Request(request_id, queue, uri, known_state, version)
 
     def update(self, request: Request, *, old_version: int, new_version: int) -> None:
         with self._connections.borrow() as connection:

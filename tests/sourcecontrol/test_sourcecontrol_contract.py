@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -13,23 +11,7 @@ import pytest
 from stovepipe.sourcecontrol import MAX_PAGE_LIMIT, NotFound, SourceControl
 from stovepipe.sourcecontrol.fake import FakeSourceControl
 from stovepipe.sourcecontrol.git import GitSourceControl
-
-GIT_ENV = {
-    **os.environ,
-    "GIT_CONFIG_GLOBAL": os.devnull,
-    "GIT_CONFIG_NOSYSTEM": "1",
-    "GIT_AUTHOR_NAME": "Test",
-    "GIT_AUTHOR_EMAIL": "test@example.com",
-    "GIT_COMMITTER_NAME": "Test",
-    "GIT_COMMITTER_EMAIL": "test@example.com",
-}
-
-
-def run_git(repo: Path, *args: str) -> str:
-    completed = subprocess.run(
-        ["git", "-C", str(repo), *args], env=GIT_ENV, check=True, capture_output=True, text=True
-    )
-    return completed.stdout.strip()
+from stovepipe.testing import run_git
 
 
 @dataclasses.dataclass

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from stovepipe.entity import Request, RequestState
-from stovepipe.storage import Unavailable, open_storage
+from stovepipe.storage import StorageError, Unavailable, open_storage
 
 
 def test_sqlite_url_with_three_slashes_is_relative_and_four_is_absolute(
@@ -70,3 +70,23 @@ def test_sqlite_writer_blocked_past_its_timeout_gets_unavailable_promptly(
             blocker.execute("ROLLBACK")
             blocker.close()
         assert storage.counter.next("c") == 1
+
+
+def test_sqlite_permanent_faults_are_storage_errors_not_unavailable(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "state.db"
+    with open_storage(f"sqlite:///{path}") as storage:
+        with sqlite3.connect(path) as admin:
+            admin.execute("DROP TABLE counter")
+        with pytest.raises(StorageError, match="no such table") as raised:
+            storage.counter.next("c")
+        assert not isinstance(raised.value, Unavailable)
+
+
+def test_sqlite_unknown_stored_state_is_a_storage_error(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "state.db"
+    with open_storage(f"sqlite:///{path}") as storage:
+        storage.requests.create(Request("r", "q", "u", RequestState.ACCEPTED, 1))
+        with sqlite3.connect(path) as admin:
+            admin.execute("UPDATE request SET state = 'from-a-newer-version'")
+        with pytest.raises(StorageError, match="unknown state 'from-a-newer-version'"):
+            storage.requests.get("r")

@@ -20,8 +20,11 @@ no statement is sent on it. When a connection fails *during* a statement, the st
 may or may not have committed, so only what is safe is retried, once, on a new connection:
 
 * reads (``get``, ``get_id_by_uri``) are retried;
-* creates are retried; if the retry meets a duplicate key, the stored row is read back and
-  an identical row counts as the caller's own first attempt (no false ``AlreadyExists``);
+* creates are retried. If the lost attempt was never sent, a duplicate key on the retry is
+  ``AlreadyExists`` (first writer wins). If it may have been sent, the stored row is read back
+  and an identical row is treated as the caller's own first attempt (no false
+  ``AlreadyExists``); a racer that stored the identical row first is then indistinguishable
+  from that attempt;
 * ``counter.next`` is retried: a lost first increment leaves a gap, never a repeat;
 * ``update`` is retried only if the statement was never sent; otherwise it raises
   ``Unavailable``: re-running a compare-and-set whose first attempt may have won would
@@ -33,6 +36,7 @@ may or may not have committed, so only what is safe is retried, once, on a new c
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
@@ -74,12 +78,13 @@ _NO_SUCH_TABLE: Final = 1146
 _CONNECTION_LOST: Final = frozenset({2006, 2013, 2055, 1053, 1927, 4031})
 # The server is there but could not serve the statement now; the connection stays usable.
 _TRANSIENT: Final = frozenset({1040, 1205, 1213, 1317, 1969, 3024})
-# Refused for good: wrong credentials or database, or TLS required and not offered.
-_REFUSED: Final = frozenset({1044, 1045, 1049, 1698, 2026})
+# Refused for good: wrong credentials or database, a host the account may not connect from,
+# an authentication method the server or the driver cannot use, or TLS required and failed.
+_REFUSED: Final = frozenset({1044, 1045, 1049, 1130, 1251, 1698, 2026, 2059})
 
 
 class _AlreadyExistsOnRetry(AlreadyExists):
-    """A duplicate key met by a retry: maybe the caller's own lost first attempt."""
+    """A duplicate key met by a retry after an attempt that may have run: maybe the caller's own."""
 
 
 def _reason(error: BaseException) -> str:
@@ -89,12 +94,40 @@ def _reason(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
-def connect_failure(error: pymysql.Error, address: str) -> StorageError:
-    """The contract's error for a failed connection attempt: refused for good, or Unavailable."""
+def connect_failure(error: Exception, address: str) -> StorageError:
+    """The contract's error for a failed connection attempt: refused for good, or Unavailable.
+
+    Anything but a PyMySQL error is the driver unable to connect by design (an authentication
+    plugin that needs a package not installed raises RuntimeError), so it is refused for good.
+    """
+    if not isinstance(error, pymysql.Error):
+        return StorageError(f"mysql {address} refused: {type(error).__name__}: {error}")
     code = error.args[0] if error.args else 0
     if code in _REFUSED:
         return StorageError(f"mysql {address} refused: {_reason(error)}")
+    rejected = _certificate_rejection(error)
+    if rejected is not None:
+        return StorageError(
+            f"mysql {address} refused: the server's TLS certificate failed verification: "
+            f"{rejected.verify_message or rejected}"
+        )
     return Unavailable(f"mysql {address} unreachable: {_reason(error)}")
+
+
+def _certificate_rejection(error: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate verification failure behind ``error``, if there is one.
+
+    PyMySQL reports a failed TLS handshake as error 2003, "can't connect", with the ssl
+    error as the cause; a certificate that does not verify will not verify on a retry.
+    """
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def _timed_out(error: BaseException) -> bool:
@@ -114,7 +147,7 @@ class _Database:
     def _connect(self) -> PooledConnection:
         try:
             return PooledConnection(pymysql.connect(**self._connect_arguments))
-        except pymysql.Error as error:
+        except Exception as error:  # not only pymysql.Error: see connect_failure
             raise connect_failure(error, self._address) from None
 
     def check(self) -> None:
@@ -132,6 +165,7 @@ class _Database:
         """Run one statement and return ``read(cursor)``; retry a lost connection per the policy."""
         pooled = self._pool.acquire()
         retried = False
+        lost_attempt_may_have_run = False
         while True:
             try:
                 pooled.cursor.execute(statement, args)
@@ -145,11 +179,14 @@ class _Database:
                         self._pool.discard(pooled)
                         raise self._lost(error, unsent) from None
                     retried = True
+                    lost_attempt_may_have_run = not unsent
                     pooled = self._pool.replace(pooled)
                     continue
                 self._pool.release(pooled)
                 if code == _DUPLICATE_KEY:
-                    raise (_AlreadyExistsOnRetry if retried else AlreadyExists)(
+                    # Only a lost attempt that may have run can own the duplicate; after one
+                    # that was never sent, the row is another writer's: first writer wins.
+                    raise (_AlreadyExistsOnRetry if lost_attempt_may_have_run else AlreadyExists)(
                         _reason(error)
                     ) from None
                 raise self._failed(error, code) from None
@@ -195,6 +232,17 @@ def _last_insert_id(cursor: Cursor) -> int:
     return value
 
 
+def _text(stored: bytes, where: str, column: str) -> str:
+    """A stored column's UTF-8 bytes as text, or a StorageError naming the key and column."""
+    try:
+        return stored.decode()
+    except UnicodeDecodeError as error:
+        raise StorageError(
+            f"{where}: stored {column} is not valid UTF-8 ({error.reason} at byte "
+            f"{error.start}); it was not written by this backend"
+        ) from None
+
+
 class MySQLRequestStore:
     """Requests in table ``request``, keyed by id."""
 
@@ -234,11 +282,20 @@ class MySQLRequestStore:
         if row is None:
             return None
         queue, uri, state, version = row
+        where = f"request {request_id!r}"
+        state_text = _text(state, where, "state")
+        try:
+            known_state = RequestState(state_text)
+        except ValueError:
+            raise StorageError(
+                f"{where} has state {state_text!r}, which this version does not know "
+                "(written by a newer version?)"
+            ) from None
         return Request(
             id=request_id,
-            queue=queue.decode(),
-            uri=uri.decode(),
-            state=RequestState(state.decode()),
+            queue=_text(queue, where, "queue"),
+            uri=_text(uri, where, "uri"),
+            state=known_state,
             version=version,
         )
 
@@ -291,8 +348,7 @@ class MySQLRequestURIStore:
         )
         if row is None:
             return None
-        request_id: str = row[0].decode()
-        return request_id
+        return _text(row[0], f"uri {uri!r} of queue {queue!r}", "request_id")
 
 
 class MySQLCounter:

@@ -34,7 +34,7 @@ def migrate_options(options: MySQLOptions) -> None:
     arguments["client_flag"] |= CLIENT.MULTI_STATEMENTS
     try:
         connection = pymysql.connect(**arguments)
-    except pymysql.Error as error:
+    except Exception as error:  # not only pymysql.Error: see connect_failure
         raise connect_failure(error, options.address) from None
     try:
         with connection.cursor() as cursor:

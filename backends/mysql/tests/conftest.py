@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import struct
 import threading
 import urllib.parse
 import uuid
@@ -107,12 +108,23 @@ class _Link:
         self.client = client
         self.server = server
         self.reply_fate: str | None = None  # None: forward; "drop": hang up; "stall": hold
+        self.aborted = False
 
     def shut(self) -> None:
         for sock in (self.client, self.server):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+            if sock is not self.client or not self.aborted:  # shutdown would send a FIN
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
             sock.close()
+
+    def abort(self) -> None:
+        """Reset the client's connection: no FIN, only a RST when the relay closes it."""
+        self.aborted = True
+        with contextlib.suppress(OSError):
+            # A zero linger time makes close() send RST; SHUT_RD sends nothing but wakes the
+            # relay thread blocked reading this socket, which then closes it.
+            self.client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.client.shutdown(socket.SHUT_RD)
 
 
 class FaultyProxy:
@@ -146,6 +158,11 @@ class FaultyProxy:
             with contextlib.suppress(OSError):  # closed meanwhile
                 ports.append(link.server.getsockname()[1])
         return ports
+
+    def reset(self) -> None:
+        """Abort every live connection with a TCP reset, as a crashed server's host would."""
+        for link in self.links:
+            link.abort()
 
     def close(self) -> None:
         """Stop listening and cut every connection, as a server that stopped would."""
@@ -207,3 +224,49 @@ def proxy(mysql_url: str) -> Iterator[FaultyProxy]:
 def proxied_url(mysql_url: str, proxy: FaultyProxy) -> str:
     """The test server's URL through the proxy, one pooled connection, 2 s timeout."""
     return with_options(with_address(mysql_url, "127.0.0.1", proxy.port), timeout=2, pool_size=1)
+
+
+class ScriptedServer:
+    """A listener that speaks just enough of the MySQL protocol to refuse a client its way.
+
+    For failures a real server can only be configured into (accounts bound to other hosts,
+    authentication plugins, certificates): ``converse(connection)`` runs for each client.
+    """
+
+    def __init__(self, converse: Callable[[socket.socket], None]) -> None:
+        self._converse = converse
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
+
+    def _serve(self, connection: socket.socket) -> None:
+        with contextlib.suppress(OSError), connection:
+            self._converse(connection)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+
+
+@pytest.fixture
+def scripted_server() -> Iterator[Callable[[Callable[[socket.socket], None]], str]]:
+    """Starts a :class:`ScriptedServer` with the given conversation and returns its URL."""
+    servers: list[ScriptedServer] = []
+
+    def start(converse: Callable[[socket.socket], None]) -> str:
+        server = ScriptedServer(converse)
+        servers.append(server)
+        return f"mysql://stovepipe:secret@127.0.0.1:{server.port}/stovepipe?timeout=2"
+
+    yield start
+    for server in servers:
+        server.close()

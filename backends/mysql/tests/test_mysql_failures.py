@@ -7,12 +7,24 @@ the statement reached the server, and the client never heard back.
 
 from __future__ import annotations
 
+import datetime
+import importlib.util
+import ipaddress
+import pathlib
+import socket
+import ssl
+import struct
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from stovepipe_mysql.pool import PooledConnection
 
 from stovepipe.entity import Request, RequestState
 from stovepipe.storage import (
@@ -75,6 +87,44 @@ def test_create_retried_after_a_lost_reply_still_reports_another_writers_row(
         proxied.requests.create(request(first.id, uri="second"))
     assert proxy.fired.is_set()
     assert direct.requests.get(first.id) == first
+
+
+def hang_up_after_the_idle_check(proxied: Storage, proxy: Any, monkeypatch: Any) -> None:
+    """Reset the pooled connection so that its next statement cannot even be sent.
+
+    The server's host aborts the connection in the window between the pool's idle check and
+    the send, so the send fails (error 2006) and the statement certainly never left.
+    """
+    idle = proxied._backend._database._pool._idle  # type: ignore[attr-defined]
+    assert len(idle) == 1
+    proxy.reset()
+    deadline = time.monotonic() + 5
+    while not idle[0].closed_by_server() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert idle[0].closed_by_server()
+    monkeypatch.setattr(PooledConnection, "closed_by_server", lambda self: False)
+
+
+def test_create_whose_attempt_was_never_sent_reports_another_writers_identical_row(
+    proxied: Storage, direct: Storage, proxy: Any, monkeypatch: Any
+) -> None:
+    created = request(unique("request/"))
+    proxied.counter.next(unique("request/"))  # opens the pool's one connection
+    direct.requests.create(created)  # another writer wins with the identical row
+    hang_up_after_the_idle_check(proxied, proxy, monkeypatch)
+    with pytest.raises(AlreadyExists):
+        proxied.requests.create(created)
+
+
+def test_uri_create_whose_attempt_was_never_sent_reports_another_writers_identical_mapping(
+    proxied: Storage, direct: Storage, proxy: Any, monkeypatch: Any
+) -> None:
+    queue, uri, request_id = unique("queue/"), unique("git://"), unique("request/")
+    proxied.counter.next(unique("request/"))
+    direct.request_uris.create(queue, uri, request_id)
+    hang_up_after_the_idle_check(proxied, proxy, monkeypatch)
+    with pytest.raises(AlreadyExists):
+        proxied.request_uris.create(queue, uri, request_id)
 
 
 def test_uri_create_whose_reply_is_lost_after_commit_is_not_a_false_already_exists(
@@ -209,3 +259,152 @@ def test_tls_options_refuse_a_server_that_does_not_offer_tls(
     with pytest.raises(StorageError, match=r"SSL|TLS") as raised:
         open_storage(url_with(ssl_verify=False))
     assert not isinstance(raised.value, Unavailable)
+
+
+# Capability flags of the MySQL client/server protocol.
+_PROTOCOL_41 = 0x200
+_SSL = 0x800
+_SECURE_CONNECTION = 0x8000
+_PLUGIN_AUTH = 0x80000
+
+
+def mysql_packet(sequence: int, payload: bytes) -> bytes:
+    """One protocol packet: 3-byte little-endian length, sequence number, payload."""
+    return struct.pack("<I", len(payload))[:3] + bytes([sequence]) + payload
+
+
+def error_packet(sequence: int, code: int, message: str) -> bytes:
+    return mysql_packet(sequence, b"\xff" + struct.pack("<H", code) + message.encode())
+
+
+def handshake_packet(*, tls: bool = False) -> bytes:
+    """A MariaDB-style initial handshake offering mysql_native_password (and TLS if asked)."""
+    capabilities = _PROTOCOL_41 | _SECURE_CONNECTION | _PLUGIN_AUTH | (_SSL if tls else 0)
+    payload = (
+        b"\x0a5.5.5-10.11.0-MariaDB\x00"
+        + struct.pack("<I", 1)  # connection id
+        + b"scramble"
+        + b"\x00"
+        + struct.pack("<HBHH", capabilities & 0xFFFF, 45, 2, capabilities >> 16)
+        + bytes([21])
+        + bytes(10)
+        + b"-scramble-12\x00"
+        + b"mysql_native_password\x00"
+    )
+    return mysql_packet(0, payload)
+
+
+def read_packet(connection: socket.socket) -> bytes:
+    header = connection.recv(4, socket.MSG_WAITALL)
+    if len(header) < 4:
+        return b""
+    return connection.recv(int.from_bytes(header[:3], "little"), socket.MSG_WAITALL)
+
+
+def switch_authentication_to(plugin: bytes) -> Callable[[socket.socket], None]:
+    """A conversation in which the server asks the client to authenticate with ``plugin``."""
+
+    def converse(connection: socket.socket) -> None:
+        connection.sendall(handshake_packet())
+        read_packet(connection)  # the client's handshake response
+        connection.sendall(
+            mysql_packet(2, b"\xfe" + plugin + b"\x00" + b"0123456789" * 3 + b"\x00")
+        )
+        read_packet(connection)
+
+    return converse
+
+
+def refuse_with(
+    code: int, message: str, *, before_handshake: bool
+) -> Callable[[socket.socket], None]:
+    """A conversation in which the server refuses the client with error ``code``."""
+
+    def converse(connection: socket.socket) -> None:
+        if before_handshake:
+            connection.sendall(error_packet(0, code, message))
+            return
+        connection.sendall(handshake_packet())
+        read_packet(connection)
+        connection.sendall(error_packet(2, code, message))
+
+    return converse
+
+
+def test_authentication_the_driver_cannot_perform_is_a_storage_error_not_a_leaked_exception(
+    scripted_server: Callable[..., str],
+) -> None:
+    if importlib.util.find_spec("nacl") is not None:
+        pytest.skip("PyNaCl is installed, so the driver can perform ed25519 authentication")
+    url = scripted_server(switch_authentication_to(b"client_ed25519"))
+    with pytest.raises(StorageError, match="pynacl") as raised:
+        open_storage(url)
+    assert type(raised.value) is StorageError
+
+
+@pytest.mark.parametrize(
+    ("converse", "reason"),
+    [
+        (refuse_with(1130, "Host '127.0.0.1' is not allowed", before_handshake=True), "1130"),
+        (
+            refuse_with(1251, "Client does not support authentication", before_handshake=False),
+            "1251",
+        ),
+        (switch_authentication_to(b"auth_gssapi_client"), "2059"),
+    ],
+    ids=["host not allowed", "authentication protocol unsupported", "unknown auth plugin"],
+)
+def test_permanent_connection_refusals_are_storage_errors_not_unavailable(
+    scripted_server: Callable[..., str], converse: Callable[[socket.socket], None], reason: str
+) -> None:
+    with pytest.raises(StorageError, match=reason) as raised:
+        open_storage(scripted_server(converse))
+    assert not isinstance(raised.value, Unavailable)
+
+
+def test_server_certificate_that_fails_verification_is_a_storage_error_not_unavailable(
+    scripted_server: Callable[..., str], tmp_path: pathlib.Path
+) -> None:
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(*self_signed_certificate(tmp_path))
+
+    def converse(connection: socket.socket) -> None:
+        connection.sendall(handshake_packet(tls=True))
+        read_packet(connection)  # the client's request to switch to TLS
+        with server_tls.wrap_socket(connection, server_side=True):
+            pass  # the client rejects the certificate during the handshake
+
+    with pytest.raises(StorageError, match="certificate") as raised:
+        open_storage(scripted_server(converse) + "&ssl_verify=true")
+    assert not isinstance(raised.value, Unavailable)
+
+
+def self_signed_certificate(directory: pathlib.Path) -> tuple[str, str]:
+    """Files of a certificate for 127.0.0.1 that no trusted CA signed, and its key."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    certificate_file, key_file = directory / "server.pem", directory / "server.key"
+    certificate_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return str(certificate_file), str(key_file)

@@ -8,14 +8,17 @@ import sys
 import threading
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import pytest
+from stovepipe_mysql.options import parse_url
 
 from stovepipe.entity import Request, RequestState
 from stovepipe.storage import (
     AlreadyExists,
     NotFound,
     Storage,
+    StorageError,
     VersionMismatch,
     open_storage,
 )
@@ -238,3 +241,38 @@ def test_one_storage_serves_16_threads_through_a_pool_of_4(
         assert race(RACERS, lambda i: storage.requests.get(ids[(i + 1) % RACERS]).id) == [
             ids[(i + 1) % RACERS] for i in range(RACERS)
         ]
+
+
+def test_stored_state_this_version_does_not_know_is_a_storage_error_naming_the_request(
+    storage: Storage, mysql_url: str, admin: Any
+) -> None:
+    request_id = unique("request/")
+    with admin.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO `{parse_url(mysql_url).database}`.request"
+            " (id, queue, uri, state, version) VALUES (%s, 'q', 'u', 'FROM_THE_FUTURE', 1)",
+            (request_id.encode(),),
+        )
+    with pytest.raises(StorageError, match=f"{request_id}.*'FROM_THE_FUTURE'"):
+        storage.requests.get(request_id)
+
+
+def test_stored_bytes_that_are_not_utf8_are_a_storage_error_naming_the_key(
+    storage: Storage, mysql_url: str, admin: Any
+) -> None:
+    database = parse_url(mysql_url).database
+    request_id, queue, uri = unique("request/"), unique("queue/"), unique("git://")
+    with admin.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO `{database}`.request (id, queue, uri, state, version)"
+            " VALUES (%s, 'q', X'C328', 'accepted', 1)",
+            (request_id.encode(),),
+        )
+        cursor.execute(
+            f"INSERT INTO `{database}`.request_uri (queue, uri, request_id) VALUES (%s, %s, X'FF')",
+            (queue.encode(), uri.encode()),
+        )
+    with pytest.raises(StorageError, match=f"{request_id}.*UTF-8"):
+        storage.requests.get(request_id)
+    with pytest.raises(StorageError, match=f"{uri}.*{queue}.*UTF-8"):
+        storage.request_uris.get_id_by_uri(queue, uri)
