@@ -215,9 +215,22 @@ def _worker(args: argparse.Namespace) -> int:
         raise CommandError(str(error), EXIT_USAGE) from None
 
 
+def _utf8(value: str, name: str) -> str:
+    """``value``, if it encodes as UTF-8; protobuf strings must.
+
+    Python passes an argument that is not valid UTF-8 on with surrogate escapes, which no
+    request can carry.
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise CommandError(f"{name} is not valid UTF-8: {value!r}", EXIT_USAGE) from None
+    return value
+
+
 def _stub(args: argparse.Namespace) -> tuple[grpc.Channel, StovepipeClient, str]:
     address: str = args.server or os.environ.get(SERVER_ENV) or configuration.DEFAULT_LISTEN
-    configuration.parse_address(address, setting="--server")
+    configuration.parse_address(_utf8(address, "--server"), setting="--server")
     channel = grpc.insecure_channel(address)
     return channel, StovepipeClient(channel), address
 
@@ -238,6 +251,7 @@ def _first_line(text: str) -> str:
 
 
 def _ingest(args: argparse.Namespace) -> int:
+    _utf8(args.queue, "QUEUE")
     channel, stub, address = _stub(args)
     with channel:
         try:
@@ -251,6 +265,7 @@ def _ingest(args: argparse.Namespace) -> int:
 
 
 def _get(args: argparse.Namespace) -> int:
+    _utf8(args.id, "ID")
     channel, stub, address = _stub(args)
     with channel:
         try:
@@ -296,6 +311,7 @@ def _poll(args: argparse.Namespace) -> int:
     Transient failures (the server or its backend unavailable, a timeout) are logged and the
     next tick tries again; a permanent one (unknown queue, invalid name) ends the poller.
     """
+    _utf8(args.queue, "QUEUE")
     _configure_logging()
     stop = threading.Event()
 

@@ -7,7 +7,7 @@ file (``--config`` or ``STOVEPIPE_CONFIG``), built-in defaults. A complete file:
     metrics_listen = "127.0.0.1:9464"   # Prometheus /metrics; "" (the default) turns it off
     storage_url = "sqlite:///var/lib/stovepipe/stovepipe.db"
     queue_url = "redis://127.0.0.1:6379/0"  # messaging queue; default: follows storage_url
-    grace_period = 5.0                   # seconds SIGTERM waits for in-flight calls
+    grace_period = 5.0                   # seconds SIGTERM waits for in-flight calls (<= 3600)
     max_workers = 32                     # threads serving RPCs
     log_level = "info"
 
@@ -29,6 +29,7 @@ directory and the git repository in the current directory is served as the queue
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import pathlib
 import tomllib
@@ -38,6 +39,8 @@ from typing import Any
 DEFAULT_PORT = 50051
 DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
 DEFAULT_GRACE_PERIOD = 5.0
+MAX_GRACE_PERIOD = 3600.0
+"""Seconds; a shutdown that needs longer is stuck, and the process should exit anyway."""
 DEFAULT_MAX_WORKERS = 32
 DATA_DIR_NAME = ".stovepipe"
 DEFAULT_DB_NAME = "stovepipe.db"
@@ -146,6 +149,10 @@ def load(
     listen = _address(settings, "listen", DEFAULT_LISTEN, allow_empty=False)
     metrics_listen = _address(settings, "metrics_listen", "", allow_empty=True)
     grace_period = _number(settings, "grace_period", DEFAULT_GRACE_PERIOD, float)
+    if grace_period > MAX_GRACE_PERIOD:
+        raise ConfigError(
+            f"grace_period must be at most {MAX_GRACE_PERIOD:g} seconds, not {grace_period:g}"
+        )
     max_workers = int(_number(settings, "max_workers", DEFAULT_MAX_WORKERS, int))
     # The defaults that look at the working directory come last, after every explicit
     # setting has been checked.
@@ -292,10 +299,19 @@ def _number(
     settings: Mapping[str, object], name: str, default: float, kind: type[int] | type[float]
 ) -> float:
     value = settings.get(name, default)
-    if isinstance(value, bool):
-        raise ConfigError(f"{name} must be a number, not {value!r}")
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ConfigError(f"{name} must be a non-negative {kind.__name__}, not {value!r}")
     try:
-        number = kind(value) if isinstance(value, str | int | float) else None
+        finite = math.isfinite(float(value))
+    except OverflowError:  # an int too large for a float
+        finite = False
+    except ValueError:
+        finite = True  # not a number at all: reported below
+    if not finite:
+        # TOML and float() accept inf and nan; no setting means either.
+        raise ConfigError(f"{name} must be a finite number, not {value!r}")
+    try:
+        number = kind(value)
     except ValueError:
         number = None
     if number is None or number < 0:

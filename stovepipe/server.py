@@ -104,7 +104,9 @@ class StovepipeServer:
 
     def stop(self, grace: float = configuration.DEFAULT_GRACE_PERIOD) -> bool:
         """Report NOT_SERVING, refuse new calls, let in-flight calls finish for up to ``grace``
-        seconds, drain the messaging queue, then close metrics and storage.
+        seconds, stop the messaging queue within the rest of ``grace`` (at least
+        half a second; the in-process queue delivers what it holds first), then close metrics
+        and storage.
 
         Returns whether everything drained. If a call is still running after ``grace`` (stuck
         in a backend, say), its thread keeps the storage it uses open and the caller should

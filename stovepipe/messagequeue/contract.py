@@ -67,5 +67,9 @@ class MessageQueue(Publisher, Protocol):
         ...
 
     def stop(self, timeout: float | None = None) -> None:
-        """Stop delivering: wait up to ``timeout`` seconds for in-flight deliveries to finish."""
+        """Stop delivering within ``timeout`` seconds, letting in-flight deliveries finish.
+
+        A durable queue leaves unclaimed messages stored for the next consumer; a queue whose
+        messages do not outlive the process delivers what it holds first, within the timeout.
+        """
         ...

@@ -1,7 +1,8 @@
 """A messaging queue inside one process, for the embedded default deployment.
 
-Messages live in memory: delivery is at least once for as long as the process runs, and
-what is still queued when it exits is lost. That is safe for the ``process`` topic because
+Messages live in memory: delivery is at least once for as long as the process runs;
+:meth:`InProcessMessageQueue.stop` delivers what is queued within its timeout, and what is
+still queued after that is lost. That is safe for the ``process`` topic because
 ingest republishes a request for as long as it is ``accepted``.
 
 Each ``(topic, key)`` is a partition: a FIFO delivered one message at a time by a pool of
@@ -9,7 +10,8 @@ worker threads, so one key's messages are handled in publish order while differe
 proceed in parallel. A failed delivery is retried after an exponential backoff during which
 its partition waits (later messages of that key stay behind it); after ``max_attempts``
 deliveries, or at once on :class:`PermanentFailure`, the message moves to the dead-letter
-topic with its failure reason, and the partition moves on.
+topic with its failure reason, and the partition moves on. Each dead-letter topic keeps its
+newest ``max_dead_letters`` (default 1000) letters; older ones are dropped and counted.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ _NEW: Final = "new"
 _RUNNING: Final = "running"
 _STOPPED: Final = "stopped"
 
+DEFAULT_MAX_DEAD_LETTERS: Final = 1000
+"""Dead letters kept per topic: memory stays bounded however long a poison stream runs."""
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class DeadLetter:
@@ -60,7 +65,8 @@ class InProcessMessageQueue:
     ``max_attempts`` bounds the deliveries of one message; the n-th retry waits
     ``backoff_seconds * 2**(n-1)``, at most ``max_backoff_seconds``. Messages published
     before :meth:`start`, or to a topic nobody subscribed to yet, wait until they can be
-    delivered. Thread-safe.
+    delivered. Each topic keeps its newest ``max_dead_letters`` dead letters; older ones are
+    dropped and counted (:meth:`dead_letters_dropped`). Thread-safe.
     """
 
     def __init__(
@@ -70,6 +76,7 @@ class InProcessMessageQueue:
         backoff_seconds: float = 0.1,
         max_backoff_seconds: float = 30.0,
         workers: int = 4,
+        max_dead_letters: int = DEFAULT_MAX_DEAD_LETTERS,
     ) -> None:
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, not {max_attempts}")
@@ -77,6 +84,9 @@ class InProcessMessageQueue:
             raise ValueError("backoff must not be negative")
         if workers < 1:
             raise ValueError(f"workers must be at least 1, not {workers}")
+        if max_dead_letters < 1:
+            raise ValueError(f"max_dead_letters must be at least 1, not {max_dead_letters}")
+        self.max_dead_letters = max_dead_letters
         self._max_attempts = max_attempts
         self._backoff_seconds = backoff_seconds
         self._max_backoff_seconds = max_backoff_seconds
@@ -92,7 +102,10 @@ class InProcessMessageQueue:
         self._backing_off: list[tuple[float, int, _Partition]] = []
         self._sequence = itertools.count()
         self._in_flight = 0
-        self._dead_letters: dict[str, list[DeadLetter]] = collections.defaultdict(list)
+        self._dead_letters: dict[str, collections.deque[DeadLetter]] = collections.defaultdict(
+            lambda: collections.deque(maxlen=max_dead_letters)
+        )
+        self._dead_letters_dropped: collections.Counter[str] = collections.Counter()
         self._threads: list[threading.Thread] = []
 
     def publish(self, topic: str, key: str, payload: bytes) -> None:
@@ -140,13 +153,17 @@ class InProcessMessageQueue:
             self._condition.notify_all()
 
     def stop(self, timeout: float | None = None) -> None:
-        """Stop delivering and wait up to ``timeout`` seconds for in-flight handlers.
+        """Drain, then stop: within ``timeout`` seconds in all.
 
-        Messages not yet delivered stay undelivered (logged); new publishes are refused.
-        Idempotent.
+        While the budget lasts, queued messages are delivered and failed ones retried after
+        their backoff, as when running, until the queue is idle (see :meth:`wait_until_idle`).
+        Then delivery stops, in-flight handlers get what is left of the budget, and what is
+        still undelivered is lost (logged). Publishes are refused from then on. Idempotent.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._condition:
+            if self._state == _RUNNING:
+                self._condition.wait_for(self._idle, timeout)
             self._state = _STOPPED
             self._condition.notify_all()
             threads, self._threads = self._threads, []
@@ -169,13 +186,20 @@ class InProcessMessageQueue:
             return self._condition.wait_for(self._idle, timeout)
 
     def dead_letters(self, topic: str) -> list[DeadLetter]:
-        """The messages of ``topic`` that failed for good, oldest first.
+        """The newest ``max_dead_letters`` messages of ``topic`` that failed for good, oldest
+        first.
 
         ``topic`` is the original topic; the letters are kept under
         ``dead_letter_topic(topic)``.
         """
         with self._condition:
-            return list(self._dead_letters[dead_letter_topic(topic)])
+            return list(self._dead_letters.get(dead_letter_topic(topic), ()))
+
+    def dead_letters_dropped(self, topic: str) -> int:
+        """How many dead letters of ``topic`` were dropped to keep the newest
+        ``max_dead_letters``."""
+        with self._condition:
+            return self._dead_letters_dropped[dead_letter_topic(topic)]
 
     def _idle(self) -> bool:
         return self._in_flight == 0 and not any(
@@ -263,9 +287,10 @@ class InProcessMessageQueue:
                 message.attempt,
                 failure,
             )
-            self._dead_letters[dead_letter_topic(message.topic)].append(
-                DeadLetter(message, failure)
-            )
+            letters = self._dead_letters[dead_letter_topic(message.topic)]
+            if len(letters) == letters.maxlen:
+                self._dead_letters_dropped[dead_letter_topic(message.topic)] += 1
+            letters.append(DeadLetter(message, failure))  # a full deque drops its oldest
         self._scheduled.discard(partition)
         if pending:
             self._schedule(partition)

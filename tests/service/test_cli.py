@@ -213,3 +213,27 @@ def test_migrate_runs_the_migration_a_backend_registers_for_its_scheme(
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == "migrating kv://db.internal/stovepipe\nkv:// migrated\n"
+
+
+# Python hands an argument that is not valid UTF-8 over with surrogate escapes ("\xff" -> "\udcff").
+NOT_UTF8 = b"\xff".decode("utf-8", "surrogateescape")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["ingest", NOT_UTF8], ["get", NOT_UTF8], ["poll", NOT_UTF8, "--every", "1"]],
+)
+def test_an_argument_that_is_not_valid_utf8_is_a_one_line_error_and_exit_status_2(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main([*command, "--server", CLOSED_PORT]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "not valid UTF-8" in err
+    assert err.count("\n") == 1
+
+
+def test_a_raw_byte_argument_from_the_shell_is_a_one_line_error_and_exit_status_2() -> None:
+    result = run_cli("ingest", NOT_UTF8, "--server", CLOSED_PORT)  # passed as the byte 0xff
+    assert result.returncode == cli.EXIT_USAGE
+    (line,) = result.stderr.strip().splitlines()
+    assert "not valid UTF-8" in line

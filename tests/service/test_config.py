@@ -106,6 +106,39 @@ def test_invalid_configuration_is_a_one_line_error_naming_the_setting(
     assert "\n" not in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("grace_period = inf\n", "grace_period must be a finite number"),
+        ("grace_period = -inf\n", "grace_period must be a finite number"),
+        ("grace_period = nan\n", "grace_period must be a finite number"),
+        ("grace_period = 1e308\n", "grace_period must be at most 3600 seconds"),
+        ("max_workers = inf\n", "max_workers must be a finite number"),
+        ("max_workers = nan\n", "max_workers must be a finite number"),
+    ],
+)
+def test_a_number_that_is_not_finite_or_a_grace_period_over_the_maximum_is_a_configuration_error(
+    tmp_path: pathlib.Path, text: str, message: str
+) -> None:
+    file = write(tmp_path / "s.toml", text + FAKE_QUEUE)
+    with pytest.raises(ConfigError, match=message):
+        config.load(file, environ={}, cwd=tmp_path)
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "1e308", "3600.5"])
+def test_a_grace_period_from_the_environment_is_checked_alike(
+    tmp_path: pathlib.Path, value: str
+) -> None:
+    file = write(tmp_path / "s.toml", FAKE_QUEUE)
+    with pytest.raises(ConfigError, match="grace_period must be"):
+        config.load(file, environ={"STOVEPIPE_GRACE_PERIOD": value}, cwd=tmp_path)
+
+
+def test_the_maximum_grace_period_is_accepted(tmp_path: pathlib.Path) -> None:
+    file = write(tmp_path / "s.toml", f"grace_period = {config.MAX_GRACE_PERIOD}\n" + FAKE_QUEUE)
+    assert config.load(file, environ={}, cwd=tmp_path).grace_period == 3600
+
+
 def test_a_git_queue_whose_repository_is_missing_is_a_configuration_error(
     tmp_path: pathlib.Path,
 ) -> None:

@@ -6,6 +6,7 @@ import pathlib
 import sqlite3
 import threading
 import time
+from typing import NoReturn, cast
 
 import grpc
 import pytest
@@ -15,6 +16,7 @@ from grpc_reflection.v1alpha import (  # type: ignore[import-untyped]
     reflection_pb2_grpc,
 )
 
+from stovepipe.service import StovepipeServicer
 from stovepipe.sourcecontrol.fake import FakeSourceControl
 from stovepipe.storage import open_storage
 from stovepipe.testing import Running, StartServer
@@ -76,11 +78,13 @@ def test_reflection_describes_the_ingest_method(start_server: StartServer) -> No
     assert response.file_descriptor_response.file_descriptor_proto
 
 
-def test_a_call_whose_deadline_expired_while_queued_does_not_start_work(
+def test_grpc_drops_a_call_whose_deadline_expired_while_queued_before_the_servicer_sees_it(
     start_server: StartServer, tmp_path: pathlib.Path
 ) -> None:
     """One worker thread, busy with an ingest stuck on a write lock; a second call with a short
-    deadline waits in the queue past its deadline and must not touch storage when it runs."""
+    deadline waits in the queue past its deadline. gRPC cancels it before dispatch: it never
+    reaches the servicer (not even the interceptor), so it touches no storage. The servicer's
+    own deadline check is shown by the unit tests of ``_run`` below."""
     path = tmp_path / "locked.db"
     open_storage(f"sqlite:///{path}").close()
     running = start_server(
@@ -106,10 +110,12 @@ def test_a_call_whose_deadline_expired_while_queued_does_not_start_work(
     with pytest.raises(grpc.RpcError) as caught:
         running.client.Ingest(pb.IngestRequest(queue="q"), timeout=0.3)
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    time.sleep(0.2)  # let the queued call reach the worker after its deadline
     holder.execute("ROLLBACK")
     holder.close()
     busy.join(timeout=TIMEOUT)
+    # The one worker thread takes calls in arrival order: once a later call has been answered,
+    # the expired one has been run or dropped.
+    running.client.Ping(pb.PingRequest(), timeout=TIMEOUT)
 
     assert first == ["request/q/1"]
     # One ingest ran: one lookup, one counter draw. The expired call never started.
@@ -126,3 +132,46 @@ def test_a_call_within_its_deadline_completes(start_server: StartServer) -> None
     running = start_server({"q": FakeSourceControl(["c1"], name="q")})
     response = running.client.Ingest(pb.IngestRequest(queue="q"), timeout=5)
     assert response.id == "request/q/1"
+
+
+class Aborted(Exception):
+    """What ``ServicerContext.abort`` raises: it ends the handler."""
+
+
+class StubContext:
+    """A servicer context with a fixed time remaining that records the status it aborts with."""
+
+    def __init__(self, remaining: float | None) -> None:
+        self.remaining = remaining
+        self.aborted: tuple[grpc.StatusCode, str] | None = None
+
+    def time_remaining(self) -> float | None:
+        return self.remaining
+
+    def abort(self, code: grpc.StatusCode, details: str) -> NoReturn:
+        self.aborted = (code, details)
+        raise Aborted
+
+
+@pytest.mark.parametrize("remaining", [0.0, -1.0])
+def test_the_servicer_answers_deadline_exceeded_and_does_no_work_once_the_deadline_passed(
+    remaining: float,
+) -> None:
+    context = StubContext(remaining)
+    work_done: list[str] = []
+    with pytest.raises(Aborted):
+        StovepipeServicer._run(
+            cast(grpc.ServicerContext, context), lambda: work_done.append("ingest")
+        )
+    assert context.aborted is not None
+    assert context.aborted[0] == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert work_done == []
+
+
+@pytest.mark.parametrize("remaining", [None, 0.5])
+def test_the_servicer_does_the_work_while_time_remains_or_without_a_deadline(
+    remaining: float | None,
+) -> None:
+    context = StubContext(remaining)
+    assert StovepipeServicer._run(cast(grpc.ServicerContext, context), lambda: "done") == "done"
+    assert context.aborted is None

@@ -57,10 +57,12 @@ def stored_request_ids(storage_url: str, queue: str, candidates: int) -> list[st
 
 
 def test_32_concurrent_ingests_of_one_new_head_return_one_id_and_create_one_request(
-    start_server: StartServer,
+    start_server: StartServer, tmp_path: pathlib.Path
 ) -> None:
     source = FakeSourceControl(["c1"], name="q")
-    running = start_server({"q": source}, max_workers=32)
+    # A loaded machine can hold SQLite's write lock longer than the default 5 s wait.
+    storage_url = f"sqlite:///{tmp_path / 'races.db'}?timeout=30"
+    running = start_server({"q": source}, storage_url=storage_url, max_workers=32)
     first = running.client.Ingest(pb.IngestRequest(queue="q"), timeout=TIMEOUT)
     assert first.id == "request/q/1"
     source.push("c2")  # a new head, which all 32 callers report at once
@@ -81,7 +83,8 @@ def test_two_server_processes_sharing_one_sqlite_file_race_the_same_head_and_agr
     database = tmp_path / "shared.db"
     config = tmp_path / "stovepipe.toml"
     config.write_text(
-        f'storage_url = "sqlite:///{database}"\n[queues."q"]\ntype = "fake"\ncommits = ["c1"]\n',
+        f'storage_url = "sqlite:///{database}?timeout=30"\n'
+        '[queues."q"]\ntype = "fake"\ncommits = ["c1"]\n',
         encoding="utf-8",
     )
     servers = processes.serve_many(2, ["--config", str(config)], cwd=tmp_path)

@@ -179,5 +179,6 @@ def test_sigterm_exits_within_the_grace_period_when_a_call_does_not_finish(
     locked.release()
     locked.close()
     assert status == 0, locked.server.output()
-    assert elapsed < grace + 2.5  # the grace period, a short queue drain, process exit
+    # The grace period, a short queue drain, process exit; generous for a loaded machine.
+    assert elapsed < grace + 10
     assert locked.outcome and locked.outcome[0] != "request/q/1"
