@@ -186,6 +186,21 @@ def test_serve_on_a_port_in_use_is_a_one_line_error_and_exit_status_2(
     assert capsys.readouterr().err.startswith(f"stovepipe: cannot serve metrics on {taken}")
 
 
+def test_serve_on_a_port_in_use_prints_exactly_one_line_and_no_grpc_log(
+    start_server: StartServer, tmp_path: pathlib.Path
+) -> None:
+    """gRPC's C core logs its own bind failure straight to stderr; the command must not."""
+    taken = start_server({}).address
+    config = tmp_path / "s.toml"
+    config.write_text(FAKE_CONFIG.format(db=tmp_path / "s.db"), encoding="utf-8")
+    result = run_cli("serve", "--config", str(config), "--listen", taken)
+    assert result.returncode == cli.EXIT_USAGE
+    assert result.stderr.splitlines() == [
+        f"stovepipe: cannot listen on {taken}: address already in use"
+        " (is another stovepipe serve running?)"
+    ]
+
+
 def test_migrate_runs_the_migration_a_backend_registers_for_its_scheme(
     tmp_path: pathlib.Path,
 ) -> None:
