@@ -108,6 +108,36 @@ def test_migrate_says_so_when_a_backend_needs_no_migration(
     )
 
 
+@pytest.mark.parametrize("url", ["memory://", "redis://127.0.0.1:1/0", "etcd://127.0.0.1:1"])
+def test_migrate_of_a_backend_without_a_schema_says_only_that_it_needs_no_migration(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from stovepipe.storage import installed_schemes
+
+    scheme = url.split(":", 1)[0]
+    if scheme not in installed_schemes():
+        pytest.skip(f"{scheme}:// backend not installed")
+    assert cli.main(["migrate", url]) == 0
+    assert capsys.readouterr().out == f"{scheme}:// needs no migration\n"
+
+
+@pytest.mark.parametrize(
+    ("command", "option", "text"),
+    [
+        ("ingest", "--timeout", "seconds per call (default 10)"),
+        ("poll", "--timeout", "seconds per call (default 10)"),
+        ("poll", "--every", "seconds between ingests"),
+    ],
+)
+def test_help_says_what_each_option_counts_in_seconds(
+    command: str, option: str, text: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"{option} SECONDS {text}" in help_text
+
+
 def wait_for(log: pathlib.Path, text: str, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while text not in log.read_text():
