@@ -246,7 +246,7 @@ def run_worker(config: configuration.Config) -> int:
         if isinstance(message_queue, InProcessMessageQueue):
             raise configuration.ConfigError(
                 "stovepipe worker needs a messaging queue shared with the servers "
-                "(queue_url sqlite:///, mysql:// or redis://), not an in-process one"
+                "(queue_url sqlite:///, mysql://, redis:// or rediss://), not an in-process one"
             )
         try:
             message_queue.subscribe(TOPIC_PROCESS, ProcessController(storage).handle)
