@@ -189,7 +189,7 @@ def build_server(config: configuration.Config) -> StovepipeServer:
     try:
         storage = open_storage(config.storage_url)
     except StorageError as error:
-        raise configuration.ConfigError(f"storage {config.storage_url}: {error}") from None
+        raise configuration.ConfigError(f"storage {redact(config.storage_url)}: {error}") from None
     try:
         metrics = Metrics()
         message_queue = build_message_queue(config, metrics)
@@ -233,7 +233,7 @@ def run_worker(config: configuration.Config) -> int:
     try:
         storage = metrics.instrument(open_storage(config.storage_url))
     except StorageError as error:
-        raise configuration.ConfigError(f"storage {config.storage_url}: {error}") from None
+        raise configuration.ConfigError(f"storage {redact(config.storage_url)}: {error}") from None
     stop_requested = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
@@ -291,7 +291,7 @@ def run(config: configuration.Config) -> bool:
         logger.info("stovepipe serving on %s", server.address)
         for line in configuration.describe(config.queues):
             logger.info("queue %s", line)
-        logger.info("storage %s", config.storage_url)
+        logger.info("storage %s", redact(config.storage_url))
         logger.info("messaging queue %s", redact(queue_url_of(config)))
         if server.metrics_port is not None:
             logger.info(
