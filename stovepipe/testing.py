@@ -12,6 +12,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Barrier
 
 import grpc
 
@@ -20,6 +22,7 @@ from stovepipe.metrics import Metrics
 from stovepipe.server import StovepipeServer
 from stovepipe.sourcecontrol import QueueMap, SourceControl
 from stovepipe.storage import open_storage
+from stovepipe.storage.sqlite import SQLiteBackend
 
 _SERVING = re.compile(r"stovepipe serving on (\S+)")
 
@@ -226,3 +229,16 @@ class GitRepository:
         """Add an empty commit to the current branch; return its sha."""
         self.git("commit", "--quiet", "--allow-empty", f"--message={message}")
         return self.git("rev-parse", "HEAD")
+
+
+def open_sqlite_files(paths: Sequence[str], barrier: Barrier, results: Queue[str]) -> None:
+    """Child-process body: for each path, wait on ``barrier``, then open a SQLite storage at
+    it; report each outcome on ``results`` ("opened" or the error)."""
+    for path in paths:
+        barrier.wait(timeout=60)
+        try:
+            SQLiteBackend(path, timeout=30).close()
+        except Exception as error:
+            results.put(f"{path}: {error!r}")
+        else:
+            results.put("opened")

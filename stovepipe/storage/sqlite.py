@@ -17,6 +17,7 @@ import pathlib
 import queue
 import sqlite3
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterator
 
@@ -54,13 +55,38 @@ CREATE TABLE IF NOT EXISTS counter (
 _TRANSIENT = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 
 
+def _transient(error: sqlite3.Error) -> bool:
+    return getattr(error, "sqlite_errorcode", 0) & 0xFF in _TRANSIENT
+
+
 def _mapped(error: sqlite3.Error) -> StorageError:
     """Translate a sqlite3 error: a lock wait is transient; a missing table, an unwritable
     or full disk, a file that cannot be opened are not, and retrying would not help."""
-    primary_code = getattr(error, "sqlite_errorcode", 0) & 0xFF
-    if primary_code in _TRANSIENT:
+    if _transient(error):
         return Unavailable(f"sqlite: {error}")
     return StorageError(f"sqlite: {error}")
+
+
+def use_wal(connection: sqlite3.Connection, timeout: float) -> None:
+    """Put the file in WAL mode, which lets readers run beside the one writer.
+
+    Switching a new file to WAL while another process opens it fails at once with "database
+    is locked", without waiting on the busy timeout, so the switch is retried until
+    ``timeout`` seconds have passed.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            (mode,) = connection.execute("PRAGMA journal_mode = WAL").fetchone()
+        except sqlite3.OperationalError as error:
+            if not _transient(error) or time.monotonic() >= deadline:
+                raise
+        else:
+            if mode.lower() == "wal":
+                return
+            if time.monotonic() >= deadline:
+                raise Unavailable(f"sqlite: the file stays in journal mode {mode!r}, not WAL")
+        time.sleep(0.01)
 
 
 class _Connections:
@@ -204,6 +230,7 @@ class SQLiteBackend:
         if path != ":memory:":
             pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._connections = _Connections(path, timeout, synchronous)
+        self._timeout = timeout
         self._create_schema()
         self.requests = SQLiteRequestStore(self._connections)
         self.request_uris = SQLiteRequestURIStore(self._connections)
@@ -211,9 +238,10 @@ class SQLiteBackend:
 
     def _create_schema(self) -> None:
         with self._connections.borrow() as connection:
-            # WAL lets readers run beside the one writer; it is a property of the file.
-            connection.execute("PRAGMA journal_mode = WAL")
-            connection.executescript(_SCHEMA)
+            use_wal(connection, self._timeout)
+            # IMMEDIATE takes the write lock before the schema is read, so a process racing
+            # another's CREATE waits for it instead of failing on a stale read.
+            connection.executescript(f"BEGIN IMMEDIATE;\n{_SCHEMA}\nCOMMIT;")
 
     def close(self) -> None:
         self._connections.close()

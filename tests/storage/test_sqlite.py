@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import pathlib
 import sqlite3
 import time
@@ -10,6 +11,7 @@ import pytest
 
 from stovepipe.entity import Request, RequestState
 from stovepipe.storage import StorageError, Unavailable, open_storage
+from stovepipe.testing import open_sqlite_files
 
 
 def test_sqlite_url_with_three_slashes_is_relative_and_four_is_absolute(
@@ -90,3 +92,23 @@ def test_sqlite_unknown_stored_state_is_a_storage_error(tmp_path: pathlib.Path) 
             admin.execute("UPDATE request SET state = 'from-a-newer-version'")
         with pytest.raises(StorageError, match="unknown state 'from-a-newer-version'"):
             storage.requests.get("r")
+
+
+def test_sqlite_processes_opening_a_new_file_at_the_same_moment_all_succeed(
+    tmp_path: pathlib.Path,
+) -> None:
+    # Four processes open a hundred new files together, meeting at a barrier before each, so
+    # they collide on every file's switch to WAL and its schema.
+    processes, files = 4, [str(tmp_path / f"{n}.db") for n in range(100)]
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(processes), context.Queue()
+    children = [
+        context.Process(target=open_sqlite_files, args=(files, barrier, results))
+        for _ in range(processes)
+    ]
+    for child in children:
+        child.start()
+    outcomes = [results.get(timeout=120) for _ in range(processes * len(files))]
+    for child in children:
+        child.join(timeout=30)
+    assert [o for o in outcomes if o != "opened"] == []
