@@ -143,6 +143,9 @@ class BrokeredMessageQueue:
         self._stopping = False
         self._threads: list[threading.Thread] = []
         self._heartbeat: threading.Thread | None = None
+        # Set only once the workers are joined: a delivery draining during a graceful stop
+        # keeps its lease renewed until it settles.
+        self._heartbeat_stop = threading.Event()
 
     def publish(self, topic: str, key: str, payload: bytes) -> None:
         """Store ``payload`` durably on ``topic`` behind the earlier messages of ``key``.
@@ -213,6 +216,7 @@ class BrokeredMessageQueue:
             logger.warning(
                 "stopped with %d deliveries still running; they will be redelivered", running
             )
+        self._heartbeat_stop.set()
         if heartbeat is not None:
             heartbeat.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         self.broker.close()
@@ -325,7 +329,7 @@ class BrokeredMessageQueue:
 
     def _beat(self) -> None:
         """Refresh the backlog gauge (at once, then every ``renew_interval``) and renew
-        leases."""
+        leases, until :meth:`stop` has joined the workers."""
         while True:
             with self._condition:
                 topics = list(self._handlers)
@@ -334,9 +338,8 @@ class BrokeredMessageQueue:
                     self._metrics.lag.labels(topic).set(self.broker.backlog(topic))
                 except Exception as error:
                     logger.debug("measuring the backlog of %r failed: %s", topic, error)
-            with self._condition:
-                if self._condition.wait_for(lambda: self._stopping, self._renew_interval):
-                    return
+            if self._heartbeat_stop.wait(self._renew_interval):
+                return
             try:
                 self.broker.renew()
             except Exception as error:

@@ -1,0 +1,46 @@
+"""Leases on the durable queues: renewed while a handler runs, also during a graceful stop,
+and handed back on a graceful stop so that the next consumer goes on at once."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from messaging_tests.conftest import QueueFactory
+from messaging_tests.recorder import Recorder
+from stovepipe.messagequeue import Message
+
+LEASE = 1.0
+HANDLER_SECONDS = 3.0
+TIMEOUT = 20.0
+
+
+def test_graceful_stop_keeps_renewing_the_leases_of_running_deliveries_until_they_finish(
+    make_durable_queue: QueueFactory, topic: str
+) -> None:
+    entered = threading.Event()
+    slow = Recorder(pause=HANDLER_SECONDS)
+
+    def handler(message: Message) -> None:
+        entered.set()
+        slow(message)
+
+    first = make_durable_queue(visibility_timeout=LEASE, poll_interval=0.05)
+    first.subscribe(topic, handler)
+    first.start()
+    first.publish(topic, "k", b"draining")
+    assert entered.wait(TIMEOUT)
+    other = Recorder()
+    second = make_durable_queue(visibility_timeout=LEASE, poll_interval=0.05)
+    second.subscribe(topic, other)
+    second.start()
+
+    first.stop(timeout=10)  # a grace period longer than the handler's remaining time
+
+    (done,) = slow.seen
+    time.sleep(LEASE)
+    assert all(s.started >= done.ended for s in other.seen), (
+        "the next consumer started the message while the first still handled it"
+    )
+    assert other.seen == [], "a message acknowledged during the grace period ran again"
+    assert second.backlog(topic) == 0
