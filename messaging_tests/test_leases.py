@@ -15,6 +15,27 @@ HANDLER_SECONDS = 3.0
 TIMEOUT = 20.0
 
 
+def test_a_running_delivery_keeps_its_lease_renewed_past_the_visibility_timeout(
+    make_durable_queue: QueueFactory, topic: str
+) -> None:
+    slow = Recorder(pause=HANDLER_SECONDS)
+    first = make_durable_queue(visibility_timeout=LEASE, poll_interval=0.05)
+    first.subscribe(topic, slow)
+    first.start()
+    first.publish(topic, "k", b"long job")
+    slow_started = time.monotonic()
+    other = Recorder()
+    second = make_durable_queue(visibility_timeout=LEASE, poll_interval=0.05)
+    second.subscribe(topic, other)
+    second.start()
+
+    (done,) = slow.wait_for(1, timeout=TIMEOUT)
+    time.sleep(LEASE)  # would the second consumer still get it?
+    assert done.ended - slow_started >= HANDLER_SECONDS
+    assert other.seen == [], "a message was delivered again while its handler still ran"
+    assert first.backlog(topic) == 0
+
+
 def test_graceful_stop_keeps_renewing_the_leases_of_running_deliveries_until_they_finish(
     make_durable_queue: QueueFactory, topic: str
 ) -> None:
