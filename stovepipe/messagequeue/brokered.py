@@ -275,7 +275,9 @@ class BrokeredMessageQueue:
         except PermanentFailure as error:
             self._observe(topic, started)
             self._settle("dead_letter", delivery, f"{type(error).__name__}: {error}")
-        except Exception as error:
+        # BaseException too: a handler's SystemExit must not kill the worker thread and leave
+        # its delivery leased (and renewed) forever; the worker settles it and carries on.
+        except BaseException as error:
             self._observe(topic, started)
             reason = f"{type(error).__name__}: {error}"
             if message.attempt >= self._max_attempts:

@@ -181,9 +181,52 @@ class RedisStreamsBroker:
             return None
         topic, index = won  # type: ignore[misc]
         _, entry_id, raw_fields, count = claimed
-        fields = dict(zip(raw_fields[::2], raw_fields[1::2], strict=True))
-        message = Message(topic, _decode(fields[b"key"]), bytes(fields[b"payload"]), int(count))
+        fields = dict(zip(raw_fields[::2], raw_fields[1::2], strict=False))
+        try:
+            message = Message(topic, _decode(fields[b"key"]), bytes(fields[b"payload"]), int(count))
+        except (KeyError, UnicodeDecodeError) as error:
+            # Written by something else than this module: no delivery can ever succeed, and
+            # keeping the shard would strand every key behind it.
+            self._discard_undecodable(topic, index, bytes(entry_id), fields, int(count), error)
+            return None
         return Delivery(message, (topic, index, bytes(entry_id)))
+
+    def _discard_undecodable(
+        self,
+        topic: str,
+        index: int,
+        entry_id: bytes,
+        fields: dict[bytes, bytes],
+        count: int,
+        error: Exception,
+    ) -> None:
+        """Dead-letter an entry this module cannot read, as stored, and give up its shard."""
+        what = (
+            f"no {error.args[0].decode()!r} field"
+            if isinstance(error, KeyError)
+            else f"key is not UTF-8: {error}"
+        )
+        reason = f"undecodable message: {what}"
+        logger.error("dead-lettering an undecodable %r message: %s", topic, reason)
+        stream = self._stream(topic, index)
+        letter = {
+            **fields,
+            b"key": fields.get(b"key", b""),
+            b"payload": fields.get(b"payload", b""),
+            b"attempt": str(count).encode(),
+            b"reason": reason.encode(),
+        }
+
+        def move() -> None:
+            with self._client.pipeline(transaction=True) as pipe:
+                pipe.xadd(self._dead_letter_stream(topic), letter)  # type: ignore[arg-type]
+                pipe.xack(stream, GROUP, entry_id)
+                pipe.xdel(stream, entry_id)
+                pipe.execute()
+            self._renew_script(keys=[self._owner(topic, index)], args=[self._consumer, 0])
+
+        with self._settling(topic, index):
+            self._call(move)
 
     def ack(self, delivery: Delivery) -> None:
         """``XACK`` and ``XDEL`` the entry, atomically."""
@@ -262,9 +305,12 @@ class RedisStreamsBroker:
         letters = []
         for _, fields in entries:
             message = Message(
-                topic, _decode(fields[b"key"]), bytes(fields[b"payload"]), int(fields[b"attempt"])
+                topic,
+                _decode_lax(fields.get(b"key", b"")),
+                bytes(fields.get(b"payload", b"")),
+                int(fields.get(b"attempt", 0)),
             )
-            letters.append(DeadLetter(message, _decode(fields[b"reason"])))
+            letters.append(DeadLetter(message, _decode_lax(fields.get(b"reason", b""))))
         return letters
 
     def close(self) -> None:
@@ -348,6 +394,14 @@ def _encode(text: str) -> bytes:
 
 def _decode(data: bytes) -> str:
     return bytes(data).decode("utf-8", "surrogatepass")
+
+
+def _decode_lax(data: bytes) -> str:
+    """``data`` as text for a dead letter: invalid UTF-8 shown as ``\\xNN`` escapes."""
+    try:
+        return _decode(data)
+    except UnicodeDecodeError:
+        return bytes(data).decode("utf-8", "backslashreplace")
 
 
 def redis_broker(url: str, *, visibility_timeout: float) -> RedisStreamsBroker:

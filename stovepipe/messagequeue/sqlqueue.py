@@ -189,11 +189,23 @@ class SQLBroker:
                 f" AND (lease_until IS NULL OR lease_until <= {now}) AND available_at <= {now}",
                 (token, self._visibility_timeout, row_id, attempt),
             )
-            if claimed == 1:
-                with self._lock:
-                    self._held[row_id] = token
+            if claimed != 1:
+                continue
+            receipt = _Receipt(row_id, token)
+            try:
                 message = Message(_decode(topic), _decode(key), bytes(payload), attempt + 1)
-                return Delivery(message, _Receipt(row_id, token))
+            except UnicodeDecodeError as error:
+                # Written by something else than this module: no delivery can ever succeed,
+                # and holding the lease would strand the key.
+                reason = f"undecodable message: key is not UTF-8: {error}"
+                logger.error(
+                    "dead-lettering an undecodable %r message: %s", _decode_lax(topic), reason
+                )
+                self._move_to_dead_letters(receipt, reason)
+                continue
+            with self._lock:
+                self._held[row_id] = token
+            return Delivery(message, receipt)
         return None
 
     def ack(self, delivery: Delivery) -> None:
@@ -219,7 +231,11 @@ class SQLBroker:
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Copy the row to the dead letters and delete it, in one transaction."""
-        receipt = self._release(delivery)
+        moved = self._move_to_dead_letters(self._release(delivery), reason)
+        if moved != 1:
+            logger.warning("dead-lettered a %r message after its lease ran out", _topic(delivery))
+
+    def _move_to_dead_letters(self, receipt: _Receipt, reason: str) -> int:
         with self._transaction() as cursor:
             moved = self._run(
                 cursor,
@@ -235,8 +251,7 @@ class SQLBroker:
                 "DELETE FROM stovepipe_queue_message WHERE id = ? AND lease_token = ?",
                 (receipt.row_id, receipt.token),
             )
-        if moved != 1:
-            logger.warning("dead-lettered a %r message after its lease ran out", _topic(delivery))
+        return moved
 
     def renew(self) -> None:
         """Push back the deadline of every lease this broker holds."""
@@ -265,7 +280,7 @@ class SQLBroker:
             (_encode(topic),),
         )
         return [
-            DeadLetter(Message(topic, _decode(key), bytes(payload), int(attempt)), str(reason))
+            DeadLetter(Message(topic, _decode_lax(key), bytes(payload), int(attempt)), str(reason))
             for key, payload, attempt, reason in rows
         ]
 
@@ -362,6 +377,14 @@ def _encode(text: str) -> bytes:
 
 def _decode(data: bytes) -> str:
     return bytes(data).decode("utf-8", "surrogatepass")
+
+
+def _decode_lax(data: bytes) -> str:
+    """``data`` as text for a dead letter: invalid UTF-8 shown as ``\\xNN`` escapes."""
+    try:
+        return _decode(data)
+    except UnicodeDecodeError:
+        return bytes(data).decode("utf-8", "backslashreplace")
 
 
 def _topic(delivery: Delivery) -> str:
