@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from messaging_tests.conftest import QueueFactory
+from messaging_tests.conftest import QueueFactory, backlog_when_drained
 from messaging_tests.recorder import Recorder
 from messaging_tests.test_delivery import dead_letters_of
 from stovepipe.messagequeue import Message
@@ -53,10 +53,7 @@ def test_an_undecodable_message_is_dead_lettered_as_stored_and_does_not_strand_i
     assert "undecodable message: key is not UTF-8" in letters[0].reason
     if on_redis:
         assert letters[1].reason == "undecodable message: no 'payload' field"
-    deadline = time.monotonic() + 10
-    while queue.backlog(topic) and time.monotonic() < deadline:  # the last ack may be on its way
-        time.sleep(0.05)
-    assert queue.backlog(topic) == 0
+    assert backlog_when_drained(queue, topic) == 0
 
 
 def test_a_handler_raising_a_base_exception_has_its_message_retried_and_the_worker_goes_on(
