@@ -23,7 +23,7 @@ from typing import Final, Protocol
 from stovepipe.messagequeue.contract import Handler, Message, PermanentFailure
 from stovepipe.messagequeue.inprocess import DeadLetter
 from stovepipe.messagequeue.metrics import MessagingMetrics
-from stovepipe.storage.errors import Unavailable
+from stovepipe.storage.errors import StorageError, Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,14 @@ class MessageQueueUnavailable(Unavailable):
     """
 
 
+class MessageQueueError(StorageError):
+    """The messaging queue's server refused an operation for a reason retrying will not fix:
+    access denied, a missing table, a file that is not a database, data it does not accept.
+
+    A storage ``StorageError`` but not ``Unavailable``: an operator has to act.
+    """
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Delivery:
     """A message leased to this consumer; ``receipt`` is the broker's handle on the lease."""
@@ -54,7 +62,8 @@ class Delivery:
 class Broker(Protocol):
     """Durable storage of messages with leased, per-key ordered deliveries.
 
-    Every method may raise :class:`MessageQueueUnavailable`. Thread-safe.
+    Every method may raise :class:`MessageQueueUnavailable` (transient) or
+    :class:`MessageQueueError` (permanent), never a driver's exception. Thread-safe.
     """
 
     def publish(self, topic: str, key: str, payload: bytes) -> None:

@@ -41,7 +41,7 @@ from typing import Any, Final, TypeVar
 import redis
 import redis.exceptions
 
-from stovepipe.messagequeue.brokered import Delivery, MessageQueueUnavailable
+from stovepipe.messagequeue.brokered import Delivery, MessageQueueError, MessageQueueUnavailable
 from stovepipe.messagequeue.contract import Message
 from stovepipe.messagequeue.inprocess import DeadLetter
 
@@ -374,8 +374,11 @@ class RedisStreamsBroker:
 
         def create() -> None:
             # From id 0: entries added before the group existed are delivered too.
-            with contextlib.suppress(redis.exceptions.ResponseError):  # BUSYGROUP: exists
+            try:
                 self._client.xgroup_create(stream, GROUP, id="0", mkstream=True)
+            except redis.exceptions.ResponseError as error:
+                if not str(error).startswith("BUSYGROUP"):  # BUSYGROUP: it exists already
+                    raise
 
         self._call(create)
         with self._lock:
@@ -384,8 +387,33 @@ class RedisStreamsBroker:
     def _call(self, operation: Callable[[], _T]) -> _T:
         try:
             return operation()
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as error:
-            raise MessageQueueUnavailable(f"redis queue: {error}") from None
+        except redis.exceptions.RedisError as error:
+            raise _mapped_error(error) from None
+
+
+# Error replies of a server that cannot take writes for now: loading its data set, busy with
+# a script, a replica or a primary without its replicas, out of memory, failing to persist.
+_TRANSIENT_REPLIES: Final = frozenset(
+    {"BUSY", "LOADING", "MASTERDOWN", "MISCONF", "NOREPLICAS", "OOM", "READONLY", "TRYAGAIN"}
+)
+
+
+def _mapped_error(
+    error: redis.exceptions.RedisError,
+) -> MessageQueueError | MessageQueueUnavailable:
+    """The contract's error for a redis-py ``error``: transient or not."""
+    exceptions = redis.exceptions
+    # redis-py strips the reply's code from the errors it has a class for; put it back.
+    code: str | None = getattr(error, "status_code", None)
+    text = f"{code} {error}" if code else str(error)
+    if isinstance(error, exceptions.AuthenticationError | exceptions.AuthorizationError):
+        return MessageQueueError(f"redis queue: access denied: {text}")
+    if (
+        isinstance(error, exceptions.ConnectionError | exceptions.TimeoutError)
+        or text.split(" ", 1)[0] in _TRANSIENT_REPLIES
+    ):
+        return MessageQueueUnavailable(f"redis queue: {text}")
+    return MessageQueueError(f"redis queue: {type(error).__name__}: {text}")
 
 
 def _encode(text: str) -> bytes:

@@ -35,7 +35,7 @@ import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final, Protocol
 
-from stovepipe.messagequeue.brokered import Delivery, MessageQueueUnavailable
+from stovepipe.messagequeue.brokered import Delivery, MessageQueueError, MessageQueueUnavailable
 from stovepipe.messagequeue.contract import Message
 from stovepipe.messagequeue.inprocess import DeadLetter
 
@@ -123,7 +123,9 @@ class _Dialect:
     # The server's clock in seconds since the epoch, as an SQL expression.
     now: str
     begin: str
-    transient: tuple[type[BaseException], ...]
+    # Every exception the driver raises, and which of them are transient (worth a retry).
+    errors: tuple[type[BaseException], ...]
+    is_transient: Callable[[BaseException], bool]
     # Run every write in an explicit ``begin`` transaction: SQLite in WAL mode fails a lone
     # statement that reads, then writes after another writer, without waiting (BUSY_SNAPSHOT);
     # BEGIN IMMEDIATE takes the write lock first, waiting up to the busy timeout.
@@ -310,8 +312,8 @@ class SQLBroker:
                     raise MessageQueueUnavailable("the messaging queue is closed")
             try:
                 connection = self._dialect.connect()
-            except self._dialect.transient as error:
-                raise MessageQueueUnavailable(f"{self._dialect.name} queue: {error}") from None
+            except self._dialect.errors as error:
+                raise self._mapped(error) from None
             with self._lock:
                 self._connections.append(connection)
             self._local.connection = connection
@@ -325,6 +327,10 @@ class SQLBroker:
                 self._connections.remove(connection)
             with contextlib.suppress(Exception):
                 connection.close()
+
+    def _mapped(self, error: BaseException) -> MessageQueueError | MessageQueueUnavailable:
+        """The contract's error for a driver's ``error``."""
+        return _mapped_error(self._dialect, error)
 
     def _sql(self, statement: str) -> str:
         return statement.replace("?", self._dialect.placeholder)
@@ -351,9 +357,11 @@ class SQLBroker:
         cursor = self._connection().cursor()
         try:
             yield cursor
-        except self._dialect.transient as error:
-            self._discard_connection()
-            raise MessageQueueUnavailable(f"{self._dialect.name} queue: {error}") from None
+        except self._dialect.errors as error:
+            mapped = self._mapped(error)
+            if isinstance(mapped, MessageQueueUnavailable):
+                self._discard_connection()  # it may be broken; the next call reconnects
+            raise mapped from None
         finally:
             with contextlib.suppress(Exception):
                 cursor.close()
@@ -377,6 +385,36 @@ def _encode(text: str) -> bytes:
 
 def _decode(data: bytes) -> str:
     return bytes(data).decode("utf-8", "surrogatepass")
+
+
+def _mapped_error(
+    dialect: _Dialect, error: BaseException
+) -> MessageQueueError | MessageQueueUnavailable:
+    if dialect.is_transient(error):
+        return MessageQueueUnavailable(f"{dialect.name} queue: {error}")
+    return MessageQueueError(f"{dialect.name} queue: {type(error).__name__}: {error}")
+
+
+def _sqlite_is_transient(error: BaseException) -> bool:
+    """Only a lock held by another connection past the busy timeout passes on its own."""
+    code = getattr(error, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+# Connection refused, lost or timed out; server gone away or shutting down; too many
+# connections; lock wait timeout and deadlock (the transaction was rolled back).
+_MYSQL_TRANSIENT_CODES: Final = frozenset(
+    {1040, 1053, 1205, 1213, 1927, 2002, 2003, 2006, 2013, 2055}
+)
+
+
+def _mysql_is_transient(error: BaseException) -> bool:
+    import pymysql
+
+    if isinstance(error, pymysql.err.InterfaceError):  # the connection is closed or broken
+        return True
+    code = error.args[0] if error.args else None
+    return isinstance(error, pymysql.err.OperationalError) and code in _MYSQL_TRANSIENT_CODES
 
 
 def _decode_lax(data: bytes) -> str:
@@ -421,12 +459,16 @@ def sqlite_broker(url: str, *, visibility_timeout: float) -> SQLBroker:
         now="((julianday('now') - 2440587.5) * 86400.0)",
         # IMMEDIATE takes the write lock up front: no deadlock upgrading a read lock.
         begin="BEGIN IMMEDIATE",
-        transient=(sqlite3.OperationalError,),
+        errors=(sqlite3.Error,),
+        is_transient=_sqlite_is_transient,
         explicit_writes=True,
     )
     broker = SQLBroker(dialect, visibility_timeout=visibility_timeout)
-    with contextlib.closing(sqlite3.connect(path, timeout=timeout)) as connection:
-        connection.executescript(_SQLITE_SCHEMA)
+    try:
+        with contextlib.closing(sqlite3.connect(path, timeout=timeout)) as connection:
+            connection.executescript(_SQLITE_SCHEMA)
+    except sqlite3.Error as error:
+        raise _mapped_error(dialect, error) from None
     return broker
 
 
@@ -470,7 +512,8 @@ def mysql_broker(url: str, *, visibility_timeout: float) -> SQLBroker:
         placeholder="%s",
         now="UNIX_TIMESTAMP(NOW(6))",
         begin="START TRANSACTION",
-        transient=(pymysql.err.OperationalError, pymysql.err.InterfaceError),
+        errors=(pymysql.err.MySQLError,),
+        is_transient=_mysql_is_transient,
     )
     broker = SQLBroker(dialect, visibility_timeout=visibility_timeout)
     try:
