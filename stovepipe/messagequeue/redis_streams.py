@@ -21,7 +21,9 @@ while its owner backs off and renews the lease, then is claimed again with the n
 The lease is the visibility timeout: a consumer that dies stops renewing, the lease expires,
 and the next owner reclaims the dead consumer's pending entry at once. A shard's messages
 wait behind its head while it backs off (other shards proceed); all processes sharing a
-Redis must use the same number of shards.
+Redis must use the same number of shards. A server that lost its data (a restart without
+persistence, ``FLUSHDB``) loses the groups too; the claim script recreates a shard's group
+when it finds the stream without one.
 """
 
 from __future__ import annotations
@@ -63,7 +65,16 @@ for i = 1, #KEYS, 2 do
     local entry, count
     -- Settled entries are deleted, so an empty stream has nothing pending either.
     if redis.call('XLEN', stream) > 0 then
-      local claimed = redis.call('XAUTOCLAIM', stream, group, me, 0, '0-0', 'COUNT', 1)
+      local claimed = redis.pcall('XAUTOCLAIM', stream, group, me, 0, '0-0', 'COUNT', 1)
+      if claimed['err'] then
+        -- The server lost the group with its data (a restart without persistence, FLUSHDB)
+        -- and a publish recreated the stream: recreate the group, from the first entry.
+        if string.find(claimed['err'], 'NOGROUP', 1, true) ~= 1 then
+          return redis.error_reply(claimed['err'])
+        end
+        redis.call('XGROUP', 'CREATE', stream, group, '0')
+        claimed = redis.call('XAUTOCLAIM', stream, group, me, 0, '0-0', 'COUNT', 1)
+      end
       if #claimed[2] > 0 then
         entry = claimed[2][1]
         count = redis.call('XPENDING', stream, group, entry[1], entry[1], 1)[1][4]
