@@ -65,3 +65,31 @@ def test_graceful_stop_keeps_renewing_the_leases_of_running_deliveries_until_the
     )
     assert other.seen == [], "a message acknowledged during the grace period ran again"
     assert backlog_when_drained(second, topic) == 0
+
+
+def test_graceful_stop_hands_the_keys_back_so_the_next_consumer_goes_on_at_once(
+    make_durable_queue: QueueFactory, topic: str
+) -> None:
+    lease = 10.0
+    entered = threading.Event()
+
+    def first_handler(message: Message) -> None:
+        entered.set()
+        time.sleep(0.5)
+
+    first = make_durable_queue(visibility_timeout=lease, poll_interval=0.05)
+    first.subscribe(topic, first_handler)
+    for n in range(3):
+        first.publish(topic, "k", str(n).encode())
+    first.start()
+    assert entered.wait(TIMEOUT)
+    first.stop(timeout=5)  # acknowledges the running delivery, claims nothing more
+    stopped = time.monotonic()
+    rest = Recorder()
+    second = make_durable_queue(visibility_timeout=lease, poll_interval=0.05)
+    second.subscribe(topic, rest)
+    second.start()
+
+    seen = rest.wait_for(2, timeout=TIMEOUT)
+    assert [s.message.payload for s in seen] == [b"1", b"2"]
+    assert seen[0].started - stopped < lease / 3, "the next consumer waited for a lease to expire"

@@ -143,6 +143,9 @@ class RedisStreamsBroker:
         self._lock = threading.Lock()
         self._groups: set[bytes] = set()  # streams known to have the group
         self._in_flight: set[_Shard] = set()
+        # Shards this consumer took a lease on; it keeps an idle one until the lease runs
+        # out (another claim here reuses it), so close() gives them back.
+        self._leased: set[_Shard] = set()
         self._backing_off: dict[_Shard, float] = {}  # shard -> monotonic time it may resume
         self._closed = False
 
@@ -188,6 +191,8 @@ class RedisStreamsBroker:
             with self._lock:
                 won = candidates[(int(claimed[0]) - 1) // 2] if claimed else None
                 self._in_flight.difference_update(c for c in candidates if c != won)
+                if won is not None:
+                    self._leased.add(won)
         if not claimed:
             return None
         topic, index = won  # type: ignore[misc]
@@ -325,7 +330,8 @@ class RedisStreamsBroker:
         return letters
 
     def close(self) -> None:
-        """Give up the shards backing off, so that others take them at once; disconnect.
+        """Give up every shard lease held here with no delivery running (idle or backing
+        off), so that other consumers take the shards at once; disconnect.
 
         Shards with a delivery still running keep their lease until it runs out: handing
         them back would let another consumer start the same key alongside.
@@ -334,10 +340,11 @@ class RedisStreamsBroker:
             if self._closed:
                 return
             self._closed = True
-            shards = sorted(self._backing_off)
+            shards = sorted((self._leased | set(self._backing_off)) - self._in_flight)
             self._backing_off.clear()
+            self._leased.clear()
         if shards:
-            with contextlib.suppress(MessageQueueUnavailable):
+            with contextlib.suppress(MessageQueueUnavailable, MessageQueueError):
                 self._call(
                     lambda: self._renew_script(
                         keys=[self._owner(topic, index) for topic, index in shards],
