@@ -7,7 +7,7 @@ topics that contain ``:`` apart)::
     stovepipe:mq:<n>:T:o<i>        the consumer owning shard i, with a TTL (the lease)
     stovepipe:mq:<n>:T:dead-letter stream of dead letters {key, payload, attempt, reason}
 
-A message goes to shard ``crc32(key) % shards``: all messages of a key share one stream, in
+(``stovepipe:mq:`` is the default of the URL option ``prefix``.) A message goes to shard ``crc32(key) % shards``: all messages of a key share one stream, in
 ``XADD`` order. Every stream has the consumer group ``stovepipe``. Per-key order and one
 delivery at a time come from shard ownership: a consumer delivers from a shard only while it
 holds the shard's lease, and only one message of the shard at a time. One Lua script claims,
@@ -131,10 +131,12 @@ class RedisStreamsBroker:
         *,
         visibility_timeout: float,
         shards: int = DEFAULT_SHARDS,
+        prefix: bytes = PREFIX,
     ) -> None:
         if shards < 1:
             raise ValueError(f"shards must be at least 1, not {shards}")
         self._client = client
+        self._prefix = prefix
         self._lease_ms = max(1, round(visibility_timeout * 1000))
         self._shards = shards
         self._consumer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}".encode()
@@ -375,7 +377,7 @@ class RedisStreamsBroker:
 
     def _base(self, topic: str) -> bytes:
         encoded = _encode(topic)
-        return PREFIX + str(len(encoded)).encode() + b":" + encoded
+        return self._prefix + str(len(encoded)).encode() + b":" + encoded
 
     def _stream(self, topic: str, index: int) -> bytes:
         return self._base(topic) + b":s" + str(index).encode()
@@ -451,13 +453,16 @@ def _decode_lax(data: bytes) -> str:
 
 
 def redis_broker(url: str, *, visibility_timeout: float) -> RedisStreamsBroker:
-    """A broker on the Redis of ``redis://[:password@]host:port/db[?timeout=S&shards=N]``.
+    """A broker on the Redis of
+    ``redis://[:password@]host:port/db[?timeout=S&shards=N&prefix=P]``.
 
-    ``timeout`` (seconds, default 5) bounds connecting and every command.
+    ``timeout`` (seconds, default 5) bounds connecting and every command. ``prefix`` (default
+    ``stovepipe:mq:``) starts every key name: deployments sharing one Redis database give
+    each its own.
     """
     parts = urllib.parse.urlsplit(url)
     options = dict(urllib.parse.parse_qsl(parts.query, strict_parsing=bool(parts.query)))
-    unknown = set(options) - {"timeout", "shards"}
+    unknown = set(options) - {"timeout", "shards", "prefix"}
     if unknown:
         raise ValueError(f"unknown redis queue URL options: {', '.join(sorted(unknown))}")
     timeout = float(options.get("timeout", DEFAULT_TIMEOUT))
@@ -470,4 +475,5 @@ def redis_broker(url: str, *, visibility_timeout: float) -> RedisStreamsBroker:
         client,
         visibility_timeout=visibility_timeout,
         shards=int(options.get("shards", DEFAULT_SHARDS)),
+        prefix=options["prefix"].encode() if "prefix" in options else PREFIX,
     )
