@@ -7,16 +7,17 @@ topics that contain ``:`` apart)::
     stovepipe:mq:<n>:T:o<i>        the consumer owning shard i, with a TTL (the lease)
     stovepipe:mq:<n>:T:dead-letter stream of dead letters {key, payload, attempt, reason}
 
-(``stovepipe:mq:`` is the default of the URL option ``prefix``.) A message goes to shard ``crc32(key) % shards``: all messages of a key share one stream, in
-``XADD`` order. Every stream has the consumer group ``stovepipe``. Per-key order and one
-delivery at a time come from shard ownership: a consumer delivers from a shard only while it
-holds the shard's lease, and only one message of the shard at a time. One Lua script claims,
-atomically, the first free or own shard that has work: its pending entry first (``XAUTOCLAIM``,
-which adds one to the entry's delivery count, read back with ``XPENDING`` as ``attempt``),
-else the next new entry (``XREADGROUP``); an empty shard's lease is dropped so that any
-consumer may take it next. Acknowledging is ``XACK`` plus ``XDEL``; dead-lettering adds
-``XADD`` to the dead-letter stream in the same ``MULTI``. A failed delivery stays pending
-while its owner backs off and renews the lease, then is claimed again with the next count.
+(``stovepipe:mq:`` is the default of the URL option ``prefix``.) A message goes to shard
+``crc32(key) % shards``: all messages of a key share one stream, in ``XADD`` order. Every stream
+has the consumer group ``stovepipe``. Per-key order and one delivery at a time come from shard
+ownership: a consumer delivers from a shard only while it holds the shard's lease, and only one
+message of the shard at a time. One Lua script claims, atomically, the first free or own shard
+that has work: its pending entry first (``XAUTOCLAIM``, which adds one to the entry's delivery
+count, read back with ``XPENDING`` as ``attempt``), else the next new entry (``XREADGROUP``); an
+empty shard's lease is dropped so that any consumer may take it next. Acknowledging is ``XACK``
+plus ``XDEL``; dead-lettering adds ``XADD`` to the dead-letter stream in the same ``MULTI``. A
+failed delivery stays pending while its owner backs off and renews the lease, then is claimed
+again with the next count.
 
 The lease is the visibility timeout: a consumer that dies stops renewing, the lease expires,
 and the next owner reclaims the dead consumer's pending entry at once. A shard's messages
