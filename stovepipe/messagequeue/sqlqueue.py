@@ -144,8 +144,10 @@ class _Dialect:
     # The server's clock in seconds since the epoch, as an SQL expression.
     now: str
     begin: str
-    # An INSERT that skips a row whose primary key exists instead of failing.
-    insert_ignore: str
+    # Leases a key (parameters: token, lease seconds, topic, key): inserts its lease, or takes
+    # over one that ran out, and locks the row exclusively at once (a shared lock first, then
+    # an exclusive one, would deadlock racing claims).
+    lease_key: str
     # Every exception the driver raises, and which of them are transient (worth a retry).
     errors: tuple[type[BaseException], ...]
     is_transient: Callable[[BaseException], bool]
@@ -244,22 +246,15 @@ class SQLBroker:
         now = self._dialect.now
         lease = (receipt.token, self._visibility_timeout, receipt.topic, receipt.key)
         with self._transaction() as cursor:
-            leased = self._run(
-                cursor,
-                f"{self._dialect.insert_ignore} INTO stovepipe_queue_key_lease"
-                " (lease_token, lease_until, topic, partition_key)"
-                f" VALUES (?, {now} + ?, ?, ?)",
-                lease,
+            cursor.execute(self._dialect.lease_key.format(now=now), lease)
+            cursor.execute(
+                self._sql(
+                    "SELECT lease_token FROM stovepipe_queue_key_lease"
+                    " WHERE topic = ? AND partition_key = ?"
+                ),
+                (receipt.topic, receipt.key),
             )
-            if leased != 1:  # someone's lease, live or run out
-                leased = self._run(
-                    cursor,
-                    "UPDATE stovepipe_queue_key_lease"
-                    f" SET lease_token = ?, lease_until = {now} + ?"
-                    f" WHERE topic = ? AND partition_key = ? AND lease_until <= {now}",
-                    lease,
-                )
-            if leased != 1:
+            if bytes(cursor.fetchone()[0]) != receipt.token:  # another consumer's live lease
                 return None
             cursor.execute(
                 self._sql(
@@ -297,12 +292,12 @@ class SQLBroker:
         """Delete the row and free its key, if this delivery still holds its lease."""
         receipt = self._release(delivery)
         with self._transaction() as cursor:
+            self._release_key(cursor, receipt)  # the key's lease first, as a claim locks it
             deleted = self._run(
                 cursor,
                 "DELETE FROM stovepipe_queue_message WHERE id = ? AND lease_token = ?",
                 (receipt.row_id, receipt.token),
             )
-            self._release_key(cursor, receipt)
         if deleted != 1:
             logger.warning("acknowledged a %r message after its lease ran out", _topic(delivery))
 
@@ -310,6 +305,7 @@ class SQLBroker:
         """Drop the leases and make the row claimable after ``delay`` seconds."""
         receipt = self._release(delivery)
         with self._transaction() as cursor:
+            self._release_key(cursor, receipt)
             self._run(
                 cursor,
                 "UPDATE stovepipe_queue_message"
@@ -318,7 +314,6 @@ class SQLBroker:
                 " WHERE id = ? AND lease_token = ?",
                 (reason, delay, receipt.row_id, receipt.token),
             )
-            self._release_key(cursor, receipt)
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Copy the row to the dead letters and delete it, in one transaction."""
@@ -328,6 +323,7 @@ class SQLBroker:
 
     def _move_to_dead_letters(self, receipt: _Receipt, reason: str) -> int:
         with self._transaction() as cursor:
+            self._release_key(cursor, receipt)
             moved = self._run(
                 cursor,
                 "INSERT INTO stovepipe_queue_dead_letter"
@@ -342,7 +338,6 @@ class SQLBroker:
                 "DELETE FROM stovepipe_queue_message WHERE id = ? AND lease_token = ?",
                 (receipt.row_id, receipt.token),
             )
-            self._release_key(cursor, receipt)
         return moved
 
     def renew(self) -> None:
@@ -354,15 +349,15 @@ class SQLBroker:
             with self._transaction() as cursor:
                 self._run(
                     cursor,
-                    f"UPDATE stovepipe_queue_message SET lease_until = {now} + ?"
-                    " WHERE id = ? AND lease_token = ?",
-                    (self._visibility_timeout, receipt.row_id, receipt.token),
-                )
-                self._run(
-                    cursor,
                     f"UPDATE stovepipe_queue_key_lease SET lease_until = {now} + ?"
                     " WHERE topic = ? AND partition_key = ? AND lease_token = ?",
                     (self._visibility_timeout, receipt.topic, receipt.key, receipt.token),
+                )
+                self._run(
+                    cursor,
+                    f"UPDATE stovepipe_queue_message SET lease_until = {now} + ?"
+                    " WHERE id = ? AND lease_token = ?",
+                    (self._visibility_timeout, receipt.row_id, receipt.token),
                 )
 
     def backlog(self, topic: str) -> int:
@@ -557,7 +552,13 @@ def sqlite_broker(url: str, *, visibility_timeout: float) -> SQLBroker:
         now="((julianday('now') - 2440587.5) * 86400.0)",
         # IMMEDIATE takes the write lock up front: no deadlock upgrading a read lock.
         begin="BEGIN IMMEDIATE",
-        insert_ignore="INSERT OR IGNORE",
+        lease_key=(
+            "INSERT INTO stovepipe_queue_key_lease"
+            " (lease_token, lease_until, topic, partition_key) VALUES (?, {now} + ?, ?, ?)"
+            " ON CONFLICT (topic, partition_key) DO UPDATE"
+            " SET lease_token = excluded.lease_token, lease_until = excluded.lease_until"
+            " WHERE stovepipe_queue_key_lease.lease_until <= {now}"
+        ),
         errors=(sqlite3.Error,),
         is_transient=_sqlite_is_transient,
         explicit_writes=True,
@@ -611,7 +612,14 @@ def mysql_broker(url: str, *, visibility_timeout: float) -> SQLBroker:
         placeholder="%s",
         now="UNIX_TIMESTAMP(NOW(6))",
         begin="START TRANSACTION",
-        insert_ignore="INSERT IGNORE",
+        # The token is assigned first, while lease_until still holds the old deadline.
+        lease_key=(
+            "INSERT INTO stovepipe_queue_key_lease"
+            " (lease_token, lease_until, topic, partition_key) VALUES (%s, {now} + %s, %s, %s)"
+            " ON DUPLICATE KEY UPDATE"
+            " lease_token = IF(lease_until <= {now}, VALUES(lease_token), lease_token),"
+            " lease_until = IF(lease_until <= {now}, VALUES(lease_until), lease_until)"
+        ),
         errors=(pymysql.err.MySQLError,),
         is_transient=_mysql_is_transient,
     )
