@@ -108,8 +108,31 @@ def test_the_default_queue_follows_the_storage_backend() -> None:
     )
     assert default_queue_url("mysql://u:p@db:3306/stovepipe") == "mysql://u:p@db:3306/stovepipe"
     assert default_queue_url("redis://cache:6379/2") == "redis://cache:6379/2"
+    assert default_queue_url("rediss://:pw@cache:6380/2?ssl_ca_certs=ca.pem&timeout=3") == (
+        "rediss://:pw@cache:6380/2?ssl_ca_certs=ca.pem&timeout=3"
+    )
+    assert default_queue_url("rediss://cache:6380/0?prefix=a%3A") == "rediss://cache:6380/0"
     assert default_queue_url("etcd://127.0.0.1:2379") == "memory://"
     assert default_queue_url("memory://") == "memory://"
+
+
+def test_a_rediss_url_opens_the_redis_streams_queue_over_tls() -> None:
+    """No TLS server is needed: opening connects lazily, so the client's connection class
+    shows what redis-py will speak."""
+    pytest.importorskip("redis")
+    import redis
+
+    queue = open_queue("rediss://127.0.0.1:1/0?ssl_cert_reqs=none&timeout=0.5")
+    try:
+        assert isinstance(queue, BrokeredMessageQueue)
+        client = queue.broker._client  # type: ignore[attr-defined]
+        pool = client.connection_pool
+        assert pool.connection_class is redis.SSLConnection
+        assert pool.connection_kwargs["ssl_cert_reqs"] == "none"
+    finally:
+        queue.stop(timeout=0)
+    with pytest.raises(ValueError, match="ssl_ca_certs"):
+        open_queue("redis://127.0.0.1:1/0?ssl_ca_certs=ca.pem")  # TLS options need rediss://
 
 
 def test_log_lines_carry_no_password() -> None:

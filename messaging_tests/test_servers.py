@@ -21,6 +21,7 @@ from stovepipe.client import StovepipeClient
 from stovepipe.controller.ingest import IngestController
 from stovepipe.messagequeue import TOPIC_PROCESS
 from stovepipe.messagequeue.brokered import BrokeredMessageQueue
+from stovepipe.messagequeue.redis_streams import RedisStreamsBroker
 from stovepipe.messagequeue.registry import open_queue
 from stovepipe.sourcecontrol import QueueMap
 from stovepipe.sourcecontrol.fake import FakeSourceControl
@@ -42,14 +43,19 @@ def own_queue_url(durable_queue_url: str, tmp_path: pathlib.Path) -> Iterator[st
     parts = urllib.parse.urlsplit(durable_queue_url)
     if parts.scheme == "sqlite":
         yield f"sqlite:///{tmp_path / 'queue.db'}"
-    elif parts.scheme == "redis":
+    elif parts.scheme in ("redis", "rediss"):
         prefix = f"stovepipe:test-{uuid.uuid4().hex[:12]}:"
-        yield url_with(durable_queue_url, prefix=prefix)
-        import redis
-
-        with redis.Redis.from_url(urllib.parse.urlunsplit(parts._replace(query=""))) as client:
+        url = url_with(durable_queue_url, prefix=prefix)
+        yield url
+        queue = open_queue(url)
+        try:
+            assert isinstance(queue, BrokeredMessageQueue)
+            assert isinstance(queue.broker, RedisStreamsBroker)
+            client = queue.broker._client
             for name in client.scan_iter(match=prefix + "*"):
                 client.delete(name)
+        finally:
+            queue.stop()
     elif parts.scheme == "mysql":
         import pymysql
 

@@ -126,7 +126,11 @@ def _parser() -> argparse.ArgumentParser:
             help=f"server address (default ${SERVER_ENV} or {configuration.DEFAULT_LISTEN})",
         )
         command.add_argument(
-            "--timeout", type=_positive, default=10.0, metavar="SECONDS", help="per call"
+            "--timeout",
+            type=_positive,
+            default=10.0,
+            metavar="SECONDS",
+            help="seconds per call (default 10)",
         )
         return command
 
@@ -143,7 +147,9 @@ def _parser() -> argparse.ArgumentParser:
 
     poll = client("poll", "ingest a queue on a timer, logging new request ids")
     poll.add_argument("queue")
-    poll.add_argument("--every", type=_positive, required=True, metavar="SECONDS")
+    poll.add_argument(
+        "--every", type=_positive, required=True, metavar="SECONDS", help="seconds between ingests"
+    )
     poll.set_defaults(handler=_poll)
 
     migrate = commands.add_parser("migrate", help="prepare a storage backend's schema")
@@ -356,7 +362,9 @@ def _migrate(args: argparse.Namespace) -> int:
         )
     migrations = importlib.metadata.entry_points(group=MIGRATIONS_GROUP, name=scheme)
     if not migrations:
-        print(f"{scheme}:// needs no migration: it prepares its schema when opened")
+        # SQLite creates its tables when opened; memory, Redis and etcd have no schema at all.
+        detail = ": it prepares its schema when opened" if scheme == "sqlite" else ""
+        print(f"{scheme}:// needs no migration{detail}")
         return 0
     migrate: Callable[[str], object] = next(iter(migrations)).load()
     try:

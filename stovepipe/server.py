@@ -8,8 +8,10 @@ until SIGTERM or SIGINT, then drains in-flight calls within the grace period.
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
+import socket
 import threading
 import time
 from collections.abc import Mapping
@@ -84,11 +86,15 @@ class StovepipeServer:
         reflection.enable_server_reflection(
             (service.SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
         )
+        host, port = configuration.parse_address(listen, setting="listen")
+        if port != 0:
+            # gRPC's C core logs its own bind failure to stderr before raising; find the
+            # common causes first so they are reported once, in our words.
+            probe_bind(listen, host, port)
         try:
             self.port: int = self._server.add_insecure_port(listen)
         except RuntimeError as error:
             raise OSError(f"cannot listen on {listen}: {error}") from None
-        host, _ = configuration.parse_address(listen, setting="listen")
         self.address = f"{host if ':' not in host else f'[{host}]'}:{self.port}"
         self._stopped = threading.Event()
 
@@ -133,6 +139,35 @@ class StovepipeServer:
         return self._server.wait_for_termination(timeout)
 
 
+def probe_bind(listen: str, host: str, port: int) -> None:
+    """Raise ``OSError("cannot listen on LISTEN: ...")`` unless some address ``host``
+    resolves to can be bound at ``port`` now (gRPC serves if it binds one of them).
+
+    The probe binds as gRPC does (``SO_REUSEADDR``, no ``SO_REUSEPORT``) and closes at once.
+    """
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as error:
+        reason = f"cannot resolve {host!r}: {error.strerror}"
+        raise OSError(f"cannot listen on {listen}: {reason}") from None
+    failure: OSError | None = None
+    for family, kind, proto, _, sockaddr in addresses:
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(sockaddr)
+            return
+        except OSError as error:
+            failure = failure or error
+    if failure is None:  # getaddrinfo never returns an empty list, but be sure
+        raise OSError(f"cannot listen on {listen}: {host!r} resolves to no address")
+    if failure.errno == errno.EADDRINUSE:
+        reason = "address already in use (is another stovepipe serve running?)"
+    else:
+        reason = failure.strerror or str(failure)
+    raise OSError(f"cannot listen on {listen}: {reason}")
+
+
 def build_sourcecontrol(queues: Mapping[str, configuration.QueueSpec]) -> QueueMap:
     """One SourceControl per configured queue; :class:`ConfigError` if one cannot be opened."""
     bindings: dict[str, SourceControl] = {}
@@ -154,7 +189,7 @@ def build_server(config: configuration.Config) -> StovepipeServer:
     try:
         storage = open_storage(config.storage_url)
     except StorageError as error:
-        raise configuration.ConfigError(f"storage {config.storage_url}: {error}") from None
+        raise configuration.ConfigError(f"storage {redact(config.storage_url)}: {error}") from None
     try:
         metrics = Metrics()
         message_queue = build_message_queue(config, metrics)
@@ -198,7 +233,7 @@ def run_worker(config: configuration.Config) -> int:
     try:
         storage = metrics.instrument(open_storage(config.storage_url))
     except StorageError as error:
-        raise configuration.ConfigError(f"storage {config.storage_url}: {error}") from None
+        raise configuration.ConfigError(f"storage {redact(config.storage_url)}: {error}") from None
     stop_requested = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
@@ -211,7 +246,7 @@ def run_worker(config: configuration.Config) -> int:
         if isinstance(message_queue, InProcessMessageQueue):
             raise configuration.ConfigError(
                 "stovepipe worker needs a messaging queue shared with the servers "
-                "(queue_url sqlite:///, mysql:// or redis://), not an in-process one"
+                "(queue_url sqlite:///, mysql://, redis:// or rediss://), not an in-process one"
             )
         try:
             message_queue.subscribe(TOPIC_PROCESS, ProcessController(storage).handle)
@@ -256,7 +291,7 @@ def run(config: configuration.Config) -> bool:
         logger.info("stovepipe serving on %s", server.address)
         for line in configuration.describe(config.queues):
             logger.info("queue %s", line)
-        logger.info("storage %s", config.storage_url)
+        logger.info("storage %s", redact(config.storage_url))
         logger.info("messaging queue %s", redact(queue_url_of(config)))
         if server.metrics_port is not None:
             logger.info(

@@ -453,9 +453,23 @@ def _decode_lax(data: bytes) -> str:
         return bytes(data).decode("utf-8", "backslashreplace")
 
 
+TLS_OPTIONS: Final[tuple[str, ...]] = (
+    "ssl_cert_reqs",
+    "ssl_ca_certs",
+    "ssl_ca_path",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "ssl_password",
+    "ssl_check_hostname",
+    "ssl_min_version",
+)
+"""Query options of a ``rediss://`` URL that redis-py applies to its TLS connections."""
+
+
 def redis_broker(url: str, *, visibility_timeout: float) -> RedisStreamsBroker:
     """A broker on the Redis of
-    ``redis://[:password@]host:port/db[?timeout=S&shards=N&prefix=P]``.
+    ``redis://[:password@]host:port/db[?timeout=S&shards=N&prefix=P]``, or over TLS with
+    ``rediss://``, which also takes redis-py's :data:`TLS_OPTIONS`.
 
     ``timeout`` (seconds, default 5) bounds connecting and every command. ``prefix`` (default
     ``stovepipe:mq:``) starts every key name: deployments sharing one Redis database give
@@ -463,12 +477,16 @@ def redis_broker(url: str, *, visibility_timeout: float) -> RedisStreamsBroker:
     """
     parts = urllib.parse.urlsplit(url)
     options = dict(urllib.parse.parse_qsl(parts.query, strict_parsing=bool(parts.query)))
+    tls_options: dict[str, str] = {n: options.pop(n) for n in TLS_OPTIONS if n in options}
     unknown = set(options) - {"timeout", "shards", "prefix"}
+    if tls_options and parts.scheme != "rediss":
+        unknown |= set(tls_options)
     if unknown:
         raise ValueError(f"unknown redis queue URL options: {', '.join(sorted(unknown))}")
     timeout = float(options.get("timeout", DEFAULT_TIMEOUT))
     client = redis.Redis.from_url(
-        urllib.parse.urlunsplit(parts._replace(query="")),
+        # redis-py reads TLS from the scheme and the ssl_* options from the query.
+        urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(tls_options))),
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
     )

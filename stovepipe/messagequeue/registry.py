@@ -7,6 +7,7 @@ URL                                queue
 ``sqlite:///path/to/file.db``      SQL tables in a SQLite file (:mod:`.sqlqueue`)
 ``mysql://user:pw@host:port/db``   SQL tables in MySQL or MariaDB (:mod:`.sqlqueue`, PyMySQL)
 ``redis://host:port/db``           Redis Streams (:mod:`.redis_streams`, redis-py)
+``rediss://host:port/db``          the same over TLS (redis-py's ``ssl_*`` options apply)
 =================================  ====================================================
 
 Every URL takes these query options: ``max_attempts`` (deliveries of one message before it is
@@ -32,7 +33,7 @@ from stovepipe.messagequeue.inprocess import DeadLetter, InProcessMessageQueue
 from stovepipe.messagequeue.metrics import MessagingMetrics
 
 QUEUE_URL_ENV: Final = "STOVEPIPE_QUEUE_URL"
-SCHEMES: Final = ("memory", "sqlite", "mysql", "redis")
+SCHEMES: Final = ("memory", "sqlite", "mysql", "redis", "rediss")
 _DURABLE_OPTIONS: Final = ("visibility_timeout", "poll_interval")
 
 
@@ -88,12 +89,13 @@ def open_queue(
         raise ValueError("visibility_timeout and poll_interval must be positive")
     broker_url = with_query(url, urllib.parse.urlencode(options))
     broker: brokered.Broker
-    if scheme == "redis":
+    if scheme in ("redis", "rediss"):
         try:
             from stovepipe.messagequeue.redis_streams import redis_broker
         except ImportError:
             raise ValueError(
-                "redis:// queues need redis-py: pip install 'stovepipe[redis]' (or stovepipe-redis)"
+                f"{scheme}:// queues need redis-py: "
+                "pip install 'stovepipe[redis]' (or stovepipe-redis)"
             ) from None
         broker = redis_broker(broker_url, visibility_timeout=visibility_timeout)
     elif scheme == "mysql":
@@ -122,13 +124,21 @@ def open_queue(
 
 def default_queue_url(storage_url: str) -> str:
     """The messaging queue that goes with a storage backend: the same SQLite file, MySQL
-    database or Redis server where the backend is one of those, else in-process."""
+    database or Redis server (over TLS for ``rediss://``) where the backend is one of those,
+    else in-process."""
     parts = urllib.parse.urlsplit(storage_url)
-    if parts.scheme not in ("sqlite", "mysql", "redis"):
+    if parts.scheme not in ("sqlite", "mysql", "redis", "rediss"):
         return "memory://"
-    # Only the connection's timeout carries over; the other options are the backend's own.
+    # Only the connection's options carry over (its timeout and, for rediss://, its TLS
+    # settings); the others are the backend's own.
     options = urllib.parse.parse_qsl(parts.query)
-    kept = urllib.parse.urlencode([(name, value) for name, value in options if name == "timeout"])
+    kept = urllib.parse.urlencode(
+        [
+            (name, value)
+            for name, value in options
+            if name == "timeout" or (parts.scheme == "rediss" and name.startswith("ssl_"))
+        ]
+    )
     return with_query(storage_url, kept)
 
 

@@ -108,6 +108,36 @@ def test_migrate_says_so_when_a_backend_needs_no_migration(
     )
 
 
+@pytest.mark.parametrize("url", ["memory://", "redis://127.0.0.1:1/0", "etcd://127.0.0.1:1"])
+def test_migrate_of_a_backend_without_a_schema_says_only_that_it_needs_no_migration(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from stovepipe.storage import installed_schemes
+
+    scheme = url.split(":", 1)[0]
+    if scheme not in installed_schemes():
+        pytest.skip(f"{scheme}:// backend not installed")
+    assert cli.main(["migrate", url]) == 0
+    assert capsys.readouterr().out == f"{scheme}:// needs no migration\n"
+
+
+@pytest.mark.parametrize(
+    ("command", "option", "text"),
+    [
+        ("ingest", "--timeout", "seconds per call (default 10)"),
+        ("poll", "--timeout", "seconds per call (default 10)"),
+        ("poll", "--every", "seconds between ingests"),
+    ],
+)
+def test_help_says_what_each_option_counts_in_seconds(
+    command: str, option: str, text: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"{option} SECONDS {text}" in help_text
+
+
 def wait_for(log: pathlib.Path, text: str, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while text not in log.read_text():
@@ -184,6 +214,21 @@ def test_serve_on_a_port_in_use_is_a_one_line_error_and_exit_status_2(
     metrics = ["serve", "--config", str(config), "--metrics-listen", taken]
     assert cli.main([*metrics, "--listen", "127.0.0.1:0"]) == cli.EXIT_USAGE
     assert capsys.readouterr().err.startswith(f"stovepipe: cannot serve metrics on {taken}")
+
+
+def test_serve_on_a_port_in_use_prints_exactly_one_line_and_no_grpc_log(
+    start_server: StartServer, tmp_path: pathlib.Path
+) -> None:
+    """gRPC's C core logs its own bind failure straight to stderr; the command must not."""
+    taken = start_server({}).address
+    config = tmp_path / "s.toml"
+    config.write_text(FAKE_CONFIG.format(db=tmp_path / "s.db"), encoding="utf-8")
+    result = run_cli("serve", "--config", str(config), "--listen", taken)
+    assert result.returncode == cli.EXIT_USAGE
+    assert result.stderr.splitlines() == [
+        f"stovepipe: cannot listen on {taken}: address already in use"
+        " (is another stovepipe serve running?)"
+    ]
 
 
 def test_migrate_runs_the_migration_a_backend_registers_for_its_scheme(

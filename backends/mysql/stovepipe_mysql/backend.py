@@ -70,6 +70,8 @@ NEXT_COUNTER: Final = (
     "INSERT INTO counter (domain, `value`) VALUES (%s, LAST_INSERT_ID(1))"
     " ON DUPLICATE KEY UPDATE `value` = LAST_INSERT_ID(`value` + 1)"
 )
+# Fails with "no such table" unless every table exists; LIMIT 0 reads no row.
+CHECK_SCHEMA: Final = "SELECT 1 FROM request, request_uri, counter LIMIT 0"
 
 _DUPLICATE_KEY: Final = 1062
 _NO_SUCH_TABLE: Final = 1146
@@ -151,8 +153,9 @@ class _Database:
             raise connect_failure(error, self._address) from None
 
     def check(self) -> None:
-        """Open a connection now, so a wrong URL fails at open rather than at first use."""
-        self._pool.release(self._pool.acquire())
+        """Connect and read the schema's tables now, so a wrong URL or a database never
+        migrated fails at open (naming ``stovepipe migrate``) rather than at every call."""
+        self.run(CHECK_SCHEMA, (), _no_result, retry_if_sent=True)
 
     def run(
         self,
@@ -381,8 +384,10 @@ class MySQLBackend:
 def open_backend(url: str) -> MySQLBackend:
     """Entry point for ``mysql://user:password@host:port/database?options``.
 
-    Connects once before returning, so an unreachable server raises ``Unavailable`` and
-    wrong credentials ``StorageError`` here. With ``?migrate=true`` applies the schema first.
+    Connects and checks that the schema's tables exist before returning, so an unreachable
+    server raises ``Unavailable`` here, and wrong credentials or a database without the schema
+    ``StorageError`` (whose message says to run ``stovepipe migrate URL``). With
+    ``?migrate=true`` applies the schema first.
     """
     options = parse_url(url)
     if options.migrate:

@@ -17,6 +17,7 @@ from stovepipe_mysql.options import parse_url
 from stovepipe_mysql.throwaway_server import mysql_test_server
 
 from stovepipe.storage import StorageError, open_storage
+from stovepipe.testing import run_cli
 
 SCHEMA_DIRECTORY = pathlib.Path(__file__).parents[1] / "schema"
 
@@ -68,8 +69,39 @@ def test_migrate_entry_point_names_the_migrate_callable() -> None:
 
 
 def test_open_does_not_apply_the_schema_unless_asked_and_says_how(scratch_database: str) -> None:
-    with open_storage(scratch_database) as storage, pytest.raises(StorageError, match="migrate"):
-        storage.counter.next("request/q")
+    with pytest.raises(StorageError, match=r"stovepipe migrate URL"):
+        open_storage(scratch_database)
+
+
+def test_open_of_a_partly_migrated_database_fails_naming_the_missing_table(
+    scratch_database: str, admin: Any
+) -> None:
+    migrate(scratch_database)
+    database = parse_url(scratch_database).database
+    with admin.cursor() as cursor:
+        cursor.execute(f"DROP TABLE {database}.counter")
+    with pytest.raises(StorageError, match=r"counter.*stovepipe migrate URL"):
+        open_storage(scratch_database)
+
+
+def test_serve_on_a_database_without_the_schema_stops_at_start_up_with_one_line(
+    scratch_database: str, tmp_path: pathlib.Path
+) -> None:
+    config = tmp_path / "s.toml"
+    config.write_text('[queues."q"]\ntype = "fake"\ncommits = ["c1"]\n', encoding="utf-8")
+    completed = run_cli(
+        "serve",
+        "--config",
+        str(config),
+        "--listen",
+        "127.0.0.1:0",
+        "--storage-url",
+        scratch_database,
+    )
+    assert completed.returncode == 2
+    (line,) = completed.stderr.splitlines()
+    assert line.startswith(f"stovepipe: storage {scratch_database}: ")
+    assert "stovepipe migrate URL" in line
 
 
 def test_open_with_migrate_true_applies_the_schema(
