@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import time
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -152,3 +153,14 @@ def record_path(tmp_path: pathlib.Path) -> pathlib.Path:
 def children(record_path: pathlib.Path) -> Iterator[Children]:
     """Consumer processes for this test, killed at teardown if still running."""
     yield from spawned(record_path)
+
+
+def backlog_when_drained(queue: InspectableMessageQueue, topic: str, timeout: float = 10) -> int:
+    """The durable ``queue``'s backlog of ``topic`` once it is empty, or after ``timeout``."""
+    from stovepipe.messagequeue.brokered import BrokeredMessageQueue
+
+    assert isinstance(queue, BrokeredMessageQueue)
+    deadline = time.monotonic() + timeout
+    while (left := queue.backlog(topic)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left

@@ -8,14 +8,20 @@ import pathlib
 import re
 import subprocess
 import time
+import urllib.parse
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 
 import grpc
 import pytest
 
+from messaging_tests.conftest import url_with
 from stovepipe.client import StovepipeClient
 from stovepipe.controller.ingest import IngestController
+from stovepipe.messagequeue import TOPIC_PROCESS
+from stovepipe.messagequeue.brokered import BrokeredMessageQueue
+from stovepipe.messagequeue.redis_streams import RedisStreamsBroker
 from stovepipe.messagequeue.registry import open_queue
 from stovepipe.sourcecontrol import QueueMap
 from stovepipe.sourcecontrol.fake import FakeSourceControl
@@ -27,6 +33,60 @@ QUEUES = 40
 TIMEOUT = 30.0
 # ProcessController logs this line once it has handled a request, its last step.
 PROCESSED = re.compile(r"processing request (request/\S+)")
+
+
+@pytest.fixture
+def own_queue_url(durable_queue_url: str, tmp_path: pathlib.Path) -> Iterator[str]:
+    """The queue under test in a namespace of this test's own, emptied at the end: the
+    servers publish to the fixed topic ``process``, which other runs on the same server
+    use too."""
+    parts = urllib.parse.urlsplit(durable_queue_url)
+    if parts.scheme == "sqlite":
+        yield f"sqlite:///{tmp_path / 'queue.db'}"
+    elif parts.scheme in ("redis", "rediss"):
+        prefix = f"stovepipe:test-{uuid.uuid4().hex[:12]}:"
+        url = url_with(durable_queue_url, prefix=prefix)
+        yield url
+        queue = open_queue(url)
+        try:
+            assert isinstance(queue, BrokeredMessageQueue)
+            assert isinstance(queue.broker, RedisStreamsBroker)
+            client = queue.broker._client
+            for name in client.scan_iter(match=prefix + "*"):
+                client.delete(name)
+        finally:
+            queue.stop()
+    elif parts.scheme == "mysql":
+        import pymysql
+
+        database = f"stovepipe_test_{uuid.uuid4().hex[:12]}"
+        connection = pymysql.connect(
+            host=parts.hostname,
+            port=parts.port or 3306,
+            user=urllib.parse.unquote(parts.username or "root"),
+            password=urllib.parse.unquote(parts.password or ""),
+            autocommit=True,
+        )
+        with connection, connection.cursor() as cursor:
+            cursor.execute(f"CREATE DATABASE {database}")
+            try:
+                yield urllib.parse.urlunsplit(parts._replace(path=f"/{database}"))
+            finally:
+                cursor.execute(f"DROP DATABASE {database}")
+    else:
+        yield durable_queue_url
+
+
+@pytest.fixture
+def empty_queue_url(own_queue_url: str) -> str:
+    """:func:`own_queue_url`, checked to hold no message of the ``process`` topic."""
+    queue = open_queue(own_queue_url)
+    try:
+        assert isinstance(queue, BrokeredMessageQueue)
+        assert queue.backlog(TOPIC_PROCESS) == 0, "the queue holds messages of an earlier run"
+    finally:
+        queue.stop()
+    return own_queue_url
 
 
 @pytest.fixture
@@ -83,9 +143,9 @@ def wait_until_processed(
 
 
 def test_two_servers_on_one_queue_ingest_on_one_process_on_either_each_request_once(
-    durable_queue_url: str, processes: ServeProcesses, tmp_path: pathlib.Path
+    empty_queue_url: str, processes: ServeProcesses, tmp_path: pathlib.Path
 ) -> None:
-    config = write_config(tmp_path, durable_queue_url)
+    config = write_config(tmp_path, empty_queue_url)
     # One after the other: the first creates the storage file's schema.
     first = processes.serve(["--config", str(config)], cwd=tmp_path)
     second = processes.serve(["--config", str(config)], cwd=tmp_path)
@@ -102,9 +162,9 @@ def test_two_servers_on_one_queue_ingest_on_one_process_on_either_each_request_o
 
 
 def test_a_worker_process_processes_what_another_process_ingests_and_stops_gracefully(
-    durable_queue_url: str, tmp_path: pathlib.Path
+    empty_queue_url: str, tmp_path: pathlib.Path
 ) -> None:
-    config = write_config(tmp_path, durable_queue_url)
+    config = write_config(tmp_path, empty_queue_url)
     worker_log = tmp_path / "worker.log"
     with worker_log.open("wb") as sink:
         worker = subprocess.Popen(
@@ -118,7 +178,7 @@ def test_a_worker_process_processes_what_another_process_ingests_and_stops_grace
         sources = QueueMap(
             {f"q{n}": FakeSourceControl([f"c{n}"], name=f"q{n}") for n in range(QUEUES)}
         )
-        publisher = open_queue(durable_queue_url)
+        publisher = open_queue(empty_queue_url)
         with open_storage(f"sqlite:///{tmp_path / 'stovepipe.db'}") as storage:
             ingest = IngestController(storage, sources, publisher)
             ids = [ingest.ingest(f"q{n}").id for n in range(QUEUES)]

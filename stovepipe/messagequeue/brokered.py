@@ -23,7 +23,7 @@ from typing import Final, Protocol
 from stovepipe.messagequeue.contract import Handler, Message, PermanentFailure
 from stovepipe.messagequeue.inprocess import DeadLetter
 from stovepipe.messagequeue.metrics import MessagingMetrics
-from stovepipe.storage.errors import Unavailable
+from stovepipe.storage.errors import StorageError, Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,14 @@ class MessageQueueUnavailable(Unavailable):
     """
 
 
+class MessageQueueError(StorageError):
+    """The messaging queue's server refused an operation for a reason retrying will not fix:
+    access denied, a missing table, a file that is not a database, data it does not accept.
+
+    A storage ``StorageError`` but not ``Unavailable``: an operator has to act.
+    """
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Delivery:
     """A message leased to this consumer; ``receipt`` is the broker's handle on the lease."""
@@ -54,7 +62,8 @@ class Delivery:
 class Broker(Protocol):
     """Durable storage of messages with leased, per-key ordered deliveries.
 
-    Every method may raise :class:`MessageQueueUnavailable`. Thread-safe.
+    Every method may raise :class:`MessageQueueUnavailable` (transient) or
+    :class:`MessageQueueError` (permanent), never a driver's exception. Thread-safe.
     """
 
     def publish(self, topic: str, key: str, payload: bytes) -> None:
@@ -143,6 +152,9 @@ class BrokeredMessageQueue:
         self._stopping = False
         self._threads: list[threading.Thread] = []
         self._heartbeat: threading.Thread | None = None
+        # Set only once the workers are joined: a delivery draining during a graceful stop
+        # keeps its lease renewed until it settles.
+        self._heartbeat_stop = threading.Event()
 
     def publish(self, topic: str, key: str, payload: bytes) -> None:
         """Store ``payload`` durably on ``topic`` behind the earlier messages of ``key``.
@@ -213,6 +225,7 @@ class BrokeredMessageQueue:
             logger.warning(
                 "stopped with %d deliveries still running; they will be redelivered", running
             )
+        self._heartbeat_stop.set()
         if heartbeat is not None:
             heartbeat.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         self.broker.close()
@@ -271,7 +284,9 @@ class BrokeredMessageQueue:
         except PermanentFailure as error:
             self._observe(topic, started)
             self._settle("dead_letter", delivery, f"{type(error).__name__}: {error}")
-        except Exception as error:
+        # BaseException too: a handler's SystemExit must not kill the worker thread and leave
+        # its delivery leased (and renewed) forever; the worker settles it and carries on.
+        except BaseException as error:
             self._observe(topic, started)
             reason = f"{type(error).__name__}: {error}"
             if message.attempt >= self._max_attempts:
@@ -325,7 +340,7 @@ class BrokeredMessageQueue:
 
     def _beat(self) -> None:
         """Refresh the backlog gauge (at once, then every ``renew_interval``) and renew
-        leases."""
+        leases, until :meth:`stop` has joined the workers."""
         while True:
             with self._condition:
                 topics = list(self._handlers)
@@ -334,9 +349,8 @@ class BrokeredMessageQueue:
                     self._metrics.lag.labels(topic).set(self.broker.backlog(topic))
                 except Exception as error:
                     logger.debug("measuring the backlog of %r failed: %s", topic, error)
-            with self._condition:
-                if self._condition.wait_for(lambda: self._stopping, self._renew_interval):
-                    return
+            if self._heartbeat_stop.wait(self._renew_interval):
+                return
             try:
                 self.broker.renew()
             except Exception as error:

@@ -248,7 +248,9 @@ class InProcessMessageQueue:
                 handler(message)
             except PermanentFailure as error:
                 failure, permanent = f"{type(error).__name__}: {error}", True
-            except Exception as error:
+            # BaseException too: a handler's SystemExit must not kill the worker and strand
+            # its key with the delivery never settled.
+            except BaseException as error:
                 failure = f"{type(error).__name__}: {error}"
                 if message.attempt < self._max_attempts:
                     logger.warning(

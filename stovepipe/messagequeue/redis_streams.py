@@ -7,21 +7,24 @@ topics that contain ``:`` apart)::
     stovepipe:mq:<n>:T:o<i>        the consumer owning shard i, with a TTL (the lease)
     stovepipe:mq:<n>:T:dead-letter stream of dead letters {key, payload, attempt, reason}
 
-A message goes to shard ``crc32(key) % shards``: all messages of a key share one stream, in
-``XADD`` order. Every stream has the consumer group ``stovepipe``. Per-key order and one
-delivery at a time come from shard ownership: a consumer delivers from a shard only while it
-holds the shard's lease, and only one message of the shard at a time. One Lua script claims,
-atomically, the first free or own shard that has work: its pending entry first (``XAUTOCLAIM``,
-which adds one to the entry's delivery count, read back with ``XPENDING`` as ``attempt``),
-else the next new entry (``XREADGROUP``); an empty shard's lease is dropped so that any
-consumer may take it next. Acknowledging is ``XACK`` plus ``XDEL``; dead-lettering adds
-``XADD`` to the dead-letter stream in the same ``MULTI``. A failed delivery stays pending
-while its owner backs off and renews the lease, then is claimed again with the next count.
+(``stovepipe:mq:`` is the default of the URL option ``prefix``.) A message goes to shard
+``crc32(key) % shards``: all messages of a key share one stream, in ``XADD`` order. Every stream
+has the consumer group ``stovepipe``. Per-key order and one delivery at a time come from shard
+ownership: a consumer delivers from a shard only while it holds the shard's lease, and only one
+message of the shard at a time. One Lua script claims, atomically, the first free or own shard
+that has work: its pending entry first (``XAUTOCLAIM``, which adds one to the entry's delivery
+count, read back with ``XPENDING`` as ``attempt``), else the next new entry (``XREADGROUP``); an
+empty shard's lease is dropped so that any consumer may take it next. Acknowledging is ``XACK``
+plus ``XDEL``; dead-lettering adds ``XADD`` to the dead-letter stream in the same ``MULTI``. A
+failed delivery stays pending while its owner backs off and renews the lease, then is claimed
+again with the next count.
 
 The lease is the visibility timeout: a consumer that dies stops renewing, the lease expires,
 and the next owner reclaims the dead consumer's pending entry at once. A shard's messages
 wait behind its head while it backs off (other shards proceed); all processes sharing a
-Redis must use the same number of shards.
+Redis must use the same number of shards. A server that lost its data (a restart without
+persistence, ``FLUSHDB``) loses the groups too; the claim script recreates a shard's group
+when it finds the stream without one.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from typing import Any, Final, TypeVar
 import redis
 import redis.exceptions
 
-from stovepipe.messagequeue.brokered import Delivery, MessageQueueUnavailable
+from stovepipe.messagequeue.brokered import Delivery, MessageQueueError, MessageQueueUnavailable
 from stovepipe.messagequeue.contract import Message
 from stovepipe.messagequeue.inprocess import DeadLetter
 
@@ -63,7 +66,16 @@ for i = 1, #KEYS, 2 do
     local entry, count
     -- Settled entries are deleted, so an empty stream has nothing pending either.
     if redis.call('XLEN', stream) > 0 then
-      local claimed = redis.call('XAUTOCLAIM', stream, group, me, 0, '0-0', 'COUNT', 1)
+      local claimed = redis.pcall('XAUTOCLAIM', stream, group, me, 0, '0-0', 'COUNT', 1)
+      if claimed['err'] then
+        -- The server lost the group with its data (a restart without persistence, FLUSHDB)
+        -- and a publish recreated the stream: recreate the group, from the first entry.
+        if string.find(claimed['err'], 'NOGROUP', 1, true) ~= 1 then
+          return redis.error_reply(claimed['err'])
+        end
+        redis.call('XGROUP', 'CREATE', stream, group, '0')
+        claimed = redis.call('XAUTOCLAIM', stream, group, me, 0, '0-0', 'COUNT', 1)
+      end
       if #claimed[2] > 0 then
         entry = claimed[2][1]
         count = redis.call('XPENDING', stream, group, entry[1], entry[1], 1)[1][4]
@@ -120,10 +132,12 @@ class RedisStreamsBroker:
         *,
         visibility_timeout: float,
         shards: int = DEFAULT_SHARDS,
+        prefix: bytes = PREFIX,
     ) -> None:
         if shards < 1:
             raise ValueError(f"shards must be at least 1, not {shards}")
         self._client = client
+        self._prefix = prefix
         self._lease_ms = max(1, round(visibility_timeout * 1000))
         self._shards = shards
         self._consumer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}".encode()
@@ -132,6 +146,9 @@ class RedisStreamsBroker:
         self._lock = threading.Lock()
         self._groups: set[bytes] = set()  # streams known to have the group
         self._in_flight: set[_Shard] = set()
+        # Shards this consumer took a lease on; it keeps an idle one until the lease runs
+        # out (another claim here reuses it), so close() gives them back.
+        self._leased: set[_Shard] = set()
         self._backing_off: dict[_Shard, float] = {}  # shard -> monotonic time it may resume
         self._closed = False
 
@@ -177,13 +194,58 @@ class RedisStreamsBroker:
             with self._lock:
                 won = candidates[(int(claimed[0]) - 1) // 2] if claimed else None
                 self._in_flight.difference_update(c for c in candidates if c != won)
+                if won is not None:
+                    self._leased.add(won)
         if not claimed:
             return None
         topic, index = won  # type: ignore[misc]
         _, entry_id, raw_fields, count = claimed
-        fields = dict(zip(raw_fields[::2], raw_fields[1::2], strict=True))
-        message = Message(topic, _decode(fields[b"key"]), bytes(fields[b"payload"]), int(count))
+        fields = dict(zip(raw_fields[::2], raw_fields[1::2], strict=False))
+        try:
+            message = Message(topic, _decode(fields[b"key"]), bytes(fields[b"payload"]), int(count))
+        except (KeyError, UnicodeDecodeError) as error:
+            # Written by something else than this module: no delivery can ever succeed, and
+            # keeping the shard would strand every key behind it.
+            self._discard_undecodable(topic, index, bytes(entry_id), fields, int(count), error)
+            return None
         return Delivery(message, (topic, index, bytes(entry_id)))
+
+    def _discard_undecodable(
+        self,
+        topic: str,
+        index: int,
+        entry_id: bytes,
+        fields: dict[bytes, bytes],
+        count: int,
+        error: Exception,
+    ) -> None:
+        """Dead-letter an entry this module cannot read, as stored, and give up its shard."""
+        what = (
+            f"no {error.args[0].decode()!r} field"
+            if isinstance(error, KeyError)
+            else f"key is not UTF-8: {error}"
+        )
+        reason = f"undecodable message: {what}"
+        logger.error("dead-lettering an undecodable %r message: %s", topic, reason)
+        stream = self._stream(topic, index)
+        letter = {
+            **fields,
+            b"key": fields.get(b"key", b""),
+            b"payload": fields.get(b"payload", b""),
+            b"attempt": str(count).encode(),
+            b"reason": reason.encode(),
+        }
+
+        def move() -> None:
+            with self._client.pipeline(transaction=True) as pipe:
+                pipe.xadd(self._dead_letter_stream(topic), letter)  # type: ignore[arg-type]
+                pipe.xack(stream, GROUP, entry_id)
+                pipe.xdel(stream, entry_id)
+                pipe.execute()
+            self._renew_script(keys=[self._owner(topic, index)], args=[self._consumer, 0])
+
+        with self._settling(topic, index):
+            self._call(move)
 
     def ack(self, delivery: Delivery) -> None:
         """``XACK`` and ``XDEL`` the entry, atomically."""
@@ -262,13 +324,17 @@ class RedisStreamsBroker:
         letters = []
         for _, fields in entries:
             message = Message(
-                topic, _decode(fields[b"key"]), bytes(fields[b"payload"]), int(fields[b"attempt"])
+                topic,
+                _decode_lax(fields.get(b"key", b"")),
+                bytes(fields.get(b"payload", b"")),
+                int(fields.get(b"attempt", 0)),
             )
-            letters.append(DeadLetter(message, _decode(fields[b"reason"])))
+            letters.append(DeadLetter(message, _decode_lax(fields.get(b"reason", b""))))
         return letters
 
     def close(self) -> None:
-        """Give up the shards backing off, so that others take them at once; disconnect.
+        """Give up every shard lease held here with no delivery running (idle or backing
+        off), so that other consumers take the shards at once; disconnect.
 
         Shards with a delivery still running keep their lease until it runs out: handing
         them back would let another consumer start the same key alongside.
@@ -277,10 +343,11 @@ class RedisStreamsBroker:
             if self._closed:
                 return
             self._closed = True
-            shards = sorted(self._backing_off)
+            shards = sorted((self._leased | set(self._backing_off)) - self._in_flight)
             self._backing_off.clear()
+            self._leased.clear()
         if shards:
-            with contextlib.suppress(MessageQueueUnavailable):
+            with contextlib.suppress(MessageQueueUnavailable, MessageQueueError):
                 self._call(
                     lambda: self._renew_script(
                         keys=[self._owner(topic, index) for topic, index in shards],
@@ -311,7 +378,7 @@ class RedisStreamsBroker:
 
     def _base(self, topic: str) -> bytes:
         encoded = _encode(topic)
-        return PREFIX + str(len(encoded)).encode() + b":" + encoded
+        return self._prefix + str(len(encoded)).encode() + b":" + encoded
 
     def _stream(self, topic: str, index: int) -> bytes:
         return self._base(topic) + b":s" + str(index).encode()
@@ -328,8 +395,11 @@ class RedisStreamsBroker:
 
         def create() -> None:
             # From id 0: entries added before the group existed are delivered too.
-            with contextlib.suppress(redis.exceptions.ResponseError):  # BUSYGROUP: exists
+            try:
                 self._client.xgroup_create(stream, GROUP, id="0", mkstream=True)
+            except redis.exceptions.ResponseError as error:
+                if not str(error).startswith("BUSYGROUP"):  # BUSYGROUP: it exists already
+                    raise
 
         self._call(create)
         with self._lock:
@@ -338,8 +408,33 @@ class RedisStreamsBroker:
     def _call(self, operation: Callable[[], _T]) -> _T:
         try:
             return operation()
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as error:
-            raise MessageQueueUnavailable(f"redis queue: {error}") from None
+        except redis.exceptions.RedisError as error:
+            raise _mapped_error(error) from None
+
+
+# Error replies of a server that cannot take writes for now: loading its data set, busy with
+# a script, a replica or a primary without its replicas, out of memory, failing to persist.
+_TRANSIENT_REPLIES: Final = frozenset(
+    {"BUSY", "LOADING", "MASTERDOWN", "MISCONF", "NOREPLICAS", "OOM", "READONLY", "TRYAGAIN"}
+)
+
+
+def _mapped_error(
+    error: redis.exceptions.RedisError,
+) -> MessageQueueError | MessageQueueUnavailable:
+    """The contract's error for a redis-py ``error``: transient or not."""
+    exceptions = redis.exceptions
+    # redis-py strips the reply's code from the errors it has a class for; put it back.
+    code: str | None = getattr(error, "status_code", None)
+    text = f"{code} {error}" if code else str(error)
+    if isinstance(error, exceptions.AuthenticationError | exceptions.AuthorizationError):
+        return MessageQueueError(f"redis queue: access denied: {text}")
+    if (
+        isinstance(error, exceptions.ConnectionError | exceptions.TimeoutError)
+        or text.split(" ", 1)[0] in _TRANSIENT_REPLIES
+    ):
+        return MessageQueueUnavailable(f"redis queue: {text}")
+    return MessageQueueError(f"redis queue: {type(error).__name__}: {text}")
 
 
 def _encode(text: str) -> bytes:
@@ -348,6 +443,14 @@ def _encode(text: str) -> bytes:
 
 def _decode(data: bytes) -> str:
     return bytes(data).decode("utf-8", "surrogatepass")
+
+
+def _decode_lax(data: bytes) -> str:
+    """``data`` as text for a dead letter: invalid UTF-8 shown as ``\\xNN`` escapes."""
+    try:
+        return _decode(data)
+    except UnicodeDecodeError:
+        return bytes(data).decode("utf-8", "backslashreplace")
 
 
 TLS_OPTIONS: Final[tuple[str, ...]] = (
@@ -364,15 +467,18 @@ TLS_OPTIONS: Final[tuple[str, ...]] = (
 
 
 def redis_broker(url: str, *, visibility_timeout: float) -> RedisStreamsBroker:
-    """A broker on the Redis of ``redis://[:password@]host:port/db[?timeout=S&shards=N]``,
-    or over TLS with ``rediss://``, which also takes redis-py's :data:`TLS_OPTIONS`.
+    """A broker on the Redis of
+    ``redis://[:password@]host:port/db[?timeout=S&shards=N&prefix=P]``, or over TLS with
+    ``rediss://``, which also takes redis-py's :data:`TLS_OPTIONS`.
 
-    ``timeout`` (seconds, default 5) bounds connecting and every command.
+    ``timeout`` (seconds, default 5) bounds connecting and every command. ``prefix`` (default
+    ``stovepipe:mq:``) starts every key name: deployments sharing one Redis database give
+    each its own.
     """
     parts = urllib.parse.urlsplit(url)
     options = dict(urllib.parse.parse_qsl(parts.query, strict_parsing=bool(parts.query)))
     tls_options: dict[str, str] = {n: options.pop(n) for n in TLS_OPTIONS if n in options}
-    unknown = set(options) - {"timeout", "shards"}
+    unknown = set(options) - {"timeout", "shards", "prefix"}
     if tls_options and parts.scheme != "rediss":
         unknown |= set(tls_options)
     if unknown:
@@ -388,4 +494,5 @@ def redis_broker(url: str, *, visibility_timeout: float) -> RedisStreamsBroker:
         client,
         visibility_timeout=visibility_timeout,
         shards=int(options.get("shards", DEFAULT_SHARDS)),
+        prefix=options["prefix"].encode() if "prefix" in options else PREFIX,
     )

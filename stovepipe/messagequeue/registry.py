@@ -16,7 +16,8 @@ default 0.1), ``max_backoff`` (default 30), ``workers`` (handler threads, defaul
 durable queues also take ``visibility_timeout`` (seconds a delivery stays leased without a
 renewal, default 30), ``poll_interval`` (seconds an idle worker waits before asking again,
 default 0.1) and ``timeout`` (seconds bounding every call to the server, default 5); Redis
-takes ``shards`` (default 16, the same in every process).
+takes ``shards`` (default 16, the same in every process) and ``prefix`` (of every key name,
+default ``stovepipe:mq:``).
 """
 
 from __future__ import annotations

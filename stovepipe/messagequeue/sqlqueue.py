@@ -1,4 +1,4 @@
-"""A messaging queue in two SQL tables, on SQLite (stdlib) or MySQL/MariaDB (PyMySQL).
+"""A messaging queue in three SQL tables, on SQLite (stdlib) or MySQL/MariaDB (PyMySQL).
 
 Layout::
 
@@ -10,17 +10,22 @@ Layout::
       available_at   not deliverable before (server clock, seconds): the retry backoff
       lease_token, lease_until   the consumer holding the delivery, and until when
       last_error     why the last delivery failed
+    stovepipe_queue_key_lease    one row per key with a delivery running (or its consumer
+                                 died): topic, partition_key, lease_token, lease_until
     stovepipe_queue_dead_letter  the messages given up on, with the reason
 
-Per-key order, one delivery at a time: only the *head* of a key (its row with the smallest
-id) is ever claimed, and only while it has no live lease, so a key's next message waits
-until its head is acknowledged or dead-lettered, also while the head backs off. A claim is
-one conditional ``UPDATE ... WHERE id = ? AND attempt = ? AND (lease_until IS NULL OR
-lease_until <= now)``: of racing consumers exactly one changes the row. A consumer that dies
-stops renewing its lease; once ``lease_until`` passes, the head is claimable again and its
-next delivery has the next ``attempt``. Acknowledging deletes the row; dead-lettering moves
-it in one transaction. Every time is the database server's clock, so consumers on several
-hosts need no synchronized clocks.
+Per-key order, one delivery at a time: a claim leases the *key* first (inserting its
+``stovepipe_queue_key_lease`` row, or taking over one whose lease ran out: of racing
+consumers exactly one gets it), then, in the same transaction, the key's *head* (its row
+with the smallest id) if it is not backing off. Leasing the key, not only the head row,
+matters on MySQL: InnoDB assigns an auto-increment id when a row is inserted, not when it is
+committed, so a publish committed late can become the head of a key whose later message is
+being delivered. A key's next message thus waits until its head is acknowledged or
+dead-lettered; while the head backs off the key is free, but its head still goes first. A
+consumer that dies stops renewing its leases; once they pass, the head is claimable again
+and its next delivery has the next ``attempt``. Acknowledging deletes the row and the key's
+lease; dead-lettering moves the row, in one transaction. Every time is the database server's
+clock, so consumers on several hosts need no synchronized clocks.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final, Protocol
 
-from stovepipe.messagequeue.brokered import Delivery, MessageQueueUnavailable
+from stovepipe.messagequeue.brokered import Delivery, MessageQueueError, MessageQueueUnavailable
 from stovepipe.messagequeue.contract import Message
 from stovepipe.messagequeue.inprocess import DeadLetter
 
@@ -72,6 +77,13 @@ CREATE TABLE IF NOT EXISTS stovepipe_queue_dead_letter (
 );
 CREATE INDEX IF NOT EXISTS stovepipe_queue_dead_letter_topic
     ON stovepipe_queue_dead_letter (topic, id);
+CREATE TABLE IF NOT EXISTS stovepipe_queue_key_lease (
+    topic         BLOB NOT NULL,
+    partition_key BLOB NOT NULL,
+    lease_token   BLOB NOT NULL,
+    lease_until   REAL NOT NULL,
+    PRIMARY KEY (topic, partition_key)
+);
 """
 
 # Binary columns: no PAD SPACE, no case folding; a key is its exact UTF-8 bytes.
@@ -104,6 +116,15 @@ CREATE TABLE IF NOT EXISTS stovepipe_queue_dead_letter (
     KEY stovepipe_queue_dead_letter_topic (topic, id)
 ) ENGINE=InnoDB
 """,
+    """
+CREATE TABLE IF NOT EXISTS stovepipe_queue_key_lease (
+    topic         VARBINARY(255) NOT NULL,
+    partition_key VARBINARY(1024) NOT NULL,
+    lease_token   VARBINARY(32) NOT NULL,
+    lease_until   DOUBLE NOT NULL,
+    PRIMARY KEY (topic, partition_key)
+) ENGINE=InnoDB
+""",
 )
 
 
@@ -123,7 +144,13 @@ class _Dialect:
     # The server's clock in seconds since the epoch, as an SQL expression.
     now: str
     begin: str
-    transient: tuple[type[BaseException], ...]
+    # Leases a key (parameters: token, lease seconds, topic, key): inserts its lease, or takes
+    # over one that ran out, and locks the row exclusively at once (a shared lock first, then
+    # an exclusive one, would deadlock racing claims).
+    lease_key: str
+    # Every exception the driver raises, and which of them are transient (worth a retry).
+    errors: tuple[type[BaseException], ...]
+    is_transient: Callable[[BaseException], bool]
     # Run every write in an explicit ``begin`` transaction: SQLite in WAL mode fails a lone
     # statement that reads, then writes after another writer, without waiting (BUSY_SNAPSHOT);
     # BEGIN IMMEDIATE takes the write lock first, waiting up to the busy timeout.
@@ -133,7 +160,9 @@ class _Dialect:
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Receipt:
     row_id: int
-    token: bytes
+    token: bytes  # of the row's lease and of its key's lease
+    topic: bytes
+    key: bytes
 
 
 class SQLBroker:
@@ -149,7 +178,7 @@ class SQLBroker:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._connections: list[_Connection] = []
-        self._held: dict[int, bytes] = {}  # row id -> lease token, for renewals
+        self._held: dict[int, _Receipt] = {}  # row id -> receipt, for renewals
         self._closed = False
 
     def create_schema(self, statements: Sequence[str]) -> None:
@@ -171,56 +200,130 @@ class SQLBroker:
         now = self._dialect.now
         marks = ", ".join("?" * len(topics))
         heads = self._query(
-            "SELECT m.id, m.topic, m.partition_key, m.payload, m.attempt"
+            "SELECT m.topic, m.partition_key, m.id"
             " FROM stovepipe_queue_message m JOIN ("
             "   SELECT MIN(id) AS id FROM stovepipe_queue_message"
             f"  WHERE topic IN ({marks}) GROUP BY topic, partition_key"
             " ) head ON m.id = head.id"
             f" WHERE m.available_at <= {now} AND (m.lease_until IS NULL OR m.lease_until <= {now})"
+            " AND NOT EXISTS (SELECT 1 FROM stovepipe_queue_key_lease k"
+            "   WHERE k.topic = m.topic AND k.partition_key = m.partition_key"
+            f"  AND k.lease_until > {now})"
             f" ORDER BY m.id LIMIT {_CANDIDATES}",
             tuple(_encode(topic) for topic in topics),
         )
-        for row_id, topic, key, payload, attempt in heads:
-            token = secrets.token_bytes(16)
-            claimed = self._execute(
-                "UPDATE stovepipe_queue_message"
-                f" SET lease_token = ?, lease_until = {now} + ?, attempt = attempt + 1"
-                " WHERE id = ? AND attempt = ?"
-                f" AND (lease_until IS NULL OR lease_until <= {now}) AND available_at <= {now}",
-                (token, self._visibility_timeout, row_id, attempt),
-            )
-            if claimed == 1:
-                with self._lock:
-                    self._held[row_id] = token
-                message = Message(_decode(topic), _decode(key), bytes(payload), attempt + 1)
-                return Delivery(message, _Receipt(row_id, token))
+        for topic, key, _ in heads:
+            receipt = _Receipt(0, secrets.token_bytes(16), bytes(topic), bytes(key))
+            leased = self._lease_key_head(receipt)
+            if leased is None:
+                continue
+            receipt, payload, attempt = leased
+            try:
+                message = Message(_decode(topic), _decode(key), payload, attempt)
+            except UnicodeDecodeError as error:
+                # Written by something else than this module: no delivery can ever succeed,
+                # and holding the lease would strand the key.
+                reason = f"undecodable message: key is not UTF-8: {error}"
+                logger.error(
+                    "dead-lettering an undecodable %r message: %s", _decode_lax(topic), reason
+                )
+                self._move_to_dead_letters(receipt, reason)
+                continue
+            with self._lock:
+                self._held[receipt.row_id] = receipt
+            return Delivery(message, receipt)
         return None
 
-    def ack(self, delivery: Delivery) -> None:
-        """Delete the row, if this delivery still holds its lease."""
-        receipt = self._release(delivery)
-        deleted = self._execute(
-            "DELETE FROM stovepipe_queue_message WHERE id = ? AND lease_token = ?",
-            (receipt.row_id, receipt.token),
+    def _lease_key_head(self, receipt: _Receipt) -> tuple[_Receipt, bytes, int] | None:
+        """Lease the key of ``receipt``, then its head if deliverable, in one transaction: the
+        receipt with the head's id, its payload and its ``attempt``; ``None`` if either lease
+        was not to be had.
+
+        The key is leased, not only its head row: MySQL assigns an auto-increment id when a
+        row is inserted, not when it is committed, so a publish committed late can become
+        the head of a key whose later message is being delivered.
+        """
+        now = self._dialect.now
+        lease = (receipt.token, self._visibility_timeout, receipt.topic, receipt.key)
+        with self._transaction() as cursor:
+            cursor.execute(self._dialect.lease_key.format(now=now), lease)
+            cursor.execute(
+                self._sql(
+                    "SELECT lease_token FROM stovepipe_queue_key_lease"
+                    " WHERE topic = ? AND partition_key = ?"
+                ),
+                (receipt.topic, receipt.key),
+            )
+            if bytes(cursor.fetchone()[0]) != receipt.token:  # another consumer's live lease
+                return None
+            cursor.execute(
+                self._sql(
+                    f"SELECT id, payload, attempt, available_at <= {now}"
+                    " FROM stovepipe_queue_message WHERE topic = ? AND partition_key = ?"
+                    " ORDER BY id LIMIT 1"
+                ),
+                (receipt.topic, receipt.key),
+            )
+            head = cursor.fetchone()
+            claimed = 0
+            if head is not None and head[3]:
+                claimed = self._run(
+                    cursor,
+                    "UPDATE stovepipe_queue_message"
+                    f" SET lease_token = ?, lease_until = {now} + ?, attempt = attempt + 1"
+                    " WHERE id = ? AND attempt = ?"
+                    f" AND (lease_until IS NULL OR lease_until <= {now})",
+                    (receipt.token, self._visibility_timeout, head[0], head[2]),
+                )
+            if claimed != 1:  # no message, backing off, or leased before the key leases
+                self._release_key(cursor, receipt)
+                return None
+        return dataclasses.replace(receipt, row_id=int(head[0])), bytes(head[1]), head[2] + 1
+
+    def _release_key(self, cursor: Any, receipt: _Receipt) -> None:
+        self._run(
+            cursor,
+            "DELETE FROM stovepipe_queue_key_lease"
+            " WHERE topic = ? AND partition_key = ? AND lease_token = ?",
+            (receipt.topic, receipt.key, receipt.token),
         )
+
+    def ack(self, delivery: Delivery) -> None:
+        """Delete the row and free its key, if this delivery still holds its lease."""
+        receipt = self._release(delivery)
+        with self._transaction() as cursor:
+            self._release_key(cursor, receipt)  # the key's lease first, as a claim locks it
+            deleted = self._run(
+                cursor,
+                "DELETE FROM stovepipe_queue_message WHERE id = ? AND lease_token = ?",
+                (receipt.row_id, receipt.token),
+            )
         if deleted != 1:
             logger.warning("acknowledged a %r message after its lease ran out", _topic(delivery))
 
     def retry(self, delivery: Delivery, delay: float, reason: str) -> None:
-        """Drop the lease and make the row claimable after ``delay`` seconds."""
+        """Drop the leases and make the row claimable after ``delay`` seconds."""
         receipt = self._release(delivery)
-        self._execute(
-            "UPDATE stovepipe_queue_message"
-            " SET lease_token = NULL, lease_until = NULL, last_error = ?,"
-            f" available_at = {self._dialect.now} + ?"
-            " WHERE id = ? AND lease_token = ?",
-            (reason, delay, receipt.row_id, receipt.token),
-        )
+        with self._transaction() as cursor:
+            self._release_key(cursor, receipt)
+            self._run(
+                cursor,
+                "UPDATE stovepipe_queue_message"
+                " SET lease_token = NULL, lease_until = NULL, last_error = ?,"
+                f" available_at = {self._dialect.now} + ?"
+                " WHERE id = ? AND lease_token = ?",
+                (reason, delay, receipt.row_id, receipt.token),
+            )
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Copy the row to the dead letters and delete it, in one transaction."""
-        receipt = self._release(delivery)
+        moved = self._move_to_dead_letters(self._release(delivery), reason)
+        if moved != 1:
+            logger.warning("dead-lettered a %r message after its lease ran out", _topic(delivery))
+
+    def _move_to_dead_letters(self, receipt: _Receipt, reason: str) -> int:
         with self._transaction() as cursor:
+            self._release_key(cursor, receipt)
             moved = self._run(
                 cursor,
                 "INSERT INTO stovepipe_queue_dead_letter"
@@ -235,20 +338,27 @@ class SQLBroker:
                 "DELETE FROM stovepipe_queue_message WHERE id = ? AND lease_token = ?",
                 (receipt.row_id, receipt.token),
             )
-        if moved != 1:
-            logger.warning("dead-lettered a %r message after its lease ran out", _topic(delivery))
+        return moved
 
     def renew(self) -> None:
-        """Push back the deadline of every lease this broker holds."""
+        """Push back the deadline of every lease this broker holds, row and key."""
         with self._lock:
-            held = list(self._held.items())
-        for row_id, token in held:
-            self._execute(
-                "UPDATE stovepipe_queue_message"
-                f" SET lease_until = {self._dialect.now} + ?"
-                " WHERE id = ? AND lease_token = ?",
-                (self._visibility_timeout, row_id, token),
-            )
+            held = list(self._held.values())
+        now = self._dialect.now
+        for receipt in held:
+            with self._transaction() as cursor:
+                self._run(
+                    cursor,
+                    f"UPDATE stovepipe_queue_key_lease SET lease_until = {now} + ?"
+                    " WHERE topic = ? AND partition_key = ? AND lease_token = ?",
+                    (self._visibility_timeout, receipt.topic, receipt.key, receipt.token),
+                )
+                self._run(
+                    cursor,
+                    f"UPDATE stovepipe_queue_message SET lease_until = {now} + ?"
+                    " WHERE id = ? AND lease_token = ?",
+                    (self._visibility_timeout, receipt.row_id, receipt.token),
+                )
 
     def backlog(self, topic: str) -> int:
         """Rows of ``topic`` still in the message table."""
@@ -265,7 +375,7 @@ class SQLBroker:
             (_encode(topic),),
         )
         return [
-            DeadLetter(Message(topic, _decode(key), bytes(payload), int(attempt)), str(reason))
+            DeadLetter(Message(topic, _decode_lax(key), bytes(payload), int(attempt)), str(reason))
             for key, payload, attempt, reason in rows
         ]
 
@@ -295,8 +405,8 @@ class SQLBroker:
                     raise MessageQueueUnavailable("the messaging queue is closed")
             try:
                 connection = self._dialect.connect()
-            except self._dialect.transient as error:
-                raise MessageQueueUnavailable(f"{self._dialect.name} queue: {error}") from None
+            except self._dialect.errors as error:
+                raise self._mapped(error) from None
             with self._lock:
                 self._connections.append(connection)
             self._local.connection = connection
@@ -310,6 +420,10 @@ class SQLBroker:
                 self._connections.remove(connection)
             with contextlib.suppress(Exception):
                 connection.close()
+
+    def _mapped(self, error: BaseException) -> MessageQueueError | MessageQueueUnavailable:
+        """The contract's error for a driver's ``error``."""
+        return _mapped_error(self._dialect, error)
 
     def _sql(self, statement: str) -> str:
         return statement.replace("?", self._dialect.placeholder)
@@ -336,9 +450,11 @@ class SQLBroker:
         cursor = self._connection().cursor()
         try:
             yield cursor
-        except self._dialect.transient as error:
-            self._discard_connection()
-            raise MessageQueueUnavailable(f"{self._dialect.name} queue: {error}") from None
+        except self._dialect.errors as error:
+            mapped = self._mapped(error)
+            if isinstance(mapped, MessageQueueUnavailable):
+                self._discard_connection()  # it may be broken; the next call reconnects
+            raise mapped from None
         finally:
             with contextlib.suppress(Exception):
                 cursor.close()
@@ -362,6 +478,44 @@ def _encode(text: str) -> bytes:
 
 def _decode(data: bytes) -> str:
     return bytes(data).decode("utf-8", "surrogatepass")
+
+
+def _mapped_error(
+    dialect: _Dialect, error: BaseException
+) -> MessageQueueError | MessageQueueUnavailable:
+    if dialect.is_transient(error):
+        return MessageQueueUnavailable(f"{dialect.name} queue: {error}")
+    return MessageQueueError(f"{dialect.name} queue: {type(error).__name__}: {error}")
+
+
+def _sqlite_is_transient(error: BaseException) -> bool:
+    """Only a lock held by another connection past the busy timeout passes on its own."""
+    code = getattr(error, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+# Connection refused, lost or timed out; server gone away or shutting down; too many
+# connections; lock wait timeout and deadlock (the transaction was rolled back).
+_MYSQL_TRANSIENT_CODES: Final = frozenset(
+    {1040, 1053, 1205, 1213, 1927, 2002, 2003, 2006, 2013, 2055}
+)
+
+
+def _mysql_is_transient(error: BaseException) -> bool:
+    import pymysql
+
+    if isinstance(error, pymysql.err.InterfaceError):  # the connection is closed or broken
+        return True
+    code = error.args[0] if error.args else None
+    return isinstance(error, pymysql.err.OperationalError) and code in _MYSQL_TRANSIENT_CODES
+
+
+def _decode_lax(data: bytes) -> str:
+    """``data`` as text for a dead letter: invalid UTF-8 shown as ``\\xNN`` escapes."""
+    try:
+        return _decode(data)
+    except UnicodeDecodeError:
+        return bytes(data).decode("utf-8", "backslashreplace")
 
 
 def _topic(delivery: Delivery) -> str:
@@ -398,12 +552,23 @@ def sqlite_broker(url: str, *, visibility_timeout: float) -> SQLBroker:
         now="((julianday('now') - 2440587.5) * 86400.0)",
         # IMMEDIATE takes the write lock up front: no deadlock upgrading a read lock.
         begin="BEGIN IMMEDIATE",
-        transient=(sqlite3.OperationalError,),
+        lease_key=(
+            "INSERT INTO stovepipe_queue_key_lease"
+            " (lease_token, lease_until, topic, partition_key) VALUES (?, {now} + ?, ?, ?)"
+            " ON CONFLICT (topic, partition_key) DO UPDATE"
+            " SET lease_token = excluded.lease_token, lease_until = excluded.lease_until"
+            " WHERE stovepipe_queue_key_lease.lease_until <= {now}"
+        ),
+        errors=(sqlite3.Error,),
+        is_transient=_sqlite_is_transient,
         explicit_writes=True,
     )
     broker = SQLBroker(dialect, visibility_timeout=visibility_timeout)
-    with contextlib.closing(sqlite3.connect(path, timeout=timeout)) as connection:
-        connection.executescript(_SQLITE_SCHEMA)
+    try:
+        with contextlib.closing(sqlite3.connect(path, timeout=timeout)) as connection:
+            connection.executescript(_SQLITE_SCHEMA)
+    except sqlite3.Error as error:
+        raise _mapped_error(dialect, error) from None
     return broker
 
 
@@ -447,7 +612,16 @@ def mysql_broker(url: str, *, visibility_timeout: float) -> SQLBroker:
         placeholder="%s",
         now="UNIX_TIMESTAMP(NOW(6))",
         begin="START TRANSACTION",
-        transient=(pymysql.err.OperationalError, pymysql.err.InterfaceError),
+        # The token is assigned first, while lease_until still holds the old deadline.
+        lease_key=(
+            "INSERT INTO stovepipe_queue_key_lease"
+            " (lease_token, lease_until, topic, partition_key) VALUES (%s, {now} + %s, %s, %s)"
+            " ON DUPLICATE KEY UPDATE"
+            " lease_token = IF(lease_until <= {now}, VALUES(lease_token), lease_token),"
+            " lease_until = IF(lease_until <= {now}, VALUES(lease_until), lease_until)"
+        ),
+        errors=(pymysql.err.MySQLError,),
+        is_transient=_mysql_is_transient,
     )
     broker = SQLBroker(dialect, visibility_timeout=visibility_timeout)
     try:

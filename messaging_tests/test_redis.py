@@ -1,0 +1,38 @@
+"""What only the Redis Streams queue has to survive: its server losing its data."""
+
+from __future__ import annotations
+
+import pytest
+
+from messaging_tests.conftest import _resolve, url_with
+from messaging_tests.recorder import Recorder, payloads
+from stovepipe.messagequeue.redis_streams import RedisStreamsBroker
+from stovepipe.messagequeue.registry import open_queue
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return _resolve("redis", tmp_path_factory)
+
+
+def test_redis_a_consumer_group_lost_with_the_data_is_recreated_and_delivery_goes_on(
+    redis_url: str, topic: str
+) -> None:
+    queue = open_queue(url_with(redis_url, shards=1, poll_interval=0.05))
+    broker = getattr(queue, "broker", None)
+    assert isinstance(broker, RedisStreamsBroker)
+    recorder = Recorder()
+    queue.subscribe(topic, recorder)
+    queue.start()
+    try:
+        queue.publish(topic, "k", b"before")
+        recorder.wait_for(1)
+        # What a restart without persistence or a FLUSHDB does to this topic: the next
+        # publish recreates the stream, without the consumer group this process created.
+        for name in broker._client.scan_iter(match=broker._base(topic) + b":*"):
+            broker._client.delete(name)
+        queue.publish(topic, "k", b"after")
+
+        assert payloads(recorder.wait_for(2, timeout=10)) == [b"before", b"after"]
+    finally:
+        queue.stop(timeout=5)
