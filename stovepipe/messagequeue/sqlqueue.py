@@ -43,6 +43,7 @@ from typing import Any, Final, Protocol
 from stovepipe.messagequeue.brokered import Delivery, MessageQueueError, MessageQueueUnavailable
 from stovepipe.messagequeue.contract import Message
 from stovepipe.messagequeue.inprocess import DeadLetter
+from stovepipe.storage.sqlite import use_wal
 
 logger = logging.getLogger(__name__)
 
@@ -541,7 +542,7 @@ def sqlite_broker(url: str, *, visibility_timeout: float) -> SQLBroker:
         connection = sqlite3.connect(
             path, timeout=timeout, isolation_level=None, check_same_thread=False
         )
-        connection.execute("PRAGMA journal_mode=WAL")
+        use_wal(connection, timeout)
         connection.execute("PRAGMA synchronous=FULL")
         return connection
 
@@ -565,8 +566,12 @@ def sqlite_broker(url: str, *, visibility_timeout: float) -> SQLBroker:
     )
     broker = SQLBroker(dialect, visibility_timeout=visibility_timeout)
     try:
-        with contextlib.closing(sqlite3.connect(path, timeout=timeout)) as connection:
-            connection.executescript(_SQLITE_SCHEMA)
+        with contextlib.closing(
+            sqlite3.connect(path, timeout=timeout, isolation_level=None)
+        ) as connection:
+            use_wal(connection, timeout)
+            # IMMEDIATE: a process racing another's CREATE waits instead of failing.
+            connection.executescript(f"BEGIN IMMEDIATE;\n{_SQLITE_SCHEMA}\nCOMMIT;")
     except sqlite3.Error as error:
         raise _mapped_error(dialect, error) from None
     return broker
