@@ -43,7 +43,7 @@ from typing import Any, Final, Protocol
 from stovepipe.messagequeue.brokered import Delivery, MessageQueueError, MessageQueueUnavailable
 from stovepipe.messagequeue.contract import Message
 from stovepipe.messagequeue.inprocess import DeadLetter
-from stovepipe.storage.sqlite import use_wal
+from stovepipe.storage.sqlite import create_tables, use_wal
 
 logger = logging.getLogger(__name__)
 
@@ -570,8 +570,7 @@ def sqlite_broker(url: str, *, visibility_timeout: float) -> SQLBroker:
             sqlite3.connect(path, timeout=timeout, isolation_level=None)
         ) as connection:
             use_wal(connection, timeout)
-            # IMMEDIATE: a process racing another's CREATE waits instead of failing.
-            connection.executescript(f"BEGIN IMMEDIATE;\n{_SQLITE_SCHEMA}\nCOMMIT;")
+            create_tables(connection, _SQLITE_SCHEMA)
     except sqlite3.Error as error:
         raise _mapped_error(dialect, error) from None
     return broker

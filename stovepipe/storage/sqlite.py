@@ -89,6 +89,22 @@ def use_wal(connection: sqlite3.Connection, timeout: float) -> None:
         time.sleep(0.01)
 
 
+def create_tables(connection: sqlite3.Connection, schema: str) -> None:
+    """Run ``schema``, a script of ``CREATE ... IF NOT EXISTS`` statements.
+
+    Tried plainly first: where the tables exist it only reads, so it passes beside another
+    process's long write. A process that lost the race to create them fails at once on its
+    stale read, without waiting on the busy timeout; it then takes the write lock first
+    (BEGIN IMMEDIATE, which does wait) and runs the script again.
+    """
+    try:
+        connection.executescript(schema)
+    except sqlite3.OperationalError as error:
+        if not _transient(error):
+            raise
+        connection.executescript(f"BEGIN IMMEDIATE;\n{schema}\nCOMMIT;")
+
+
 class _Connections:
     """A pool of connections: each operation borrows one, so threads may come and go."""
 
@@ -239,9 +255,7 @@ class SQLiteBackend:
     def _create_schema(self) -> None:
         with self._connections.borrow() as connection:
             use_wal(connection, self._timeout)
-            # IMMEDIATE takes the write lock before the schema is read, so a process racing
-            # another's CREATE waits for it instead of failing on a stale read.
-            connection.executescript(f"BEGIN IMMEDIATE;\n{_SCHEMA}\nCOMMIT;")
+            create_tables(connection, _SCHEMA)
 
     def close(self) -> None:
         self._connections.close()
