@@ -31,6 +31,7 @@ from stovepipe_etcd.etcdrpc.rpc_pb2 import (
 )
 from stovepipe_etcd.layout import Layout
 
+from benchmarks.bench_storage import operations
 from benchmarks.timing import Latency, measure, print_comparison
 from stovepipe.entity import Request, RequestState
 from stovepipe.storage import Storage
@@ -40,20 +41,6 @@ QUEUE = "bench/main"
 
 def _request(ns: str, i: int) -> Request:
     return Request(f"{ns}/{i}", QUEUE, f"git://o/r/main/{i}", RequestState.ACCEPTED, 1)
-
-
-def operations(storage: Storage, ns: str) -> dict[str, Callable[[int], object]]:
-    """One callable per contract operation through ``open_storage``; call i has its own keys."""
-    return {
-        "requests.create": lambda i: storage.requests.create(_request(ns, i)),
-        "requests.get": lambda i: storage.requests.get(f"{ns}/{i}"),
-        "requests.update": lambda i: storage.requests.update(
-            _request(ns, i), old_version=1, new_version=2
-        ),
-        "request_uris.create": lambda i: storage.request_uris.create(QUEUE, f"{ns}/{i}", "id"),
-        "request_uris.get": lambda i: storage.request_uris.get_id_by_uri(QUEUE, f"{ns}/{i}"),
-        "counter.next": lambda i: storage.counter.next(f"{ns}/counter"),
-    }
 
 
 def raw_operations(

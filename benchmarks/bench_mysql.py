@@ -23,31 +23,11 @@ import pymysql
 from stovepipe_mysql import backend, migrate
 from stovepipe_mysql.options import parse_url
 
+from benchmarks.bench_storage import operations
 from benchmarks.timing import Latency, measure, print_comparison
-from stovepipe.entity import Request, RequestState
-from stovepipe.storage import Storage, open_storage
+from stovepipe.storage import open_storage
 
 Operations = dict[str, Callable[[int], object]]
-
-
-def storage_operations(storage: Storage, ns: str) -> Operations:
-    """One callable per contract operation through ``open_storage``; call i has its own keys."""
-
-    def request(i: int) -> Request:
-        return Request(f"{ns}/{i}", "bench/main", f"git://o/r/main/{i}", RequestState.ACCEPTED, 1)
-
-    return {
-        "requests.create": lambda i: storage.requests.create(request(i)),
-        "requests.get": lambda i: storage.requests.get(f"{ns}/{i}"),
-        "requests.update": lambda i: storage.requests.update(
-            request(i), old_version=1, new_version=2
-        ),
-        "request_uris.create": lambda i: storage.request_uris.create(
-            "bench/main", f"{ns}/{i}", "id"
-        ),
-        "request_uris.get": lambda i: storage.request_uris.get_id_by_uri("bench/main", f"{ns}/{i}"),
-        "counter.next": lambda i: storage.counter.next(f"{ns}/counter"),
-    }
 
 
 def raw_operations(
@@ -141,7 +121,7 @@ def main() -> None:
 
     raw_connection = pymysql.connect(**parse_url(arguments.url).connect_arguments())
     with open_storage(arguments.url) as storage:
-        ours = storage_operations(storage, uuid.uuid4().hex)
+        ours = operations(storage, uuid.uuid4().hex)
         raw = raw_operations(raw_connection, uuid.uuid4().hex)
         # In contract order, so that get and update find what create wrote.
         rows = [(name, *interleaved(ours[name], raw[name], count, rounds)) for name in ours]
