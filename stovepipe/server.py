@@ -8,13 +8,14 @@ until SIGTERM or SIGINT, then drains in-flight calls within the grace period.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import signal
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent import futures
 from types import FrameType
 
@@ -182,14 +183,36 @@ def build_sourcecontrol(queues: Mapping[str, configuration.QueueSpec]) -> QueueM
     return QueueMap(bindings)
 
 
+def _open_configured_storage(config: configuration.Config) -> Storage:
+    """Open ``config``'s storage; a failure is a configuration error naming the URL, redacted."""
+    configuration.prepare_default_storage(config.storage_url)
+    try:
+        return open_storage(config.storage_url)
+    except StorageError as error:
+        raise configuration.ConfigError(f"storage {redact(config.storage_url)}: {error}") from None
+
+
+@contextlib.contextmanager
+def _stop_requested_by_signals() -> Iterator[threading.Event]:
+    """An event set by SIGTERM or SIGINT while inside; the previous handlers come back after."""
+    stop_requested = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        logger.info("received %s; draining", signal.Signals(signum).name)
+        stop_requested.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop_requested
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def build_server(config: configuration.Config) -> StovepipeServer:
     """Open storage and source control as ``config`` says and bind the server (not started)."""
     sourcecontrol = build_sourcecontrol(config.queues)
-    configuration.prepare_default_storage(config.storage_url)
-    try:
-        storage = open_storage(config.storage_url)
-    except StorageError as error:
-        raise configuration.ConfigError(f"storage {redact(config.storage_url)}: {error}") from None
+    storage = _open_configured_storage(config)
     try:
         metrics = Metrics()
         message_queue = build_message_queue(config, metrics)
@@ -228,20 +251,9 @@ def build_message_queue(config: configuration.Config, metrics: Metrics) -> Messa
 def run_worker(config: configuration.Config) -> int:
     """Consume the ``process`` topic (no RPCs) until SIGTERM or SIGINT, then drain within
     ``config.grace_period``; exit status. Scales the process stage apart from ingest."""
-    configuration.prepare_default_storage(config.storage_url)
     metrics = Metrics()
-    try:
-        storage = metrics.instrument(open_storage(config.storage_url))
-    except StorageError as error:
-        raise configuration.ConfigError(f"storage {redact(config.storage_url)}: {error}") from None
-    stop_requested = threading.Event()
-
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        logger.info("received %s; draining", signal.Signals(signum).name)
-        stop_requested.set()
-
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    storage = metrics.instrument(_open_configured_storage(config))
+    with contextlib.closing(storage), _stop_requested_by_signals() as stop_requested:
         message_queue = build_message_queue(config, metrics)
         if isinstance(message_queue, InProcessMessageQueue):
             raise configuration.ConfigError(
@@ -264,10 +276,6 @@ def run_worker(config: configuration.Config) -> int:
         finally:
             message_queue.stop(timeout=config.grace_period)
             metrics.close()
-    finally:
-        storage.close()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     logger.info("stopped")
     return 0
 
@@ -279,31 +287,23 @@ def run(config: configuration.Config) -> bool:
     waiting for the stuck threads (see :meth:`StovepipeServer.stop`).
     """
     server = build_server(config)
-    stop_requested = threading.Event()
-
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        logger.info("received %s; draining", signal.Signals(signum).name)
-        stop_requested.set()
-
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        server.start()
-        logger.info("stovepipe serving on %s", server.address)
-        for line in configuration.describe(config.queues):
-            logger.info("queue %s", line)
-        logger.info("storage %s", redact(config.storage_url))
-        logger.info("messaging queue %s", redact(queue_url_of(config)))
-        if server.metrics_port is not None:
-            logger.info(
-                "metrics on http://%s/metrics",
-                _with_port(config.metrics_listen, server.metrics_port),
-            )
-        while not stop_requested.wait(1.0):
-            pass
-    finally:
-        drained = server.stop(config.grace_period)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    with _stop_requested_by_signals() as stop_requested:
+        try:
+            server.start()
+            logger.info("stovepipe serving on %s", server.address)
+            for line in configuration.describe(config.queues):
+                logger.info("queue %s", line)
+            logger.info("storage %s", redact(config.storage_url))
+            logger.info("messaging queue %s", redact(queue_url_of(config)))
+            if server.metrics_port is not None:
+                logger.info(
+                    "metrics on http://%s/metrics",
+                    _with_port(config.metrics_listen, server.metrics_port),
+                )
+            while not stop_requested.wait(1.0):
+                pass
+        finally:
+            drained = server.stop(config.grace_period)
     logger.info("stopped")
     return drained
 
