@@ -227,7 +227,6 @@ class RedisStreamsBroker:
         )
         reason = f"undecodable message: {what}"
         logger.error("dead-lettering an undecodable %r message: %s", topic, reason)
-        stream = self._stream(topic, index)
         letter = {
             **fields,
             b"key": fields.get(b"key", b""),
@@ -236,16 +235,24 @@ class RedisStreamsBroker:
             b"reason": reason.encode(),
         }
 
-        def move() -> None:
-            with self._client.pipeline(transaction=True) as pipe:
-                pipe.xadd(self._dead_letter_stream(topic), letter)  # type: ignore[arg-type]
-                pipe.xack(stream, GROUP, entry_id)
-                pipe.xdel(stream, entry_id)
-                pipe.execute()
+        def move_and_release() -> None:
+            self._move_to_dead_letters(topic, index, entry_id, letter)
             self._renew_script(keys=[self._owner(topic, index)], args=[self._consumer, 0])
 
         with self._settling(topic, index):
-            self._call(move)
+            self._call(move_and_release)
+
+    def _move_to_dead_letters(
+        self, topic: str, index: int, entry_id: bytes, letter: dict[bytes, bytes]
+    ) -> None:
+        """Add ``letter`` to the topic's dead letters and ``XACK``/``XDEL`` the entry, in one
+        ``MULTI``."""
+        stream = self._stream(topic, index)
+        with self._client.pipeline(transaction=True) as pipe:
+            pipe.xadd(self._dead_letter_stream(topic), letter)  # type: ignore[arg-type]
+            pipe.xack(stream, GROUP, entry_id)
+            pipe.xdel(stream, entry_id)
+            pipe.execute()
 
     def ack(self, delivery: Delivery) -> None:
         """``XACK`` and ``XDEL`` the entry, atomically."""
@@ -271,7 +278,6 @@ class RedisStreamsBroker:
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Add the dead letter and ``XACK``/``XDEL`` the entry, in one ``MULTI``."""
         topic, index, entry_id = self._receipt(delivery)
-        stream = self._stream(topic, index)
         message = delivery.message
         letter = {
             b"key": _encode(message.key),
@@ -279,16 +285,8 @@ class RedisStreamsBroker:
             b"attempt": str(message.attempt).encode(),
             b"reason": reason.encode("utf-8", "surrogatepass"),
         }
-
-        def move() -> None:
-            with self._client.pipeline(transaction=True) as pipe:
-                pipe.xadd(self._dead_letter_stream(topic), letter)  # type: ignore[arg-type]
-                pipe.xack(stream, GROUP, entry_id)
-                pipe.xdel(stream, entry_id)
-                pipe.execute()
-
         with self._settling(topic, index):
-            self._call(move)
+            self._call(lambda: self._move_to_dead_letters(topic, index, entry_id, letter))
 
     def renew(self) -> None:
         """Extend the leases of the shards delivering or backing off here."""
