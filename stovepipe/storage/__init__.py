@@ -8,7 +8,10 @@
 from stovepipe.storage.contract import (
     Backend,
     BackendOpener,
+    BuildStore,
     Counter,
+    FactStore,
+    QueueStore,
     RequestStore,
     RequestURIStore,
 )
@@ -28,9 +31,12 @@ __all__ = [
     "AlreadyExists",
     "Backend",
     "BackendOpener",
+    "BuildStore",
     "Counter",
+    "FactStore",
     "LimitExceeded",
     "NotFound",
+    "QueueStore",
     "RequestStore",
     "RequestURIStore",
     "Storage",

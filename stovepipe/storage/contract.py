@@ -1,4 +1,4 @@
-"""The storage contract: three stores, each operation one key and one atomic step.
+"""The storage contract: six stores, each operation one key and one atomic step.
 
 These protocols are what a backend implements and what the conformance suite in
 ``contract_tests/`` holds every backend to. The rules, in one place:
@@ -11,6 +11,11 @@ These protocols are what a backend implements and what the conformance suite in
 * **Limits** are in :mod:`stovepipe.storage.limits`. :func:`stovepipe.storage.open_storage`
   rejects longer input with :class:`~stovepipe.storage.errors.LimitExceeded` before it
   reaches a backend, so a backend may rely on them (column widths, key sizes).
+* **Enumerations are closed.** ``state``, ``status`` and ``build_strategy`` hold only the
+  values :mod:`stovepipe.entity` defines: ``open_storage`` refuses any other on write, and a
+  backend that reads back a value it does not know raises ``StorageError``.
+* **Numbers round-trip exactly**: a fact's ``degree`` and ``created_at`` read back as the very
+  same ``float``; counts and versions are signed 64-bit integers.
 * **Read-after-write**: a read after a successful write returns that write.
 * **Thread-safe**: one instance serves a server's whole thread pool.
 * **Errors** are those of :mod:`stovepipe.storage.errors`. Transient faults (refused, reset,
@@ -22,7 +27,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from stovepipe.entity import Request
+from stovepipe.entity import Build, Fact, Queue, Request
 
 
 class RequestStore(Protocol):
@@ -43,10 +48,10 @@ class RequestStore(Protocol):
     def update(self, request: Request, *, old_version: int, new_version: int) -> None:
         """Conditionally persist the mutable fields of ``request``.
 
-        Stores ``request.uri`` and ``request.state`` and sets the version to ``new_version``
-        only if the stored version equals ``old_version``; otherwise raises
-        ``VersionMismatch``, also when no request has ``request.id``. Never reads
-        ``request.version`` and never changes ``id`` or ``queue``.
+        Stores ``request.uri``, ``request.state``, ``request.build_strategy`` and
+        ``request.base_uri`` and sets the version to ``new_version`` only if the stored version
+        equals ``old_version``; otherwise raises ``VersionMismatch``, also when no request has
+        ``request.id``. Never reads ``request.version`` and never changes ``id`` or ``queue``.
         """
         ...
 
@@ -78,8 +83,76 @@ class Counter(Protocol):
         ...
 
 
+class QueueStore(Protocol):
+    """Queues by name: the pipeline's per-queue state (newest head, slots, green bookmark)."""
+
+    def create(self, queue: Queue) -> None:
+        """Persist a new queue as given, ``version`` included.
+
+        Raises ``AlreadyExists`` if the name is stored already; the stored queue is left
+        exactly as it was (first writer wins).
+        """
+        ...
+
+    def get(self, name: str) -> Queue:
+        """Return the stored queue, or raise ``NotFound``."""
+        ...
+
+    def update(self, queue: Queue, *, old_version: int, new_version: int) -> None:
+        """Conditionally persist the mutable fields of ``queue``.
+
+        Stores ``latest_request_id``, ``last_green_uri``, ``last_green_request_id`` and
+        ``in_flight`` and sets the version to ``new_version`` only if the stored version
+        equals ``old_version``; otherwise raises ``VersionMismatch``, also when no queue has
+        ``queue.name``. Never reads ``queue.version``.
+        """
+        ...
+
+
+class BuildStore(Protocol):
+    """Builds by the id their runner minted."""
+
+    def create(self, build: Build) -> None:
+        """Persist a new build as given, ``version`` included.
+
+        Raises ``AlreadyExists`` if the id is stored already; the stored build is left
+        exactly as it was (first writer wins).
+        """
+        ...
+
+    def get(self, build_id: str) -> Build:
+        """Return the stored build, or raise ``NotFound``."""
+        ...
+
+    def update(self, build: Build, *, old_version: int, new_version: int) -> None:
+        """Conditionally persist the mutable fields of ``build``.
+
+        Stores ``status`` and ``log`` and sets the version to ``new_version`` only if the
+        stored version equals ``old_version``; otherwise raises ``VersionMismatch``, also when
+        no build has ``build.id``. Never reads ``build.version`` and never changes ``id`` or
+        ``request_id``.
+        """
+        ...
+
+
+class FactStore(Protocol):
+    """Validation facts by ``(queue, uri, project)``: written once, never changed."""
+
+    def create(self, fact: Fact) -> None:
+        """Persist a new fact.
+
+        Raises ``AlreadyExists`` if a fact has the same ``(queue, uri, project)``; the stored
+        fact is left exactly as it was (first writer wins).
+        """
+        ...
+
+    def get(self, queue: str, uri: str, project: str) -> Fact:
+        """Return the fact stored for the key, or raise ``NotFound`` (not validated)."""
+        ...
+
+
 class Backend(Protocol):
-    """What a backend's entry point returns: the three stores over one engine connection."""
+    """What a backend's entry point returns: the six stores over one engine connection."""
 
     @property
     def requests(self) -> RequestStore: ...
@@ -89,6 +162,15 @@ class Backend(Protocol):
 
     @property
     def counter(self) -> Counter: ...
+
+    @property
+    def queues(self) -> QueueStore: ...
+
+    @property
+    def builds(self) -> BuildStore: ...
+
+    @property
+    def facts(self) -> FactStore: ...
 
     def close(self) -> None:
         """Release connections. Idempotent."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 
-from stovepipe.entity import Request
+from stovepipe.entity import Build, Fact, Queue, Request
 from stovepipe.storage.errors import AlreadyExists, NotFound, VersionMismatch
 
 
@@ -39,7 +39,12 @@ class MemoryRequestStore:
             if stored is None or stored.version != old_version:
                 raise VersionMismatch(f"request {request.id!r} is not at version {old_version}")
             self._requests[request.id] = dataclasses.replace(
-                stored, uri=request.uri, state=request.state, version=new_version
+                stored,
+                uri=request.uri,
+                state=request.state,
+                build_strategy=request.build_strategy,
+                base_uri=request.base_uri,
+                version=new_version,
             )
 
 
@@ -76,13 +81,96 @@ class MemoryCounter:
             return value
 
 
+class MemoryQueueStore:
+    """Queues in a dict, one lock for every operation."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queues: dict[str, Queue] = {}
+
+    def create(self, queue: Queue) -> None:
+        with self._lock:
+            if queue.name in self._queues:
+                raise AlreadyExists(f"queue {queue.name!r} exists")
+            self._queues[queue.name] = queue
+
+    def get(self, name: str) -> Queue:
+        with self._lock:
+            try:
+                return self._queues[name]
+            except KeyError:
+                raise NotFound(f"queue {name!r}") from None
+
+    def update(self, queue: Queue, *, old_version: int, new_version: int) -> None:
+        with self._lock:
+            stored = self._queues.get(queue.name)
+            if stored is None or stored.version != old_version:
+                raise VersionMismatch(f"queue {queue.name!r} is not at version {old_version}")
+            self._queues[queue.name] = dataclasses.replace(queue, version=new_version)
+
+
+class MemoryBuildStore:
+    """Builds in a dict, one lock for every operation."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._builds: dict[str, Build] = {}
+
+    def create(self, build: Build) -> None:
+        with self._lock:
+            if build.id in self._builds:
+                raise AlreadyExists(f"build {build.id!r} exists")
+            self._builds[build.id] = build
+
+    def get(self, build_id: str) -> Build:
+        with self._lock:
+            try:
+                return self._builds[build_id]
+            except KeyError:
+                raise NotFound(f"build {build_id!r}") from None
+
+    def update(self, build: Build, *, old_version: int, new_version: int) -> None:
+        with self._lock:
+            stored = self._builds.get(build.id)
+            if stored is None or stored.version != old_version:
+                raise VersionMismatch(f"build {build.id!r} is not at version {old_version}")
+            self._builds[build.id] = dataclasses.replace(
+                stored, status=build.status, log=build.log, version=new_version
+            )
+
+
+class MemoryFactStore:
+    """Facts in a dict keyed by the ``(queue, uri, project)`` tuple itself."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._facts: dict[tuple[str, str, str], Fact] = {}
+
+    def create(self, fact: Fact) -> None:
+        key = (fact.queue, fact.uri, fact.project)
+        with self._lock:
+            if key in self._facts:
+                raise AlreadyExists(f"fact {key!r} exists")
+            self._facts[key] = fact
+
+    def get(self, queue: str, uri: str, project: str) -> Fact:
+        with self._lock:
+            try:
+                return self._facts[queue, uri, project]
+            except KeyError:
+                raise NotFound(f"fact {(queue, uri, project)!r}") from None
+
+
 class MemoryBackend:
-    """The three in-memory stores. ``close`` keeps the data: nothing to release."""
+    """The six in-memory stores. ``close`` keeps the data: nothing to release."""
 
     def __init__(self) -> None:
         self.requests = MemoryRequestStore()
         self.request_uris = MemoryRequestURIStore()
         self.counter = MemoryCounter()
+        self.queues = MemoryQueueStore()
+        self.builds = MemoryBuildStore()
+        self.facts = MemoryFactStore()
 
     def close(self) -> None:
         pass

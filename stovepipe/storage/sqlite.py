@@ -13,6 +13,7 @@ so the file can be shared by a server's thread pool and by several processes (WA
 from __future__ import annotations
 
 import contextlib
+import enum
 import pathlib
 import queue
 import sqlite3
@@ -20,8 +21,17 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
+from typing import TypeVar
 
-from stovepipe.entity import Request, RequestState
+from stovepipe.entity import (
+    Build,
+    BuildStatus,
+    BuildStrategy,
+    Fact,
+    Queue,
+    Request,
+    RequestState,
+)
 from stovepipe.storage.errors import (
     AlreadyExists,
     NotFound,
@@ -36,7 +46,9 @@ CREATE TABLE IF NOT EXISTS request (
     queue   TEXT NOT NULL,
     uri     TEXT NOT NULL,
     state   TEXT NOT NULL,
-    version INTEGER NOT NULL
+    version INTEGER NOT NULL,
+    build_strategy TEXT NOT NULL DEFAULT '',
+    base_uri       TEXT NOT NULL DEFAULT ''
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS request_uri (
     queue      TEXT NOT NULL,
@@ -48,7 +60,38 @@ CREATE TABLE IF NOT EXISTS counter (
     domain TEXT PRIMARY KEY,
     value  INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS queue (
+    name                  TEXT PRIMARY KEY,
+    latest_request_id     TEXT NOT NULL,
+    last_green_uri        TEXT NOT NULL,
+    last_green_request_id TEXT NOT NULL,
+    in_flight             INTEGER NOT NULL,
+    version               INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS build (
+    id         TEXT PRIMARY KEY,
+    request_id TEXT NOT NULL,
+    status     TEXT NOT NULL,
+    log        TEXT NOT NULL,
+    version    INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS fact (
+    queue      TEXT NOT NULL,
+    uri        TEXT NOT NULL,
+    project    TEXT NOT NULL,
+    degree     REAL NOT NULL,
+    request_id TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (queue, uri, project)
+) WITHOUT ROWID;
 """
+
+# Files made before the pipeline's columns existed gain them in place; SQLite has no
+# ADD COLUMN IF NOT EXISTS, so each is added only when the table lacks it.
+_REQUEST_COLUMNS_ADDED = {
+    "build_strategy": "ALTER TABLE request ADD COLUMN build_strategy TEXT NOT NULL DEFAULT ''",
+    "base_uri": "ALTER TABLE request ADD COLUMN base_uri TEXT NOT NULL DEFAULT ''",
+}
 
 
 # Another connection holds the lock past the busy timeout: waiting longer may succeed.
@@ -65,6 +108,18 @@ def _mapped(error: sqlite3.Error) -> StorageError:
     if _transient(error):
         return Unavailable(f"sqlite: {error}")
     return StorageError(f"sqlite: {error}")
+
+
+_Enum = TypeVar("_Enum", bound=enum.StrEnum)
+
+
+def _known(kind: type[_Enum], value: str, field: str, what: str) -> _Enum:
+    """``value`` as a member of ``kind``; a value this version does not define (say, written
+    by a newer one during a rolling upgrade) is a ``StorageError``, never passed on."""
+    try:
+        return kind(value)
+    except ValueError:
+        raise StorageError(f"{what} holds an unknown {field} {value!r}") from None
 
 
 def use_wal(connection: sqlite3.Connection, timeout: float) -> None:
@@ -103,6 +158,11 @@ def create_tables(connection: sqlite3.Connection, schema: str) -> None:
         if not _transient(error):
             raise
         connection.executescript(f"BEGIN IMMEDIATE;\n{schema}\nCOMMIT;")
+
+
+def _missing_request_columns(connection: sqlite3.Connection) -> list[str]:
+    present = {row[1] for row in connection.execute("PRAGMA table_info(request)")}
+    return [column for column in _REQUEST_COLUMNS_ADDED if column not in present]
 
 
 class _Connections:
@@ -164,8 +224,17 @@ class SQLiteRequestStore:
         with self._connections.borrow() as connection:
             try:
                 connection.execute(
-                    "INSERT INTO request (id, queue, uri, state, version) VALUES (?, ?, ?, ?, ?)",
-                    (request.id, request.queue, request.uri, str(request.state), request.version),
+                    "INSERT INTO request (id, queue, uri, state, version, build_strategy, base_uri)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        request.id,
+                        request.queue,
+                        request.uri,
+                        str(request.state),
+                        request.version,
+                        str(request.build_strategy),
+                        request.base_uri,
+                    ),
                 )
             except sqlite3.IntegrityError:
                 raise AlreadyExists(f"request {request.id!r} exists") from None
@@ -173,23 +242,37 @@ class SQLiteRequestStore:
     def get(self, request_id: str) -> Request:
         with self._connections.borrow() as connection:
             row = connection.execute(
-                "SELECT queue, uri, state, version FROM request WHERE id = ?", (request_id,)
+                "SELECT queue, uri, state, version, build_strategy, base_uri"
+                " FROM request WHERE id = ?",
+                (request_id,),
             ).fetchone()
         if row is None:
             raise NotFound(f"request {request_id!r}")
-        queue, uri, state, version = row
-        try:
-            known_state = RequestState(state)
-        except ValueError:
-            # e.g. written by a newer version during a rolling upgrade
-            raise StorageError(f"request {request_id!r} holds an unknown state {state!r}") from None
-        return Request(request_id, queue, uri, known_state, version)
+        queue, uri, state, version, build_strategy, base_uri = row
+        return Request(
+            request_id,
+            queue,
+            uri,
+            _known(RequestState, state, "state", f"request {request_id!r}"),
+            version,
+            _known(BuildStrategy, build_strategy, "build_strategy", f"request {request_id!r}"),
+            base_uri,
+        )
 
     def update(self, request: Request, *, old_version: int, new_version: int) -> None:
         with self._connections.borrow() as connection:
             cursor = connection.execute(
-                "UPDATE request SET uri = ?, state = ?, version = ? WHERE id = ? AND version = ?",
-                (request.uri, str(request.state), new_version, request.id, old_version),
+                "UPDATE request SET uri = ?, state = ?, build_strategy = ?, base_uri = ?,"
+                " version = ? WHERE id = ? AND version = ?",
+                (
+                    request.uri,
+                    str(request.state),
+                    str(request.build_strategy),
+                    request.base_uri,
+                    new_version,
+                    request.id,
+                    old_version,
+                ),
             )
         # SQLite counts every row the WHERE matched, changed or not.
         if cursor.rowcount != 1:
@@ -237,8 +320,138 @@ class SQLiteCounter:
         return number
 
 
+class SQLiteQueueStore:
+    def __init__(self, connections: _Connections) -> None:
+        self._connections = connections
+
+    def create(self, queue: Queue) -> None:
+        with self._connections.borrow() as connection:
+            try:
+                connection.execute(
+                    "INSERT INTO queue (name, latest_request_id, last_green_uri,"
+                    " last_green_request_id, in_flight, version) VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        queue.name,
+                        queue.latest_request_id,
+                        queue.last_green_uri,
+                        queue.last_green_request_id,
+                        queue.in_flight,
+                        queue.version,
+                    ),
+                )
+            except sqlite3.IntegrityError:
+                raise AlreadyExists(f"queue {queue.name!r} exists") from None
+
+    def get(self, name: str) -> Queue:
+        with self._connections.borrow() as connection:
+            row = connection.execute(
+                "SELECT latest_request_id, last_green_uri, last_green_request_id, in_flight,"
+                " version FROM queue WHERE name = ?",
+                (name,),
+            ).fetchone()
+        if row is None:
+            raise NotFound(f"queue {name!r}")
+        return Queue(name, *row)
+
+    def update(self, queue: Queue, *, old_version: int, new_version: int) -> None:
+        with self._connections.borrow() as connection:
+            cursor = connection.execute(
+                "UPDATE queue SET latest_request_id = ?, last_green_uri = ?,"
+                " last_green_request_id = ?, in_flight = ?, version = ?"
+                " WHERE name = ? AND version = ?",
+                (
+                    queue.latest_request_id,
+                    queue.last_green_uri,
+                    queue.last_green_request_id,
+                    queue.in_flight,
+                    new_version,
+                    queue.name,
+                    old_version,
+                ),
+            )
+        if cursor.rowcount != 1:
+            raise VersionMismatch(f"queue {queue.name!r} is not at version {old_version}")
+
+
+class SQLiteBuildStore:
+    def __init__(self, connections: _Connections) -> None:
+        self._connections = connections
+
+    def create(self, build: Build) -> None:
+        with self._connections.borrow() as connection:
+            try:
+                connection.execute(
+                    "INSERT INTO build (id, request_id, status, log, version)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (build.id, build.request_id, str(build.status), build.log, build.version),
+                )
+            except sqlite3.IntegrityError:
+                raise AlreadyExists(f"build {build.id!r} exists") from None
+
+    def get(self, build_id: str) -> Build:
+        with self._connections.borrow() as connection:
+            row = connection.execute(
+                "SELECT request_id, status, log, version FROM build WHERE id = ?", (build_id,)
+            ).fetchone()
+        if row is None:
+            raise NotFound(f"build {build_id!r}")
+        request_id, status, log, version = row
+        return Build(
+            build_id,
+            request_id,
+            _known(BuildStatus, status, "status", f"build {build_id!r}"),
+            log,
+            version,
+        )
+
+    def update(self, build: Build, *, old_version: int, new_version: int) -> None:
+        with self._connections.borrow() as connection:
+            cursor = connection.execute(
+                "UPDATE build SET status = ?, log = ?, version = ? WHERE id = ? AND version = ?",
+                (str(build.status), build.log, new_version, build.id, old_version),
+            )
+        if cursor.rowcount != 1:
+            raise VersionMismatch(f"build {build.id!r} is not at version {old_version}")
+
+
+class SQLiteFactStore:
+    def __init__(self, connections: _Connections) -> None:
+        self._connections = connections
+
+    def create(self, fact: Fact) -> None:
+        with self._connections.borrow() as connection:
+            try:
+                connection.execute(
+                    "INSERT INTO fact (queue, uri, project, degree, request_id, created_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        fact.queue,
+                        fact.uri,
+                        fact.project,
+                        float(fact.degree),
+                        fact.request_id,
+                        float(fact.created_at),
+                    ),
+                )
+            except sqlite3.IntegrityError:
+                key = (fact.queue, fact.uri, fact.project)
+                raise AlreadyExists(f"fact {key!r} exists") from None
+
+    def get(self, queue: str, uri: str, project: str) -> Fact:
+        with self._connections.borrow() as connection:
+            row = connection.execute(
+                "SELECT degree, request_id, created_at FROM fact"
+                " WHERE queue = ? AND uri = ? AND project = ?",
+                (queue, uri, project),
+            ).fetchone()
+        if row is None:
+            raise NotFound(f"fact {(queue, uri, project)!r}")
+        degree, request_id, created_at = row
+        return Fact(queue, uri, project, degree, request_id, created_at)
+
+
 class SQLiteBackend:
-    """The three stores over one SQLite file."""
+    """The six stores over one SQLite file."""
 
     def __init__(self, path: str, *, timeout: float = 5.0, synchronous: str = "full") -> None:
         if synchronous not in ("full", "normal"):
@@ -251,11 +464,29 @@ class SQLiteBackend:
         self.requests = SQLiteRequestStore(self._connections)
         self.request_uris = SQLiteRequestURIStore(self._connections)
         self.counter = SQLiteCounter(self._connections)
+        self.queues = SQLiteQueueStore(self._connections)
+        self.builds = SQLiteBuildStore(self._connections)
+        self.facts = SQLiteFactStore(self._connections)
 
     def _create_schema(self) -> None:
         with self._connections.borrow() as connection:
             use_wal(connection, self._timeout)
             create_tables(connection, _SCHEMA)
+            self._add_missing_columns(connection)
+
+    @staticmethod
+    def _add_missing_columns(connection: sqlite3.Connection) -> None:
+        """Upgrade a file made before the request's pipeline columns, under the write lock
+        (BEGIN IMMEDIATE waits for it), so processes opening it together add each once."""
+        if _missing_request_columns(connection):
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                for column in _missing_request_columns(connection):
+                    connection.execute(_REQUEST_COLUMNS_ADDED[column])
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            connection.execute("COMMIT")
 
     def close(self) -> None:
         self._connections.close()

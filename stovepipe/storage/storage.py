@@ -7,12 +7,15 @@ import urllib.parse
 from types import TracebackType
 from typing import Self
 
-from stovepipe.entity import Request
+from stovepipe.entity import Build, BuildStatus, BuildStrategy, Fact, Queue, Request, RequestState
 from stovepipe.storage import limits
 from stovepipe.storage.contract import (
     Backend,
     BackendOpener,
+    BuildStore,
     Counter,
+    FactStore,
+    QueueStore,
     RequestStore,
     RequestURIStore,
 )
@@ -26,6 +29,10 @@ def _check_request(request: Request) -> None:
     limits.check_text("queue", request.queue, limits.MAX_QUEUE_BYTES)
     limits.check_text("uri", request.uri, limits.MAX_URI_BYTES)
     limits.check_text("state", request.state, limits.MAX_STATE_BYTES)
+    limits.check_member("state", request.state, RequestState)
+    limits.check_text("build_strategy", request.build_strategy, limits.MAX_STATE_BYTES)
+    limits.check_member("build_strategy", request.build_strategy, BuildStrategy)
+    limits.check_text("base_uri", request.base_uri, limits.MAX_URI_BYTES)
 
 
 class _CheckedRequestStore:
@@ -81,20 +88,110 @@ class _CheckedCounter:
         return self._counter.next(domain)
 
 
+def _check_queue(queue: Queue) -> None:
+    limits.check_text("queue", queue.name, limits.MAX_QUEUE_BYTES)
+    limits.check_text("latest_request_id", queue.latest_request_id, limits.MAX_REQUEST_ID_BYTES)
+    limits.check_text("last_green_uri", queue.last_green_uri, limits.MAX_URI_BYTES)
+    limits.check_text(
+        "last_green_request_id", queue.last_green_request_id, limits.MAX_REQUEST_ID_BYTES
+    )
+    limits.check_count("in_flight", queue.in_flight, limits.MAX_IN_FLIGHT)
+
+
+class _CheckedQueueStore:
+    __slots__ = ("_store",)
+
+    def __init__(self, store: QueueStore) -> None:
+        self._store = store
+
+    def create(self, queue: Queue) -> None:
+        _check_queue(queue)
+        limits.check_version("version", queue.version)
+        self._store.create(queue)
+
+    def get(self, name: str) -> Queue:
+        limits.check_text("queue", name, limits.MAX_QUEUE_BYTES)
+        return self._store.get(name)
+
+    def update(self, queue: Queue, *, old_version: int, new_version: int) -> None:
+        _check_queue(queue)
+        limits.check_version("old_version", old_version)
+        limits.check_version("new_version", new_version)
+        self._store.update(queue, old_version=old_version, new_version=new_version)
+
+
+def _check_build(build: Build) -> None:
+    limits.check_text("build id", build.id, limits.MAX_BUILD_ID_BYTES)
+    limits.check_text("request id", build.request_id, limits.MAX_REQUEST_ID_BYTES)
+    limits.check_text("status", build.status, limits.MAX_STATE_BYTES)
+    limits.check_member("status", build.status, BuildStatus)
+    limits.check_text("log", build.log, limits.MAX_BUILD_LOG_BYTES)
+
+
+class _CheckedBuildStore:
+    __slots__ = ("_store",)
+
+    def __init__(self, store: BuildStore) -> None:
+        self._store = store
+
+    def create(self, build: Build) -> None:
+        _check_build(build)
+        limits.check_version("version", build.version)
+        self._store.create(build)
+
+    def get(self, build_id: str) -> Build:
+        limits.check_text("build id", build_id, limits.MAX_BUILD_ID_BYTES)
+        return self._store.get(build_id)
+
+    def update(self, build: Build, *, old_version: int, new_version: int) -> None:
+        _check_build(build)
+        limits.check_version("old_version", old_version)
+        limits.check_version("new_version", new_version)
+        self._store.update(build, old_version=old_version, new_version=new_version)
+
+
+def _check_fact_key(queue: str, uri: str, project: str) -> None:
+    limits.check_text("queue", queue, limits.MAX_QUEUE_BYTES)
+    limits.check_text("uri", uri, limits.MAX_URI_BYTES)
+    limits.check_text("project", project, limits.MAX_PROJECT_BYTES)
+
+
+class _CheckedFactStore:
+    __slots__ = ("_store",)
+
+    def __init__(self, store: FactStore) -> None:
+        self._store = store
+
+    def create(self, fact: Fact) -> None:
+        _check_fact_key(fact.queue, fact.uri, fact.project)
+        limits.check_float("degree", fact.degree, limits.MIN_DEGREE, limits.MAX_DEGREE)
+        limits.check_text("request id", fact.request_id, limits.MAX_REQUEST_ID_BYTES)
+        limits.check_float("created_at", fact.created_at, 0.0, limits.MAX_CREATED_AT)
+        self._store.create(fact)
+
+    def get(self, queue: str, uri: str, project: str) -> Fact:
+        _check_fact_key(queue, uri, project)
+        return self._store.get(queue, uri, project)
+
+
 class Storage:
-    """Stovepipe's state: ``requests``, ``request_uris`` and ``counter`` over one backend.
+    """Stovepipe's state over one backend: ``requests``, ``request_uris``, ``counter``, and
+    the pipeline's ``queues``, ``builds`` and ``facts``.
 
     Every argument is checked against :mod:`stovepipe.storage.limits` before the backend
     sees it. Thread-safe; a context manager that closes the backend on exit.
     """
 
-    __slots__ = ("_backend", "counter", "request_uris", "requests")
+    __slots__ = ("_backend", "builds", "counter", "facts", "queues", "request_uris", "requests")
 
     def __init__(self, backend: Backend) -> None:
         self._backend = backend
         self.requests: RequestStore = _CheckedRequestStore(backend.requests)
         self.request_uris: RequestURIStore = _CheckedRequestURIStore(backend.request_uris)
         self.counter: Counter = _CheckedCounter(backend.counter)
+        self.queues: QueueStore = _CheckedQueueStore(backend.queues)
+        self.builds: BuildStore = _CheckedBuildStore(backend.builds)
+        self.facts: FactStore = _CheckedFactStore(backend.facts)
 
     def close(self) -> None:
         """Release the backend's connections. Idempotent."""
