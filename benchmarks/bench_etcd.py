@@ -5,14 +5,18 @@
 The raw side is a gRPC channel with the backend's channel options calling etcd's KV service
 with the very messages the backend sends (same keys, values, compares), with nothing around
 them: no argument checks, no encoding, no error mapping. Both sides run in the same process,
-each operation on one side right after the other, on fresh keys. Round trips per operation
-are counted in a separate pass, so that counting costs nothing in the timed runs.
+interleaved: for each operation, call i of one side is timed right after call i of the other
+(which side goes first alternates), so both see the same machine and server load. Each side
+writes fresh keys of its own. Round trips per operation are counted in a separate pass, so
+that counting costs nothing in the timed runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
+import time
 import uuid
 from collections import Counter as Tally
 from collections.abc import Callable
@@ -32,20 +36,59 @@ from stovepipe_etcd.etcdrpc.rpc_pb2 import (
 from stovepipe_etcd.layout import Layout
 
 from benchmarks.bench_storage import operations
-from benchmarks.timing import Latency, measure, print_comparison
-from stovepipe.entity import Request, RequestState
+from benchmarks.timing import Latency, print_comparison
+from stovepipe.entity import Build, BuildStatus, Fact, Queue, Request, RequestState
 from stovepipe.storage import Storage
 
 QUEUE = "bench/main"
+Operation = Callable[[int], object]
 
 
 def _request(ns: str, i: int) -> Request:
     return Request(f"{ns}/{i}", QUEUE, f"git://o/r/main/{i}", RequestState.ACCEPTED, 1)
 
 
+# The pipeline's entities, the same on both sides but for the namespace in their keys.
+
+
+def _queue(ns: str, i: int, in_flight: int = 0) -> Queue:
+    return Queue(f"{ns}/q/{i}", f"request/{ns}/{i}", "", "", in_flight, 1)
+
+
+def _build(ns: str, i: int, status: BuildStatus = BuildStatus.ACCEPTED) -> Build:
+    return Build(f"{ns}/b/{i}", f"request/{ns}/{i}", status, f"/var/log/build/{i}.log", 1)
+
+
+def _fact(ns: str, i: int) -> Fact:
+    return Fact(QUEUE, f"git://o/r/main/{ns}/{i}", "", 0.0, f"request/{ns}/{i}", 1.7e9 + i / 7)
+
+
+def pipeline_operations(storage: Storage, ns: str) -> dict[str, Operation]:
+    """One callable per operation of the queue, build and fact stores, in contract order."""
+    return {
+        "queues.create": lambda i: storage.queues.create(_queue(ns, i)),
+        "queues.get": lambda i: storage.queues.get(f"{ns}/q/{i}"),
+        "queues.update": lambda i: storage.queues.update(
+            _queue(ns, i, in_flight=1), old_version=1, new_version=2
+        ),
+        "builds.create": lambda i: storage.builds.create(_build(ns, i)),
+        "builds.get": lambda i: storage.builds.get(f"{ns}/b/{i}"),
+        "builds.update": lambda i: storage.builds.update(
+            _build(ns, i, BuildStatus.RUNNING), old_version=1, new_version=2
+        ),
+        "facts.create": lambda i: storage.facts.create(_fact(ns, i)),
+        "facts.get": lambda i: storage.facts.get(QUEUE, f"git://o/r/main/{ns}/{i}", ""),
+    }
+
+
+def all_operations(storage: Storage, ns: str) -> dict[str, Operation]:
+    """Every contract operation through ``storage``."""
+    return {**operations(storage, ns), **pipeline_operations(storage, ns)}
+
+
 def raw_operations(
     channel: grpc.Channel, keys: Layout, ns: str, timeout: float
-) -> dict[str, Callable[[int], object]]:
+) -> dict[str, Operation]:
     """The backend's requests, built and sent directly."""
     range_ = channel.unary_unary(
         "/etcdserverpb.KV/Range",
@@ -64,15 +107,13 @@ def raw_operations(
     def absent(key: bytes) -> Compare:
         return Compare(key=key, target=Compare.VERSION, result=Compare.EQUAL, version=0)
 
-    def create(i: int) -> object:
-        key = keys.request_key(f"{ns}/{i}")
-        value = layout.encode_request(_request(ns, i), version=1, queue=QUEUE)
+    def get(key: bytes) -> object:
+        return range_(RangeRequest(key=key), timeout=timeout)
+
+    def create(key: bytes, value: bytes) -> object:
         return txn(TxnRequest(compare=[absent(key)], success=[put(key, value)]), timeout=timeout)
 
-    def update(i: int) -> object:
-        key = keys.request_key(f"{ns}/{i}")
-        low = layout.version_prefix(1, QUEUE)
-        value = layout.encode_request(_request(ns, i), version=2, queue=QUEUE)
+    def update(key: bytes, low: bytes, value: bytes, *, read_on_failure: bool = True) -> object:
         compare = [
             Compare(key=key, target=Compare.VALUE, result=Compare.GREATER, value=low),
             Compare(
@@ -82,15 +123,11 @@ def raw_operations(
                 value=layout.prefix_upper_bound(low),
             ),
         ]
-        failure = [RequestOp(request_range=RangeRequest(key=key))]
+        failure = [RequestOp(request_range=RangeRequest(key=key))] if read_on_failure else []
         return txn(
             TxnRequest(compare=compare, success=[put(key, value)], failure=failure),
             timeout=timeout,
         )
-
-    def uri_create(i: int) -> object:
-        key = keys.uri_key(QUEUE, f"{ns}/{i}")
-        return txn(TxnRequest(compare=[absent(key)], success=[put(key, b"id")]), timeout=timeout)
 
     counter_key = keys.counter_key(f"{ns}/counter")
     counter = {"value": 0, "mod_revision": 0}
@@ -117,31 +154,88 @@ def raw_operations(
         counter["value"], counter["mod_revision"] = number, response.header.revision
         return number
 
+    def request_key(i: int) -> bytes:
+        return keys.request_key(f"{ns}/{i}")
+
+    def queue_key(i: int) -> bytes:
+        return keys.queue_key(f"{ns}/q/{i}")
+
+    def build_key(i: int) -> bytes:
+        return keys.build_key(f"{ns}/b/{i}")
+
+    def fact_key(i: int) -> bytes:
+        return keys.fact_key(QUEUE, f"git://o/r/main/{ns}/{i}", "")
+
     return {
-        "requests.create": create,
-        "requests.get": lambda i: range_(
-            RangeRequest(key=keys.request_key(f"{ns}/{i}")), timeout=timeout
+        "requests.create": lambda i: create(
+            request_key(i), layout.encode_request(_request(ns, i), version=1, queue=QUEUE)
         ),
-        "requests.update": update,
-        "request_uris.create": uri_create,
-        "request_uris.get": lambda i: range_(
-            RangeRequest(key=keys.uri_key(QUEUE, f"{ns}/{i}")), timeout=timeout
+        "requests.get": lambda i: get(request_key(i)),
+        "requests.update": lambda i: update(
+            request_key(i),
+            layout.version_prefix(1, QUEUE),
+            layout.encode_request(_request(ns, i), version=2, queue=QUEUE),
         ),
+        "request_uris.create": lambda i: create(keys.uri_key(QUEUE, f"{ns}/{i}"), b"id"),
+        "request_uris.get": lambda i: get(keys.uri_key(QUEUE, f"{ns}/{i}")),
         "counter.next": counter_next,
+        "queues.create": lambda i: create(
+            queue_key(i), layout.encode_queue(_queue(ns, i), version=1)
+        ),
+        "queues.get": lambda i: get(queue_key(i)),
+        "queues.update": lambda i: update(
+            queue_key(i),
+            layout.version_prefix(1),
+            layout.encode_queue(_queue(ns, i, in_flight=1), version=2),
+            read_on_failure=False,
+        ),
+        "builds.create": lambda i: create(
+            build_key(i),
+            layout.encode_build(_build(ns, i), version=1, request_id=f"request/{ns}/{i}"),
+        ),
+        "builds.get": lambda i: get(build_key(i)),
+        "builds.update": lambda i: update(
+            build_key(i),
+            layout.version_prefix(1, f"request/{ns}/{i}"),
+            layout.encode_build(
+                _build(ns, i, BuildStatus.RUNNING), version=2, request_id=f"request/{ns}/{i}"
+            ),
+        ),
+        "facts.create": lambda i: create(fact_key(i), layout.encode_fact(_fact(ns, i))),
+        "facts.get": lambda i: get(fact_key(i)),
     }
 
 
+def _latency(samples: list[float]) -> Latency:
+    """Summarize per-call times in microseconds, as :func:`benchmarks.timing.measure` does."""
+    samples.sort()
+    return Latency(
+        count=len(samples),
+        p50_us=samples[len(samples) // 2],
+        p99_us=samples[min(len(samples) - 1, int(len(samples) * 0.99))],
+        mean_us=statistics.fmean(samples),
+    )
+
+
+def measure_interleaved(ours: Operation, raw: Operation, count: int) -> tuple[Latency, Latency]:
+    """Time call i of each side back to back, alternating which side goes first."""
+    sides: tuple[tuple[Operation, list[float]], ...] = ((ours, []), (raw, []))
+    for i in range(count):
+        for operation, samples in sides if i % 2 == 0 else reversed(sides):
+            start = time.perf_counter_ns()
+            operation(i)
+            samples.append((time.perf_counter_ns() - start) / 1000)
+    return _latency(sides[0][1]), _latency(sides[1][1])
+
+
 def run_side_by_side(
-    ours: dict[str, Callable[[int], object]], raw: dict[str, Callable[[int], object]], count: int
+    ours: dict[str, Operation], raw: dict[str, Operation], count: int
 ) -> list[tuple[str, Latency, Latency]]:
-    """Each operation on both sides back to back, so both see the same machine load.
+    """Each operation on both sides, interleaved, so both see the same machine load.
 
     Operations run in contract order, so that get and update find what create wrote.
     """
-    return [
-        (name, measure(ours[name], count, warmup=0), measure(raw[name], count, warmup=0))
-        for name in ours
-    ]
+    return [(name, *measure_interleaved(ours[name], raw[name], count)) for name in raw]
 
 
 def round_trips(url: str, calls: int) -> dict[str, float]:
@@ -159,7 +253,7 @@ def round_trips(url: str, calls: int) -> dict[str, float]:
 
             setattr(client, method, counted)
         per_operation = {}
-        for name, op in operations(storage, uuid.uuid4().hex).items():
+        for name, op in all_operations(storage, uuid.uuid4().hex).items():
             tally.clear()
             for i in range(calls):
                 op(i)
@@ -183,11 +277,13 @@ def main() -> None:
         grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as channel,
     ):
         rows = run_side_by_side(
-            operations(storage, uuid.uuid4().hex),
+            all_operations(storage, uuid.uuid4().hex),
             raw_operations(channel, Layout(prefix.encode()), uuid.uuid4().hex, timeout),
             count,
         )
-    print_comparison(f"etcd:// vs raw gRPC, same requests ({count} calls per operation)", rows)
+    print_comparison(
+        f"etcd:// vs raw gRPC, same requests, interleaved ({count} calls per operation)", rows
+    )
     print("round trips per operation, both sides:")
     for name, trips_per_call in trips.items():
         print(f"  {name:<20}{trips_per_call:g}")

@@ -1,12 +1,14 @@
-"""The three stores on etcd: each operation is one transaction (or one read) on one key."""
+"""The six stores on etcd: each operation is one transaction (or one read) on one key."""
 
 from __future__ import annotations
 
 import random
 import threading
 import time
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
 
-from stovepipe.entity import Request
+from stovepipe.entity import Build, Fact, Queue, Request
 from stovepipe.storage.errors import (
     AlreadyExists,
     NotFound,
@@ -26,6 +28,9 @@ from stovepipe_etcd.etcdrpc.rpc_pb2 import (
     TxnResponse,
 )
 from stovepipe_etcd.layout import CorruptValue, Layout
+
+_P = ParamSpec("_P")
+_Record = TypeVar("_Record")
 
 
 def _absent(key: bytes) -> Compare:
@@ -47,11 +52,85 @@ def _failure_read(response: TxnResponse) -> KeyValue | None:
     return kvs[0] if kvs else None
 
 
-def _decoded(request_id: str, value: bytes) -> Request:
+def _decoded(decode: Callable[_P, _Record], *args: _P.args, **kwargs: _P.kwargs) -> _Record:
+    """``decode(...)``, with a value this layout cannot read raised as ``StorageError``."""
     try:
-        return layout.decode_request(request_id, value)
+        return decode(*args, **kwargs)
     except CorruptValue as error:
         raise StorageError(str(error)) from None
+
+
+def _value_starts_with(key: bytes, prefix: bytes) -> list[Compare]:
+    """True while the value of ``key`` lies in ``[prefix, upper bound)``: starts with ``prefix``.
+
+    The value always continues after a version prefix, so ``GREATER`` excludes nothing.
+    """
+    return [
+        Compare(key=key, target=Compare.VALUE, result=Compare.GREATER, value=prefix),
+        Compare(
+            key=key,
+            target=Compare.VALUE,
+            result=Compare.LESS,
+            value=layout.prefix_upper_bound(prefix),
+        ),
+    ]
+
+
+def _create(client: EtcdClient, key: bytes, value: bytes, exists: str) -> None:
+    """One round trip: put ``value`` if ``key`` has never been written, else ``AlreadyExists``."""
+    response = client.txn(TxnRequest(compare=[_absent(key)], success=[_put(key, value)]))
+    if not response.succeeded:
+        raise AlreadyExists(exists)
+
+
+def _get(client: EtcdClient, key: bytes, missing: str) -> bytes:
+    """One round trip: the value of ``key`` by a linearizable read, else ``NotFound``."""
+    response = client.range(key)
+    if not response.kvs:
+        raise NotFound(missing)
+    return response.kvs[0].value
+
+
+def _update(
+    client: EtcdClient,
+    key: bytes,
+    *,
+    old_version: int,
+    fixed: tuple[str, ...],
+    encode: Callable[[tuple[str, ...]], bytes],
+    what: str,
+) -> None:
+    """Put ``encode(fixed)`` only if the stored version is ``old_version``, else raise
+    ``VersionMismatch``: one transaction, or two when the caller's immutable field differs.
+
+    ``fixed`` is the record's immutable field as the caller has it (a request's queue, a
+    build's request_id; empty for a queue). The transaction writes only if the stored value
+    starts with the version and that field, i.e. lies in ``[prefix, upper bound)`` (see the
+    layout), and reads the key otherwise. If that read shows the expected version with
+    another immutable field, the caller passed a field that differs from the stored one; it
+    never changes, so the write is repeated with the stored field, under the same compare.
+    A record without an immutable field needs no read: a failed compare is the mismatch.
+    """
+    mismatch = f"{what} is not at version {old_version}"
+    for _ in range(2):
+        response = client.txn(
+            TxnRequest(
+                compare=_value_starts_with(key, layout.version_prefix(old_version, *fixed)),
+                success=[_put(key, encode(fixed))],
+                failure=[_read(key)] if fixed else [],
+            )
+        )
+        if response.succeeded:
+            return
+        stored_kv = _failure_read(response) if fixed else None
+        if stored_kv is None:
+            raise VersionMismatch(mismatch)
+        version, stored = _decoded(layout.stored_head, what, stored_kv.value, len(fixed))
+        if version != old_version or stored == fixed:
+            raise VersionMismatch(mismatch)
+        fixed = stored
+    # The immutable field changed between the two attempts: the record was replaced.
+    raise VersionMismatch(mismatch)
 
 
 class EtcdRequestStore:
@@ -63,59 +142,33 @@ class EtcdRequestStore:
 
     def create(self, request: Request) -> None:
         """One round trip: put the request if its key has never been written."""
-        key = self._keys.request_key(request.id)
-        value = layout.encode_request(request, version=request.version, queue=request.queue)
-        response = self._client.txn(TxnRequest(compare=[_absent(key)], success=[_put(key, value)]))
-        if not response.succeeded:
-            raise AlreadyExists(f"request {request.id!r} exists")
+        _create(
+            self._client,
+            self._keys.request_key(request.id),
+            layout.encode_request(request, version=request.version, queue=request.queue),
+            f"request {request.id!r} exists",
+        )
 
     def get(self, request_id: str) -> Request:
         """One round trip: a linearizable read."""
-        response = self._client.range(self._keys.request_key(request_id))
-        if not response.kvs:
-            raise NotFound(f"request {request_id!r}")
-        return _decoded(request_id, response.kvs[0].value)
+        value = _get(self._client, self._keys.request_key(request_id), f"request {request_id!r}")
+        return _decoded(layout.decode_request, request_id, value)
 
     def update(self, request: Request, *, old_version: int, new_version: int) -> None:
         """One round trip when ``request.queue`` is the stored queue, two when it is not.
 
-        The transaction writes only if the stored value starts with the version and queue
-        the caller expects, i.e. lies in ``[prefix, upper bound)`` (see the layout), and reads
-        the key otherwise. If that read shows the expected version under another queue, the
-        caller passed a queue that differs from the stored one; the queue is immutable, so the
-        write is repeated with the stored queue, under the same compare.
+        Stores uri, state, build_strategy and base_uri; keeps the stored queue.
         """
-        key = self._keys.request_key(request.id)
-        queue = request.queue
-        while True:
-            expected = layout.version_prefix(old_version, queue)
-            response = self._client.txn(
-                TxnRequest(
-                    compare=[
-                        Compare(
-                            key=key, target=Compare.VALUE, result=Compare.GREATER, value=expected
-                        ),
-                        Compare(
-                            key=key,
-                            target=Compare.VALUE,
-                            result=Compare.LESS,
-                            value=layout.prefix_upper_bound(expected),
-                        ),
-                    ],
-                    success=[
-                        _put(key, layout.encode_request(request, version=new_version, queue=queue))
-                    ],
-                    failure=[_read(key)],
-                )
-            )
-            if response.succeeded:
-                return
-            stored_kv = _failure_read(response)
-            stored = None if stored_kv is None else _decoded(request.id, stored_kv.value)
-            # The queue never changes, so this repeats at most once.
-            if stored is None or stored.version != old_version or stored.queue == queue:
-                raise VersionMismatch(f"request {request.id!r} is not at version {old_version}")
-            queue = stored.queue
+        _update(
+            self._client,
+            self._keys.request_key(request.id),
+            old_version=old_version,
+            fixed=(request.queue,),
+            encode=lambda fixed: layout.encode_request(
+                request, version=new_version, queue=fixed[0]
+            ),
+            what=f"request {request.id!r}",
+        )
 
 
 class EtcdRequestURIStore:
@@ -127,20 +180,20 @@ class EtcdRequestURIStore:
 
     def create(self, queue: str, uri: str, request_id: str) -> None:
         """One round trip: map the pair if its key has never been written."""
-        key = self._keys.uri_key(queue, uri)
-        response = self._client.txn(
-            TxnRequest(compare=[_absent(key)], success=[_put(key, request_id.encode())])
+        _create(
+            self._client,
+            self._keys.uri_key(queue, uri),
+            request_id.encode(),
+            f"uri {uri!r} of queue {queue!r} is mapped",
         )
-        if not response.succeeded:
-            raise AlreadyExists(f"uri {uri!r} of queue {queue!r} is mapped")
 
     def get_id_by_uri(self, queue: str, uri: str) -> str:
         """One round trip: a linearizable read."""
-        response = self._client.range(self._keys.uri_key(queue, uri))
-        if not response.kvs:
-            raise NotFound(f"uri {uri!r} of queue {queue!r}")
+        value = _get(
+            self._client, self._keys.uri_key(queue, uri), f"uri {uri!r} of queue {queue!r}"
+        )
         try:
-            return response.kvs[0].value.decode()
+            return value.decode()
         except UnicodeDecodeError as error:
             raise StorageError(f"uri {uri!r} of queue {queue!r} maps to no text: {error}") from None
 
@@ -240,14 +293,116 @@ class EtcdCounter:
         raise Unavailable(f"counter {domain!r}: too much contention, gave up without a number")
 
 
+class EtcdQueueStore:
+    """Queues by name, one key each (see :mod:`stovepipe_etcd.layout`)."""
+
+    def __init__(self, client: EtcdClient, keys: Layout) -> None:
+        self._client = client
+        self._keys = keys
+
+    def create(self, queue: Queue) -> None:
+        """One round trip: put the queue if its key has never been written."""
+        _create(
+            self._client,
+            self._keys.queue_key(queue.name),
+            layout.encode_queue(queue, version=queue.version),
+            f"queue {queue.name!r} exists",
+        )
+
+    def get(self, name: str) -> Queue:
+        """One round trip: a linearizable read."""
+        value = _get(self._client, self._keys.queue_key(name), f"queue {name!r}")
+        return _decoded(layout.decode_queue, name, value)
+
+    def update(self, queue: Queue, *, old_version: int, new_version: int) -> None:
+        """One round trip: stores latest_request_id, last_green_uri, last_green_request_id
+        and in_flight if the stored version is ``old_version``."""
+        _update(
+            self._client,
+            self._keys.queue_key(queue.name),
+            old_version=old_version,
+            fixed=(),
+            encode=lambda _: layout.encode_queue(queue, version=new_version),
+            what=f"queue {queue.name!r}",
+        )
+
+
+class EtcdBuildStore:
+    """Builds by id, one key each (see :mod:`stovepipe_etcd.layout`)."""
+
+    def __init__(self, client: EtcdClient, keys: Layout) -> None:
+        self._client = client
+        self._keys = keys
+
+    def create(self, build: Build) -> None:
+        """One round trip: put the build if its key has never been written."""
+        _create(
+            self._client,
+            self._keys.build_key(build.id),
+            layout.encode_build(build, version=build.version, request_id=build.request_id),
+            f"build {build.id!r} exists",
+        )
+
+    def get(self, build_id: str) -> Build:
+        """One round trip: a linearizable read."""
+        value = _get(self._client, self._keys.build_key(build_id), f"build {build_id!r}")
+        return _decoded(layout.decode_build, build_id, value)
+
+    def update(self, build: Build, *, old_version: int, new_version: int) -> None:
+        """One round trip when ``build.request_id`` is the stored one, two when it is not.
+
+        Stores status and log; keeps the stored request_id.
+        """
+        _update(
+            self._client,
+            self._keys.build_key(build.id),
+            old_version=old_version,
+            fixed=(build.request_id,),
+            encode=lambda fixed: layout.encode_build(
+                build, version=new_version, request_id=fixed[0]
+            ),
+            what=f"build {build.id!r}",
+        )
+
+
+class EtcdFactStore:
+    """Facts by ``(queue, uri, project)``, one key each with queue and uri length-prefixed."""
+
+    def __init__(self, client: EtcdClient, keys: Layout) -> None:
+        self._client = client
+        self._keys = keys
+
+    def create(self, fact: Fact) -> None:
+        """One round trip: put the fact if its key has never been written."""
+        key = (fact.queue, fact.uri, fact.project)
+        _create(
+            self._client,
+            self._keys.fact_key(*key),
+            layout.encode_fact(fact),
+            f"fact {key!r} exists",
+        )
+
+    def get(self, queue: str, uri: str, project: str) -> Fact:
+        """One round trip: a linearizable read."""
+        value = _get(
+            self._client,
+            self._keys.fact_key(queue, uri, project),
+            f"fact {(queue, uri, project)!r}",
+        )
+        return _decoded(layout.decode_fact, queue, uri, project, value)
+
+
 class EtcdBackend:
-    """The three stores over one etcd client."""
+    """The six stores over one etcd client."""
 
     def __init__(self, client: EtcdClient, keys: Layout) -> None:
         self.client = client
         self.requests = EtcdRequestStore(client, keys)
         self.request_uris = EtcdRequestURIStore(client, keys)
         self.counter = EtcdCounter(client, keys)
+        self.queues = EtcdQueueStore(client, keys)
+        self.builds = EtcdBuildStore(client, keys)
+        self.facts = EtcdFactStore(client, keys)
 
     def close(self) -> None:
         self.client.close()
