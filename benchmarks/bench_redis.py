@@ -9,9 +9,10 @@ Each operation runs through ``open_storage`` (limit checks, key and value encodi
 mapping) and, beside it, as the same commands on a redis-py pool with the same settings, two
 ways: through the ``redis.Redis`` client's methods (what an application would write), and as
 bare sends on a pooled connection (the least redis-py can do; the backend works this way).
-An update is the two pipelined sends in both raw columns: redis-py's ``Pipeline`` sends
-``WATCH`` on its own, which would cost a third round trip. Round trips are counted by wrapping
-the connections' send: one send, one round trip.
+A request update is the two pipelined sends in both raw columns: redis-py's ``Pipeline`` sends
+``WATCH`` on its own, which would cost a third round trip. A queue or build update is one
+``EVALSHA`` of the backend's own compare-and-set script in every column. Round trips are
+counted by wrapping the connections' send: one send, one round trip.
 """
 
 from __future__ import annotations
@@ -27,13 +28,16 @@ import redis
 import redis.connection
 import redis.retry
 from redis.backoff import NoBackoff
+from stovepipe_redis.backend import COMPARE_AND_SET
 
 from benchmarks.timing import Latency, measure, print_comparison
-from stovepipe.entity import Request, RequestState
+from stovepipe.entity import Build, BuildStatus, Fact, Queue, Request, RequestState
 from stovepipe.storage import VersionMismatch, open_storage
 
 QUEUE = "monorepo/main"
 URI = "git://github.com/example/monorepo/main/" + "0" * 40
+LOG = "https://ci.example.com/builds/monorepo/main/12345/log"
+BUILD_TAIL = b',"request_id":'
 WARMUP = 200
 
 Operation = Callable[[int], object]
@@ -96,9 +100,58 @@ def main() -> None:
             version=version,
         )
 
+    def compact(fields: dict[str, object]) -> bytes:
+        return json.dumps(fields, separators=(",", ":")).encode()
+
     def value(version: int) -> bytes:
         fields = {"queue": QUEUE, "uri": URI, "state": "accepted", "version": version}
-        return json.dumps(fields, separators=(",", ":")).encode()
+        fields |= {"build_strategy": "", "base_uri": ""}
+        return compact(fields)
+
+    # The pipeline's stores: the values the backend writes, built once for the raw columns.
+    def queue(n: int, version: int = 1) -> Queue:
+        return Queue(f"{QUEUE}/{n}", latest_request_id=f"request/{QUEUE}/1", version=version)
+
+    def build(n: int, version: int = 1) -> Build:
+        return Build(f"build/{n}", f"request/{QUEUE}/1", BuildStatus.ACCEPTED, LOG, version)
+
+    def fact(n: int) -> Fact:
+        return Fact(QUEUE, f"{URI}{n}", "", 0.0, f"request/{QUEUE}/1", 1764439245.123456)
+
+    def queue_value(version: int) -> bytes:
+        return compact(
+            {
+                "version": version,
+                "latest_request_id": f"request/{QUEUE}/1",
+                "last_green_uri": "",
+                "last_green_request_id": "",
+                "in_flight": 0,
+            }
+        )
+
+    build_value = compact(
+        {"version": 1, "status": "accepted", "log": LOG, "request_id": f"request/{QUEUE}/1"}
+    )
+    build_head_v2 = compact({"version": 2, "status": "accepted", "log": LOG})[:-1]
+    fact_value = compact(
+        {"degree": 0.0, "request_id": f"request/{QUEUE}/1", "created_at": 1764439245.123456}
+    )
+    queue_v1, queue_v2, head_v1 = queue_value(1), queue_value(2), b'{"version":1,'
+    sha, sha_text = COMPARE_AND_SET.sha, COMPARE_AND_SET.sha.decode()
+
+    def raw_queue_key(n: int) -> bytes:
+        return f"{raw_prefix}queue:{QUEUE}/{n}".encode()
+
+    def raw_build_key(n: int) -> bytes:
+        return f"{raw_prefix}build:build/{n}".encode()
+
+    def raw_fact_key(n: int) -> bytes:
+        uri = f"{URI}{n}"
+        return f"{raw_prefix}fact:{len(QUEUE)}:{QUEUE}:{len(uri)}:{uri}:0:".encode()
+
+    def checked(written: int) -> None:
+        if not written:
+            raise VersionMismatch("raw compare-and-set")
 
     def raw_request_key(n: int) -> bytes:
         return f"{raw_prefix}request:request/{QUEUE}/{n}".encode()
@@ -136,6 +189,15 @@ def main() -> None:
 
     def our_update(n: int) -> None:
         storage.requests.update(request(n), old_version=1, new_version=2)
+
+    def our_queue_update(n: int) -> None:
+        storage.queues.update(queue(n), old_version=1, new_version=2)
+
+    def our_build_update(n: int) -> None:
+        storage.builds.update(build(n), old_version=1, new_version=2)
+
+    # The raw columns start with the script cached, as the backend is after its warm-up.
+    client.script_load(COMPARE_AND_SET.source)
 
     # Each round writes fresh keys: creates need absent keys, updates need version-1 requests.
     # Per operation: ours, then raw through the client, then raw bare.
@@ -177,6 +239,80 @@ def main() -> None:
                 lambda i: storage.counter.next(f"request/{QUEUE}"),
                 lambda i: client.incr(counter_key),
                 lambda i: bare("INCR", counter_key),
+            ),
+            (
+                "queues.create",
+                lambda i: storage.queues.create(queue(base + i)),
+                lambda i: client.set(raw_queue_key(base + i), queue_v1, nx=True),
+                lambda i: bare("SET", raw_queue_key(base + count + WARMUP + i), queue_v1, "NX"),
+            ),
+            (
+                "queues.get",
+                lambda i: storage.queues.get(f"{QUEUE}/{base + i}"),
+                lambda i: client.get(raw_queue_key(base + i)),
+                lambda i: bare("GET", raw_queue_key(base + i)),
+            ),
+            (
+                "queues.update",
+                lambda i: our_queue_update(base + i),
+                lambda i: checked(
+                    client.evalsha(sha_text, 1, raw_queue_key(base + i), head_v1, queue_v2, b"")
+                ),
+                lambda i: checked(
+                    bare(
+                        "EVALSHA",
+                        sha,
+                        b"1",
+                        raw_queue_key(base + count + WARMUP + i),
+                        head_v1,
+                        queue_v2,
+                        b"",
+                    )
+                ),
+            ),
+            (
+                "builds.create",
+                lambda i: storage.builds.create(build(base + i)),
+                lambda i: client.set(raw_build_key(base + i), build_value, nx=True),
+                lambda i: bare("SET", raw_build_key(base + count + WARMUP + i), build_value, "NX"),
+            ),
+            (
+                "builds.get",
+                lambda i: storage.builds.get(f"build/{base + i}"),
+                lambda i: client.get(raw_build_key(base + i)),
+                lambda i: bare("GET", raw_build_key(base + i)),
+            ),
+            (
+                "builds.update",
+                lambda i: our_build_update(base + i),
+                lambda i: checked(
+                    client.evalsha(
+                        sha_text, 1, raw_build_key(base + i), head_v1, build_head_v2, BUILD_TAIL
+                    )
+                ),
+                lambda i: checked(
+                    bare(
+                        "EVALSHA",
+                        sha,
+                        b"1",
+                        raw_build_key(base + count + WARMUP + i),
+                        head_v1,
+                        build_head_v2,
+                        BUILD_TAIL,
+                    )
+                ),
+            ),
+            (
+                "facts.create",
+                lambda i: storage.facts.create(fact(base + i)),
+                lambda i: client.set(raw_fact_key(base + i), fact_value, nx=True),
+                lambda i: bare("SET", raw_fact_key(base + count + WARMUP + i), fact_value, "NX"),
+            ),
+            (
+                "facts.get",
+                lambda i: storage.facts.get(QUEUE, f"{URI}{base + i}", ""),
+                lambda i: client.get(raw_fact_key(base + i)),
+                lambda i: bare("GET", raw_fact_key(base + i)),
             ),
         ]
 

@@ -27,7 +27,10 @@ from redis.backoff import NoBackoff
 from stovepipe_redis.backend import (
     MAX_UPDATE_ATTEMPTS,
     RedisBackend,
+    RedisBuildStore,
     RedisCounter,
+    RedisFactStore,
+    RedisQueueStore,
     RedisRequestStore,
     RedisRequestURIStore,
 )
@@ -38,7 +41,10 @@ __all__ = [
     "MAX_UPDATE_ATTEMPTS",
     "KeyLayout",
     "RedisBackend",
+    "RedisBuildStore",
     "RedisCounter",
+    "RedisFactStore",
+    "RedisQueueStore",
     "RedisRequestStore",
     "RedisRequestURIStore",
     "open_backend",

@@ -1,4 +1,4 @@
-"""The three stores on Redis, each operation one key and the fewest round trips Redis allows.
+"""The six stores on Redis, each operation one key and the fewest round trips Redis allows.
 
 * ``requests.create``: ``SET key value NX`` (1 round trip).
 * ``requests.get``: ``GET key`` (1).
@@ -9,13 +9,26 @@
   :data:`MAX_UPDATE_ATTEMPTS` times in all. A mismatch costs ``UNWATCH`` (2 round trips).
 * ``request_uris.create``: ``SET key id NX`` (1); ``get_id_by_uri``: ``GET key`` (1).
 * ``counter.next``: ``INCR key`` (1).
+* ``queues``, ``builds``: ``create`` is ``SET key value NX`` (1), ``get`` is ``GET key`` (1),
+  ``update`` is ``EVALSHA`` of :data:`COMPARE_AND_SET` (1): the script compares the stored
+  version and writes in one atomic step on the server, so it never retries.
+* ``facts.create``: ``SET key value NX`` (1); ``facts.get``: ``GET key`` (1).
 
 Commands go straight to a pooled redis-py connection. The driver never retries on its own:
 a retried ``SET NX`` or ``INCR`` whose first attempt did land would answer wrongly.
+
+Stored values are compact UTF-8 JSON of a fixed shape, written without ``json.dumps`` (see
+:func:`encode_request`). A queue's and a build's value begins with its version,
+``{"version":<n>,``, so the script compares versions as bytes: versions are written in
+canonical decimal and the comma ends the digits, so equal heads mean equal versions (a Lua
+number, a double, could not tell 2**63-1 from 2**63-2). Floats are written as ``repr`` writes
+them, the shortest text that reads back as the very same float.
 """
 
 from __future__ import annotations
 
+import enum
+import hashlib
 import json
 import json.encoder
 import random
@@ -23,12 +36,20 @@ import ssl
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 
 import redis
 import redis.exceptions
 
-from stovepipe.entity import Request, RequestState
+from stovepipe.entity import (
+    Build,
+    BuildStatus,
+    BuildStrategy,
+    Fact,
+    Queue,
+    Request,
+    RequestState,
+)
 from stovepipe.storage.errors import (
     AlreadyExists,
     NotFound,
@@ -52,20 +73,28 @@ _json_string = json.encoder.encode_basestring
 _decode_json = json.JSONDecoder().decode
 
 
-def encode_request(queue: str, uri: str, state: str, version: int) -> bytes:
+def encode_request(
+    queue: str, uri: str, state: str, build_strategy: str, base_uri: str, version: int
+) -> bytes:
     """The stored value of a request: compact UTF-8 JSON without the id (the key has it).
 
-    ``{"queue":"monorepo/main","uri":"git://...","state":"accepted","version":1}``, the same
-    bytes as ``json.dumps(fields, ensure_ascii=False, separators=(",", ":"))``.
+    ``{"queue":"monorepo/main","uri":"git://...","state":"accepted","build_strategy":"",
+    "base_uri":"","version":1}``, the same bytes as
+    ``json.dumps(fields, ensure_ascii=False, separators=(",", ":"))``.
     """
     return (
         f'{{"queue":{_json_string(queue)},"uri":{_json_string(uri)},'
-        f'"state":{_json_string(state)},"version":{version:d}}}'
+        f'"state":{_json_string(state)},"build_strategy":{_json_string(build_strategy)},'
+        f'"base_uri":{_json_string(base_uri)},"version":{version:d}}}'
     ).encode()
 
 
 def decode_request(key: bytes, value: bytes) -> dict[str, Any]:
-    """Parse a stored request value; anything else under the key is a ``StorageError``."""
+    """Parse a stored request value; anything else under the key is a ``StorageError``.
+
+    Values stored before requests had ``build_strategy`` and ``base_uri`` lack them: they
+    read as the defaults, ``""`` both.
+    """
     try:
         fields = _decode_json(value.decode("utf-8"))
         if (
@@ -73,12 +102,150 @@ def decode_request(key: bytes, value: bytes) -> dict[str, Any]:
             and isinstance(fields.get("queue"), str)
             and isinstance(fields.get("uri"), str)
             and isinstance(fields.get("state"), str)
+            and isinstance(fields.setdefault("build_strategy", ""), str)
+            and isinstance(fields.setdefault("base_uri", ""), str)
             and type(fields.get("version")) is int
         ):
             return fields
     except ValueError:
         pass
     raise StorageError(f"redis: key {key!r} does not hold a stored request")
+
+
+def version_head(version: int) -> bytes:
+    """How a queue's or build's value stored at ``version`` begins: ``{"version":<n>,``."""
+    return b'{"version":%d,' % version
+
+
+def encode_queue(queue: Queue, version: int) -> bytes:
+    """The stored value of a queue at ``version``, without the name (the key has it).
+
+    ``{"version":1,"latest_request_id":"","last_green_uri":"","last_green_request_id":"",
+    "in_flight":0}``, the same bytes as ``json.dumps`` writes compactly.
+    """
+    return (
+        f'{{"version":{version:d},"latest_request_id":{_json_string(queue.latest_request_id)},'
+        f'"last_green_uri":{_json_string(queue.last_green_uri)},'
+        f'"last_green_request_id":{_json_string(queue.last_green_request_id)},'
+        f'"in_flight":{queue.in_flight:d}}}'
+    ).encode()
+
+
+BUILD_TAIL: Final = b',"request_id":'
+"""Where the immutable part of a stored build begins: its ``request_id``, which comes last."""
+
+
+def encode_build_head(status: str, log: str, version: int) -> bytes:
+    """A build's stored value up to :data:`BUILD_TAIL`: the version and the mutable fields."""
+    return (
+        f'{{"version":{version:d},"status":{_json_string(status)},"log":{_json_string(log)}'
+    ).encode()
+
+
+def encode_build(request_id: str, status: str, log: str, version: int) -> bytes:
+    """The stored value of a build, without the id (the key has it).
+
+    ``{"version":1,"status":"accepted","log":"","request_id":"request/q/1"}``, the same bytes
+    as ``json.dumps`` writes compactly. ``request_id`` comes last, so an update can keep it as
+    stored: inside a JSON string every ``"`` is escaped, so :data:`BUILD_TAIL` occurs nowhere
+    but before the ``request_id``.
+    """
+    return (
+        encode_build_head(status, log, version)
+        + BUILD_TAIL
+        + f"{_json_string(request_id)}}}".encode()
+    )
+
+
+def encode_fact(degree: float, request_id: str, created_at: float) -> bytes:
+    """The stored value of a fact, without its key's three parts.
+
+    ``{"degree":0.0,"request_id":"request/q/1","created_at":1764439245.123456}``. The floats
+    are written by ``float.__repr__`` (as ``json.dumps`` writes them), whose text always reads
+    back as the very same float, ``-0.0`` included; an ``int`` is stored as its float.
+    """
+    return (
+        f'{{"degree":{float.__repr__(float(degree))},"request_id":{_json_string(request_id)},'
+        f'"created_at":{float.__repr__(float(created_at))}}}'
+    ).encode()
+
+
+_QUEUE_SHAPE: Final = (
+    ("version", int),
+    ("latest_request_id", str),
+    ("last_green_uri", str),
+    ("last_green_request_id", str),
+    ("in_flight", int),
+)
+_BUILD_SHAPE: Final = (("version", int), ("status", str), ("log", str), ("request_id", str))
+_FACT_SHAPE: Final = (("degree", float), ("request_id", str), ("created_at", float))
+
+
+def _decode(key: bytes, value: bytes, what: str, shape: tuple[tuple[str, type], ...]) -> Any:
+    """Parse a stored value whose fields have exactly the types of ``shape``; anything else
+    under the key (a foreign value, a lost field) is a ``StorageError``."""
+    try:
+        fields = _decode_json(value.decode("utf-8"))
+    except ValueError:
+        fields = None
+    if isinstance(fields, dict) and all(type(fields.get(name)) is kind for name, kind in shape):
+        return fields
+    raise StorageError(f"redis: key {key!r} does not hold a stored {what}")
+
+
+_Enum = TypeVar("_Enum", bound=enum.StrEnum)
+
+
+def _known(kind: type[_Enum], value: str, key: bytes, field: str) -> _Enum:
+    """``value`` as a member of ``kind``; a value this version does not define (say, written
+    by a newer one during a rolling upgrade) is a ``StorageError``, never passed on."""
+    try:
+        return kind(value)
+    except ValueError:
+        raise StorageError(f"redis: key {key!r} holds an unknown {field} {value!r}") from None
+
+
+class _Script:
+    """A Lua script, sent by its SHA1 (``EVALSHA``) and by its body only when the server
+    lacks it."""
+
+    __slots__ = ("sha", "source")
+
+    def __init__(self, source: str) -> None:
+        self.source = source.encode()
+        self.sha = hashlib.sha1(self.source, usedforsecurity=False).hexdigest().encode()
+
+
+COMPARE_AND_SET: Final = _Script(
+    """\
+-- Compare-and-set of a versioned value, atomic on the server. KEYS[1]: the key.
+-- ARGV[1]: the head of the stored value at the expected version, '{"version":<old>,'.
+-- ARGV[2]: the new value; or, when ARGV[3] is not empty, its new head, and ARGV[3] marks
+-- where the stored value's immutable tail begins, kept as stored.
+-- Returns 1 when written, 0 when the key is absent or at another version.
+local stored = redis.call('GET', KEYS[1])
+if not stored then
+  return 0
+end
+if string.sub(stored, 1, #ARGV[1]) ~= ARGV[1] then
+  if not string.find(stored, '^{"version":%d+,') then
+    return redis.error_reply('the key does not hold a versioned value')
+  end
+  return 0
+end
+local value = ARGV[2]
+if ARGV[3] ~= '' then
+  local tail = string.find(stored, ARGV[3], #ARGV[1], true)
+  if not tail then
+    return redis.error_reply('the stored value lacks its immutable tail')
+  end
+  value = value .. string.sub(stored, tail)
+end
+redis.call('SET', KEYS[1], value)
+return 1
+"""
+)
+"""The one script of the queue and build updates; one ``EVALSHA``, one round trip."""
 
 
 class _Connection(Protocol):
@@ -121,8 +288,14 @@ class _Commands:
     def __init__(self, pool: redis.ConnectionPool) -> None:
         self._pool = pool
 
-    def run(self, *command: str | bytes) -> Any:
-        """Send one command and return its raw reply (one round trip)."""
+    def run(self, *command: str | bytes, script: _Script | None = None) -> Any:
+        """Send one command and return its raw reply (one round trip).
+
+        With ``script``, ``command`` is ``EVALSHA`` of that script. A server that lacks it
+        (``NOSCRIPT``: restarted, failed over, its cache flushed) gets the same call again as
+        ``EVAL`` with the script's body, which also caches it for the next ``EVALSHA``: a
+        second round trip, once per server.
+        """
         pool = self._pool
         try:
             pooled = pool.get_connection()
@@ -131,6 +304,12 @@ class _Commands:
         connection: _Connection = pooled
         try:
             connection.send_command(*command)
+            try:
+                return connection.read_response()
+            except redis.exceptions.NoScriptError:
+                if script is None:
+                    raise
+            connection.send_command(b"EVAL", script.source, *command[2:])
             return connection.read_response()
         except redis.exceptions.RedisError as error:
             # read_response already dropped the socket on I/O errors; an error reply
@@ -157,7 +336,14 @@ class RedisRequestStore:
 
     def create(self, request: Request) -> None:
         key = self._keys.request(request.id)
-        value = encode_request(request.queue, request.uri, request.state, request.version)
+        value = encode_request(
+            request.queue,
+            request.uri,
+            request.state,
+            request.build_strategy,
+            request.base_uri,
+            request.version,
+        )
         if self._commands.run("SET", key, value, "NX") is None:
             raise AlreadyExists(f"request {request.id!r} exists")
 
@@ -167,16 +353,14 @@ class RedisRequestStore:
         if value is None:
             raise NotFound(f"request {request_id!r}")
         fields = decode_request(key, value)
-        try:
-            state = RequestState(fields["state"])
-        except ValueError:
-            raise StorageError(f"redis: key {key!r} holds an unknown state") from None
         return Request(
             id=request_id,
             queue=fields["queue"],
             uri=fields["uri"],
-            state=state,
+            state=_known(RequestState, fields["state"], key, "state"),
             version=fields["version"],
+            build_strategy=_known(BuildStrategy, fields["build_strategy"], key, "build_strategy"),
+            base_uri=fields["base_uri"],
         )
 
     def update(self, request: Request, *, old_version: int, new_version: int) -> None:
@@ -201,7 +385,14 @@ class RedisRequestStore:
                     connection.read_response()
                     raise VersionMismatch(f"request {request.id!r} is not at version {old_version}")
                 # The queue is immutable: keep the stored one whatever the caller passed.
-                value = encode_request(fields["queue"], request.uri, request.state, new_version)
+                value = encode_request(
+                    fields["queue"],
+                    request.uri,
+                    request.state,
+                    request.build_strategy,
+                    request.base_uri,
+                    new_version,
+                )
                 connection.send_packed_command(
                     connection.pack_commands((("MULTI",), ("SET", key, value), ("EXEC",)))
                 )
@@ -266,8 +457,123 @@ class RedisCounter:
         return value
 
 
+class RedisQueueStore:
+    """Queues as JSON string values under ``<prefix>queue:<name>``."""
+
+    def __init__(self, commands: _Commands, keys: KeyLayout) -> None:
+        self._commands = commands
+        self._keys = keys
+
+    def create(self, queue: Queue) -> None:
+        key = self._keys.queue(queue.name)
+        if self._commands.run("SET", key, encode_queue(queue, queue.version), "NX") is None:
+            raise AlreadyExists(f"queue {queue.name!r} exists")
+
+    def get(self, name: str) -> Queue:
+        key = self._keys.queue(name)
+        value = self._commands.run("GET", key)
+        if value is None:
+            raise NotFound(f"queue {name!r}")
+        fields = _decode(key, value, "queue", _QUEUE_SHAPE)
+        return Queue(
+            name=name,
+            latest_request_id=fields["latest_request_id"],
+            last_green_uri=fields["last_green_uri"],
+            last_green_request_id=fields["last_green_request_id"],
+            in_flight=fields["in_flight"],
+            version=fields["version"],
+        )
+
+    def update(self, queue: Queue, *, old_version: int, new_version: int) -> None:
+        key = self._keys.queue(queue.name)
+        written = self._commands.run(
+            "EVALSHA",
+            COMPARE_AND_SET.sha,
+            b"1",
+            key,
+            version_head(old_version),
+            encode_queue(queue, new_version),
+            b"",  # the name is the key: the whole value is mutable
+            script=COMPARE_AND_SET,
+        )
+        if not written:
+            raise VersionMismatch(f"queue {queue.name!r} is not at version {old_version}")
+
+
+class RedisBuildStore:
+    """Builds as JSON string values under ``<prefix>build:<id>``."""
+
+    def __init__(self, commands: _Commands, keys: KeyLayout) -> None:
+        self._commands = commands
+        self._keys = keys
+
+    def create(self, build: Build) -> None:
+        key = self._keys.build(build.id)
+        value = encode_build(build.request_id, build.status, build.log, build.version)
+        if self._commands.run("SET", key, value, "NX") is None:
+            raise AlreadyExists(f"build {build.id!r} exists")
+
+    def get(self, build_id: str) -> Build:
+        key = self._keys.build(build_id)
+        value = self._commands.run("GET", key)
+        if value is None:
+            raise NotFound(f"build {build_id!r}")
+        fields = _decode(key, value, "build", _BUILD_SHAPE)
+        return Build(
+            id=build_id,
+            request_id=fields["request_id"],
+            status=_known(BuildStatus, fields["status"], key, "status"),
+            log=fields["log"],
+            version=fields["version"],
+        )
+
+    def update(self, build: Build, *, old_version: int, new_version: int) -> None:
+        key = self._keys.build(build.id)
+        written = self._commands.run(
+            "EVALSHA",
+            COMPARE_AND_SET.sha,
+            b"1",
+            key,
+            version_head(old_version),
+            encode_build_head(build.status, build.log, new_version),
+            BUILD_TAIL,  # the request id is immutable: the script keeps the stored one
+            script=COMPARE_AND_SET,
+        )
+        if not written:
+            raise VersionMismatch(f"build {build.id!r} is not at version {old_version}")
+
+
+class RedisFactStore:
+    """Facts as JSON string values under ``<prefix>fact:<n>:<queue>:<m>:<uri>:<k>:<project>``."""
+
+    def __init__(self, commands: _Commands, keys: KeyLayout) -> None:
+        self._commands = commands
+        self._keys = keys
+
+    def create(self, fact: Fact) -> None:
+        key = self._keys.fact(fact.queue, fact.uri, fact.project)
+        value = encode_fact(fact.degree, fact.request_id, fact.created_at)
+        if self._commands.run("SET", key, value, "NX") is None:
+            raise AlreadyExists(f"fact {(fact.queue, fact.uri, fact.project)!r} exists")
+
+    def get(self, queue: str, uri: str, project: str) -> Fact:
+        key = self._keys.fact(queue, uri, project)
+        value = self._commands.run("GET", key)
+        if value is None:
+            raise NotFound(f"fact {(queue, uri, project)!r}")
+        fields = _decode(key, value, "fact", _FACT_SHAPE)
+        return Fact(
+            queue=queue,
+            uri=uri,
+            project=project,
+            degree=fields["degree"],
+            request_id=fields["request_id"],
+            created_at=fields["created_at"],
+        )
+
+
 class RedisBackend:
-    """The three stores over one redis-py connection pool, shared by every thread."""
+    """The six stores over one redis-py connection pool, shared by every thread."""
 
     def __init__(self, pool: redis.ConnectionPool, keys: KeyLayout) -> None:
         self._pool = pool
@@ -275,6 +581,9 @@ class RedisBackend:
         self.requests = RedisRequestStore(pool, commands, keys)
         self.request_uris = RedisRequestURIStore(commands, keys)
         self.counter = RedisCounter(commands, keys)
+        self.queues = RedisQueueStore(commands, keys)
+        self.builds = RedisBuildStore(commands, keys)
+        self.facts = RedisFactStore(commands, keys)
 
     def ping(self) -> None:
         """Check the server answers; ``Unavailable`` if it does not within the timeout."""

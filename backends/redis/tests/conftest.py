@@ -17,9 +17,12 @@ import time
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import redis
+import redis.connection
+from stovepipe_redis import RedisBackend, open_backend
 
 from stovepipe.storage import Storage, open_storage
 
@@ -51,32 +54,14 @@ def redis_url() -> Iterator[str]:
         yield server_url
 
 
-@pytest.fixture(scope="session")
-def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, pathlib.Path]]:
-    """A private ``redis-server`` speaking only TLS, with a self-signed certificate.
-
-    Yields its ``rediss://`` URL (no options) and the certificate that verifies it.
-    """
-    missing = [tool for tool in ("redis-server", "openssl") if shutil.which(tool) is None]
-    if missing:
-        _unreachable(f"a TLS Redis needs {' and '.join(missing)} on PATH")
-    directory = tmp_path_factory.mktemp("tls-redis")
-    certificate, key = directory / "server.crt", directory / "server.key"
-    openssl = "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1"
-    names = "-addext subjectAltName=IP:127.0.0.1"
-    subprocess.run(
-        [*openssl.split(), *names.split(), "-keyout", str(key), "-out", str(certificate)],
-        check=True,
-        capture_output=True,
-    )
-    with socket.create_server(("127.0.0.1", 0)) as probe:
-        port = probe.getsockname()[1]
-    paths = {"--dir": directory, "--tls-cert-file": certificate, "--tls-key-file": key}
-    paths["--tls-ca-cert-file"] = certificate
-    options = f"--port 0 --tls-port {port} --bind 127.0.0.1 --tls-auth-clients no --appendonly no"
+@contextlib.contextmanager
+def _private_redis_server(directory: pathlib.Path, port: int, options: list[str]) -> Iterator[None]:
+    """Run ``redis-server`` on 127.0.0.1:``port`` (no persistence) until the block ends."""
+    if shutil.which("redis-server") is None:
+        _unreachable("a private Redis needs redis-server on PATH")
+    defaults = ["--bind", "127.0.0.1", "--dir", str(directory), "--appendonly", "no", "--save", ""]
     server = subprocess.Popen(
-        ["redis-server", *options.split(), "--save", ""]
-        + [part for flag, path in paths.items() for part in (flag, str(path))],
+        ["redis-server", *defaults, *options],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
     )
@@ -88,12 +73,53 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
                 break
             except OSError:
                 if server.poll() is not None or time.monotonic() > deadline:
-                    _unreachable(f"redis-server with TLS did not start (exit {server.poll()})")
+                    _unreachable(f"a private redis-server did not start (exit {server.poll()})")
                 time.sleep(0.05)
-        yield f"rediss://127.0.0.1:{port}/0", certificate
+        yield
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def _free_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port: int = probe.getsockname()[1]
+    return port
+
+
+@pytest.fixture(scope="session")
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, pathlib.Path]]:
+    """A private ``redis-server`` speaking only TLS, with a self-signed certificate.
+
+    Yields its ``rediss://`` URL (no options) and the certificate that verifies it.
+    """
+    if shutil.which("openssl") is None:
+        _unreachable("a TLS Redis needs openssl on PATH")
+    directory = tmp_path_factory.mktemp("tls-redis")
+    certificate, key = directory / "server.crt", directory / "server.key"
+    openssl = "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1"
+    names = "-addext subjectAltName=IP:127.0.0.1"
+    subprocess.run(
+        [*openssl.split(), *names.split(), "-keyout", str(key), "-out", str(certificate)],
+        check=True,
+        capture_output=True,
+    )
+    port = _free_port()
+    paths = {"--tls-cert-file": certificate, "--tls-key-file": key}
+    paths["--tls-ca-cert-file"] = certificate
+    options = f"--port 0 --tls-port {port} --tls-auth-clients no".split()
+    options += [part for flag, path in paths.items() for part in (flag, str(path))]
+    with _private_redis_server(directory, port, options):
+        yield f"rediss://127.0.0.1:{port}/0", certificate
+
+
+@pytest.fixture(scope="session")
+def private_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A plain ``redis-server`` of these tests' own, for what must not touch a shared one
+    (flushing its script cache). Yields its ``redis://`` URL (no options)."""
+    port = _free_port()
+    with _private_redis_server(tmp_path_factory.mktemp("redis"), port, ["--port", str(port)]):
+        yield f"redis://127.0.0.1:{port}/0"
 
 
 @pytest.fixture
@@ -136,3 +162,32 @@ def storage(url_with: UrlWith, raw: redis.Redis) -> Iterator[Storage]:
     """A storage on the test server whose keys all start with the test's prefix."""
     with open_storage(url_with()) as opened:
         yield opened
+
+
+@pytest.fixture
+def backend(url_with: Callable[..., str], raw: redis.Redis) -> Iterator[RedisBackend]:
+    """The backend itself (not wrapped in Storage), to read its watch-conflict count."""
+    opened = open_backend(url_with())
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+@pytest.fixture
+def round_trips(monkeypatch: pytest.MonkeyPatch) -> Callable[[], int]:
+    """Counts what every redis-py connection sends: one send, one round trip."""
+    sent = [0]
+    send: Callable[..., None] = redis.connection.Connection.send_packed_command
+
+    def counting_send(self: redis.connection.Connection, *args: Any, **kwargs: Any) -> None:
+        sent[0] += 1
+        send(self, *args, **kwargs)
+
+    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counting_send)
+
+    def taken() -> int:
+        count, sent[0] = sent[0], 0
+        return count
+
+    return taken

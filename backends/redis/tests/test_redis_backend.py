@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
 
 import pytest
 import redis
@@ -15,7 +14,7 @@ from hypothesis import strategies as st
 from stovepipe_redis import KeyLayout, RedisBackend, open_backend
 from stovepipe_redis.backend import decode_request, encode_request
 
-from stovepipe.entity import Request, RequestState
+from stovepipe.entity import Build, BuildStatus, Fact, Queue, Request, RequestState
 from stovepipe.storage import Storage, StorageError, Unavailable, VersionMismatch, open_storage
 
 
@@ -45,35 +44,6 @@ def _race(racers: int, work: Callable[[int], None]) -> list[BaseException]:
     for thread in threads:
         thread.join()
     return errors
-
-
-@pytest.fixture
-def backend(url_with: Callable[..., str], raw: redis.Redis) -> Iterator[RedisBackend]:
-    """The backend itself (not wrapped in Storage), to read its watch-conflict count."""
-    opened = open_backend(url_with())
-    try:
-        yield opened
-    finally:
-        opened.close()
-
-
-@pytest.fixture
-def round_trips(monkeypatch: pytest.MonkeyPatch) -> Callable[[], int]:
-    """Counts what every redis-py connection sends: one send, one round trip."""
-    sent = [0]
-    send: Callable[..., None] = redis.connection.Connection.send_packed_command
-
-    def counting_send(self: redis.connection.Connection, *args: Any, **kwargs: Any) -> None:
-        sent[0] += 1
-        send(self, *args, **kwargs)
-
-    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counting_send)
-
-    def taken() -> int:
-        count, sent[0] = sent[0], 0
-        return count
-
-    return taken
 
 
 # --- watch conflicts -------------------------------------------------------------------------
@@ -209,13 +179,36 @@ def test_key_layout_distinct_queue_uri_pairs_never_share_a_key(storage: Storage)
 
 
 def test_key_layout_stores_never_share_a_key(storage: Storage) -> None:
-    # The same string as a request id, a counter domain and a mapping's parts.
+    # The same string as every store's key, and as the parts of the keys made of several.
     name = "request_uri:1:q:u"
     storage.requests.create(_request(name))
     storage.request_uris.create("q", "u", "the mapping")
     assert storage.counter.next(name) == 1
+    storage.queues.create(Queue(name, latest_request_id="the queue"))
+    storage.builds.create(Build(name, "the build", BuildStatus.ACCEPTED, "", 1))
+    storage.facts.create(Fact("q", "u", "", 0.0, "the fact", 1.0))
+    storage.facts.create(Fact(name, name, name, 1.0, "the other fact", 2.0))
     assert storage.requests.get(name).id == name
     assert storage.request_uris.get_id_by_uri("q", "u") == "the mapping"
+    assert storage.queues.get(name).latest_request_id == "the queue"
+    assert storage.builds.get(name).request_id == "the build"
+    assert storage.facts.get("q", "u", "").request_id == "the fact"
+    assert storage.facts.get(name, name, name).request_id == "the other fact"
+
+
+def test_key_layout_store_tags_are_prefix_free(prefix: str) -> None:
+    layout = KeyLayout(prefix)
+    keys = {
+        "request": layout.request(""),
+        "request_uri": layout.request_uri("", "")[: -len(b"0::")],
+        "counter": layout.counter(""),
+        "queue": layout.queue(""),
+        "build": layout.build(""),
+        "fact": layout.fact("", "", "")[: -len(b"0::0::0:")],
+    }
+    for store, tag in keys.items():
+        assert tag == f"{prefix}{store}:".encode()
+        assert not [other for other in keys if other != store and keys[other].startswith(tag)]
 
 
 def test_key_prefix_option_keeps_deployments_apart(
@@ -232,12 +225,26 @@ def test_key_prefix_option_keeps_deployments_apart(
 _text = st.text(st.characters(exclude_categories=["Cs"]))  # any code point but lone surrogates
 
 
-@given(queue=_text, uri=_text, state=_text, version=st.integers(1, 2**63 - 1))
+@given(
+    queue=_text,
+    uri=_text,
+    state=_text,
+    build_strategy=_text,
+    base_uri=_text,
+    version=st.integers(1, 2**63 - 1),
+)
 def test_stored_value_is_compact_json_and_round_trips_any_text(
-    queue: str, uri: str, state: str, version: int
+    queue: str, uri: str, state: str, build_strategy: str, base_uri: str, version: int
 ) -> None:
-    fields = {"queue": queue, "uri": uri, "state": state, "version": version}
-    value = encode_request(queue, uri, state, version)
+    fields = {
+        "queue": queue,
+        "uri": uri,
+        "state": state,
+        "build_strategy": build_strategy,
+        "base_uri": base_uri,
+        "version": version,
+    }
+    value = encode_request(queue, uri, state, build_strategy, base_uri, version)
     assert value == json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode()
     assert decode_request(b"key", value) == fields
 

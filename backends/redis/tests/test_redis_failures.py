@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from stovepipe.entity import Request, RequestState
+from stovepipe.entity import Build, BuildStatus, Fact, Queue, Request, RequestState
 from stovepipe.storage import Unavailable, open_storage
 
 
@@ -126,3 +126,35 @@ def test_a_server_that_goes_away_mid_use_is_unavailable_promptly(
             2, lambda: storage.requests.update(_request(), old_version=1, new_version=2)
         )
         _unavailable_within(2, lambda: storage.request_uris.create("q", "u", "request/q/1"))
+
+
+@pytest.mark.usefixtures("raw")
+def test_queues_builds_facts_on_a_server_that_falls_silent_are_unavailable_then_recover(
+    relay: _Relay, relayed_url: str
+) -> None:
+    queue = Queue("q")
+    build = Build("build/1", "request/q/1", BuildStatus.ACCEPTED, "", 1)
+    fact = Fact("q", "git://r/main/0", "", 0.0, "request/q/1", 1.0)
+    with open_storage(relayed_url) as storage:
+        storage.queues.create(queue)
+        storage.builds.create(build)
+        relay.go_silent()
+        operations: list[Callable[[], object]] = [
+            lambda: storage.queues.create(Queue("other")),
+            lambda: storage.queues.get("q"),
+            lambda: storage.queues.update(queue, old_version=1, new_version=2),
+            lambda: storage.builds.create(Build("build/2", "r", BuildStatus.ACCEPTED, "", 1)),
+            lambda: storage.builds.get("build/1"),
+            lambda: storage.builds.update(build, old_version=1, new_version=2),
+            lambda: storage.facts.create(fact),
+            lambda: storage.facts.get("q", "git://r/main/0", ""),
+        ]
+        for operation in operations:
+            _unavailable_within(3, operation)
+        relay.speak_again()
+        storage.queues.update(queue, old_version=1, new_version=2)
+        storage.builds.update(build, old_version=1, new_version=2)
+        storage.facts.create(fact)
+        assert storage.queues.get("q").version == 2
+        assert storage.builds.get("build/1").version == 2
+        assert storage.facts.get("q", "git://r/main/0", "") == fact
