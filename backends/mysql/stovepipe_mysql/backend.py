@@ -2,16 +2,19 @@
 
 Every operation is one statement in autocommit mode on a pooled connection:
 
-==================  ===============================================================
-requests.create     ``INSERT``; duplicate key (1062) -> ``AlreadyExists``
-requests.get        ``SELECT`` by primary key
-requests.update     ``UPDATE ... WHERE id = ? AND version = ?``; the connection reports
-                    matched rows (CLIENT.FOUND_ROWS), so 0 means ``VersionMismatch``
-request_uris.*      ``INSERT`` / ``SELECT`` on the (queue, uri) primary key
-counter.next        ``INSERT ... ON DUPLICATE KEY UPDATE value = LAST_INSERT_ID(value + 1)``:
-                    the row lock orders racers and the new value comes back in the
-                    statement's own result, so there is no read-modify-write
-==================  ===============================================================
+=====================  ============================================================
+``*.create``           ``INSERT``; duplicate key (1062) -> ``AlreadyExists``
+``*.get``              ``SELECT`` by primary key
+``*.update``           ``UPDATE ... WHERE key = ? AND version = ?``; the connection reports
+                       matched rows (CLIENT.FOUND_ROWS), so 0 means ``VersionMismatch``
+``request_uris.*``     ``INSERT`` / ``SELECT`` on the (queue, uri) primary key
+``facts.*``            ``INSERT`` / ``SELECT`` on the (queue, uri, project) primary key
+``counter.next``       ``INSERT ... ON DUPLICATE KEY UPDATE value = LAST_INSERT_ID(value + 1)``:
+                       the row lock orders racers and the new value comes back in the
+                       statement's own result, so there is no read-modify-write
+=====================  ============================================================
+
+(``*`` is ``requests``, ``queues`` and ``builds``; facts are written once and have no update.)
 
 Keys travel as UTF-8 bytes into VARBINARY columns: compared byte for byte (see schema/).
 
@@ -19,14 +22,14 @@ Retries. A connection the server closed while idle is noticed before use and rep
 no statement is sent on it. When a connection fails *during* a statement, the statement
 may or may not have committed, so only what is safe is retried, once, on a new connection:
 
-* reads (``get``, ``get_id_by_uri``) are retried;
+* reads (every ``get``, ``get_id_by_uri``) are retried;
 * creates are retried. If the lost attempt was never sent, a duplicate key on the retry is
   ``AlreadyExists`` (first writer wins). If it may have been sent, the stored row is read back
   and an identical row is treated as the caller's own first attempt (no false
   ``AlreadyExists``); a racer that stored the identical row first is then indistinguishable
   from that attempt;
 * ``counter.next`` is retried: a lost first increment leaves a gap, never a repeat;
-* ``update`` is retried only if the statement was never sent; otherwise it raises
+* an ``update`` is retried only if the statement was never sent; otherwise it raises
   ``Unavailable``: re-running a compare-and-set whose first attempt may have won would
   report a false ``VersionMismatch``, and treating an identical stored row as a win could
   let two racers both believe they won;
@@ -43,7 +46,7 @@ from typing import Any, Final, TypeVar
 import pymysql
 from pymysql.cursors import Cursor
 
-from stovepipe.entity import Request, RequestState
+from stovepipe.entity import Build, BuildStatus, BuildStrategy, Fact, Queue, Request, RequestState
 from stovepipe.storage.errors import (
     AlreadyExists,
     NotFound,
@@ -58,11 +61,15 @@ T = TypeVar("T")
 
 # The statements, exactly; the benchmark runs these same strings through raw PyMySQL.
 INSERT_REQUEST: Final = (
-    "INSERT INTO request (id, queue, uri, state, version) VALUES (%s, %s, %s, %s, %s)"
+    "INSERT INTO request (id, queue, uri, state, version, build_strategy, base_uri)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s)"
 )
-SELECT_REQUEST: Final = "SELECT queue, uri, state, version FROM request WHERE id = %s"
+SELECT_REQUEST: Final = (
+    "SELECT queue, uri, state, version, build_strategy, base_uri FROM request WHERE id = %s"
+)
 UPDATE_REQUEST: Final = (
-    "UPDATE request SET uri = %s, state = %s, version = %s WHERE id = %s AND version = %s"
+    "UPDATE request SET uri = %s, state = %s, build_strategy = %s, base_uri = %s, version = %s"
+    " WHERE id = %s AND version = %s"
 )
 INSERT_REQUEST_URI: Final = "INSERT INTO request_uri (queue, uri, request_id) VALUES (%s, %s, %s)"
 SELECT_REQUEST_URI: Final = "SELECT request_id FROM request_uri WHERE queue = %s AND uri = %s"
@@ -70,11 +77,42 @@ NEXT_COUNTER: Final = (
     "INSERT INTO counter (domain, `value`) VALUES (%s, LAST_INSERT_ID(1))"
     " ON DUPLICATE KEY UPDATE `value` = LAST_INSERT_ID(`value` + 1)"
 )
-# Fails with "no such table" unless every table exists; LIMIT 0 reads no row.
-CHECK_SCHEMA: Final = "SELECT 1 FROM request, request_uri, counter LIMIT 0"
+INSERT_QUEUE: Final = (
+    "INSERT INTO queue (name, latest_request_id, last_green_uri, last_green_request_id,"
+    " in_flight, version) VALUES (%s, %s, %s, %s, %s, %s)"
+)
+SELECT_QUEUE: Final = (
+    "SELECT latest_request_id, last_green_uri, last_green_request_id, in_flight, version"
+    " FROM queue WHERE name = %s"
+)
+UPDATE_QUEUE: Final = (
+    "UPDATE queue SET latest_request_id = %s, last_green_uri = %s, last_green_request_id = %s,"
+    " in_flight = %s, version = %s WHERE name = %s AND version = %s"
+)
+INSERT_BUILD: Final = (
+    "INSERT INTO build (id, request_id, status, log, version) VALUES (%s, %s, %s, %s, %s)"
+)
+SELECT_BUILD: Final = "SELECT request_id, status, log, version FROM build WHERE id = %s"
+UPDATE_BUILD: Final = (
+    "UPDATE build SET status = %s, log = %s, version = %s WHERE id = %s AND version = %s"
+)
+INSERT_FACT: Final = (
+    "INSERT INTO fact (queue, uri, project, degree, request_id, created_at)"
+    " VALUES (%s, %s, %s, %s, %s, %s)"
+)
+SELECT_FACT: Final = (
+    "SELECT degree, request_id, created_at FROM fact WHERE queue = %s AND uri = %s AND project = %s"
+)
+# Fails with "no such table" or "unknown column" unless every table and column of the schema
+# exists, so a database that missed a migration is caught at open; LIMIT 0 reads no row.
+CHECK_SCHEMA: Final = (
+    "SELECT request.build_strategy, request.base_uri"
+    " FROM request, request_uri, counter, queue, build, fact LIMIT 0"
+)
 
 _DUPLICATE_KEY: Final = 1062
-_NO_SUCH_TABLE: Final = 1146
+# The schema lacks a table (1146) or a column (1054): a migration was not applied.
+_SCHEMA_MISSING: Final = frozenset({1146, 1054})
 # The connection is gone: client-side losses, and the server's "killed", "shutting down"
 # and "disconnected for inactivity" (MySQL 8.0.24+).
 _CONNECTION_LOST: Final = frozenset({2006, 2013, 2055, 1053, 1927, 4031})
@@ -153,8 +191,9 @@ class _Database:
             raise connect_failure(error, self._address) from None
 
     def check(self) -> None:
-        """Connect and read the schema's tables now, so a wrong URL or a database never
-        migrated fails at open (naming ``stovepipe migrate``) rather than at every call."""
+        """Connect and read the schema's tables and new columns now, so a wrong URL or a
+        database never (or not fully) migrated fails at open, naming ``stovepipe migrate``,
+        rather than at every call."""
         self.run(CHECK_SCHEMA, (), _no_result, retry_if_sent=True)
 
     def run(
@@ -199,6 +238,34 @@ class _Database:
             self._pool.release(pooled)
             return result
 
+    def insert(
+        self,
+        statement: str,
+        args: tuple[Any, ...],
+        *,
+        taken: str,
+        is_ours: Callable[[], bool],
+    ) -> None:
+        """Run a create's ``INSERT``; raise ``AlreadyExists(taken)`` if its key is stored.
+
+        Retried per the policy. When the retry meets a duplicate key after an attempt that may
+        have run, ``is_ours()`` reads the stored row back: if it is the row being created, that
+        lost attempt committed it and the create succeeded.
+        """
+        try:
+            self.run(statement, args, _no_result, retry_if_sent=True)
+        except _AlreadyExistsOnRetry:
+            if not is_ours():
+                raise AlreadyExists(taken) from None
+        except AlreadyExists:
+            raise AlreadyExists(taken) from None
+
+    def compare_and_set(self, statement: str, args: tuple[Any, ...], *, mismatch: str) -> None:
+        """Run a conditional ``UPDATE ... AND version = ?``; ``VersionMismatch(mismatch)`` unless
+        it matched exactly one row. Never retried once sent (see the policy)."""
+        if self.run(statement, args, _matched_rows, retry_if_sent=False) != 1:
+            raise VersionMismatch(mismatch)
+
     def _lost(self, error: BaseException, unsent: bool) -> Unavailable:
         what = "timed out" if _timed_out(error) else "lost the connection"
         outcome = "" if unsent else "; the statement may or may not have been applied"
@@ -207,7 +274,7 @@ class _Database:
     def _failed(self, error: BaseException, code: int) -> StorageError:
         if code in _TRANSIENT:
             return Unavailable(f"mysql {self._address}: {_reason(error)}")
-        if code == _NO_SUCH_TABLE:
+        if code in _SCHEMA_MISSING:
             return StorageError(
                 f"mysql {self._address}: {_reason(error)}; apply the schema with "
                 "`stovepipe migrate URL` (or open the URL with ?migrate=true)"
@@ -246,6 +313,22 @@ def _text(stored: bytes, where: str, column: str) -> str:
         ) from None
 
 
+_Enum = TypeVar("_Enum", RequestState, BuildStrategy, BuildStatus)
+
+
+def _member(kind: type[_Enum], stored: bytes, where: str, column: str) -> _Enum:
+    """A stored enumerated column as a member of ``kind``; a value this version does not
+    define (written by a newer one?) is a StorageError naming the key, never passed on."""
+    text = _text(stored, where, column)
+    try:
+        return kind(text)
+    except ValueError:
+        raise StorageError(
+            f"{where} has {column} {text!r}, which this version does not know "
+            "(written by a newer version?)"
+        ) from None
+
+
 class MySQLRequestStore:
     """Requests in table ``request``, keyed by id."""
 
@@ -253,24 +336,20 @@ class MySQLRequestStore:
         self._database = database
 
     def create(self, request: Request) -> None:
-        try:
-            self._database.run(
-                INSERT_REQUEST,
-                (
-                    request.id.encode(),
-                    request.queue.encode(),
-                    request.uri.encode(),
-                    request.state.encode(),
-                    request.version,
-                ),
-                _no_result,
-                retry_if_sent=True,
-            )
-        except _AlreadyExistsOnRetry:
-            if self._find(request.id) != request:
-                raise AlreadyExists(f"request {request.id!r} exists") from None
-        except AlreadyExists:
-            raise AlreadyExists(f"request {request.id!r} exists") from None
+        self._database.insert(
+            INSERT_REQUEST,
+            (
+                request.id.encode(),
+                request.queue.encode(),
+                request.uri.encode(),
+                request.state.encode(),
+                request.version,
+                request.build_strategy.encode(),
+                request.base_uri.encode(),
+            ),
+            taken=f"request {request.id!r} exists",
+            is_ours=lambda: self._find(request.id) == request,
+        )
 
     def get(self, request_id: str) -> Request:
         request = self._find(request_id)
@@ -284,39 +363,32 @@ class MySQLRequestStore:
         )
         if row is None:
             return None
-        queue, uri, state, version = row
+        queue, uri, state, version, build_strategy, base_uri = row
         where = f"request {request_id!r}"
-        state_text = _text(state, where, "state")
-        try:
-            known_state = RequestState(state_text)
-        except ValueError:
-            raise StorageError(
-                f"{where} has state {state_text!r}, which this version does not know "
-                "(written by a newer version?)"
-            ) from None
         return Request(
             id=request_id,
             queue=_text(queue, where, "queue"),
             uri=_text(uri, where, "uri"),
-            state=known_state,
+            state=_member(RequestState, state, where, "state"),
             version=version,
+            build_strategy=_member(BuildStrategy, build_strategy, where, "build_strategy"),
+            base_uri=_text(base_uri, where, "base_uri"),
         )
 
     def update(self, request: Request, *, old_version: int, new_version: int) -> None:
-        matched = self._database.run(
+        self._database.compare_and_set(
             UPDATE_REQUEST,
             (
                 request.uri.encode(),
                 request.state.encode(),
+                request.build_strategy.encode(),
+                request.base_uri.encode(),
                 new_version,
                 request.id.encode(),
                 old_version,
             ),
-            _matched_rows,
-            retry_if_sent=False,
+            mismatch=f"request {request.id!r} is not at version {old_version}",
         )
-        if matched != 1:
-            raise VersionMismatch(f"request {request.id!r} is not at version {old_version}")
 
 
 class MySQLRequestURIStore:
@@ -326,18 +398,12 @@ class MySQLRequestURIStore:
         self._database = database
 
     def create(self, queue: str, uri: str, request_id: str) -> None:
-        try:
-            self._database.run(
-                INSERT_REQUEST_URI,
-                (queue.encode(), uri.encode(), request_id.encode()),
-                _no_result,
-                retry_if_sent=True,
-            )
-        except _AlreadyExistsOnRetry:
-            if self._find(queue, uri) != request_id:
-                raise AlreadyExists(f"uri {uri!r} of queue {queue!r} is mapped") from None
-        except AlreadyExists:
-            raise AlreadyExists(f"uri {uri!r} of queue {queue!r} is mapped") from None
+        self._database.insert(
+            INSERT_REQUEST_URI,
+            (queue.encode(), uri.encode(), request_id.encode()),
+            taken=f"uri {uri!r} of queue {queue!r} is mapped",
+            is_ours=lambda: self._find(queue, uri) == request_id,
+        )
 
     def get_id_by_uri(self, queue: str, uri: str) -> str:
         request_id = self._find(queue, uri)
@@ -366,8 +432,170 @@ class MySQLCounter:
         )
 
 
+class MySQLQueueStore:
+    """Queues in table ``queue``, keyed by name."""
+
+    def __init__(self, database: _Database) -> None:
+        self._database = database
+
+    def create(self, queue: Queue) -> None:
+        self._database.insert(
+            INSERT_QUEUE,
+            (
+                queue.name.encode(),
+                queue.latest_request_id.encode(),
+                queue.last_green_uri.encode(),
+                queue.last_green_request_id.encode(),
+                queue.in_flight,
+                queue.version,
+            ),
+            taken=f"queue {queue.name!r} exists",
+            is_ours=lambda: self._find(queue.name) == queue,
+        )
+
+    def get(self, name: str) -> Queue:
+        queue = self._find(name)
+        if queue is None:
+            raise NotFound(f"queue {name!r}")
+        return queue
+
+    def _find(self, name: str) -> Queue | None:
+        row = self._database.run(SELECT_QUEUE, (name.encode(),), _fetch_one, retry_if_sent=True)
+        if row is None:
+            return None
+        latest_request_id, last_green_uri, last_green_request_id, in_flight, version = row
+        where = f"queue {name!r}"
+        return Queue(
+            name=name,
+            latest_request_id=_text(latest_request_id, where, "latest_request_id"),
+            last_green_uri=_text(last_green_uri, where, "last_green_uri"),
+            last_green_request_id=_text(last_green_request_id, where, "last_green_request_id"),
+            in_flight=in_flight,
+            version=version,
+        )
+
+    def update(self, queue: Queue, *, old_version: int, new_version: int) -> None:
+        self._database.compare_and_set(
+            UPDATE_QUEUE,
+            (
+                queue.latest_request_id.encode(),
+                queue.last_green_uri.encode(),
+                queue.last_green_request_id.encode(),
+                queue.in_flight,
+                new_version,
+                queue.name.encode(),
+                old_version,
+            ),
+            mismatch=f"queue {queue.name!r} is not at version {old_version}",
+        )
+
+
+class MySQLBuildStore:
+    """Builds in table ``build``, keyed by the id their runner minted."""
+
+    def __init__(self, database: _Database) -> None:
+        self._database = database
+
+    def create(self, build: Build) -> None:
+        self._database.insert(
+            INSERT_BUILD,
+            (
+                build.id.encode(),
+                build.request_id.encode(),
+                build.status.encode(),
+                build.log.encode(),
+                build.version,
+            ),
+            taken=f"build {build.id!r} exists",
+            is_ours=lambda: self._find(build.id) == build,
+        )
+
+    def get(self, build_id: str) -> Build:
+        build = self._find(build_id)
+        if build is None:
+            raise NotFound(f"build {build_id!r}")
+        return build
+
+    def _find(self, build_id: str) -> Build | None:
+        row = self._database.run(SELECT_BUILD, (build_id.encode(),), _fetch_one, retry_if_sent=True)
+        if row is None:
+            return None
+        request_id, status, log, version = row
+        where = f"build {build_id!r}"
+        return Build(
+            id=build_id,
+            request_id=_text(request_id, where, "request_id"),
+            status=_member(BuildStatus, status, where, "status"),
+            log=_text(log, where, "log"),
+            version=version,
+        )
+
+    def update(self, build: Build, *, old_version: int, new_version: int) -> None:
+        self._database.compare_and_set(
+            UPDATE_BUILD,
+            (
+                build.status.encode(),
+                build.log.encode(),
+                new_version,
+                build.id.encode(),
+                old_version,
+            ),
+            mismatch=f"build {build.id!r} is not at version {old_version}",
+        )
+
+
+class MySQLFactStore:
+    """Facts in table ``fact``: three key columns, no separator; ``degree`` and ``created_at``
+    in DOUBLE columns, which read back as the very float written (see schema/)."""
+
+    def __init__(self, database: _Database) -> None:
+        self._database = database
+
+    def create(self, fact: Fact) -> None:
+        self._database.insert(
+            INSERT_FACT,
+            (
+                fact.queue.encode(),
+                fact.uri.encode(),
+                fact.project.encode(),
+                # PyMySQL sends a float as its shortest repr with an exponent ("0.1e0"), a
+                # DOUBLE literal; an int (allowed by the limits) would be sent as an integer.
+                float(fact.degree),
+                fact.request_id.encode(),
+                float(fact.created_at),
+            ),
+            taken=f"fact {(fact.queue, fact.uri, fact.project)!r} exists",
+            is_ours=lambda: self._find(fact.queue, fact.uri, fact.project) == fact,
+        )
+
+    def get(self, queue: str, uri: str, project: str) -> Fact:
+        fact = self._find(queue, uri, project)
+        if fact is None:
+            raise NotFound(f"fact {(queue, uri, project)!r}")
+        return fact
+
+    def _find(self, queue: str, uri: str, project: str) -> Fact | None:
+        row = self._database.run(
+            SELECT_FACT,
+            (queue.encode(), uri.encode(), project.encode()),
+            _fetch_one,
+            retry_if_sent=True,
+        )
+        if row is None:
+            return None
+        degree, request_id, created_at = row
+        return Fact(
+            queue=queue,
+            uri=uri,
+            project=project,
+            degree=degree,
+            request_id=_text(request_id, f"fact {(queue, uri, project)!r}", "request_id"),
+            created_at=created_at,
+        )
+
+
 class MySQLBackend:
-    """The three stores over one connection pool. Thread-safe."""
+    """The six stores over one connection pool. Thread-safe."""
 
     def __init__(self, options: MySQLOptions) -> None:
         self.options = options
@@ -375,6 +603,9 @@ class MySQLBackend:
         self.requests = MySQLRequestStore(self._database)
         self.request_uris = MySQLRequestURIStore(self._database)
         self.counter = MySQLCounter(self._database)
+        self.queues = MySQLQueueStore(self._database)
+        self.builds = MySQLBuildStore(self._database)
+        self.facts = MySQLFactStore(self._database)
 
     def close(self) -> None:
         """Close every pooled connection. Idempotent."""
@@ -384,9 +615,10 @@ class MySQLBackend:
 def open_backend(url: str) -> MySQLBackend:
     """Entry point for ``mysql://user:password@host:port/database?options``.
 
-    Connects and checks that the schema's tables exist before returning, so an unreachable
-    server raises ``Unavailable`` here, and wrong credentials or a database without the schema
-    ``StorageError`` (whose message says to run ``stovepipe migrate URL``). With
+    Connects and checks that the schema's tables and columns exist before returning, so an
+    unreachable server raises ``Unavailable`` here, and wrong credentials or a database without
+    the schema, or without its latest migration, ``StorageError`` (whose message says to run
+    ``stovepipe migrate URL``). With
     ``?migrate=true`` applies the schema first.
     """
     options = parse_url(url)

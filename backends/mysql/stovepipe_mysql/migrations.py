@@ -1,9 +1,11 @@
 """Apply the schema: every ``schema/*.sql`` file, in name order, exactly as it stands.
 
 Each file is sent whole as one multi-statement batch, as ``mysql DATABASE < file.sql``
-would run it, so what a DBA reviews is byte for byte what runs. Every statement in those
-files is idempotent (``CREATE TABLE IF NOT EXISTS``), so migrating again, or from several
-processes at once, is harmless.
+would run it, so what a DBA reviews is byte for byte what runs. Every file runs on every
+migration and every statement in them is idempotent (``CREATE TABLE IF NOT EXISTS``; a column
+is added only if ``information_schema`` lacks it, under a named lock), so migrating again, or
+from several processes at once, is harmless, and a database made by earlier files is upgraded
+in place.
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ from collections.abc import Callable, Iterator
 
 import pymysql
 import pytest
-from stovepipe_mysql.migrations import migrate
+from pymysql.constants import CLIENT
+from stovepipe_mysql.migrations import migrate, schema_files
 from stovepipe_mysql.options import parse_url
 
 from stovepipe.storage import Storage, open_storage
@@ -85,20 +86,55 @@ def admin(mysql_url: str) -> Iterator[pymysql.connections.Connection[pymysql.cur
     connection.close()
 
 
-@pytest.fixture
-def scratch_database(mysql_url: str) -> Iterator[str]:
-    """The URL of a new, empty database, dropped afterwards."""
-    name = f"stovepipe_scratch_{uuid.uuid4().hex[:12]}"
+@contextlib.contextmanager
+def private_database(mysql_url: str, prefix: str) -> Iterator[str]:
+    """The URL of a new, empty database on the test server named ``prefix`` and a random
+    suffix, dropped afterwards."""
+    name = f"{prefix}{uuid.uuid4().hex[:12]}"
     admin = admin_connection(mysql_url)
     try:
         with admin.cursor() as cursor:
             cursor.execute(f"CREATE DATABASE {name}")
-        options = parse_url(mysql_url)
-        yield with_address(mysql_url, options.host, options.port, name)
-        with admin.cursor() as cursor:
-            cursor.execute(f"DROP DATABASE IF EXISTS {name}")
+        try:
+            options = parse_url(mysql_url)
+            yield with_address(mysql_url, options.host, options.port, name)
+        finally:
+            with admin.cursor() as cursor:
+                cursor.execute(f"DROP DATABASE IF EXISTS {name}")
     finally:
         admin.close()
+
+
+@pytest.fixture
+def scratch_database(mysql_url: str) -> Iterator[str]:
+    """The URL of a new, empty database, dropped afterwards."""
+    with private_database(mysql_url, "stovepipe_scratch_") as url:
+        yield url
+
+
+def run_schema_file(url: str, sql: str) -> None:
+    """Run one schema file as ``migrate`` does: one multi-statement batch, every result read."""
+    arguments = parse_url(url).connect_arguments()
+    arguments["client_flag"] |= CLIENT.MULTI_STATEMENTS
+    connection = pymysql.connect(**arguments)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(sql)
+            while cursor.nextset():
+                pass
+    finally:
+        connection.close()
+
+
+@pytest.fixture
+def database_of_0001(mysql_url: str) -> Iterator[str]:
+    """The URL of a new database (``stovepipe_upgrade_...``) holding only the first schema
+    file's tables, as a deployment made before the pipeline's stores has; dropped afterwards."""
+    with private_database(mysql_url, "stovepipe_upgrade_") as url:
+        (name, sql), *_ = schema_files()
+        assert name == "0001_create_tables.sql"
+        run_schema_file(url, sql)
+        yield url
 
 
 class _Link:

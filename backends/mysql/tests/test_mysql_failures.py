@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from stovepipe_mysql.pool import PooledConnection
 
-from stovepipe.entity import Request, RequestState
+from stovepipe.entity import Build, BuildStatus, Fact, Queue, Request, RequestState
 from stovepipe.storage import (
     AlreadyExists,
     Storage,
@@ -172,6 +172,40 @@ def test_update_whose_reply_is_lost_is_unavailable_never_a_false_version_mismatc
     # The storage recovers on a new connection.
     proxied.requests.update(request(stored.id, uri="newer"), old_version=2, new_version=3)
     assert direct.requests.get(stored.id).uri == "newer"
+
+
+def test_fact_create_whose_reply_is_lost_after_commit_is_not_a_false_already_exists(
+    proxied: Storage, direct: Storage, proxy: Any
+) -> None:
+    # The retry reads the stored fact back and compares it, floats included, with its own.
+    fact = Fact(unique("queue/"), "git://r/1", "", 1 / 3, unique("request/"), 1_700_000_000.25)
+    proxy.arm(marker(fact.request_id), "drop")
+    proxied.facts.create(fact)
+    assert proxy.fired.is_set()
+    assert direct.facts.get(fact.queue, fact.uri, fact.project) == fact
+
+
+def test_build_create_retried_after_a_lost_reply_still_reports_another_writers_row(
+    proxied: Storage, direct: Storage, proxy: Any
+) -> None:
+    first = Build(unique("build/"), "request/first", BuildStatus.ACCEPTED, "", 1)
+    direct.builds.create(first)
+    proxy.arm(marker("request/second"), "drop")
+    with pytest.raises(AlreadyExists):
+        proxied.builds.create(Build(first.id, "request/second", BuildStatus.ACCEPTED, "", 1))
+    assert proxy.fired.is_set()
+    assert direct.builds.get(first.id) == first
+
+
+def test_queue_update_whose_reply_is_lost_is_unavailable_never_a_false_version_mismatch(
+    proxied: Storage, direct: Storage, proxy: Any
+) -> None:
+    name = unique("queue/")
+    direct.queues.create(Queue(name))
+    proxy.arm(marker(name), "drop")
+    with pytest.raises(Unavailable, match="may or may not have been applied"):
+        proxied.queues.update(Queue(name, in_flight=1), old_version=1, new_version=2)
+    assert direct.queues.get(name) == Queue(name, in_flight=1, version=2)
 
 
 def test_read_whose_reply_is_lost_is_retried(proxied: Storage, direct: Storage, proxy: Any) -> None:
