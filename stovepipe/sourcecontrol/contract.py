@@ -9,6 +9,8 @@ Errors, all under :class:`SourceControlError`:
 * :class:`NotFound`: an unknown queue, a missing ref, or a URI this source did not mint or no
   longer knows.
 * :class:`Unavailable`: a transient fault (repository unreadable, remote down); retry later.
+* :class:`Refused`: an operation the source will not do, such as moving a branch that is
+  checked out in a working tree; not transient.
 * ``ValueError``: a malformed argument, e.g. a ``limit`` outside ``1..MAX_PAGE_LIMIT`` or a
   cursor this source did not issue.
 """
@@ -16,6 +18,7 @@ Errors, all under :class:`SourceControlError`:
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 from typing import Final, Protocol
 
 MAX_PAGE_LIMIT: Final = 1000
@@ -32,6 +35,10 @@ class NotFound(SourceControlError):
 
 class Unavailable(SourceControlError):
     """A transient fault: the repository is unreadable or the remote is down."""
+
+
+class Refused(SourceControlError):
+    """The source will not do this, e.g. move a branch that is checked out; not transient."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -72,6 +79,47 @@ class SourceControl(Protocol):
         earlier page it continues where that page ended (also after the ref moved on).
         Raises ``ValueError`` for a ``limit`` outside ``1..MAX_PAGE_LIMIT`` or a cursor this
         source did not issue, ``NotFound`` if the ref or the cursor's commit is gone.
+        """
+        ...
+
+    def revision(self, uri: str) -> str:
+        """Return the id of the commit ``uri`` names (for git, its full hex SHA).
+
+        Raises ``NotFound`` if the URI is unknown to this source.
+        """
+        ...
+
+    def commit_time(self, uri: str) -> float:
+        """Return when the commit ``uri`` names was committed, in seconds since the epoch (UTC).
+
+        For git this is the committer time, whole seconds. Raises ``NotFound`` if the URI is
+        unknown to this source.
+        """
+        ...
+
+    def checkout(self, uri: str, directory: pathlib.Path) -> None:
+        """Write a clean checkout of the commit ``uri`` names into ``directory``.
+
+        ``directory`` must not exist yet, or be empty; it is created, parents included. The
+        checkout is a fresh copy of the commit's tree with nothing else in it: the
+        configured repository's own working tree and index are never read or written. On
+        failure nothing is left at ``directory`` that this call created. Raises ``NotFound``
+        if the URI is unknown, ``ValueError`` if ``directory`` holds files, ``Unavailable``
+        if the checkout cannot be made.
+        """
+        ...
+
+    def promote(self, uri: str) -> bool:
+        """Move the queue's promotion ref to the commit ``uri`` names, forward only.
+
+        Returns ``True`` if the ref moved (or was created), ``False`` if it already points
+        at that commit or at a descendant of it, or if this source has no promotion ref. A
+        ref pointing at a commit that is neither an ancestor nor a descendant (history was
+        rewritten) is moved. Safe under concurrent callers, also across processes: the ref
+        only ever moves from the value the decision was made on. Raises ``NotFound`` if the
+        URI is unknown (e.g. a rewrite dropped the commit), ``Refused`` if the ref cannot be
+        moved safely (it is checked out in a working tree), ``Unavailable`` on a transient
+        fault.
         """
         ...
 

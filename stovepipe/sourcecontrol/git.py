@@ -13,23 +13,58 @@ the ref as configured, less a leading ``refs/heads/``.
 History follows first parents from the head: the commits the branch itself pointed at in a
 merge-based workflow, newest first. ``is_ancestor`` uses the full commit graph, like
 ``git merge-base --is-ancestor``.
+
+``checkout`` is the one operation that runs the ``git`` command: a build's checkout should
+look exactly like one a developer makes (filters, attributes), and it is rare. It clones
+with ``--shared`` (the new clone borrows the repository's objects, nothing is copied) and
+checks the commit out detached in the new directory, so the repository's own working tree
+and index are never touched. ``promote`` moves a local branch with compare-and-swap, so
+racing promoters, in any process, never move it backwards.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
+import subprocess
 import threading
 from pathlib import Path
 from typing import Final
 
 import pygit2
 
-from stovepipe.sourcecontrol.contract import NotFound, Page, Unavailable, check_limit
+from stovepipe.sourcecontrol.contract import NotFound, Page, Refused, Unavailable, check_limit
 from stovepipe.sourcecontrol.cursor import decode_cursor, encode_cursor
 
 _SHA: Final = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 _BRANCH_PREFIX: Final = "refs/heads/"
+
+# Variables that point git at another repository, index or object store (the list
+# ``git rev-parse --local-env-vars`` prints). Inherited from the server's environment they
+# could make the checkout read or write the configured repository, so they are dropped.
+_REPOSITORY_ENVIRONMENT: Final = frozenset(
+    {
+        "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+        "GIT_COMMON_DIR",
+        "GIT_CONFIG",
+        "GIT_CONFIG_COUNT",
+        "GIT_CONFIG_PARAMETERS",
+        "GIT_DIR",
+        "GIT_GRAFT_FILE",
+        "GIT_IMPLICIT_WORK_TREE",
+        "GIT_INDEX_FILE",
+        "GIT_NO_REPLACE_OBJECTS",
+        "GIT_OBJECT_DIRECTORY",
+        "GIT_PREFIX",
+        "GIT_REPLACE_REF_BASE",
+        "GIT_SHALLOW_FILE",
+        "GIT_WORK_TREE",
+    }
+)
+# A promotion retries its compare-and-swap this often when other promoters keep winning.
+_PROMOTE_ATTEMPTS: Final = 20
 
 
 class GitSourceControl:
@@ -38,16 +73,37 @@ class GitSourceControl:
     ``path`` is the repository (its working tree or its git directory; a path inside a
     working tree finds the repository above it). ``ref`` is a branch name such as ``main``
     or a full ref such as ``refs/remotes/origin/main``. The ref need not exist yet:
-    :meth:`latest` raises ``NotFound`` until it does. Raises ``NotFound`` if there is no
-    repository at ``path`` and ``ValueError`` if ``ref`` is not a valid ref name.
+    :meth:`latest` raises ``NotFound`` until it does. ``promote_ref`` is the local branch
+    :meth:`promote` moves (``green`` or ``refs/heads/green``); without one, ``promote`` does
+    nothing. Raises ``NotFound`` if there is no repository at ``path`` and ``ValueError`` if
+    ``ref`` or ``promote_ref`` is not a valid name, or ``promote_ref`` is not a branch or is
+    the queue's own ref.
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], ref: str, *, remote: str | None = None
+        self,
+        path: str | os.PathLike[str],
+        ref: str,
+        *,
+        remote: str | None = None,
+        promote_ref: str | None = None,
     ) -> None:
         self._ref = ref if ref.startswith("refs/") else _BRANCH_PREFIX + ref
         if not pygit2.reference_is_valid_name(self._ref):
             raise ValueError(f"not a valid git ref name: {ref!r}")
+        self._promote_ref: str | None = None
+        if promote_ref is not None:
+            if promote_ref.startswith("refs/") and not promote_ref.startswith(_BRANCH_PREFIX):
+                raise ValueError(f"the promotion ref must be a branch: {promote_ref!r}")
+            full = promote_ref if promote_ref.startswith("refs/") else _BRANCH_PREFIX + promote_ref
+            if not pygit2.reference_is_valid_name(full) or full == _BRANCH_PREFIX:
+                raise ValueError(f"not a valid git branch name: {promote_ref!r}")
+            if full == self._ref:
+                raise ValueError(
+                    f"the promotion ref {promote_ref!r} is the queue's own ref; "
+                    "promoting would rewind the branch being watched"
+                )
+            self._promote_ref = full
         try:
             self._repository = pygit2.Repository(os.fspath(path))
         except pygit2.GitError as error:
@@ -55,6 +111,7 @@ class GitSourceControl:
         # libgit2 objects must not be used by two threads at once; each call is short.
         self._lock = threading.Lock()
         root = Path(self._repository.workdir or self._repository.path).resolve()
+        self._root = root
         name = root.name.removesuffix(".git") or root.name
         short_ref = self._ref.removeprefix(_BRANCH_PREFIX)
         self._prefix = f"git://{remote or 'local'}/{name}/{short_ref}/"
@@ -130,3 +187,150 @@ class GitSourceControl:
                 if len(uris) == limit:
                     return Page(uris=tuple(uris), next_cursor=encode_cursor(issuer, str(parent_id)))
                 commit = self._commit(str(parent_id))
+
+    def revision(self, uri: str) -> str:
+        """The commit's full hex SHA; ``NotFound`` for an unknown URI."""
+        sha = self._sha_of(uri)
+        with self._lock:
+            return str(self._commit(sha).id)
+
+    def commit_time(self, uri: str) -> float:
+        """The commit's committer time in seconds since the epoch (UTC); ``NotFound`` if unknown."""
+        sha = self._sha_of(uri)
+        with self._lock:
+            return float(self._commit(sha).commit_time)
+
+    def checkout(self, uri: str, directory: Path) -> None:
+        """Clone the repository ``--shared`` into ``directory`` and check the commit out detached.
+
+        Runs ``git``; hooks are disabled for the checkout. ``NotFound`` for an unknown URI,
+        ``ValueError`` if ``directory`` holds files, ``Unavailable`` if git fails or is not
+        installed (the partial checkout is removed).
+        """
+        sha = self.revision(uri)
+        directory = Path(directory)
+        if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+            raise ValueError(f"checkout directory {os.fspath(directory)!r} is not empty")
+        existed = directory.exists()
+        environment = {
+            name: value for name, value in os.environ.items() if name not in _REPOSITORY_ENVIRONMENT
+        }
+        environment["GIT_TERMINAL_PROMPT"] = "0"
+        root = os.fspath(self._root)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            no_hooks = ["-c", f"core.hooksPath={os.devnull}"]
+            for step, arguments in (
+                ("clone", ["clone", "--quiet", "--shared", "--no-checkout", "--", root, "."]),
+                ("checkout", [*no_hooks, "checkout", "--quiet", "--detach", sha]),
+            ):
+                completed = subprocess.run(
+                    ["git", *arguments],
+                    cwd=directory,
+                    env=environment,
+                    stdin=subprocess.DEVNULL,
+                    capture_output=True,
+                    text=True,
+                    errors="replace",
+                    check=False,
+                )
+                if completed.returncode != 0:
+                    detail = completed.stderr.strip() or f"exit status {completed.returncode}"
+                    raise Unavailable(f"git {step} of {sha} failed: {detail}")
+        except FileNotFoundError:
+            _remove(directory, existed)
+            raise Unavailable("cannot check out: the git command is not installed") from None
+        except OSError as error:
+            _remove(directory, existed)
+            raise Unavailable(f"cannot check out {sha}: {error}") from None
+        except BaseException:
+            _remove(directory, existed)
+            raise
+
+    def promote(self, uri: str) -> bool:
+        """Move the promotion branch to the commit, forward only (see the contract)."""
+        sha = self._sha_of(uri)
+        with self._lock:
+            target = self._commit(sha).id
+            if self._promote_ref is None:
+                return False
+            try:
+                for _ in range(_PROMOTE_ATTEMPTS):
+                    moved = self._try_promote(self._promote_ref, target)
+                    if moved is not None:
+                        return moved
+            except (pygit2.GitError, OSError) as error:
+                raise Unavailable(f"cannot move {self._promote_ref!r}: {error}") from None
+            raise Unavailable(f"{self._promote_ref!r} kept moving under a promotion; try again")
+
+    def _try_promote(self, name: str, target: pygit2.Oid) -> bool | None:
+        """One compare-and-swap attempt: whether the ref moved, ``None`` if it changed under
+        us and the decision must be made again. Call with the lock held."""
+        reference = self._repository.references.get(name)
+        if reference is not None:
+            current = reference.resolve().target
+            if not isinstance(current, pygit2.Oid):
+                raise Unavailable(f"{name!r} does not point at a commit")
+            if current == target:
+                return False
+            try:
+                if self._repository.descendant_of(current, target):
+                    return False
+            except (pygit2.GitError, KeyError):
+                pass  # the current commit is gone: the ref is moved, as after a rewrite
+        self._refuse_if_checked_out(name)
+        message = f"stovepipe: promote to {target}"
+        if reference is None:
+            try:
+                self._repository.create_reference_direct(name, target, False, message=message)
+            except pygit2.AlreadyExistsError:
+                return None  # another promoter created it first: decide again
+            return True
+        try:
+            reference.set_target(target, message)
+        except pygit2.GitError:
+            # libgit2 moves a ref only from the value it was read at; anything else moving it
+            # meanwhile is reported as a generic error, so look again to tell which it was.
+            latest = self._repository.references.get(name)
+            if latest is None or latest.target != reference.target:
+                return None
+            raise
+        return True
+
+    def _refuse_if_checked_out(self, name: str) -> None:
+        """Raise ``Refused`` if branch ``name`` is the HEAD of any working tree of the
+        repository: moving it would leave that tree's files and index out of step."""
+        heads: list[tuple[str, pygit2.Repository]] = []
+        repository = self._repository
+        common = Path(repository.path) / "commondir"
+        if common.is_file():  # opened through a linked worktree: also check the main one
+            main = pygit2.Repository(str(Path(repository.path) / common.read_text().strip()))
+            if not main.is_bare:
+                heads.append((main.workdir, main))
+        if not repository.is_bare:
+            heads.append((repository.workdir, repository))
+        for worktree_name in repository.list_worktrees():
+            worktree = repository.lookup_worktree(worktree_name)
+            if not worktree.is_prunable:
+                heads.append((worktree.path, pygit2.Repository(worktree.path)))
+        for workdir, opened in heads:
+            head = opened.references.get("HEAD")
+            symbolic = head is not None and head.type == pygit2.enums.ReferenceType.SYMBOLIC
+            if symbolic and head is not None and head.target == name:
+                raise Refused(
+                    f"will not move {name!r}: it is checked out in the working tree at "
+                    f"{workdir!r}; configure a promotion branch nobody checks out"
+                )
+
+
+def _remove(directory: Path, existed: bool) -> None:
+    """Undo a failed checkout: empty ``directory``, and remove it if this call made it."""
+    if not existed:
+        shutil.rmtree(directory, ignore_errors=True)
+        return
+    with contextlib.suppress(OSError):
+        for child in directory.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -75,3 +76,26 @@ def test_queue_map_is_fixed_when_built() -> None:
     bindings["repo/other"] = FakeSourceControl(["o"])
     with pytest.raises(NotFound):
         sources.for_queue("repo/other")
+
+
+def test_fake_commit_times_come_from_the_constructor_and_push_and_default_to_zero() -> None:
+    source = FakeSourceControl(["c2", "c1"], commit_times={"c1": 100.5})
+    assert source.commit_time("fake://fake/c1") == 100.5
+    assert source.commit_time("fake://fake/c2") == 0.0
+    assert source.commit_time(source.push("c3", commit_time=200)) == 200.0
+
+
+def test_fake_checkout_writes_the_commit_sha_into_fake_commit(tmp_path: Path) -> None:
+    source = FakeSourceControl(["c2", "c1"])
+    source.checkout("fake://fake/c1", tmp_path / "checkout")
+    assert (tmp_path / "checkout" / "FAKE_COMMIT").read_text() == "c1\n"
+
+
+def test_fake_promote_records_every_move_and_where_the_ref_points() -> None:
+    source = FakeSourceControl(["c3", "c2", "c1"])
+    assert source.promoted is None
+    assert source.promote("fake://fake/c2") is True
+    assert source.promote("fake://fake/c1") is False
+    assert source.promote("fake://fake/c3") is True
+    assert source.promoted == "fake://fake/c3"
+    assert source.promotions == ("fake://fake/c2", "fake://fake/c3")

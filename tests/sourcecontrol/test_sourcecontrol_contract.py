@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from stovepipe.sourcecontrol import MAX_PAGE_LIMIT, NotFound, SourceControl
 from stovepipe.sourcecontrol.fake import FakeSourceControl
 from stovepipe.sourcecontrol.git import GitSourceControl
-from stovepipe.testing import run_git
+from stovepipe.testing import GIT_ENV, run_git
 
 
 @dataclasses.dataclass
@@ -19,8 +20,15 @@ class Timeline:
     """A source and a way to give it a new head, whatever the implementation."""
 
     source: SourceControl
-    push: Callable[[], str]
-    """Adds a commit on top of the head and returns its URI."""
+    push_at: Callable[[float], str]
+    """Adds a commit made at the given time (seconds since the epoch) on top of the head and
+    returns its URI."""
+    promoted: Callable[[], str | None]
+    """Where the source's promotion ref points now, as a URI (None while unset)."""
+
+    def push(self) -> str:
+        """Add a commit on top of the head and return its URI."""
+        return self.push_at(1_700_000_000.0)
 
     def push_many(self, count: int) -> list[str]:
         """Push ``count`` commits; their URIs newest first."""
@@ -30,19 +38,32 @@ class Timeline:
 def fake_timeline(tmp_path: Path) -> Timeline:
     source = FakeSourceControl(name="repo")
     numbers = iter(range(1, 10_000))
-    return Timeline(source, lambda: source.push(f"c{next(numbers)}"))
+
+    def push_at(when: float) -> str:
+        return source.push(f"c{next(numbers)}", commit_time=when)
+
+    return Timeline(source, push_at, lambda: source.promoted)
 
 
 def git_timeline(tmp_path: Path) -> Timeline:
     repo = tmp_path / "repo"
     run_git(tmp_path, "init", "--quiet", "--initial-branch=main", str(repo))
-    source = GitSourceControl(repo, "main")
+    source = GitSourceControl(repo, "main", promote_ref="green")
 
-    def push() -> str:
-        run_git(repo, "commit", "--quiet", "--allow-empty", "--message=change")
+    def push_at(when: float) -> str:
+        subprocess.run(
+            ["git", "-C", str(repo), "commit", "--quiet", "--allow-empty", "--message=change"],
+            env={**GIT_ENV, "GIT_COMMITTER_DATE": f"@{when:.0f} +0000"},
+            check=True,
+        )
         return f"git://local/repo/main/{run_git(repo, 'rev-parse', 'HEAD')}"
 
-    return Timeline(source, push)
+    def promoted() -> str | None:
+        if not run_git(repo, "branch", "--list", "green"):
+            return None
+        return f"git://local/repo/main/{run_git(repo, 'rev-parse', 'refs/heads/green')}"
+
+    return Timeline(source, push_at, promoted)
 
 
 @pytest.fixture(params=[fake_timeline, git_timeline], ids=["fake", "git"])
@@ -154,3 +175,95 @@ def test_is_ancestor_unknown_uri_raises_not_found(timeline: Timeline) -> None:
     for ancestor, descendant in [(unknown, head), (head, unknown), ("", head), (head, "x")]:
         with pytest.raises(NotFound):
             timeline.source.is_ancestor(ancestor, descendant)
+
+
+def unknown_uri(known: str) -> str:
+    """A URI of the same shape as ``known`` naming no commit."""
+    return known[:-1] + ("0" if known[-1] != "0" else "1")
+
+
+def test_revision_is_the_commit_id_the_uri_names(timeline: Timeline) -> None:
+    newer, older = timeline.push_many(2)
+    assert newer.endswith("/" + timeline.source.revision(newer))
+    assert older.endswith("/" + timeline.source.revision(older))
+    assert timeline.source.revision(newer) != timeline.source.revision(older)
+
+
+def test_revision_of_an_unknown_uri_raises_not_found(timeline: Timeline) -> None:
+    head = timeline.push()
+    for uri in [unknown_uri(head), "", "x"]:
+        with pytest.raises(NotFound):
+            timeline.source.revision(uri)
+
+
+def test_commit_time_is_the_commit_time_in_seconds_since_the_epoch(timeline: Timeline) -> None:
+    older = timeline.push_at(1_600_000_000.0)
+    newer = timeline.push_at(1_700_000_123.0)
+    assert timeline.source.commit_time(older) == 1_600_000_000.0
+    assert timeline.source.commit_time(newer) == 1_700_000_123.0
+    assert isinstance(timeline.source.commit_time(newer), float)
+
+
+def test_commit_time_of_an_unknown_uri_raises_not_found(timeline: Timeline) -> None:
+    head = timeline.push()
+    with pytest.raises(NotFound):
+        timeline.source.commit_time(unknown_uri(head))
+
+
+def test_checkout_creates_the_directory_with_the_commit_in_it(
+    timeline: Timeline, tmp_path: Path
+) -> None:
+    head = timeline.push()
+    target = tmp_path / "builds" / "one" / "checkout"
+    timeline.source.checkout(head, target)
+    assert target.is_dir()
+    assert any(target.iterdir())
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    timeline.source.checkout(head, empty)  # an existing empty directory is fine too
+    assert any(empty.iterdir())
+
+
+def test_checkout_into_a_directory_holding_files_raises_value_error(
+    timeline: Timeline, tmp_path: Path
+) -> None:
+    head = timeline.push()
+    target = tmp_path / "occupied"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not empty"):
+        timeline.source.checkout(head, target)
+    assert [path.name for path in target.iterdir()] == ["keep.txt"]
+
+
+def test_checkout_of_an_unknown_uri_raises_not_found_and_leaves_nothing(
+    timeline: Timeline, tmp_path: Path
+) -> None:
+    head = timeline.push()
+    target = tmp_path / "checkout"
+    with pytest.raises(NotFound):
+        timeline.source.checkout(unknown_uri(head), target)
+    assert not target.exists()
+
+
+def test_promote_moves_the_ref_forward_only(timeline: Timeline) -> None:
+    third, second, first = timeline.push_many(3)
+    assert timeline.promoted() is None
+    assert timeline.source.promote(second) is True
+    assert timeline.promoted() == second
+    assert timeline.source.promote(second) is False  # already there
+    assert timeline.source.promote(first) is False  # an ancestor: never backwards
+    assert timeline.promoted() == second
+    assert timeline.source.promote(third) is True
+    assert timeline.promoted() == third
+
+
+def test_promote_of_an_unknown_uri_raises_not_found_and_leaves_the_ref(
+    timeline: Timeline,
+) -> None:
+    head = timeline.push()
+    timeline.source.promote(head)
+    for uri in [unknown_uri(head), "", "x"]:
+        with pytest.raises(NotFound):
+            timeline.source.promote(uri)
+    assert timeline.promoted() == head
