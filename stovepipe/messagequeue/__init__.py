@@ -1,8 +1,12 @@
 """Messaging between pipeline stages: the contract, an in-process queue and payload codecs."""
 
 from stovepipe.messagequeue.contract import (
+    TOPIC_BUILD,
+    TOPIC_BUILDSIGNAL,
     TOPIC_PROCESS,
+    TOPIC_RECORD,
     Handler,
+    Hold,
     Message,
     MessageQueue,
     PermanentFailure,
@@ -11,8 +15,12 @@ from stovepipe.messagequeue.contract import (
 )
 
 __all__ = [
+    "TOPIC_BUILD",
+    "TOPIC_BUILDSIGNAL",
     "TOPIC_PROCESS",
+    "TOPIC_RECORD",
     "Handler",
+    "Hold",
     "Message",
     "MessageQueue",
     "PermanentFailure",

@@ -20,7 +20,13 @@ import time
 from collections.abc import Sequence
 from typing import Final, Protocol
 
-from stovepipe.messagequeue.contract import Handler, Message, PermanentFailure
+from stovepipe.messagequeue.contract import (
+    Handler,
+    Hold,
+    Message,
+    PermanentFailure,
+    dead_letter_topic,
+)
 from stovepipe.messagequeue.inprocess import DeadLetter
 from stovepipe.messagequeue.metrics import MessagingMetrics
 from stovepipe.storage.errors import StorageError, Unavailable
@@ -84,6 +90,11 @@ class Broker(Protocol):
 
     def retry(self, delivery: Delivery, delay: float, reason: str) -> None:
         """Give the lease back; the message is deliverable again after ``delay`` seconds."""
+        ...
+
+    def hold(self, delivery: Delivery, delay: float) -> None:
+        """Like :meth:`retry`, but the delivery does not count: the next one has the same
+        ``attempt`` as this one."""
         ...
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
@@ -281,6 +292,9 @@ class BrokeredMessageQueue:
         started = time.perf_counter()
         try:
             handler(message)
+        except Hold as held:
+            self._observe(topic, started)
+            self._settle("hold", delivery, str(held), held.delay)
         except PermanentFailure as error:
             self._observe(topic, started)
             self._settle("dead_letter", delivery, f"{type(error).__name__}: {error}")
@@ -307,12 +321,14 @@ class BrokeredMessageQueue:
     def _observe(self, topic: str, started: float) -> None:
         self._metrics.handling_seconds.labels(topic).observe(time.perf_counter() - started)
 
-    def _settle(self, outcome: str, delivery: Delivery, reason: str) -> None:
-        """Ack, retry or dead-letter; a broker failure here leaves the lease to run out."""
+    def _settle(self, outcome: str, delivery: Delivery, reason: str, delay: float = 0.0) -> None:
+        """Ack, hold, retry or dead-letter; a broker failure here leaves the lease to run out."""
         message = delivery.message
         try:
             if outcome == "ack":
                 self.broker.ack(delivery)
+            elif outcome == "hold":
+                self.broker.hold(delivery, delay)
             elif outcome == "retry":
                 delay = min(
                     self._backoff_seconds * 2 ** (message.attempt - 1), self._max_backoff_seconds
@@ -327,6 +343,13 @@ class BrokeredMessageQueue:
                     message.attempt,
                     reason,
                 )
+                forward = dead_letter_topic(message.topic)
+                with self._condition:
+                    consumed = forward in self._handlers
+                if consumed:
+                    # Published before the move, so a crash between the two repeats the
+                    # delivery rather than losing the dead-letter consumer's message.
+                    self.broker.publish(forward, message.key, message.payload)
                 self.broker.dead_letter(delivery, reason)
                 self._metrics.dead_letters.labels(message.topic).inc()
         except Exception as error:

@@ -3,30 +3,45 @@
 from __future__ import annotations
 
 import json
+from typing import TypeVar
 
 from google.protobuf import json_format
+from google.protobuf.message import Message as ProtoMessage
 
 from stovepipe.messagequeue.contract import PermanentFailure
 from stovepipe.messagequeue.v1.messagequeue_pb2 import ProcessRequest
 
+_Payload = TypeVar("_Payload", bound=ProtoMessage)
 
-def encode_process_request(request: ProcessRequest) -> bytes:
-    """Serialize ``request`` as compact protojson (UTF-8) with proto field names."""
-    fields = json_format.MessageToDict(request, preserving_proto_field_name=True)
+
+def encode(payload: ProtoMessage) -> bytes:
+    """Serialize ``payload`` as compact protojson (UTF-8) with proto field names."""
+    fields = json_format.MessageToDict(payload, preserving_proto_field_name=True)
     return json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def decode_process_request(payload: bytes) -> ProcessRequest:
-    """Parse a ``ProcessRequest``, ignoring fields this version does not know.
+def decode(data: bytes, kind: type[_Payload], required: str) -> _Payload:
+    """Parse a ``kind`` from protojson, ignoring fields this version does not know.
 
-    Raises :class:`PermanentFailure` if the payload is not protojson of a ``ProcessRequest``
-    or carries no ``id``: no redelivery can fix it.
+    Raises :class:`PermanentFailure` if ``data`` is not protojson of a ``kind`` or its
+    ``required`` field is empty: no redelivery can fix it.
     """
-    request = ProcessRequest()
+    payload = kind()
+    name = kind.DESCRIPTOR.name
     try:
-        json_format.Parse(payload.decode("utf-8"), request, ignore_unknown_fields=True)
+        json_format.Parse(data.decode("utf-8"), payload, ignore_unknown_fields=True)
     except (UnicodeDecodeError, json_format.ParseError) as error:
-        raise PermanentFailure(f"malformed ProcessRequest payload: {error}") from None
-    if not request.id:
-        raise PermanentFailure("malformed ProcessRequest payload: no id")
-    return request
+        raise PermanentFailure(f"malformed {name} payload: {error}") from None
+    if not getattr(payload, required):
+        raise PermanentFailure(f"malformed {name} payload: no {required}")
+    return payload
+
+
+def encode_process_request(request: ProcessRequest) -> bytes:
+    """Serialize a ``ProcessRequest``; see :func:`encode`."""
+    return encode(request)
+
+
+def decode_process_request(payload: bytes) -> ProcessRequest:
+    """Parse a ``ProcessRequest`` that carries an ``id``; see :func:`decode`."""
+    return decode(payload, ProcessRequest, "id")

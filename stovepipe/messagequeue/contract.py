@@ -8,6 +8,12 @@ and dead-letter, at least once.
   raises has it redelivered with backoff (``attempt`` counts deliveries, from 1) until the
   queue's maximum number of attempts, after which it moves to :func:`dead_letter_topic`
   with the failure reason. :class:`PermanentFailure` moves it there at once.
+* **Hold.** A handler that raises :class:`Hold` is not done yet: the message is delivered
+  again after the hold's delay, without counting as a failed attempt, and still holds back
+  the later messages of its key.
+* **Dead-letter consumers.** A handler subscribed to :func:`dead_letter_topic` of a topic
+  receives that topic's messages as they fail for good (at least once, with the same key and
+  payload), besides their being kept as dead letters.
 """
 
 from __future__ import annotations
@@ -18,6 +24,15 @@ from typing import Final, Protocol
 
 TOPIC_PROCESS: Final = "process"
 """Requests admitted by ingest, payload ``ProcessRequest``, partitioned by queue."""
+
+TOPIC_BUILD: Final = "build"
+"""Requests the process stage admitted to a build slot, payload ``BuildRequest``, by queue."""
+
+TOPIC_BUILDSIGNAL: Final = "buildsignal"
+"""Builds to follow until they end, payload ``BuildSignal``, partitioned by queue."""
+
+TOPIC_RECORD: Final = "record"
+"""Requests with an outcome, to be recorded as facts, payload ``RecordRequest``, by queue."""
 
 
 def dead_letter_topic(topic: str) -> str:
@@ -37,6 +52,17 @@ class Message:
 
 class PermanentFailure(Exception):
     """Raised by a handler for a message that can never succeed: dead-letter it at once."""
+
+
+class Hold(Exception):
+    """Raised by a handler whose message is not done yet: deliver it again after ``delay``
+    seconds. Not a failure: it neither counts as an attempt nor logs a warning."""
+
+    def __init__(self, delay: float, reason: str = "") -> None:
+        if not delay >= 0:  # also refuses NaN
+            raise ValueError(f"hold delay must be a non-negative number of seconds, not {delay}")
+        super().__init__(reason or f"held for {delay} s")
+        self.delay = delay
 
 
 Handler = Callable[[Message], None]

@@ -27,6 +27,7 @@ from typing import Final
 
 from stovepipe.messagequeue.contract import (
     Handler,
+    Hold,
     Message,
     PermanentFailure,
     dead_letter_topic,
@@ -244,8 +245,11 @@ class InProcessMessageQueue:
             partition, message, handler = delivery
             failure: str | None = None
             permanent = False
+            hold: float | None = None
             try:
                 handler(message)
+            except Hold as held:
+                hold = held.delay
             except PermanentFailure as error:
                 failure, permanent = f"{type(error).__name__}: {error}", True
             # BaseException too: a handler's SystemExit must not kill the worker and strand
@@ -264,8 +268,16 @@ class InProcessMessageQueue:
                     permanent = True
             with self._condition:
                 self._in_flight -= 1
-                self._settle(partition, message, failure, permanent)
+                if hold is not None:
+                    self._back_off(partition, hold)
+                else:
+                    self._settle(partition, message, failure, permanent)
                 self._condition.notify_all()
+
+    def _back_off(self, partition: _Partition, delay: float) -> None:
+        """Make the head of ``partition`` deliverable again in ``delay`` seconds. Hold the lock."""
+        due = time.monotonic() + delay
+        heapq.heappush(self._backing_off, (due, next(self._sequence), partition))
 
     def _settle(
         self, partition: _Partition, message: Message, failure: str | None, permanent: bool
@@ -277,8 +289,7 @@ class InProcessMessageQueue:
             delay = min(
                 self._backoff_seconds * 2 ** (message.attempt - 1), self._max_backoff_seconds
             )
-            due = time.monotonic() + delay
-            heapq.heappush(self._backing_off, (due, next(self._sequence), partition))
+            self._back_off(partition, delay)
             return
         pending.popleft()
         if failure is not None:
@@ -293,6 +304,12 @@ class InProcessMessageQueue:
             if len(letters) == letters.maxlen:
                 self._dead_letters_dropped[dead_letter_topic(message.topic)] += 1
             letters.append(DeadLetter(message, failure))  # a full deque drops its oldest
+            dead_letter_partition = (dead_letter_topic(message.topic), message.key)
+            if dead_letter_partition[0] in self._handlers:
+                self._partitions.setdefault(dead_letter_partition, collections.deque()).append(
+                    _Pending(message.payload)
+                )
+                self._schedule(dead_letter_partition)
         self._scheduled.discard(partition)
         if pending:
             self._schedule(partition)

@@ -275,6 +275,25 @@ class RedisStreamsBroker:
             self._backing_off[(topic, index)] = time.monotonic() + delay
             self._in_flight.discard((topic, index))
 
+    def hold(self, delivery: Delivery, delay: float) -> None:
+        """Like :meth:`retry`, and set the entry's delivery count back by the one this claim
+        added (``XCLAIM ... RETRYCOUNT``), so that the hold does not count as an attempt."""
+        topic, index, entry_id = self._receipt(delivery)
+        stream = self._stream(topic, index)
+        retry_count = delivery.message.attempt - 1
+        self._call(
+            lambda: self._client.xclaim(
+                stream,
+                GROUP,
+                self._consumer,
+                0,
+                [entry_id],
+                retrycount=retry_count,
+                justid=True,
+            )
+        )
+        self.retry(delivery, delay, "")
+
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Add the dead letter and ``XACK``/``XDEL`` the entry, in one ``MULTI``."""
         topic, index, entry_id = self._receipt(delivery)

@@ -304,13 +304,24 @@ class SQLBroker:
 
     def retry(self, delivery: Delivery, delay: float, reason: str) -> None:
         """Drop the leases and make the row claimable after ``delay`` seconds."""
+        self._give_back(delivery, delay, reason, counted=True)
+
+    def hold(self, delivery: Delivery, delay: float) -> None:
+        """Like :meth:`retry`, taking back the attempt the claim counted."""
+        self._give_back(delivery, delay, None, counted=False)
+
+    def _give_back(
+        self, delivery: Delivery, delay: float, reason: str | None, counted: bool
+    ) -> None:
         receipt = self._release(delivery)
         with self._transaction() as cursor:
             self._release_key(cursor, receipt)
             self._run(
                 cursor,
                 "UPDATE stovepipe_queue_message"
-                " SET lease_token = NULL, lease_until = NULL, last_error = ?,"
+                " SET lease_token = NULL, lease_until = NULL,"
+                " last_error = COALESCE(?, last_error),"
+                f" attempt = attempt - {0 if counted else 1},"
                 f" available_at = {self._dialect.now} + ?"
                 " WHERE id = ? AND lease_token = ?",
                 (reason, delay, receipt.row_id, receipt.token),

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,stovepipe/messagequeue/v1/messagequeue.proto\x12\x19stovepipe.messagequeue.v1\"+\n\x0eProcessRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,stovepipe/messagequeue/v1/messagequeue.proto\x12\x19stovepipe.messagequeue.v1\"+\n\x0eProcessRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\")\n\x0c\x42uildRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\"B\n\x0b\x42uildSignal\x12\x10\n\x08\x62uild_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\r\n\x05queue\x18\x03 \x01(\t\"*\n\rRecordRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,4 +33,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PROCESSREQUEST']._serialized_start=75
   _globals['_PROCESSREQUEST']._serialized_end=118
+  _globals['_BUILDREQUEST']._serialized_start=120
+  _globals['_BUILDREQUEST']._serialized_end=161
+  _globals['_BUILDSIGNAL']._serialized_start=163
+  _globals['_BUILDSIGNAL']._serialized_end=229
+  _globals['_RECORDREQUEST']._serialized_start=231
+  _globals['_RECORDREQUEST']._serialized_end=273
 # @@protoc_insertion_point(module_scope)
