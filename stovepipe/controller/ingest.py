@@ -7,14 +7,19 @@ makes ingest safe under races and crashes:
    that loses the claim has written nothing and adopts the winner's id;
 2. the row is then ensured (read, else create), which also heals a mapping whose row a
    crashed caller never wrote;
-3. while the request is ``accepted`` it is (re)published to the process stage, whose
-   consumer is idempotent, so a publish lost to a crash is repeated by the next ingest.
+3. a new request is stamped as its queue's ``latest_request_id`` (the queue is created if
+   absent), which moves forward only, by request number;
+4. while the request is ``accepted`` it is (re)published to the process stage, whose
+   consumer is idempotent, so a publish lost to a crash is repeated by the next ingest. A
+   queue without a build runner is ingest-only: nothing is published for it.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
+from stovepipe.controller.queues import stamp_latest
 from stovepipe.entity import Request, RequestState
 from stovepipe.messagequeue.codec import encode_process_request
 from stovepipe.messagequeue.contract import TOPIC_PROCESS, Publisher
@@ -57,11 +62,17 @@ class IngestController:
     """
 
     def __init__(
-        self, storage: Storage, sourcecontrol: SourceControlFactory, publisher: Publisher
+        self,
+        storage: Storage,
+        sourcecontrol: SourceControlFactory,
+        publisher: Publisher,
+        builds: Callable[[str], bool] = lambda queue: True,
     ) -> None:
+        """``builds(queue)`` says whether the queue has a build runner (else: ingest-only)."""
         self._storage = storage
         self._sourcecontrol = sourcecontrol
         self._publisher = publisher
+        self._builds = builds
 
     def ingest(self, queue: str) -> Request:
         """Admit ``queue``'s current head and return its stored request.
@@ -74,8 +85,10 @@ class IngestController:
         check_queue(queue)
         uri = self._sourcecontrol.for_queue(queue).latest()
         request_id = self._claim_id(queue, uri)
-        request = self._ensure_request(request_id, queue, uri)
-        if request.state == RequestState.ACCEPTED:
+        request, created = self._ensure_request(request_id, queue, uri)
+        if created:
+            stamp_latest(self._storage, queue, request.id)
+        if request.state == RequestState.ACCEPTED and self._builds(queue):
             payload = encode_process_request(ProcessRequest(id=request.id, queue=queue))
             self._publisher.publish(TOPIC_PROCESS, queue, payload)
         return request
@@ -104,16 +117,18 @@ class IngestController:
         logger.info("claimed %r for queue %r at %r", candidate, queue, uri)
         return candidate
 
-    def _ensure_request(self, request_id: str, queue: str, uri: str) -> Request:
-        """Return the stored request ``request_id``, creating it if the row is missing."""
+    def _ensure_request(self, request_id: str, queue: str, uri: str) -> tuple[Request, bool]:
+        """Return the stored request ``request_id``, creating it if the row is missing, and
+        whether this call created it."""
         requests = self._storage.requests
+        created = False
         try:
             request = requests.get(request_id)
         except NotFound:
             fresh = Request(request_id, queue, uri, RequestState.ACCEPTED, 1)
             try:
                 requests.create(fresh)
-                request = fresh
+                request, created = fresh, True
             except AlreadyExists:
                 # A racer wrote the row between our get and create: theirs is the row.
                 try:
@@ -135,4 +150,4 @@ class IngestController:
             raise InconsistentState(
                 f"request {request_id!r} does not match the mapping that points to it"
             )
-        return request
+        return request, created

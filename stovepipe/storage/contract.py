@@ -15,7 +15,8 @@ These protocols are what a backend implements and what the conformance suite in
   values :mod:`stovepipe.entity` defines: ``open_storage`` refuses any other on write, and a
   backend that reads back a value it does not know raises ``StorageError``.
 * **Numbers round-trip exactly**: a fact's ``degree`` and ``created_at`` read back as the very
-  same ``float``; counts and versions are signed 64-bit integers.
+  same ``float`` (``open_storage`` stores an int as the float it equals and ``-0.0`` as
+  ``0.0``); counts and versions are signed 64-bit integers.
 * **Read-after-write**: a read after a successful write returns that write.
 * **Thread-safe**: one instance serves a server's whole thread pool.
 * **Errors** are those of :mod:`stovepipe.storage.errors`. Transient faults (refused, reset,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import urllib.parse
 from types import TracebackType
@@ -167,6 +168,11 @@ class _CheckedFactStore:
         limits.check_float("degree", fact.degree, limits.MIN_DEGREE, limits.MAX_DEGREE)
         limits.check_text("request id", fact.request_id, limits.MAX_REQUEST_ID_BYTES)
         limits.check_float("created_at", fact.created_at, 0.0, limits.MAX_CREATED_AT)
+        # Backends store floats: an int becomes the float it equals, and -0.0 becomes 0.0,
+        # which SQL engines do anyway (adding 0.0 turns -0.0 into 0.0 and changes no other).
+        fact = dataclasses.replace(
+            fact, degree=float(fact.degree) + 0.0, created_at=float(fact.created_at) + 0.0
+        )
         self._store.create(fact)
 
     def get(self, queue: str, uri: str, project: str) -> Fact:

@@ -25,8 +25,11 @@ from stovepipe.sourcecontrol.fake import FakeSourceControl
 from stovepipe.storage import (
     AlreadyExists,
     Backend,
+    BuildStore,
     Counter,
+    FactStore,
     NotFound,
+    QueueStore,
     RequestStore,
     RequestURIStore,
     Storage,
@@ -171,6 +174,18 @@ class WrappedBackend:
     requests: RequestStore
     request_uris: RequestURIStore
     counter: Counter
+
+    @property
+    def queues(self) -> QueueStore:
+        return self.inner.queues
+
+    @property
+    def builds(self) -> BuildStore:
+        return self.inner.builds
+
+    @property
+    def facts(self) -> FactStore:
+        return self.inner.facts
 
     def close(self) -> None:
         self.inner.close()
