@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 
-from stovepipe.entity import Request
-from stovepipe.storage.errors import VersionMismatch
+from stovepipe.entity import Build, Fact, Queue, Request
+from stovepipe.storage.errors import AlreadyExists, NotFound, VersionMismatch
 from stovepipe.storage.memory import (
     MemoryBackend,
+    MemoryBuildStore,
     MemoryCounter,
+    MemoryFactStore,
+    MemoryQueueStore,
     MemoryRequestStore,
     MemoryRequestURIStore,
 )
@@ -25,14 +28,91 @@ class _UpdateIgnoresVersion(MemoryRequestStore):
             if stored is None:
                 raise VersionMismatch(request.id)
             self._requests[request.id] = dataclasses.replace(
-                stored, uri=request.uri, state=request.state, version=new_version
+                stored,
+                uri=request.uri,
+                state=request.state,
+                build_strategy=request.build_strategy,
+                base_uri=request.base_uri,
+                version=new_version,
             )
+
+
+class _QueueUpdateIgnoresVersion(MemoryQueueStore):
+    def update(self, queue: Queue, *, old_version: int, new_version: int) -> None:
+        with self._lock:
+            if queue.name not in self._queues:
+                raise VersionMismatch(queue.name)
+            self._queues[queue.name] = dataclasses.replace(queue, version=new_version)
+
+
+class _BuildUpdateStoresEveryField(MemoryBuildStore):
+    def update(self, build: Build, *, old_version: int, new_version: int) -> None:
+        with self._lock:
+            stored = self._builds.get(build.id)
+            if stored is None or stored.version != old_version:
+                raise VersionMismatch(build.id)
+            self._builds[build.id] = dataclasses.replace(build, version=new_version)
 
 
 class _CreateOverwrites(MemoryRequestStore):
     def create(self, request: Request) -> None:
         with self._lock:
             self._requests[request.id] = request
+
+
+class _QueueCreateOverwrites(MemoryQueueStore):
+    def create(self, queue: Queue) -> None:
+        with self._lock:
+            self._queues[queue.name] = queue
+
+
+class _BuildCreateOverwrites(MemoryBuildStore):
+    def create(self, build: Build) -> None:
+        with self._lock:
+            self._builds[build.id] = build
+
+
+class _FactCreateOverwrites(MemoryFactStore):
+    def create(self, fact: Fact) -> None:
+        with self._lock:
+            self._facts[fact.queue, fact.uri, fact.project] = fact
+
+
+class _FactKeyJoinedWithSlash(MemoryFactStore):
+    """Lays the key out as ``queue/uri/project``, as a key/value store's path might."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._joined: dict[str, Fact] = {}
+
+    def create(self, fact: Fact) -> None:
+        key = "/".join((fact.queue, fact.uri, fact.project))
+        with self._lock:
+            if key in self._joined:
+                raise AlreadyExists(key)
+            self._joined[key] = fact
+
+    def get(self, queue: str, uri: str, project: str) -> Fact:
+        with self._lock:
+            try:
+                fact = self._joined["/".join((queue, uri, project))]
+            except KeyError:
+                raise NotFound(queue) from None
+        return dataclasses.replace(fact, queue=queue, uri=uri, project=project)
+
+
+class _FactFloatsAsShortText(MemoryFactStore):
+    """Keeps ``degree`` and ``created_at`` as text of 15 significant digits, not the 17 a
+    float can need."""
+
+    def create(self, fact: Fact) -> None:
+        super().create(
+            dataclasses.replace(
+                fact,
+                degree=float(f"{fact.degree:.15g}"),
+                created_at=float(f"{fact.created_at:.15g}"),
+            )
+        )
 
 
 class _LowercaseRequestStore(MemoryRequestStore):
@@ -56,6 +136,43 @@ class _LowercaseCounter(MemoryCounter):
         return super().next(domain.lower())
 
 
+class _LowercaseQueueStore(MemoryQueueStore):
+    def create(self, queue: Queue) -> None:
+        super().create(dataclasses.replace(queue, name=queue.name.lower()))
+
+    def get(self, name: str) -> Queue:
+        return dataclasses.replace(super().get(name.lower()), name=name)
+
+    def update(self, queue: Queue, *, old_version: int, new_version: int) -> None:
+        lowered = dataclasses.replace(queue, name=queue.name.lower())
+        super().update(lowered, old_version=old_version, new_version=new_version)
+
+
+class _LowercaseBuildStore(MemoryBuildStore):
+    def create(self, build: Build) -> None:
+        super().create(dataclasses.replace(build, id=build.id.lower()))
+
+    def get(self, build_id: str) -> Build:
+        return dataclasses.replace(super().get(build_id.lower()), id=build_id)
+
+    def update(self, build: Build, *, old_version: int, new_version: int) -> None:
+        lowered = dataclasses.replace(build, id=build.id.lower())
+        super().update(lowered, old_version=old_version, new_version=new_version)
+
+
+class _LowercaseFactStore(MemoryFactStore):
+    def create(self, fact: Fact) -> None:
+        super().create(
+            dataclasses.replace(
+                fact, queue=fact.queue.lower(), uri=fact.uri.lower(), project=fact.project.lower()
+            )
+        )
+
+    def get(self, queue: str, uri: str, project: str) -> Fact:
+        fact = super().get(queue.lower(), uri.lower(), project.lower())
+        return dataclasses.replace(fact, queue=queue, uri=uri, project=project)
+
+
 def open_update_ignores_version(url: str) -> MemoryBackend:
     backend = MemoryBackend()
     backend.requests = _UpdateIgnoresVersion()
@@ -65,6 +182,9 @@ def open_update_ignores_version(url: str) -> MemoryBackend:
 def open_create_overwrites(url: str) -> MemoryBackend:
     backend = MemoryBackend()
     backend.requests = _CreateOverwrites()
+    backend.queues = _QueueCreateOverwrites()
+    backend.builds = _BuildCreateOverwrites()
+    backend.facts = _FactCreateOverwrites()
     return backend
 
 
@@ -73,4 +193,31 @@ def open_lowercases_keys(url: str) -> MemoryBackend:
     backend.requests = _LowercaseRequestStore()
     backend.request_uris = _LowercaseRequestURIStore()
     backend.counter = _LowercaseCounter()
+    backend.queues = _LowercaseQueueStore()
+    backend.builds = _LowercaseBuildStore()
+    backend.facts = _LowercaseFactStore()
+    return backend
+
+
+def open_queue_update_ignores_version(url: str) -> MemoryBackend:
+    backend = MemoryBackend()
+    backend.queues = _QueueUpdateIgnoresVersion()
+    return backend
+
+
+def open_build_update_stores_every_field(url: str) -> MemoryBackend:
+    backend = MemoryBackend()
+    backend.builds = _BuildUpdateStoresEveryField()
+    return backend
+
+
+def open_fact_key_joined_with_slash(url: str) -> MemoryBackend:
+    backend = MemoryBackend()
+    backend.facts = _FactKeyJoinedWithSlash()
+    return backend
+
+
+def open_fact_floats_as_short_text(url: str) -> MemoryBackend:
+    backend = MemoryBackend()
+    backend.facts = _FactFloatsAsShortText()
     return backend

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import time
+
 import pytest
 
-from stovepipe.entity import Request, RequestState
+from stovepipe.entity import Build, BuildStatus, BuildStrategy, Fact, Queue, Request, RequestState
 from stovepipe.storage import open_storage
 
 
@@ -21,6 +24,38 @@ def test_read_after_write_through_a_second_instance(storage_url: str, ns: str) -
         assert reader.requests.get(request.id).version == 2
         assert reader.request_uris.get_id_by_uri(request.queue, request.uri) == request.id
         assert reader.counter.next(f"{ns}/c") == 2
+
+
+def test_read_after_write_through_a_second_instance_for_queues_builds_and_facts(
+    storage_url: str, ns: str
+) -> None:
+    if storage_url.startswith("memory:"):
+        pytest.skip("memory:// is not durable: each instance is a new store")
+    request = Request(f"{ns}/id", f"{ns}/q", f"{ns}/u", RequestState.ACCEPTED, 1)
+    chosen = dataclasses.replace(
+        request,
+        state=RequestState.PROCESSING,
+        build_strategy=BuildStrategy.INCREMENTAL,
+        base_uri=f"{ns}/base",
+    )
+    queue = Queue(f"{ns}/q", latest_request_id=request.id)
+    taken = dataclasses.replace(queue, last_green_uri=f"{ns}/base", in_flight=1)
+    build = Build(f"{ns}/build", request.id, BuildStatus.ACCEPTED, "", 1)
+    finished = dataclasses.replace(build, status=BuildStatus.SUCCEEDED, log=f"{ns}/log")
+    fact = Fact(queue.name, request.uri, "", 0.1, request.id, time.time())
+    with open_storage(storage_url) as writer:
+        writer.requests.create(request)
+        writer.requests.update(chosen, old_version=1, new_version=2)
+        writer.queues.create(queue)
+        writer.queues.update(taken, old_version=1, new_version=2)
+        writer.builds.create(build)
+        writer.builds.update(finished, old_version=1, new_version=2)
+        writer.facts.create(fact)
+    with open_storage(storage_url) as reader:
+        assert reader.requests.get(request.id) == dataclasses.replace(chosen, version=2)
+        assert reader.queues.get(queue.name) == dataclasses.replace(taken, version=2)
+        assert reader.builds.get(build.id) == dataclasses.replace(finished, version=2)
+        assert reader.facts.get(fact.queue, fact.uri, fact.project) == fact
 
 
 def test_storage_is_a_context_manager_and_close_is_idempotent(storage_url: str, ns: str) -> None:

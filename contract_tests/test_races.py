@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
+import time
 from collections.abc import Callable
 
 import pytest
 
 from contract_tests import workers
 from contract_tests.racing import RACERS, race
-from stovepipe.entity import Request, RequestState
+from stovepipe.entity import Build, BuildStatus, Fact, Queue, Request, RequestState
 from stovepipe.storage import AlreadyExists, Storage, VersionMismatch
+
+# How long a racer of a compare-and-set loop may keep losing before the test gives up.
+CAS_DEADLINE_SECONDS = 60.0
 
 
 def test_race_concurrent_creates_of_one_id_have_exactly_one_winner(
@@ -58,6 +63,102 @@ def test_race_concurrent_updates_from_one_version_have_exactly_one_winner(
     assert sum(isinstance(o, VersionMismatch) for o in outcomes) == RACERS - 1
     stored = storage.requests.get(f"{ns}/id")
     assert (stored.uri, stored.version) == (winners[0].uri, 2)
+
+
+def test_race_concurrent_creates_of_one_queue_have_exactly_one_winner(
+    storage: Storage, ns: str
+) -> None:
+    def create(i: int) -> Queue:
+        queue = Queue(f"{ns}/q", f"request/{i}", f"git://{i}", f"request/{i}", i)
+        storage.queues.create(queue)
+        return queue
+
+    outcomes = race(create)
+    winners = [o for o in outcomes if isinstance(o, Queue)]
+    assert len(winners) == 1, outcomes
+    assert sum(isinstance(o, AlreadyExists) for o in outcomes) == RACERS - 1
+    assert storage.queues.get(f"{ns}/q") == winners[0]
+
+
+def test_race_concurrent_creates_of_one_build_have_exactly_one_winner(
+    storage: Storage, ns: str
+) -> None:
+    def create(i: int) -> Build:
+        build = Build(f"{ns}/build", f"request/{i}", BuildStatus.ACCEPTED, f"log-{i}", 1)
+        storage.builds.create(build)
+        return build
+
+    outcomes = race(create)
+    winners = [o for o in outcomes if isinstance(o, Build)]
+    assert len(winners) == 1, outcomes
+    assert sum(isinstance(o, AlreadyExists) for o in outcomes) == RACERS - 1
+    assert storage.builds.get(f"{ns}/build") == winners[0]
+
+
+def test_race_concurrent_creates_of_one_fact_have_exactly_one_winner(
+    storage: Storage, ns: str
+) -> None:
+    def create(i: int) -> Fact:
+        fact = Fact(f"{ns}/q", "git://head", "", i / RACERS, f"request/{i}", time.time())
+        storage.facts.create(fact)
+        return fact
+
+    outcomes = race(create)
+    winners = [o for o in outcomes if isinstance(o, Fact)]
+    assert len(winners) == 1, outcomes
+    assert sum(isinstance(o, AlreadyExists) for o in outcomes) == RACERS - 1
+    assert storage.facts.get(f"{ns}/q", "git://head", "") == winners[0]
+
+
+def test_race_queue_slot_counter_of_compare_and_set_loops_ends_exactly_at_the_racer_count(
+    storage: Storage, ns: str
+) -> None:
+    # Each racer takes one slot the way the process stage does: read, add one, write back
+    # conditionally, and start over on VersionMismatch. Lost or doubled slots would show.
+    storage.queues.create(Queue(f"{ns}/q"))
+
+    def take_a_slot(i: int) -> int:
+        deadline = time.monotonic() + CAS_DEADLINE_SECONDS
+        while time.monotonic() < deadline:
+            queue = storage.queues.get(f"{ns}/q")
+            taken = dataclasses.replace(queue, in_flight=queue.in_flight + 1)
+            # The stage's work between its read and its write; it also lets the other
+            # racers read the same version, however fast the backend answers.
+            time.sleep(0.001)
+            try:
+                storage.queues.update(
+                    taken, old_version=queue.version, new_version=queue.version + 1
+                )
+            except VersionMismatch:
+                continue
+            return queue.version + 1
+        raise TimeoutError(f"racer {i} lost every compare-and-set for {CAS_DEADLINE_SECONDS}s")
+
+    outcomes = race(take_a_slot)
+    assert all(isinstance(o, int) for o in outcomes), outcomes
+    # Every successful write moved the version on by one from the one before it.
+    assert sorted(o for o in outcomes if isinstance(o, int)) == list(range(2, RACERS + 2))
+    stored = storage.queues.get(f"{ns}/q")
+    assert (stored.in_flight, stored.version) == (RACERS, RACERS + 1)
+
+
+def test_race_concurrent_updates_of_a_build_have_exactly_one_winner_per_version(
+    storage: Storage, ns: str
+) -> None:
+    storage.builds.create(Build(f"{ns}/build", f"{ns}/id", BuildStatus.ACCEPTED, "", 1))
+    for version in range(1, 4):
+
+        def update(i: int, version: int = version) -> Build:
+            build = Build(f"{ns}/build", f"{ns}/id", BuildStatus.RUNNING, f"log-{i}", version)
+            storage.builds.update(build, old_version=version, new_version=version + 1)
+            return build
+
+        outcomes = race(update)
+        winners = [o for o in outcomes if isinstance(o, Build)]
+        assert len(winners) == 1, (version, outcomes)
+        assert sum(isinstance(o, VersionMismatch) for o in outcomes) == RACERS - 1
+        stored = storage.builds.get(f"{ns}/build")
+        assert stored == dataclasses.replace(winners[0], version=version + 1)
 
 
 def test_race_concurrent_counter_increments_never_repeat_or_skip(storage: Storage, ns: str) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from stovepipe.entity import Request, RequestState
+from stovepipe.entity import BuildStrategy, Request, RequestState
 from stovepipe.storage import AlreadyExists, NotFound, Storage, VersionMismatch
 from stovepipe.storage.limits import MAX_VERSION
 
@@ -47,14 +49,40 @@ def test_create_persists_the_given_version(storage: Storage, ns: str) -> None:
     assert storage.requests.get(request.id).version == 42
 
 
+def test_create_persists_build_strategy_and_base_uri(storage: Storage, ns: str) -> None:
+    request = dataclasses.replace(
+        make_request(ns),
+        build_strategy=BuildStrategy.INCREMENTAL,
+        base_uri=f"git://origin/{ns}/main/green",
+    )
+    storage.requests.create(request)
+    assert storage.requests.get(request.id) == request
+
+
 def test_update_persists_uri_and_state_and_sets_new_version(storage: Storage, ns: str) -> None:
     request = make_request(ns)
     storage.requests.create(request)
-    changed = Request(request.id, request.queue, f"{request.uri}-v2", RequestState.ACCEPTED, 1)
+    changed = Request(request.id, request.queue, f"{request.uri}-v2", RequestState.PROCESSING, 1)
     storage.requests.update(changed, old_version=1, new_version=2)
     assert storage.requests.get(request.id) == Request(
-        request.id, request.queue, changed.uri, RequestState.ACCEPTED, 2
+        request.id, request.queue, changed.uri, RequestState.PROCESSING, 2
     )
+
+
+def test_update_persists_build_strategy_and_base_uri(storage: Storage, ns: str) -> None:
+    request = make_request(ns)
+    storage.requests.create(request)
+    chosen = dataclasses.replace(
+        request, build_strategy=BuildStrategy.INCREMENTAL, base_uri=f"git://origin/{ns}/green"
+    )
+    storage.requests.update(chosen, old_version=1, new_version=2)
+    assert storage.requests.get(request.id) == dataclasses.replace(chosen, version=2)
+    # Set back to their empty values, they persist as such too.
+    full = dataclasses.replace(request, build_strategy=BuildStrategy.FULL)
+    storage.requests.update(full, old_version=2, new_version=3)
+    assert storage.requests.get(request.id) == dataclasses.replace(full, version=3)
+    storage.requests.update(request, old_version=3, new_version=4)
+    assert storage.requests.get(request.id) == dataclasses.replace(request, version=4)
 
 
 def test_update_with_a_stale_version_raises_version_mismatch_and_changes_nothing(
@@ -62,7 +90,9 @@ def test_update_with_a_stale_version_raises_version_mismatch_and_changes_nothing
 ) -> None:
     request = make_request(ns, version=3)
     storage.requests.create(request)
-    stale = Request(request.id, request.queue, "git://stale", RequestState.ACCEPTED, 2)
+    stale = Request(
+        request.id, request.queue, "git://stale", RequestState.FAILED, 2, BuildStrategy.FULL, "b"
+    )
     with pytest.raises(VersionMismatch):
         storage.requests.update(stale, old_version=2, new_version=3)
     assert storage.requests.get(request.id) == request
