@@ -10,8 +10,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     STOVEPIPE_STORAGE_URL=sqlite:////data/stovepipe.db
 
 COPY . /src
-# Repositories are mounted from the host, owned by another user: /etc/gitconfig trusts them.
-RUN pip install --no-cache-dir /src \
+# The command build runner checks commits out with git. Repositories are mounted from the
+# host, owned by another user: /etc/gitconfig trusts them.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends git \
+    && rm -rf /var/lib/apt/lists/* \
+    && pip install --no-cache-dir /src \
     && for backend in /src/backends/*/; do \
          if [ -f "${backend}pyproject.toml" ]; then pip install --no-cache-dir "$backend"; fi; \
        done \

@@ -3,6 +3,7 @@ every queue implementation."""
 
 from __future__ import annotations
 
+import itertools
 import time
 
 from messaging_tests.conftest import QueueFactory
@@ -29,7 +30,7 @@ def test_hold_delivers_again_after_the_delay_without_counting_an_attempt(
 
     seen = recorder.wait_for(holds + 1)
     assert [s.message.attempt for s in seen] == [1] * (holds + 1)
-    assert all(later.started - earlier.ended >= 0.04 for earlier, later in zip(seen, seen[1:]))
+    assert all(later.started - earlier.ended >= 0.04 for earlier, later in itertools.pairwise(seen))
     assert queue.dead_letters(topic) == []
 
 

@@ -31,8 +31,8 @@ from stovepipe.v1 import stovepipe_pb2 as pb
 
 QUEUES = 40
 TIMEOUT = 30.0
-# ProcessController logs this line once it has handled a request, its last step.
-PROCESSED = re.compile(r"processing request (request/\S+)")
+# The buildsignal stage logs this line once it has written a request's outcome.
+PROCESSED = re.compile(r"request (request/\S+) succeeded")
 
 
 @pytest.fixture
@@ -97,7 +97,8 @@ def processes(tmp_path: pathlib.Path) -> Iterator[ServeProcesses]:
 
 
 def write_config(tmp_path: pathlib.Path, queue_url: str) -> pathlib.Path:
-    """Fake queues ``q0``..``q39`` (one commit each), SQLite storage shared by the processes."""
+    """Fake queues ``q0``..``q39`` (one commit each, built by a fake runner that succeeds),
+    SQLite storage shared by the processes."""
     lines = [
         f'storage_url = "sqlite:///{tmp_path / "stovepipe.db"}"',
         f'queue_url = "{queue_url}"',
@@ -105,6 +106,7 @@ def write_config(tmp_path: pathlib.Path, queue_url: str) -> pathlib.Path:
     ]
     for n in range(QUEUES):
         lines += [f'[queues."q{n}"]', 'type = "fake"', f'commits = ["c{n}"]']
+        lines += [f'[queues."q{n}".build]', 'type = "fake"']
     path = tmp_path / "stovepipe.toml"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

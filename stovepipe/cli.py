@@ -2,11 +2,16 @@
 
     stovepipe serve [--listen HOST:PORT] [--config FILE] [--storage-url URL]
                     [--queue-url URL] [--metrics-listen HOST:PORT]
+                    [--build-command COMMAND] [--builds-dir DIR]
     stovepipe worker [--config FILE] [--storage-url URL] [--queue-url URL]
-                     [--metrics-listen HOST:PORT]
-                                      consumes the process stage's messages, serves no RPC
+                     [--metrics-listen HOST:PORT] [--build-command COMMAND] [--builds-dir DIR]
+                                      runs the pipeline (builds included), serves no RPC
     stovepipe ingest QUEUE            prints the request id of the queue's head
     stovepipe get ID                  prints the request as JSON
+    stovepipe status QUEUE [--json] [--limit N]
+                                      prints the last green commit, the builds in flight
+                                      and the newest requests with their states
+    stovepipe green QUEUE             prints the last green commit's URI
     stovepipe ping                    prints the server's version and the round trip
     stovepipe poll QUEUE --every S    ingests every S seconds, logging each new id
     stovepipe migrate URL             prepares a storage backend's schema, if it needs one
@@ -31,6 +36,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Sequence
 from types import FrameType
+from typing import Any
 
 import grpc
 
@@ -44,6 +50,8 @@ SERVER_ENV = "STOVEPIPE_SERVER"
 EXIT_SERVER_ERROR = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
+DEFAULT_STATUS_LIMIT = 10
+MAX_STATUS_LIMIT = 100
 
 # A poller keeps going through these; anything else means the call can never succeed.
 _TRANSIENT = frozenset(
@@ -104,10 +112,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--metrics-listen", metavar="HOST:PORT", help='Prometheus address ("" turns it off)'
     )
+    _build_options(serve)
     serve.set_defaults(handler=_serve)
 
     worker = commands.add_parser(
-        "worker", help="consume the process stage's messages until SIGTERM or SIGINT"
+        "worker", help="run the pipeline (builds included) until SIGTERM or SIGINT"
     )
     worker.add_argument("--config", help="TOML configuration file (default $STOVEPIPE_CONFIG)")
     worker.add_argument("--storage-url", metavar="URL", help="storage backend URL")
@@ -115,6 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--metrics-listen", metavar="HOST:PORT", help='Prometheus address ("" turns it off)'
     )
+    _build_options(worker)
     worker.set_defaults(handler=_worker)
 
     def client(name: str, help: str) -> argparse.ArgumentParser:
@@ -142,6 +152,23 @@ def _parser() -> argparse.ArgumentParser:
     get.add_argument("id")
     get.set_defaults(handler=_get)
 
+    status = client("status", "print a queue's last green commit and newest requests")
+    status.add_argument("queue")
+    status.add_argument(
+        "--limit",
+        type=_page_size,
+        default=DEFAULT_STATUS_LIMIT,
+        metavar="N",
+        help=f"requests to show, newest first (default {DEFAULT_STATUS_LIMIT}, at most "
+        f"{MAX_STATUS_LIMIT})",
+    )
+    status.add_argument("--json", action="store_true", help="print one line of JSON instead")
+    status.set_defaults(handler=_status)
+
+    green = client("green", "print the URI of a queue's last green commit")
+    green.add_argument("queue")
+    green.set_defaults(handler=_green)
+
     ping = client("ping", "check that the server answers")
     ping.set_defaults(handler=_ping)
 
@@ -156,6 +183,30 @@ def _parser() -> argparse.ArgumentParser:
     migrate.add_argument("url")
     migrate.set_defaults(handler=_migrate)
     return parser
+
+
+def _build_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--build-command",
+        metavar="COMMAND",
+        help="shell command that builds the default queue's commits; exit status 0 is green "
+        "(default $STOVEPIPE_BUILD_COMMAND; without it the queue is ingest-only)",
+    )
+    command.add_argument(
+        "--builds-dir",
+        metavar="DIR",
+        help="where builds keep their state and checkouts (default .stovepipe/builds)",
+    )
+
+
+def _page_size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 1 <= value <= MAX_STATUS_LIMIT:
+        raise argparse.ArgumentTypeError(f"must lie in 1..{MAX_STATUS_LIMIT}: {text!r}")
+    return value
 
 
 def _positive(text: str) -> float:
@@ -186,6 +237,8 @@ def _serve(args: argparse.Namespace) -> int:
             "storage_url": args.storage_url,
             "queue_url": args.queue_url,
             "metrics_listen": args.metrics_listen,
+            "build_command": args.build_command,
+            "builds_dir": args.builds_dir,
         },
     )
     _configure_logging(config.log_level)
@@ -211,8 +264,9 @@ def _worker(args: argparse.Namespace) -> int:
             "storage_url": args.storage_url,
             "queue_url": args.queue_url,
             "metrics_listen": args.metrics_listen,
+            "build_command": args.build_command,
+            "builds_dir": args.builds_dir,
         },
-        queues_required=False,
     )
     _configure_logging(config.log_level)
     try:
@@ -280,19 +334,112 @@ def _get(args: argparse.Namespace) -> int:
             )
         except grpc.RpcError as error:
             raise _failure(error, address) from None
-    request = response.request
-    print(
-        json.dumps(
-            {
-                "id": request.id,
-                "queue": request.queue,
-                "uri": request.uri,
-                "state": pb.RequestState.Name(request.state).removeprefix("REQUEST_STATE_").lower(),
-                "version": request.version,
-            },
-            ensure_ascii=False,
+    print(json.dumps(_request_json(response.request), ensure_ascii=False))
+    return 0
+
+
+def _state_name(state: pb.RequestState) -> str:
+    """``processing`` for ``REQUEST_STATE_PROCESSING``, and so on."""
+    return pb.RequestState.Name(state).removeprefix("REQUEST_STATE_").lower()
+
+
+def _strategy_name(strategy: pb.BuildStrategy) -> str:
+    """``full`` or ``incremental``; empty while unspecified."""
+    if strategy == pb.BUILD_STRATEGY_UNSPECIFIED:
+        return ""
+    return pb.BuildStrategy.Name(strategy).removeprefix("BUILD_STRATEGY_").lower()
+
+
+def _request_json(request: pb.Request) -> dict[str, Any]:
+    return {
+        "id": request.id,
+        "queue": request.queue,
+        "uri": request.uri,
+        "state": _state_name(request.state),
+        "version": request.version,
+        "build_strategy": _strategy_name(request.build_strategy),
+        "base_uri": request.base_uri,
+    }
+
+
+def _get_queue(stub: StovepipeClient, args: argparse.Namespace, address: str) -> pb.Queue:
+    try:
+        response: pb.GetQueueResponse = stub.GetQueue(
+            pb.GetQueueRequest(queue=args.queue), timeout=args.timeout
         )
+    except grpc.RpcError as error:
+        raise _failure(error, address) from None
+    return response.queue
+
+
+def _status(args: argparse.Namespace) -> int:
+    """Print the queue's state and its ``--limit`` newest requests: a table, or JSON."""
+    _utf8(args.queue, "QUEUE")
+    channel, stub, address = _stub(args)
+    with channel:
+        queue = _get_queue(stub, args, address)
+        requests: list[pb.Request] = []
+        token = ""
+        while len(requests) < args.limit:
+            # A page may come back short (it reads a bounded number of ids); only an empty
+            # token ends the list.
+            try:
+                page: pb.ListRequestsResponse = stub.ListRequests(
+                    pb.ListRequestsRequest(
+                        queue=args.queue, page_size=args.limit - len(requests), page_token=token
+                    ),
+                    timeout=args.timeout,
+                )
+            except grpc.RpcError as error:
+                raise _failure(error, address) from None
+            requests.extend(page.requests)
+            token = page.next_page_token
+            if not token:
+                break
+    if args.json:
+        document = {
+            "queue": queue.name,
+            "latest_request_id": queue.latest_request_id,
+            "last_green_uri": queue.last_green_uri,
+            "last_green_request_id": queue.last_green_request_id,
+            "in_flight": queue.in_flight,
+            "requests": [_request_json(request) for request in requests],
+        }
+        print(json.dumps(document, ensure_ascii=False))
+        return 0
+    green = (
+        f"{queue.last_green_uri} ({queue.last_green_request_id})"
+        if queue.last_green_uri
+        else "none yet"
     )
+    print(f"queue       {queue.name}")
+    print(f"last green  {green}")
+    print(f"in flight   {queue.in_flight}")
+    print()
+    if not requests:
+        print("no requests yet")
+        return 0
+    rows = [("REQUEST", "STATE", "BUILD", "COMMIT")]
+    rows.extend(
+        (r.id, _state_name(r.state), _strategy_name(r.build_strategy) or "-", r.uri)
+        for r in requests
+    )
+    widths = [max(len(row[column]) for row in rows) for column in range(3)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        print("  ".join([*cells, row[3]]))
+    return 0
+
+
+def _green(args: argparse.Namespace) -> int:
+    """Print the last green commit's URI; exit status 1 if the queue has none yet."""
+    _utf8(args.queue, "QUEUE")
+    channel, stub, address = _stub(args)
+    with channel:
+        queue = _get_queue(stub, args, address)
+    if not queue.last_green_uri:
+        raise CommandError(f"queue {args.queue!r} has no green commit yet", EXIT_SERVER_ERROR)
+    print(queue.last_green_uri)
     return 0
 
 

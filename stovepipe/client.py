@@ -17,7 +17,7 @@ SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["Stovepipe"].full_name
 
 
 class StovepipeClient:
-    """The service's three methods as callables over ``channel``, like the generated stub."""
+    """The service's methods as callables over ``channel``, like the generated stub."""
 
     def __init__(self, channel: grpc.Channel) -> None:
         self.Ping: grpc.UnaryUnaryMultiCallable[pb.PingRequest, pb.PingResponse] = (
@@ -40,4 +40,18 @@ class StovepipeClient:
             f"/{SERVICE_NAME}/GetRequest",
             request_serializer=pb.GetRequestRequest.SerializeToString,
             response_deserializer=pb.GetRequestResponse.FromString,
+        )
+        self.GetQueue: grpc.UnaryUnaryMultiCallable[pb.GetQueueRequest, pb.GetQueueResponse] = (
+            channel.unary_unary(
+                f"/{SERVICE_NAME}/GetQueue",
+                request_serializer=pb.GetQueueRequest.SerializeToString,
+                response_deserializer=pb.GetQueueResponse.FromString,
+            )
+        )
+        self.ListRequests: grpc.UnaryUnaryMultiCallable[
+            pb.ListRequestsRequest, pb.ListRequestsResponse
+        ] = channel.unary_unary(
+            f"/{SERVICE_NAME}/ListRequests",
+            request_serializer=pb.ListRequestsRequest.SerializeToString,
+            response_deserializer=pb.ListRequestsResponse.FromString,
         )

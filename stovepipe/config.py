@@ -11,19 +11,35 @@ file (``--config`` or ``STOVEPIPE_CONFIG``), built-in defaults. A complete file:
     max_workers = 32                     # threads serving RPCs
     log_level = "info"
 
+    builds_dir = "/var/lib/stovepipe/builds"  # build state; relative to this file
+    build_command = ""                   # the default queue's build (no [queues] only)
+
     [queues."monorepo/main"]
     type = "git"
     path = "/srv/monorepo"               # relative paths are relative to this file
     ref = "main"
     remote = "origin"                    # optional; names the remote in URIs ("local")
+    promote_ref = "green"                # optional; a branch moved to each new last green
+
+    [queues."monorepo/main".build]       # optional; without it the queue is ingest-only
+    type = "command"                     # run by /bin/sh in a clean checkout of the commit
+    command = "make test"
+    timeout = 1800                       # seconds (default 1800)
+    max_concurrent = 1                   # the queue's builds at once (default 1)
 
     [queues."demo/main"]
     type = "fake"
     commits = ["c3", "c2", "c1"]         # newest first
 
+    [queues."demo/main".build]
+    type = "fake"
+    outcome = "succeeded"                # or "failed"
+    duration = 2.0                       # seconds each build runs (default 0)
+
 With no configuration at all, storage is SQLite at ``.stovepipe/stovepipe.db`` under the current
-directory and the git repository in the current directory is served as the queue
-``<directory name>/<current branch>``.
+directory, builds keep their state in ``.stovepipe/builds/``, and the git repository in the
+current directory is served as the queue ``<directory name>/<current branch>``, built by
+``build_command`` if one is given (else ingest-only).
 """
 
 from __future__ import annotations
@@ -44,6 +60,11 @@ MAX_GRACE_PERIOD = 3600.0
 DEFAULT_MAX_WORKERS = 32
 DATA_DIR_NAME = ".stovepipe"
 DEFAULT_DB_NAME = "stovepipe.db"
+BUILDS_DIR_NAME = "builds"
+DEFAULT_BUILD_TIMEOUT = 1800.0
+"""Seconds a ``command`` build may take, checkout included, before it is ended."""
+DEFAULT_MAX_CONCURRENT = 1
+FAKE_OUTCOMES = ("succeeded", "failed")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -52,12 +73,40 @@ class ConfigError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
+class CommandBuild:
+    """Builds that run ``command`` with ``/bin/sh`` in a clean checkout of the commit; exit
+    status 0 is green. ``timeout`` is in seconds; ``max_concurrent`` bounds the queue's
+    builds at once."""
+
+    command: str
+    timeout: float = DEFAULT_BUILD_TIMEOUT
+    max_concurrent: int = DEFAULT_MAX_CONCURRENT
+
+
+@dataclasses.dataclass(frozen=True)
+class FakeBuild:
+    """Builds that run nothing and end ``outcome`` (``succeeded`` or ``failed``) after
+    ``duration`` seconds (for tests and demos)."""
+
+    outcome: str = "succeeded"
+    duration: float = 0.0
+    max_concurrent: int = DEFAULT_MAX_CONCURRENT
+
+
+BuildSpec = CommandBuild | FakeBuild
+
+
+@dataclasses.dataclass(frozen=True)
 class GitQueue:
-    """A queue served from a git repository on this machine."""
+    """A queue served from a git repository on this machine; ``promote_ref`` is the branch
+    moved to each new last green commit, ``build`` how the queue's heads are built (``None``:
+    ingest-only)."""
 
     path: pathlib.Path
     ref: str
     remote: str | None = None
+    promote_ref: str | None = None
+    build: BuildSpec | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +114,7 @@ class FakeQueue:
     """A queue with a fixed list of commits, newest first (for tests and demos)."""
 
     commits: tuple[str, ...]
+    build: BuildSpec | None = None
 
 
 QueueSpec = GitQueue | FakeQueue
@@ -81,6 +131,7 @@ class Config:
     grace_period: float = DEFAULT_GRACE_PERIOD
     max_workers: int = DEFAULT_MAX_WORKERS
     log_level: str = "info"
+    builds_dir: pathlib.Path = pathlib.Path(DATA_DIR_NAME, BUILDS_DIR_NAME)
     queues: Mapping[str, QueueSpec] = dataclasses.field(default_factory=dict)
 
 
@@ -93,6 +144,8 @@ _SCALARS: dict[str, str] = {
     "grace_period": "STOVEPIPE_GRACE_PERIOD",
     "max_workers": "STOVEPIPE_MAX_WORKERS",
     "log_level": "STOVEPIPE_LOG_LEVEL",
+    "builds_dir": "STOVEPIPE_BUILDS_DIR",
+    "build_command": "STOVEPIPE_BUILD_COMMAND",
 }
 CONFIG_ENV = "STOVEPIPE_CONFIG"
 ENVIRONMENT_VARIABLES = (CONFIG_ENV, *_SCALARS.values())
@@ -104,15 +157,15 @@ def load(
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, object | None] | None = None,
     cwd: str | os.PathLike[str] | None = None,
-    queues_required: bool = True,
 ) -> Config:
     """Resolve the configuration from a file, the environment and flag ``overrides``.
 
     ``path`` defaults to ``$STOVEPIPE_CONFIG``; ``overrides`` maps setting names to flag values
     (``None`` means the flag was not given). Without queues, the git repository in ``cwd`` (the
-    current directory by default) becomes the only queue; without a storage URL, SQLite under
-    ``cwd/.stovepipe/``. With ``queues_required=False`` (``stovepipe worker``, which serves no
-    queue) no queue is fine. Raises :class:`ConfigError` with a one-line reason.
+    current directory by default) becomes the only queue, built by ``build_command`` if set;
+    without a storage URL, SQLite under ``cwd/.stovepipe/``; without ``builds_dir``,
+    ``cwd/.stovepipe/builds``. A relative ``builds_dir`` is relative to the file when the
+    file sets it, else to ``cwd``. Raises :class:`ConfigError` with a one-line reason.
     """
     environ = os.environ if environ is None else environ
     workdir = pathlib.Path.cwd() if cwd is None else pathlib.Path(cwd)
@@ -134,14 +187,18 @@ def load(
     if unknown:
         raise ConfigError(f"unknown setting(s) in config: {', '.join(unknown)}")
     settings: dict[str, object] = {name: raw[name] for name in _SCALARS if name in raw}
+    # Where a relative path setting is relative to: the file that set it, else the cwd.
+    relative_to = {name: base_dir for name in settings}
     for name, variable in _SCALARS.items():
         if variable in environ:
             settings[name] = environ[variable]
+            relative_to[name] = workdir
     for name, value in (overrides or {}).items():
         if name not in _SCALARS:
             raise ConfigError(f"unknown setting {name!r}")
         if value is not None:
             settings[name] = value
+            relative_to[name] = workdir
 
     log_level = _text(settings, "log_level", "info").lower()
     if log_level not in LOG_LEVELS:
@@ -154,12 +211,24 @@ def load(
             f"grace_period must be at most {MAX_GRACE_PERIOD:g} seconds, not {grace_period:g}"
         )
     max_workers = int(_number(settings, "max_workers", DEFAULT_MAX_WORKERS, int))
+    build_command = _text(settings, "build_command", "").strip()
+    builds_dir_text = _text(settings, "builds_dir", "").strip()
+    queues = _parse_queues(raw.get("queues", {}), base_dir)
+    if queues and build_command:
+        raise ConfigError(
+            "build_command builds the default queue only, and queues are configured: "
+            'give each queue that builds a [queues."NAME".build] table instead'
+        )
     # The defaults that look at the working directory come last, after every explicit
     # setting has been checked.
-    queues = _parse_queues(raw.get("queues", {}), base_dir)
-    if not queues and queues_required:
-        queues = default_queue(workdir)
+    if not queues:
+        build = CommandBuild(command=build_command) if build_command else None
+        queues = default_queue(workdir, build=build)
     storage_url = _text(settings, "storage_url", "") or default_storage_url(workdir)
+    if builds_dir_text:
+        builds_dir = (relative_to.get("builds_dir", workdir) / builds_dir_text).resolve()
+    else:
+        builds_dir = default_builds_dir(workdir)
     config = Config(
         listen=listen,
         metrics_listen=metrics_listen,
@@ -168,6 +237,7 @@ def load(
         grace_period=grace_period,
         max_workers=max_workers,
         log_level=log_level,
+        builds_dir=builds_dir,
         queues=queues,
     )
     if config.max_workers < 1:
@@ -181,26 +251,48 @@ def default_storage_url(workdir: pathlib.Path) -> str:
     return f"sqlite:///{data_dir / DEFAULT_DB_NAME}"
 
 
+def default_builds_dir(workdir: pathlib.Path) -> pathlib.Path:
+    """``builds/`` in the data directory ``.stovepipe/`` under ``workdir``."""
+    return workdir.resolve() / DATA_DIR_NAME / BUILDS_DIR_NAME
+
+
 def prepare_default_storage(url: str) -> None:
     """Create the default data directory of ``url`` if it is the default one, and keep it
     out of ``git status`` in the repository it sits in."""
     prefix = "sqlite:///"
     if not url.startswith(prefix):
         return
-    db_path = pathlib.Path(url[len(prefix) :])
-    if db_path.parent.name != DATA_DIR_NAME:
+    prepare_data_dir(pathlib.Path(url[len(prefix) :]).parent)
+
+
+def prepare_builds_dir(builds_dir: pathlib.Path) -> None:
+    """Create ``builds_dir``; if it lies in a data directory named ``.stovepipe``, keep that
+    directory out of ``git status`` too (builds check commits out in there)."""
+    if builds_dir.parent.name == DATA_DIR_NAME:
+        prepare_data_dir(builds_dir.parent)
+    try:
+        builds_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"cannot create builds_dir {builds_dir}: {error.strerror}") from None
+
+
+def prepare_data_dir(directory: pathlib.Path) -> None:
+    """Create ``directory`` if it is a data directory (named ``.stovepipe``) with a
+    ``.gitignore`` that ignores all of it."""
+    if directory.name != DATA_DIR_NAME:
         return
-    db_path.parent.mkdir(parents=True, exist_ok=True)
-    ignore = db_path.parent / ".gitignore"
+    directory.mkdir(parents=True, exist_ok=True)
+    ignore = directory / ".gitignore"
     if not ignore.exists():
         ignore.write_text("# Stovepipe's local data; never committed.\n*\n", encoding="utf-8")
 
 
-def default_queue(workdir: pathlib.Path) -> dict[str, QueueSpec]:
-    """The git repository at ``workdir`` as the queue ``<directory name>/<current branch>``."""
+def default_queue(workdir: pathlib.Path, *, build: BuildSpec | None = None) -> dict[str, QueueSpec]:
+    """The git repository at ``workdir`` as the queue ``<directory name>/<current branch>``,
+    built as ``build`` says (``None``: ingest-only)."""
     workdir = workdir.resolve()
     branch = current_branch(workdir)
-    return {f"{workdir.name}/{branch}": GitQueue(path=workdir, ref=branch)}
+    return {f"{workdir.name}/{branch}": GitQueue(path=workdir, ref=branch, build=build)}
 
 
 def current_branch(repository: pathlib.Path) -> str:
@@ -240,29 +332,92 @@ def _parse_queues(raw: object, base_dir: pathlib.Path) -> dict[str, QueueSpec]:
         if not isinstance(spec, dict):
             raise ConfigError(f"{where} must be a table with a type")
         kind = spec.get("type")
+        build = _parse_build(spec["build"], where) if "build" in spec else None
         if kind == "git":
-            _only(spec, {"type", "path", "ref", "remote"}, where)
+            _only(spec, {"type", "path", "ref", "remote", "promote_ref", "build"}, where)
             path = _required_text(spec, "path", where)
             ref = _required_text(spec, "ref", where)
-            remote = spec.get("remote")
-            if remote is not None and (not isinstance(remote, str) or not remote):
-                raise ConfigError(f"{where}: remote must be a non-empty string")
-            queues[name] = GitQueue(path=(base_dir / path).resolve(), ref=ref, remote=remote)
+            remote = _optional_text(spec, "remote", where)
+            promote_ref = _optional_text(spec, "promote_ref", where)
+            queues[name] = GitQueue(
+                path=(base_dir / path).resolve(),
+                ref=ref,
+                remote=remote,
+                promote_ref=promote_ref,
+                build=build,
+            )
         elif kind == "fake":
-            _only(spec, {"type", "commits"}, where)
+            _only(spec, {"type", "commits", "build"}, where)
             commits = spec.get("commits", [])
             if not isinstance(commits, list) or not all(isinstance(c, str) and c for c in commits):
                 raise ConfigError(f"{where}: commits must be a list of non-empty strings")
-            queues[name] = FakeQueue(commits=tuple(commits))
+            queues[name] = FakeQueue(commits=tuple(commits), build=build)
         else:
             raise ConfigError(f'{where}: type must be "git" or "fake", not {kind!r}')
     return queues
+
+
+def _parse_build(raw: object, queue_where: str) -> BuildSpec:
+    where = f"{queue_where} build"
+    if not isinstance(raw, dict):
+        raise ConfigError(f'{where} must be a table with a type: [queues."NAME".build]')
+    kind = raw.get("type")
+    max_concurrent = int(
+        _positive(raw, "max_concurrent", DEFAULT_MAX_CONCURRENT, int, where, minimum=1)
+    )
+    if kind == "command":
+        _only(raw, {"type", "command", "timeout", "max_concurrent"}, where)
+        command = _required_text(raw, "command", where)
+        if not command.strip():
+            raise ConfigError(f"{where}: command is required (a non-empty string)")
+        timeout = _positive(raw, "timeout", DEFAULT_BUILD_TIMEOUT, float, where, minimum=0)
+        if timeout == 0:
+            raise ConfigError(f"{where}: timeout must be more than 0 seconds")
+        return CommandBuild(command=command, timeout=timeout, max_concurrent=max_concurrent)
+    if kind == "fake":
+        _only(raw, {"type", "outcome", "duration", "max_concurrent"}, where)
+        outcome = raw.get("outcome", "succeeded")
+        if outcome not in FAKE_OUTCOMES:
+            raise ConfigError(
+                f"{where}: outcome must be one of {', '.join(FAKE_OUTCOMES)}, not {outcome!r}"
+            )
+        duration = _positive(raw, "duration", 0.0, float, where, minimum=0)
+        return FakeBuild(outcome=str(outcome), duration=duration, max_concurrent=max_concurrent)
+    raise ConfigError(f'{where}: type must be "command" or "fake", not {kind!r}')
+
+
+def _positive(
+    spec: Mapping[str, object],
+    key: str,
+    default: float,
+    kind: type[int] | type[float],
+    where: str,
+    *,
+    minimum: float,
+) -> float:
+    """The number at ``key`` (``default`` if absent): an integer for ``kind`` ``int``, else
+    an integer or a finite float; at least ``minimum``."""
+    value = spec.get(key, default)
+    integer = isinstance(value, int) and not isinstance(value, bool)
+    finite = kind is float and isinstance(value, float) and math.isfinite(value)
+    number = value if integer or finite else None
+    if not isinstance(number, int | float) or number < minimum:
+        name = "an integer" if kind is int else "a finite number"
+        raise ConfigError(f"{where}: {key} must be {name} of at least {minimum:g}, not {value!r}")
+    return kind(number)
 
 
 def _only(spec: Mapping[str, object], allowed: set[str], where: str) -> None:
     unknown = sorted(set(spec) - allowed)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
+
+
+def _optional_text(spec: Mapping[str, object], key: str, where: str) -> str | None:
+    value = spec.get(key)
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ConfigError(f"{where}: {key} must be a non-empty string")
+    return value
 
 
 def _required_text(spec: Mapping[str, object], key: str, where: str) -> str:
@@ -324,7 +479,18 @@ def describe(queues: Mapping[str, QueueSpec]) -> Sequence[str]:
     lines = []
     for name, spec in sorted(queues.items()):
         if isinstance(spec, GitQueue):
-            lines.append(f"{name}: git {spec.path} {spec.ref}")
+            line = f"{name}: git {spec.path} {spec.ref}"
+            if spec.promote_ref:
+                line += f", promoting {spec.promote_ref}"
         else:
-            lines.append(f"{name}: fake, {len(spec.commits)} commit(s)")
+            line = f"{name}: fake, {len(spec.commits)} commit(s)"
+        build = spec.build
+        if isinstance(build, CommandBuild):
+            line += f"; builds with {build.command!r} (timeout {build.timeout:g} s"
+            line += f", {build.max_concurrent} at once)"
+        elif isinstance(build, FakeBuild):
+            line += f"; fake builds {build.outcome} after {build.duration:g} s"
+        else:
+            line += "; ingest-only (no build)"
+        lines.append(line)
     return lines

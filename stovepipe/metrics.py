@@ -1,4 +1,4 @@
-"""Prometheus metrics: every RPC and every storage operation.
+"""Prometheus metrics: every RPC, every storage operation, and the pipeline.
 
 =================================================  =========  =================================
 metric                                             type       labels
@@ -9,27 +9,53 @@ metric                                             type       labels
 ``stovepipe_grpc_server_in_flight``                gauge
 ``stovepipe_storage_operations_total``             counter    store, operation, outcome
 ``stovepipe_storage_operation_seconds``            histogram  store, operation
+``stovepipe_requests_settled_total``               counter    queue, state
+``stovepipe_builds_total``                         counter    queue, outcome
+``stovepipe_queue_in_flight``                      gauge      queue
+``stovepipe_queue_last_green_age_seconds``         gauge      queue
 =================================================  =========  =================================
 
-``outcome`` is ``ok`` or the error's class name (``NotFound``, ``AlreadyExists``,
-``Unavailable``, ...). Each :class:`Metrics` owns its registry, so several servers can live in
-one process; :meth:`Metrics.serve` exposes it over HTTP at ``/metrics``.
+``outcome`` of a storage operation is ``ok`` or the error's class name (``NotFound``,
+``AlreadyExists``, ``Unavailable``, ...). The two pipeline counters count what this process
+wrote: a request moved to a terminal ``state`` (``superseded``, ``succeeded``, ``failed``,
+``cancelled``), a build's terminal status (``outcome``: ``succeeded``, ``failed``,
+``cancelled``) stored; the sum over every server and worker is the whole pipeline's. The two
+queue gauges are read from storage at each scrape, for every configured queue: the requests
+holding a build slot, and the seconds since the last green commit was committed (absent until
+the queue's first green). Each :class:`Metrics` owns its registry, so several servers can live
+in one process; :meth:`Metrics.serve` exposes it over HTTP at ``/metrics``.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ParamSpec, TypeVar, cast
 from wsgiref.simple_server import WSGIServer
 
 import grpc
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
+from stovepipe.entity import Build, Request
+from stovepipe.sourcecontrol import SourceControlError, SourceControlFactory
+from stovepipe.storage import (
+    BuildStore,
+    FactStore,
+    NotFound,
+    QueueStore,
+    RequestStore,
+    RequestURIStore,
+    Storage,
+    StorageError,
+)
 from stovepipe.storage import Counter as StorageCounter
-from stovepipe.storage import RequestStore, RequestURIStore, Storage
+
+logger = logging.getLogger(__name__)
 
 # From 100 us (an in-memory call) to 10 s (a backend timing out).
 LATENCY_BUCKETS = (
@@ -97,6 +123,18 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.requests_settled = Counter(
+            "stovepipe_requests_settled",
+            "Requests this process moved to a terminal state, by queue and state.",
+            ["queue", "state"],
+            registry=self.registry,
+        )
+        self.builds = Counter(
+            "stovepipe_builds",
+            "Builds whose terminal status this process stored, by queue and outcome.",
+            ["queue", "outcome"],
+            registry=self.registry,
+        )
         self._http: WSGIServer | None = None
         self._http_thread: threading.Thread | None = None
 
@@ -115,19 +153,48 @@ class Metrics:
         return _RpcMetricsInterceptor(self)
 
     def instrument(self, storage: Storage) -> Storage:
-        """Time and count every call on ``storage``'s three stores, in place; return it.
+        """Time and count every call on ``storage``'s stores, in place; return it. Count the
+        requests and builds it moves to a terminal state.
 
-        Generic over the stores' methods, so it needs no change when a backend or the
+        Generic over the stores' methods, so it needs no change when a backend or a store's
         contract grows.
         """
         storage.requests = cast(
-            RequestStore, _InstrumentedStore(storage.requests, "requests", self)
+            RequestStore,
+            _InstrumentedStore(
+                storage.requests, "requests", self, {"update": self._request_updated}
+            ),
         )
         storage.request_uris = cast(
             RequestURIStore, _InstrumentedStore(storage.request_uris, "request_uris", self)
         )
         storage.counter = cast(StorageCounter, _InstrumentedStore(storage.counter, "counter", self))
+        storage.queues = cast(QueueStore, _InstrumentedStore(storage.queues, "queues", self))
+        storage.builds = cast(
+            BuildStore,
+            _InstrumentedStore(storage.builds, "builds", self, {"update": self._build_updated}),
+        )
+        storage.facts = cast(FactStore, _InstrumentedStore(storage.facts, "facts", self))
         return storage
+
+    def watch_queues(
+        self,
+        storage: Storage,
+        sources: SourceControlFactory,
+        queues: Sequence[str],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """Report ``queues``' in-flight counts and last-green ages, read from ``storage`` (and
+        the commit time from ``sources``) at each scrape. Call once."""
+        self.registry.register(_QueueCollector(storage, sources, tuple(queues), clock))
+
+    def _request_updated(self, request: Request, *args: object, **kwargs: object) -> None:
+        if request.state.terminal:
+            self.requests_settled.labels(request.queue, str(request.state)).inc()
+
+    def _build_updated(self, build: Build, *args: object, **kwargs: object) -> None:
+        if build.status.terminal:
+            self.builds.labels(queue_of(build.request_id), str(build.status)).inc()
 
     def timed(self, store: str, operation: str, function: Callable[P, R]) -> Callable[P, R]:
         """Wrap one storage operation so each call is counted and timed."""
@@ -171,22 +238,105 @@ class Metrics:
             self._http_thread = None
 
 
-class _InstrumentedStore:
-    """Proxies a store, wrapping each public method with :meth:`Metrics.timed` on first use."""
+def queue_of(request_id: str) -> str:
+    """The queue of a request id ``request/<queue>/<n>`` (the id itself if it is not one)."""
+    queue, slash, _ = request_id.removeprefix("request/").rpartition("/")
+    return queue if slash else request_id
 
-    def __init__(self, store: object, name: str, metrics: Metrics) -> None:
+
+class _InstrumentedStore:
+    """Proxies a store, wrapping each public method with :meth:`Metrics.timed` on first use;
+    ``after[method]`` is called with a successful call's arguments."""
+
+    def __init__(
+        self,
+        store: object,
+        name: str,
+        metrics: Metrics,
+        after: dict[str, Callable[..., None]] | None = None,
+    ) -> None:
         self._store = store
         self._name = name
         self._metrics = metrics
+        self._after = after or {}
 
     def __getattr__(self, attribute: str) -> Any:
         value = getattr(self._store, attribute)
         if attribute.startswith("_") or not callable(value):
             return value
         wrapped = self._metrics.timed(self._name, attribute, value)
+        observe = self._after.get(attribute)
+        if observe is not None:
+            timed = wrapped
+
+            def wrapped(*args: Any, **kwargs: Any) -> Any:
+                result = timed(*args, **kwargs)
+                observe(*args, **kwargs)
+                return result
+
         # Cache on the instance: later lookups skip __getattr__ entirely.
         self.__dict__[attribute] = wrapped
         return wrapped
+
+
+class _QueueCollector(Collector):
+    """The per-queue gauges, read from storage and source control when scraped."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        sources: SourceControlFactory,
+        queues: tuple[str, ...],
+        clock: Callable[[], float],
+    ) -> None:
+        self._storage = storage
+        self._sources = sources
+        self._queues = queues
+        self._clock = clock
+
+    def describe(self) -> list[Metric]:
+        # Describing without reading storage keeps registration free of backend calls.
+        return [self._in_flight(), self._age()]
+
+    def collect(self) -> Iterator[Metric]:
+        in_flight, age = self._in_flight(), self._age()
+        for name in self._queues:
+            try:
+                queue = self._storage.queues.get(name)
+            except NotFound:
+                in_flight.add_metric([name], 0)
+                continue
+            except StorageError as error:
+                # A scrape must not fail because one backend call did; the gauge is absent.
+                logger.debug("no metrics for queue %r: %s", name, error)
+                continue
+            in_flight.add_metric([name], queue.in_flight)
+            if not queue.last_green_uri:
+                continue
+            try:
+                committed = self._sources.for_queue(name).commit_time(queue.last_green_uri)
+            except SourceControlError as error:
+                logger.debug("no last-green age for queue %r: %s", name, error)
+                continue
+            age.add_metric([name], max(0.0, self._clock() - committed))
+        yield in_flight
+        yield age
+
+    @staticmethod
+    def _in_flight() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "stovepipe_queue_in_flight",
+            "Requests of the queue holding a build slot, read from storage at the scrape.",
+            labels=["queue"],
+        )
+
+    @staticmethod
+    def _age() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "stovepipe_queue_last_green_age_seconds",
+            "Seconds since the queue's last green commit was committed.",
+            labels=["queue"],
+        )
 
 
 def _split_method(full_method: str) -> tuple[str, str]:

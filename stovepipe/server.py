@@ -1,9 +1,10 @@
-"""Wires Stovepipe together and runs it: storage, source control, messaging, controllers,
-the gRPC server with health and reflection, and metrics.
+"""Wires Stovepipe together and runs it: storage, source control, build runners, messaging,
+the pipeline's controllers, the gRPC server with health and reflection, and metrics.
 
 :class:`StovepipeServer` takes ready components (tests and benchmarks build it directly);
 :func:`build_server` makes them from a :class:`~stovepipe.config.Config`; :func:`run` serves
-until SIGTERM or SIGINT, then drains in-flight calls within the grace period.
+until SIGTERM or SIGINT, then drains in-flight calls within the grace period;
+:func:`run_worker` runs the same pipeline without the gRPC server.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent import futures
 from types import FrameType
 
@@ -23,11 +24,16 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
 from grpc_reflection.v1alpha import reflection  # type: ignore[import-untyped]
 
+from stovepipe import buildrunner, service
 from stovepipe import config as configuration
-from stovepipe import service
+from stovepipe.buildrunner import BuildRunner, BuildRunnerFactory, RunnerMap
+from stovepipe.buildrunner.command import CommandBuildRunner
+from stovepipe.buildrunner.fake import FakeBuildRunner
+from stovepipe.controller.buildsignal import DEFAULT_POLL_INTERVAL
 from stovepipe.controller.ingest import IngestController
-from stovepipe.controller.process import ProcessController
-from stovepipe.messagequeue import TOPIC_PROCESS, MessageQueue
+from stovepipe.controller.pipeline import subscribe_pipeline
+from stovepipe.entity import BuildStatus
+from stovepipe.messagequeue import MessageQueue
 from stovepipe.messagequeue.inprocess import InProcessMessageQueue
 from stovepipe.messagequeue.registry import default_queue_url, open_queue, redact
 from stovepipe.metrics import Metrics
@@ -47,9 +53,16 @@ logger = logging.getLogger(__name__)
 _MIN_QUEUE_DRAIN_SECONDS = 0.5
 
 
-class StovepipeServer:
-    """One Stovepipe server over the given storage and source control.
+def _one_at_a_time(queue: str) -> int:
+    return configuration.DEFAULT_MAX_CONCURRENT
 
+
+class StovepipeServer:
+    """One Stovepipe server over the given storage, source control and build runners.
+
+    Queues without a runner in ``runners`` (all of them without ``runners``) are ingest-only:
+    their heads are admitted and nothing is built. ``max_concurrent(queue)`` bounds a queue's
+    builds at once; ``poll_interval`` is the seconds between two looks at a running build.
     The server owns ``storage`` from here on and closes it in :meth:`stop`. Bind happens in
     the constructor, so :attr:`port` is known before :meth:`start` (useful with port 0).
     """
@@ -59,6 +72,9 @@ class StovepipeServer:
         storage: Storage,
         sourcecontrol: SourceControlFactory,
         *,
+        runners: BuildRunnerFactory | None = None,
+        max_concurrent: Callable[[str], int] = _one_at_a_time,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
         listen: str = configuration.DEFAULT_LISTEN,
         max_workers: int = configuration.DEFAULT_MAX_WORKERS,
         metrics: Metrics | None = None,
@@ -70,8 +86,20 @@ class StovepipeServer:
         self.message_queue: MessageQueue = (
             message_queue if message_queue is not None else InProcessMessageQueue()
         )
-        self.message_queue.subscribe(TOPIC_PROCESS, ProcessController(self.storage).handle)
-        ingest = IngestController(self.storage, sourcecontrol, self.message_queue)
+        runners = runners if runners is not None else RunnerMap({})
+        subscribe_pipeline(
+            self.message_queue,
+            self.storage,
+            sourcecontrol,
+            runners,
+            max_concurrent=max_concurrent,
+            poll_interval=poll_interval,
+        )
+        if isinstance(sourcecontrol, QueueMap):
+            self.metrics.watch_queues(self.storage, sourcecontrol, sourcecontrol.queues())
+        ingest = IngestController(
+            self.storage, sourcecontrol, self.message_queue, builds=has_runner(runners)
+        )
         self._metrics_listen = metrics_listen
         self.metrics_port: int | None = None
 
@@ -81,7 +109,9 @@ class StovepipeServer:
             # A second server on the same port must fail to bind, not share it silently.
             options=[("grpc.so_reuseport", 0)],
         )
-        service.add_to_server(service.StovepipeServicer(ingest, self.storage), self._server)
+        service.add_to_server(
+            service.StovepipeServicer(ingest, self.storage, sourcecontrol), self._server
+        )
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
@@ -169,18 +199,68 @@ def probe_bind(listen: str, host: str, port: int) -> None:
     raise OSError(f"cannot listen on {listen}: {reason}")
 
 
+def has_runner(runners: BuildRunnerFactory) -> Callable[[str], bool]:
+    """Whether a queue has a build runner in ``runners`` (else it is ingest-only)."""
+
+    def builds(queue: str) -> bool:
+        try:
+            runners.for_queue(queue)
+        except buildrunner.NotFound:
+            return False
+        return True
+
+    return builds
+
+
 def build_sourcecontrol(queues: Mapping[str, configuration.QueueSpec]) -> QueueMap:
     """One SourceControl per configured queue; :class:`ConfigError` if one cannot be opened."""
     bindings: dict[str, SourceControl] = {}
     for name, spec in queues.items():
         try:
             if isinstance(spec, configuration.GitQueue):
-                bindings[name] = GitSourceControl(spec.path, spec.ref, remote=spec.remote)
+                bindings[name] = GitSourceControl(
+                    spec.path, spec.ref, remote=spec.remote, promote_ref=spec.promote_ref
+                )
             else:
                 bindings[name] = FakeSourceControl(spec.commits, name=name)
         except (SourceControlError, OSError, ValueError) as error:
             raise configuration.ConfigError(f"queue {name!r}: {error}") from None
     return QueueMap(bindings)
+
+
+def build_runners(config: configuration.Config, sources: SourceControlFactory) -> RunnerMap:
+    """One build runner per queue with a ``build`` table; :class:`ConfigError` if one cannot
+    be made. ``command`` runners keep their state in ``config.builds_dir`` (created here)."""
+    bindings: dict[str, BuildRunner] = {}
+    for name, spec in config.queues.items():
+        build = spec.build
+        try:
+            if isinstance(build, configuration.CommandBuild):
+                configuration.prepare_builds_dir(config.builds_dir)
+                bindings[name] = CommandBuildRunner(
+                    name, sources.for_queue(name), build.command, build.timeout, config.builds_dir
+                )
+            elif isinstance(build, configuration.FakeBuild):
+                bindings[name] = FakeBuildRunner(
+                    BuildStatus(build.outcome), duration=build.duration
+                )
+        except (SourceControlError, ValueError) as error:
+            raise configuration.ConfigError(f"queue {name!r}: build: {error}") from None
+    return RunnerMap(bindings)
+
+
+def max_concurrent_of(config: configuration.Config) -> Callable[[str], int]:
+    """Each queue's configured ``max_concurrent`` (the default for a queue without a build)."""
+    limits = {
+        name: spec.build.max_concurrent
+        for name, spec in config.queues.items()
+        if spec.build is not None
+    }
+
+    def max_concurrent(queue: str) -> int:
+        return limits.get(queue, configuration.DEFAULT_MAX_CONCURRENT)
+
+    return max_concurrent
 
 
 def _open_configured_storage(config: configuration.Config) -> Storage:
@@ -212,6 +292,7 @@ def _stop_requested_by_signals() -> Iterator[threading.Event]:
 def build_server(config: configuration.Config) -> StovepipeServer:
     """Open storage and source control as ``config`` says and bind the server (not started)."""
     sourcecontrol = build_sourcecontrol(config.queues)
+    runners = build_runners(config, sourcecontrol)
     storage = _open_configured_storage(config)
     try:
         metrics = Metrics()
@@ -220,6 +301,8 @@ def build_server(config: configuration.Config) -> StovepipeServer:
             return StovepipeServer(
                 storage,
                 sourcecontrol,
+                runners=runners,
+                max_concurrent=max_concurrent_of(config),
                 listen=config.listen,
                 max_workers=config.max_workers,
                 metrics=metrics,
@@ -249,8 +332,11 @@ def build_message_queue(config: configuration.Config, metrics: Metrics) -> Messa
 
 
 def run_worker(config: configuration.Config) -> int:
-    """Consume the ``process`` topic (no RPCs) until SIGTERM or SIGINT, then drain within
-    ``config.grace_period``; exit status. Scales the process stage apart from ingest."""
+    """Run the whole pipeline after ingest (process, build, buildsignal, record, dead
+    letters; no RPCs) until SIGTERM or SIGINT, then drain within ``config.grace_period``;
+    exit status. Builds run here as in the servers, so a worker needs the queues' settings."""
+    sourcecontrol = build_sourcecontrol(config.queues)
+    runners = build_runners(config, sourcecontrol)
     metrics = Metrics()
     storage = metrics.instrument(_open_configured_storage(config))
     with contextlib.closing(storage), _stop_requested_by_signals() as stop_requested:
@@ -261,16 +347,23 @@ def run_worker(config: configuration.Config) -> int:
                 "(queue_url sqlite:///, mysql://, redis:// or rediss://), not an in-process one"
             )
         try:
-            message_queue.subscribe(TOPIC_PROCESS, ProcessController(storage).handle)
+            subscribe_pipeline(
+                message_queue,
+                storage,
+                sourcecontrol,
+                runners,
+                max_concurrent=max_concurrent_of(config),
+            )
+            metrics.watch_queues(storage, sourcecontrol, sourcecontrol.queues())
             message_queue.start()
             if config.metrics_listen:
                 port = metrics.serve(config.metrics_listen)
                 logger.info("metrics on http://%s/metrics", _with_port(config.metrics_listen, port))
             logger.info(
-                "stovepipe worker consuming %s from %s",
-                TOPIC_PROCESS,
-                redact(queue_url_of(config)),
+                "stovepipe worker running the pipeline from %s", redact(queue_url_of(config))
             )
+            for line in configuration.describe(config.queues):
+                logger.info("queue %s", line)
             while not stop_requested.wait(1.0):
                 pass
         finally:
@@ -293,6 +386,8 @@ def run(config: configuration.Config) -> bool:
             logger.info("stovepipe serving on %s", server.address)
             for line in configuration.describe(config.queues):
                 logger.info("queue %s", line)
+            if any(isinstance(s.build, configuration.CommandBuild) for s in config.queues.values()):
+                logger.info("builds in %s", config.builds_dir)
             logger.info("storage %s", redact(config.storage_url))
             logger.info("messaging queue %s", redact(queue_url_of(config)))
             if server.metrics_port is not None:

@@ -5,8 +5,8 @@ It holds no business logic. Status codes:
 ======================================================  ====================
 error                                                   status
 ======================================================  ====================
-``InvalidQueue``, ``LimitExceeded``, empty id,          ``INVALID_ARGUMENT``
-a request that does not parse
+``InvalidQueue``, ``LimitExceeded``, ``InvalidPage``,   ``INVALID_ARGUMENT``
+empty id, a request that does not parse
 SourceControl ``NotFound`` (queue, ref), storage        ``NOT_FOUND``
 ``NotFound`` (request)
 storage or SourceControl ``Unavailable``                ``UNAVAILABLE``
@@ -27,8 +27,9 @@ from google.protobuf.message import DecodeError
 
 import stovepipe
 from stovepipe import sourcecontrol, storage
+from stovepipe.controller import queries
 from stovepipe.controller.ingest import IngestController, InvalidQueue
-from stovepipe.entity import Request, RequestState
+from stovepipe.entity import BuildStrategy, Queue, Request, RequestState
 from stovepipe.v1 import stovepipe_pb2 as pb
 from stovepipe.v1 import stovepipe_pb2_grpc as pb_grpc
 
@@ -65,6 +66,11 @@ def _state_to_proto(state: RequestState) -> pb.RequestState:
     return pb.REQUEST_STATE_UNSPECIFIED if value is None else cast(pb.RequestState, value.number)
 
 
+def _strategy_to_proto(strategy: BuildStrategy) -> pb.BuildStrategy:
+    value = pb.BuildStrategy.DESCRIPTOR.values_by_name.get(f"BUILD_STRATEGY_{strategy.name}")
+    return pb.BUILD_STRATEGY_UNSPECIFIED if value is None else cast(pb.BuildStrategy, value.number)
+
+
 def request_to_proto(request: Request) -> pb.Request:
     """The wire form of a :class:`~stovepipe.entity.Request`."""
     return pb.Request(
@@ -73,15 +79,35 @@ def request_to_proto(request: Request) -> pb.Request:
         uri=request.uri,
         state=_state_to_proto(request.state),
         version=request.version,
+        build_strategy=_strategy_to_proto(request.build_strategy),
+        base_uri=request.base_uri,
+    )
+
+
+def queue_to_proto(queue: Queue) -> pb.Queue:
+    """The wire form of a :class:`~stovepipe.entity.Queue` (its version stays inside)."""
+    return pb.Queue(
+        name=queue.name,
+        latest_request_id=queue.latest_request_id,
+        last_green_uri=queue.last_green_uri,
+        last_green_request_id=queue.last_green_request_id,
+        in_flight=queue.in_flight,
     )
 
 
 class StovepipeServicer(pb_grpc.StovepipeServicer):
-    """Serves ``Ping``, ``Ingest`` and ``GetRequest``; thread-safe."""
+    """Serves ``Ping``, ``Ingest``, ``GetRequest``, ``GetQueue`` and ``ListRequests``;
+    thread-safe."""
 
-    def __init__(self, ingest: IngestController, store: storage.Storage) -> None:
+    def __init__(
+        self,
+        ingest: IngestController,
+        store: storage.Storage,
+        sources: sourcecontrol.SourceControlFactory,
+    ) -> None:
         self._ingest = ingest
         self._storage = store
+        self._sources = sources
 
     def Ping(
         self, request: pb.PingRequest | Malformed, context: grpc.ServicerContext
@@ -108,6 +134,36 @@ class StovepipeServicer(pb_grpc.StovepipeServicer):
         stored = self._run(context, lambda: self._storage.requests.get(message.id))
         return pb.GetRequestResponse(request=request_to_proto(stored))
 
+    def GetQueue(
+        self, request: pb.GetQueueRequest | Malformed, context: grpc.ServicerContext
+    ) -> pb.GetQueueResponse:
+        """Reads a queue's state; empty fields for a configured queue never ingested."""
+        message = self._parsed(request, context)
+        queue = self._run(
+            context, lambda: queries.get_queue(self._storage, self._sources, message.queue)
+        )
+        return pb.GetQueueResponse(queue=queue_to_proto(queue))
+
+    def ListRequests(
+        self, request: pb.ListRequestsRequest | Malformed, context: grpc.ServicerContext
+    ) -> pb.ListRequestsResponse:
+        """Lists a queue's requests, newest first, a page at a time."""
+        message = self._parsed(request, context)
+        page = self._run(
+            context,
+            lambda: queries.list_requests(
+                self._storage,
+                self._sources,
+                message.queue,
+                page_size=message.page_size,
+                page_token=message.page_token,
+            ),
+        )
+        return pb.ListRequestsResponse(
+            requests=[request_to_proto(r) for r in page.requests],
+            next_page_token=page.next_page_token,
+        )
+
     @staticmethod
     def _parsed(request: T | Malformed, context: grpc.ServicerContext) -> T:
         if isinstance(request, Malformed):
@@ -126,7 +182,7 @@ class StovepipeServicer(pb_grpc.StovepipeServicer):
             )
         try:
             return work()
-        except (InvalidQueue, storage.LimitExceeded) as error:
+        except (InvalidQueue, storage.LimitExceeded, queries.InvalidPage) as error:
             code, detail = grpc.StatusCode.INVALID_ARGUMENT, str(error)
         except (sourcecontrol.NotFound, storage.NotFound) as error:
             code, detail = grpc.StatusCode.NOT_FOUND, str(error)
@@ -164,6 +220,16 @@ def add_to_server(servicer: StovepipeServicer, server: grpc.Server) -> None:
             servicer.GetRequest,
             request_deserializer=_tolerant(pb.GetRequestRequest.FromString),
             response_serializer=pb.GetRequestResponse.SerializeToString,
+        ),
+        "GetQueue": grpc.unary_unary_rpc_method_handler(
+            servicer.GetQueue,
+            request_deserializer=_tolerant(pb.GetQueueRequest.FromString),
+            response_serializer=pb.GetQueueResponse.SerializeToString,
+        ),
+        "ListRequests": grpc.unary_unary_rpc_method_handler(
+            servicer.ListRequests,
+            request_deserializer=_tolerant(pb.ListRequestsRequest.FromString),
+            response_serializer=pb.ListRequestsResponse.SerializeToString,
         ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))

@@ -43,14 +43,20 @@ OUTCOMES: Final = {
 
 
 def settle_request(
-    storage: Storage, publisher: Publisher, request: Request, outcome: RequestState
+    storage: Storage,
+    publisher: Publisher,
+    request: Request,
+    outcome: RequestState,
+    *,
+    wake: bool = True,
 ) -> Request:
     """Move ``request`` to the terminal ``outcome`` unless it is terminal already (first
     writer wins), freeing its slot if it held one; return the stored request.
 
     The slot is freed *before* the outcome is written: a crash between the two is repeated
     by the redelivery, which finds the request still holding its slot. After a freed slot the
-    queue's newest head is published to process again, in case it waits for the slot.
+    queue's newest head is published to process again (unless ``wake`` is false: a green
+    outcome wakes it from record, once the bookmark moved, so that it builds incrementally).
     """
     freed = False
     while not request.state.terminal:
@@ -66,7 +72,7 @@ def settle_request(
             request = storage.requests.get(request.id)
             continue
         logger.info("request %s %s", request.id, outcome)
-        if freed:
+        if freed and wake:
             wake_newest(storage, publisher, request.queue)
         return dataclasses.replace(settled, version=request.version + 1)
     return request
@@ -116,7 +122,13 @@ class BuildSignalController:
         if not build.status.terminal:
             build = self._follow(build, request)
         outcome = OUTCOMES[build.status]
-        request = settle_request(self._storage, self._publisher, request, outcome)
+        request = settle_request(
+            self._storage,
+            self._publisher,
+            request,
+            outcome,
+            wake=outcome != RequestState.SUCCEEDED,
+        )
         if request.state == outcome:
             # This build decided the request (also when a crash came before the publish).
             payload = encode(RecordRequest(id=request.id, queue=request.queue))

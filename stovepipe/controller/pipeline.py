@@ -45,7 +45,7 @@ def subscribe_pipeline(
         TOPIC_BUILDSIGNAL,
         BuildSignalController(storage, runners, messaging, poll_interval).handle,
     )
-    record = RecordController(storage, sources).handle
+    record = RecordController(storage, sources, messaging).handle
     messaging.subscribe(TOPIC_RECORD, record)
     messaging.subscribe(dead_letter_topic(TOPIC_RECORD), record)
     dead_letters = DeadLetterController(storage, runners, messaging).handle

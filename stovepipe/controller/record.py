@@ -13,11 +13,12 @@ import logging
 import time
 from collections.abc import Callable
 
+from stovepipe.controller.buildsignal import wake_newest
 from stovepipe.controller.process import load_request
 from stovepipe.controller.queues import change_queue, request_number
 from stovepipe.entity import Fact, Queue, RequestState
 from stovepipe.messagequeue.codec import decode
-from stovepipe.messagequeue.contract import Message
+from stovepipe.messagequeue.contract import Message, Publisher
 from stovepipe.messagequeue.v1.messagequeue_pb2 import RecordRequest
 from stovepipe.sourcecontrol import contract as sourcecontrol
 from stovepipe.sourcecontrol.contract import SourceControlFactory
@@ -39,17 +40,20 @@ class RecordController:
         self,
         storage: Storage,
         sources: SourceControlFactory,
+        publisher: Publisher,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._storage = storage
         self._sources = sources
+        self._publisher = publisher
         self._clock = clock
 
     def handle(self, message: Message) -> None:
         """Record the outcome of the request a ``RecordRequest`` names.
 
         Raises :class:`~stovepipe.messagequeue.contract.PermanentFailure` for a malformed
-        payload or a missing request; storage and SourceControl ``Unavailable`` propagate.
+        payload or a missing request; storage and SourceControl ``Unavailable`` propagate. A
+        promotion the source refuses is logged, not retried.
         """
         named = decode(message.payload, RecordRequest, "id")
         request = load_request(self._storage, named.id, named.queue, "record")
@@ -77,6 +81,8 @@ class RecordController:
 
         queue = change_queue(self._storage, request.queue, forward)
         self._promote(queue)
+        # The next head waited for this request's slot; now it can build from the bookmark.
+        wake_newest(self._storage, self._publisher, request.queue)
 
     def _promote(self, queue: Queue) -> None:
         """Move the promotion ref to the bookmark; a bookmark a rewrite dropped stays put."""
@@ -84,5 +90,6 @@ class RecordController:
         try:
             if source.promote(queue.last_green_uri):
                 logger.info("promoted %s to %s", queue.name, queue.last_green_uri)
-        except sourcecontrol.NotFound as error:
+        except sourcecontrol.SourceControlError as error:
+            # A rewrite dropped the commit, or the branch is checked out: the bookmark stands.
             logger.warning("could not promote %s: %s", queue.name, error)

@@ -24,15 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cstovepipe/v1/stovepipe.proto\x12\x0cstovepipe.v1\"\r\n\x0bPingRequest\"\x1f\n\x0cPingResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\"\x1e\n\rIngestRequest\x12\r\n\x05queue\x18\x01 \x01(\t\")\n\x0eIngestResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0b\n\x03uri\x18\x02 \x01(\t\"\x1f\n\x11GetRequestRequest\x12\n\n\x02id\x18\x01 \x01(\t\"<\n\x12GetRequestResponse\x12&\n\x07request\x18\x01 \x01(\x0b\x32\x15.stovepipe.v1.Request\"m\n\x07Request\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x0b\n\x03uri\x18\x03 \x01(\t\x12)\n\x05state\x18\x04 \x01(\x0e\x32\x1a.stovepipe.v1.RequestState\x12\x0f\n\x07version\x18\x05 \x01(\x03*I\n\x0cRequestState\x12\x1d\n\x19REQUEST_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16REQUEST_STATE_ACCEPTED\x10\x01\x32\xe0\x01\n\tStovepipe\x12=\n\x04Ping\x12\x19.stovepipe.v1.PingRequest\x1a\x1a.stovepipe.v1.PingResponse\x12\x43\n\x06Ingest\x12\x1b.stovepipe.v1.IngestRequest\x1a\x1c.stovepipe.v1.IngestResponse\x12O\n\nGetRequest\x12\x1f.stovepipe.v1.GetRequestRequest\x1a .stovepipe.v1.GetRequestResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cstovepipe/v1/stovepipe.proto\x12\x0cstovepipe.v1\"\r\n\x0bPingRequest\"\x1f\n\x0cPingResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\"\x1e\n\rIngestRequest\x12\r\n\x05queue\x18\x01 \x01(\t\")\n\x0eIngestResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0b\n\x03uri\x18\x02 \x01(\t\"\x1f\n\x11GetRequestRequest\x12\n\n\x02id\x18\x01 \x01(\t\"<\n\x12GetRequestResponse\x12&\n\x07request\x18\x01 \x01(\x0b\x32\x15.stovepipe.v1.Request\" \n\x0fGetQueueRequest\x12\r\n\x05queue\x18\x01 \x01(\t\"6\n\x10GetQueueResponse\x12\"\n\x05queue\x18\x01 \x01(\x0b\x32\x13.stovepipe.v1.Queue\"K\n\x13ListRequestsRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"X\n\x14ListRequestsResponse\x12\'\n\x08requests\x18\x01 \x03(\x0b\x32\x15.stovepipe.v1.Request\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xb4\x01\n\x07Request\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x0b\n\x03uri\x18\x03 \x01(\t\x12)\n\x05state\x18\x04 \x01(\x0e\x32\x1a.stovepipe.v1.RequestState\x12\x0f\n\x07version\x18\x05 \x01(\x03\x12\x33\n\x0e\x62uild_strategy\x18\x06 \x01(\x0e\x32\x1b.stovepipe.v1.BuildStrategy\x12\x10\n\x08\x62\x61se_uri\x18\x07 \x01(\t\"z\n\x05Queue\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x19\n\x11latest_request_id\x18\x02 \x01(\t\x12\x16\n\x0elast_green_uri\x18\x03 \x01(\t\x12\x1d\n\x15last_green_request_id\x18\x04 \x01(\t\x12\x11\n\tin_flight\x18\x05 \x01(\x03*\xd9\x01\n\x0cRequestState\x12\x1d\n\x19REQUEST_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16REQUEST_STATE_ACCEPTED\x10\x01\x12\x1c\n\x18REQUEST_STATE_PROCESSING\x10\x02\x12\x1c\n\x18REQUEST_STATE_SUPERSEDED\x10\x03\x12\x1b\n\x17REQUEST_STATE_SUCCEEDED\x10\x04\x12\x18\n\x14REQUEST_STATE_FAILED\x10\x05\x12\x1b\n\x17REQUEST_STATE_CANCELLED\x10\x06*h\n\rBuildStrategy\x12\x1e\n\x1a\x42UILD_STRATEGY_UNSPECIFIED\x10\x00\x12\x17\n\x13\x42UILD_STRATEGY_FULL\x10\x01\x12\x1e\n\x1a\x42UILD_STRATEGY_INCREMENTAL\x10\x02\x32\x82\x03\n\tStovepipe\x12=\n\x04Ping\x12\x19.stovepipe.v1.PingRequest\x1a\x1a.stovepipe.v1.PingResponse\x12\x43\n\x06Ingest\x12\x1b.stovepipe.v1.IngestRequest\x1a\x1c.stovepipe.v1.IngestResponse\x12O\n\nGetRequest\x12\x1f.stovepipe.v1.GetRequestRequest\x1a .stovepipe.v1.GetRequestResponse\x12I\n\x08GetQueue\x12\x1d.stovepipe.v1.GetQueueRequest\x1a\x1e.stovepipe.v1.GetQueueResponse\x12U\n\x0cListRequests\x12!.stovepipe.v1.ListRequestsRequest\x1a\".stovepipe.v1.ListRequestsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'stovepipe.v1.stovepipe_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REQUESTSTATE']._serialized_start=375
-  _globals['_REQUESTSTATE']._serialized_end=448
+  _globals['_REQUESTSTATE']._serialized_start=829
+  _globals['_REQUESTSTATE']._serialized_end=1046
+  _globals['_BUILDSTRATEGY']._serialized_start=1048
+  _globals['_BUILDSTRATEGY']._serialized_end=1152
   _globals['_PINGREQUEST']._serialized_start=46
   _globals['_PINGREQUEST']._serialized_end=59
   _globals['_PINGRESPONSE']._serialized_start=61
@@ -45,8 +47,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETREQUESTREQUEST']._serialized_end=200
   _globals['_GETREQUESTRESPONSE']._serialized_start=202
   _globals['_GETREQUESTRESPONSE']._serialized_end=262
-  _globals['_REQUEST']._serialized_start=264
-  _globals['_REQUEST']._serialized_end=373
-  _globals['_STOVEPIPE']._serialized_start=451
-  _globals['_STOVEPIPE']._serialized_end=675
+  _globals['_GETQUEUEREQUEST']._serialized_start=264
+  _globals['_GETQUEUEREQUEST']._serialized_end=296
+  _globals['_GETQUEUERESPONSE']._serialized_start=298
+  _globals['_GETQUEUERESPONSE']._serialized_end=352
+  _globals['_LISTREQUESTSREQUEST']._serialized_start=354
+  _globals['_LISTREQUESTSREQUEST']._serialized_end=429
+  _globals['_LISTREQUESTSRESPONSE']._serialized_start=431
+  _globals['_LISTREQUESTSRESPONSE']._serialized_end=519
+  _globals['_REQUEST']._serialized_start=522
+  _globals['_REQUEST']._serialized_end=702
+  _globals['_QUEUE']._serialized_start=704
+  _globals['_QUEUE']._serialized_end=826
+  _globals['_STOVEPIPE']._serialized_start=1155
+  _globals['_STOVEPIPE']._serialized_end=1541
 # @@protoc_insertion_point(module_scope)

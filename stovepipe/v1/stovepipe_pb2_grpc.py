@@ -26,8 +26,9 @@ if _version_not_supported:
 
 
 class StovepipeStub:
-    """Stovepipe tells at which commit a branch is green. This is its entry: pollers report a
-    queue's new head with Ingest, and anyone can read a request back with GetRequest.
+    """Stovepipe tells at which commit a branch is green. Pollers report a queue's new head with
+    Ingest; the pipeline builds each admitted head and keeps, per queue, a bookmark of the last
+    green commit, which GetQueue reads. GetRequest and ListRequests read the requests back.
     """
 
     def __init__(self, channel):
@@ -51,11 +52,22 @@ class StovepipeStub:
                 request_serializer=stovepipe_dot_v1_dot_stovepipe__pb2.GetRequestRequest.SerializeToString,
                 response_deserializer=stovepipe_dot_v1_dot_stovepipe__pb2.GetRequestResponse.FromString,
                 _registered_method=True)
+        self.GetQueue = channel.unary_unary(
+                '/stovepipe.v1.Stovepipe/GetQueue',
+                request_serializer=stovepipe_dot_v1_dot_stovepipe__pb2.GetQueueRequest.SerializeToString,
+                response_deserializer=stovepipe_dot_v1_dot_stovepipe__pb2.GetQueueResponse.FromString,
+                _registered_method=True)
+        self.ListRequests = channel.unary_unary(
+                '/stovepipe.v1.Stovepipe/ListRequests',
+                request_serializer=stovepipe_dot_v1_dot_stovepipe__pb2.ListRequestsRequest.SerializeToString,
+                response_deserializer=stovepipe_dot_v1_dot_stovepipe__pb2.ListRequestsResponse.FromString,
+                _registered_method=True)
 
 
 class StovepipeServicer:
-    """Stovepipe tells at which commit a branch is green. This is its entry: pollers report a
-    queue's new head with Ingest, and anyone can read a request back with GetRequest.
+    """Stovepipe tells at which commit a branch is green. Pollers report a queue's new head with
+    Ingest; the pipeline builds each admitted head and keeps, per queue, a bookmark of the last
+    green commit, which GetQueue reads. GetRequest and ListRequests read the requests back.
     """
 
     def Ping(self, request, context):
@@ -85,6 +97,27 @@ class StovepipeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetQueue(self, request, context):
+        """Reads a queue's state: its newest request, the last green commit, its builds in flight.
+        A configured queue nothing was ingested for yet answers with empty fields.
+        Errors: INVALID_ARGUMENT for an empty or oversized queue name; NOT_FOUND for a queue that
+        is neither configured nor stored; UNAVAILABLE when storage cannot be reached; INTERNAL
+        for anything else.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRequests(self, request, context):
+        """Lists a queue's requests, newest first, a page at a time.
+        Errors: INVALID_ARGUMENT for an empty or oversized queue name, a negative page_size or a
+        page_token this method did not issue; NOT_FOUND as for GetQueue; UNAVAILABLE when storage
+        cannot be reached; INTERNAL for anything else.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StovepipeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -103,6 +136,16 @@ def add_StovepipeServicer_to_server(servicer, server):
                     request_deserializer=stovepipe_dot_v1_dot_stovepipe__pb2.GetRequestRequest.FromString,
                     response_serializer=stovepipe_dot_v1_dot_stovepipe__pb2.GetRequestResponse.SerializeToString,
             ),
+            'GetQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetQueue,
+                    request_deserializer=stovepipe_dot_v1_dot_stovepipe__pb2.GetQueueRequest.FromString,
+                    response_serializer=stovepipe_dot_v1_dot_stovepipe__pb2.GetQueueResponse.SerializeToString,
+            ),
+            'ListRequests': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRequests,
+                    request_deserializer=stovepipe_dot_v1_dot_stovepipe__pb2.ListRequestsRequest.FromString,
+                    response_serializer=stovepipe_dot_v1_dot_stovepipe__pb2.ListRequestsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'stovepipe.v1.Stovepipe', rpc_method_handlers)
@@ -112,8 +155,9 @@ def add_StovepipeServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Stovepipe:
-    """Stovepipe tells at which commit a branch is green. This is its entry: pollers report a
-    queue's new head with Ingest, and anyone can read a request back with GetRequest.
+    """Stovepipe tells at which commit a branch is green. Pollers report a queue's new head with
+    Ingest; the pipeline builds each admitted head and keeps, per queue, a bookmark of the last
+    green commit, which GetQueue reads. GetRequest and ListRequests read the requests back.
     """
 
     @staticmethod
@@ -187,6 +231,60 @@ class Stovepipe:
             '/stovepipe.v1.Stovepipe/GetRequest',
             stovepipe_dot_v1_dot_stovepipe__pb2.GetRequestRequest.SerializeToString,
             stovepipe_dot_v1_dot_stovepipe__pb2.GetRequestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stovepipe.v1.Stovepipe/GetQueue',
+            stovepipe_dot_v1_dot_stovepipe__pb2.GetQueueRequest.SerializeToString,
+            stovepipe_dot_v1_dot_stovepipe__pb2.GetQueueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRequests(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stovepipe.v1.Stovepipe/ListRequests',
+            stovepipe_dot_v1_dot_stovepipe__pb2.ListRequestsRequest.SerializeToString,
+            stovepipe_dot_v1_dot_stovepipe__pb2.ListRequestsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -172,7 +172,9 @@ def test_bookmark_moves_forward_only_an_older_green_never_moves_it_back(
         "request/monorepo/main/3", QUEUE, "fake://monorepo/c1", RequestState.SUCCEEDED, 1
     )
     pipeline.storage.requests.create(older)
-    record = RecordController(pipeline.storage, QueueMap({QUEUE: pipeline.source}))
+    record = RecordController(
+        pipeline.storage, QueueMap({QUEUE: pipeline.source}), pipeline.messaging
+    )
     record.handle(Message(TOPIC_RECORD, QUEUE, encode(RecordRequest(id=older.id, queue=QUEUE)), 1))
 
     assert pipeline.queue().last_green_request_id == newer

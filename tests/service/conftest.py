@@ -6,9 +6,15 @@ from __future__ import annotations
 import pathlib
 from collections.abc import Callable, Iterator, Mapping
 
+import grpc
 import pytest
 
-from stovepipe.sourcecontrol import SourceControl
+from stovepipe.buildrunner import BuildRunner, RunnerMap
+from stovepipe.client import StovepipeClient
+from stovepipe.metrics import Metrics
+from stovepipe.server import StovepipeServer
+from stovepipe.sourcecontrol import QueueMap, SourceControl
+from stovepipe.storage import open_storage
 from stovepipe.testing import (
     GitRepository,
     Running,
@@ -37,6 +43,43 @@ def start_server(tmp_path: pathlib.Path) -> Iterator[StartServer]:
         running = start_in_process(
             sources, url, listen=listen, max_workers=max_workers, metrics_listen=metrics_listen
         )
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.stop()
+
+
+@pytest.fixture
+def start_pipeline(tmp_path: pathlib.Path) -> Iterator[Callable[..., Running]]:
+    """``start(sources, runners, max_concurrent=1, metrics_listen="")`` starts a server in
+    this process that runs the whole pipeline (buildsignal polling every 20 ms) on SQLite in
+    ``tmp_path``; queues without a runner are ingest-only. Stopped at teardown."""
+    started: list[Running] = []
+
+    def start(
+        sources: Mapping[str, SourceControl],
+        runners: Mapping[str, BuildRunner],
+        *,
+        max_concurrent: int = 1,
+        metrics_listen: str = "",
+    ) -> Running:
+        url = f"sqlite:///{tmp_path / f'pipeline-{len(started)}.db'}"
+        server = StovepipeServer(
+            open_storage(url),
+            QueueMap(sources),
+            runners=RunnerMap(runners),
+            max_concurrent=lambda queue: max_concurrent,
+            poll_interval=0.02,
+            listen="127.0.0.1:0",
+            max_workers=8,
+            metrics=Metrics(process_metrics=False),
+            metrics_listen=metrics_listen,
+        )
+        server.start()
+        channel = grpc.insecure_channel(server.address)
+        running = Running(server, channel, StovepipeClient(channel), url)
         started.append(running)
         return running
 

@@ -1,4 +1,5 @@
-"""The ``stovepipe`` command: client commands, one-line failures, the poller, migrate."""
+"""The ``stovepipe`` command: client commands (status and green included), one-line failures,
+the poller, migrate."""
 
 from __future__ import annotations
 
@@ -8,13 +9,17 @@ import pathlib
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 
 import pytest
 
 import stovepipe
 from stovepipe import cli
+from stovepipe.buildrunner.fake import FakeBuildRunner
+from stovepipe.entity import BuildStatus
 from stovepipe.sourcecontrol.fake import FakeSourceControl
-from stovepipe.testing import StartServer, run_cli, stovepipe_command
+from stovepipe.testing import Running, StartServer, run_cli, stovepipe_command
+from stovepipe.v1 import stovepipe_pb2 as pb
 
 CLOSED_PORT = "127.0.0.1:1"  # nothing listens on port 1 without privileges
 FAKE_CONFIG = 'storage_url = "sqlite:///{db}"\n[queues."q"]\ntype = "fake"\ncommits = ["c1"]\n'
@@ -28,7 +33,10 @@ def test_an_unreachable_server_is_a_one_line_error_and_exit_status_3() -> None:
     assert line.startswith(f"stovepipe: cannot reach server at {CLOSED_PORT}")
 
 
-@pytest.mark.parametrize("command", [["ping"], ["get", "request/q/1"], ["ingest", "q"]])
+@pytest.mark.parametrize(
+    "command",
+    [["ping"], ["get", "request/q/1"], ["ingest", "q"], ["status", "q"], ["green", "q"]],
+)
 def test_every_client_command_reports_an_unreachable_server_without_a_traceback(
     command: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -84,6 +92,8 @@ def test_ingest_prints_the_id_and_get_prints_the_request_as_json(
         "uri": "fake://q/c1",
         "state": "accepted",
         "version": 1,
+        "build_strategy": "",
+        "base_uri": "",
     }
 
 
@@ -266,7 +276,13 @@ NOT_UTF8 = b"\xff".decode("utf-8", "surrogateescape")
 
 @pytest.mark.parametrize(
     "command",
-    [["ingest", NOT_UTF8], ["get", NOT_UTF8], ["poll", NOT_UTF8, "--every", "1"]],
+    [
+        ["ingest", NOT_UTF8],
+        ["get", NOT_UTF8],
+        ["poll", NOT_UTF8, "--every", "1"],
+        ["status", NOT_UTF8],
+        ["green", NOT_UTF8],
+    ],
 )
 def test_an_argument_that_is_not_valid_utf8_is_a_one_line_error_and_exit_status_2(
     command: list[str], capsys: pytest.CaptureFixture[str]
@@ -282,3 +298,124 @@ def test_a_raw_byte_argument_from_the_shell_is_a_one_line_error_and_exit_status_
     assert result.returncode == cli.EXIT_USAGE
     (line,) = result.stderr.strip().splitlines()
     assert "not valid UTF-8" in line
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:g} s")
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def green_then_red(start_pipeline: Callable[..., Running]) -> Running:
+    """A server whose queue ``q`` has a green first commit and a red second one, recorded."""
+    source = FakeSourceControl(["c1"], name="q")
+    runner = FakeBuildRunner(outcomes={"fake://q/c2": BuildStatus.FAILED})
+    running = start_pipeline({"q": source, "idle": FakeSourceControl(["c1"])}, {"q": runner})
+    client = running.client
+
+    def state(request_id: str) -> int:
+        response = client.GetRequest(pb.GetRequestRequest(id=request_id), timeout=10)
+        return int(response.request.state)
+
+    def queue() -> pb.Queue:
+        return client.GetQueue(pb.GetQueueRequest(queue="q"), timeout=10).queue
+
+    client.Ingest(pb.IngestRequest(queue="q"), timeout=10)
+    wait_until(lambda: queue().last_green_uri == "fake://q/c1", "c1 is green")
+    source.push("c2")
+    client.Ingest(pb.IngestRequest(queue="q"), timeout=10)
+    wait_until(lambda: state("request/q/2") == pb.REQUEST_STATE_FAILED, "c2 is red")
+    return running
+
+
+def test_status_prints_the_last_green_commit_the_slots_in_flight_and_the_newest_requests(
+    green_then_red: Running, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["status", "q", "--server", green_then_red.address]) == 0
+    assert capsys.readouterr().out == (
+        "queue       q\n"
+        "last green  fake://q/c1 (request/q/1)\n"
+        "in flight   0\n"
+        "\n"
+        "REQUEST      STATE      BUILD        COMMIT\n"
+        "request/q/2  failed     incremental  fake://q/c2\n"
+        "request/q/1  succeeded  full         fake://q/c1\n"
+    )
+
+
+def test_status_limit_shows_only_the_newest_requests(
+    green_then_red: Running, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["status", "q", "--limit", "1", "--server", green_then_red.address]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2].startswith("REQUEST")
+    assert lines[-1].startswith("request/q/2 ")
+
+
+def test_status_json_is_one_line_for_scripts(
+    green_then_red: Running, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["status", "q", "--json", "--server", green_then_red.address]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1
+    document = json.loads(out)
+    assert {key: value for key, value in document.items() if key != "requests"} == {
+        "queue": "q",
+        "latest_request_id": "request/q/2",
+        "last_green_uri": "fake://q/c1",
+        "last_green_request_id": "request/q/1",
+        "in_flight": 0,
+    }
+    assert [
+        (r["id"], r["state"], r["build_strategy"], r["base_uri"]) for r in document["requests"]
+    ] == [
+        ("request/q/2", "failed", "incremental", "fake://q/c1"),
+        ("request/q/1", "succeeded", "full", ""),
+    ]
+
+
+def test_status_of_a_queue_never_ingested_says_so(
+    green_then_red: Running, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["status", "idle", "--server", green_then_red.address]) == 0
+    assert capsys.readouterr().out == (
+        "queue       idle\nlast green  none yet\nin flight   0\n\nno requests yet\n"
+    )
+
+
+def test_green_prints_the_last_green_uri(
+    green_then_red: Running, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["green", "q", "--server", green_then_red.address]) == 0
+    assert capsys.readouterr().out == "fake://q/c1\n"
+
+
+def test_green_without_a_green_commit_yet_is_a_one_line_error_and_exit_status_1(
+    green_then_red: Running, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["green", "idle", "--server", green_then_red.address]) == cli.EXIT_SERVER_ERROR
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == "stovepipe: queue 'idle' has no green commit yet\n"
+
+
+@pytest.mark.parametrize("command", ["status", "green"])
+def test_status_and_green_of_an_unknown_queue_are_not_found_and_exit_status_1(
+    start_server: StartServer, command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    running = start_server({"q": FakeSourceControl(["c1"])})
+    assert cli.main([command, "nope", "--server", running.address]) == cli.EXIT_SERVER_ERROR
+    assert capsys.readouterr().err == "stovepipe: NOT_FOUND: unknown queue 'nope'\n"
+
+
+@pytest.mark.parametrize("limit", ["0", "101", "ten"])
+def test_status_limit_outside_1_to_100_is_a_usage_error_and_exit_status_2(
+    limit: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["status", "q", "--limit", limit, "--server", CLOSED_PORT])
+    assert caught.value.code == cli.EXIT_USAGE
+    assert "--limit" in capsys.readouterr().err

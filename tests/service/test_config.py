@@ -9,8 +9,10 @@ from collections.abc import Callable
 import pytest
 
 from stovepipe import config
-from stovepipe.config import ConfigError, FakeQueue, GitQueue
-from stovepipe.server import build_sourcecontrol
+from stovepipe.buildrunner.command import CommandBuildRunner
+from stovepipe.buildrunner.fake import FakeBuildRunner
+from stovepipe.config import CommandBuild, ConfigError, FakeBuild, FakeQueue, GitQueue
+from stovepipe.server import build_runners, build_sourcecontrol, has_runner, max_concurrent_of
 from stovepipe.testing import GitRepository
 
 FAKE_QUEUE = '[queues."q"]\ntype = "fake"\ncommits = ["c2", "c1"]\n'
@@ -94,6 +96,7 @@ def test_queues_map_names_to_git_and_fake_sources_with_paths_relative_to_the_fil
         ('[queues."q"]\ntype = "git"\nref = "main"\n', "path is required"),
         ('[queues."q"]\ntype = "fake"\ncommits = "c1"\n', "commits must be a list"),
         ('[queues."q"]\ntype = "fake"\nbranch = "x"\n', "unknown key(s) branch"),
+        ('[queues."q"]\ntype = "git"\npath = "."\nref = "main"\npromote_ref = ""\n', "promote_ref"),
     ],
 )
 def test_invalid_configuration_is_a_one_line_error_naming_the_setting(
@@ -192,4 +195,182 @@ def test_default_data_directory_keeps_itself_out_of_git_status(
     url = config.load(environ={}, cwd=repo.path).storage_url
     config.prepare_default_storage(url)
     (repo.path / ".stovepipe" / "stovepipe.db").write_bytes(b"")
+    assert repo.git("status", "--porcelain") == ""
+
+
+BUILT_QUEUES = """
+[queues."mono/main"]
+type = "git"
+path = "../mono"
+ref = "main"
+promote_ref = "green"
+
+[queues."mono/main".build]
+type = "command"
+command = "make test"
+timeout = 600
+max_concurrent = 2
+
+[queues."demo/main"]
+type = "fake"
+commits = ["c1"]
+
+[queues."demo/main".build]
+type = "fake"
+outcome = "failed"
+duration = 0.5
+
+[queues."plain/main"]
+type = "fake"
+commits = ["c1"]
+"""
+
+
+def test_a_queues_build_table_configures_its_runner_and_a_queue_without_one_is_ingest_only(
+    tmp_path: pathlib.Path, git_repository: Callable[..., GitRepository]
+) -> None:
+    repo = git_repository("mono")
+    repo.commit()
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    loaded = config.load(write(etc / "s.toml", BUILT_QUEUES), environ={}, cwd=tmp_path)
+    assert loaded.queues["mono/main"] == GitQueue(
+        path=repo.path,
+        ref="main",
+        promote_ref="green",
+        build=CommandBuild(command="make test", timeout=600, max_concurrent=2),
+    )
+    assert loaded.queues["demo/main"] == FakeQueue(
+        commits=("c1",), build=FakeBuild(outcome="failed", duration=0.5)
+    )
+    assert loaded.queues["plain/main"] == FakeQueue(commits=("c1",))
+
+    sources = build_sourcecontrol(loaded.queues)
+    runners = build_runners(loaded, sources)
+    assert runners.queues() == ["demo/main", "mono/main"]
+    assert isinstance(runners.for_queue("mono/main"), CommandBuildRunner)
+    assert isinstance(runners.for_queue("demo/main"), FakeBuildRunner)
+    assert not has_runner(runners)("plain/main")
+    limit = max_concurrent_of(loaded)
+    assert (limit("mono/main"), limit("demo/main"), limit("plain/main")) == (2, 1, 1)
+
+
+def test_a_command_build_defaults_to_a_1800_second_timeout_and_one_build_at_once(
+    tmp_path: pathlib.Path,
+) -> None:
+    file = write(
+        tmp_path / "s.toml",
+        FAKE_QUEUE + '[queues."q".build]\ntype = "command"\ncommand = "true"\n',
+    )
+    assert config.load(file, environ={}, cwd=tmp_path).queues["q"].build == CommandBuild(
+        command="true", timeout=1800.0, max_concurrent=1
+    )
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        ('type = "make"\n', 'build: type must be "command" or "fake"'),
+        ('type = "command"\n', "build: command is required"),
+        ('type = "command"\ncommand = "  "\n', "build: command is required"),
+        ('type = "command"\ncommand = "true"\ntimeout = 0\n', "timeout must be more than 0"),
+        ('type = "command"\ncommand = "true"\ntimeout = -1\n', "timeout must be a finite number"),
+        ('type = "command"\ncommand = "true"\ntimeout = inf\n', "timeout must be a finite number"),
+        ('type = "command"\ncommand = "true"\ntimeout = "1"\n', "timeout must be a finite number"),
+        ('type = "command"\ncommand = "true"\nmax_concurrent = 0\n', "max_concurrent must be"),
+        ('type = "command"\ncommand = "true"\nmax_concurrent = 1.5\n', "max_concurrent must be"),
+        ('type = "command"\ncommand = "true"\nmax_concurrent = true\n', "max_concurrent must be"),
+        ('type = "command"\ncommand = "true"\nretries = 2\n', "build: unknown key(s) retries"),
+        ('type = "fake"\noutcome = "green"\n', "outcome must be one of succeeded, failed"),
+        ('type = "fake"\nduration = -0.5\n', "duration must be a finite number"),
+        ('type = "fake"\ncommand = "true"\n', "build: unknown key(s) command"),
+    ],
+)
+def test_an_invalid_build_table_is_a_one_line_error_naming_the_queue_and_key(
+    tmp_path: pathlib.Path, build: str, message: str
+) -> None:
+    file = write(tmp_path / "s.toml", FAKE_QUEUE + '[queues."q".build]\n' + build)
+    with pytest.raises(ConfigError) as caught:
+        config.load(file, environ={}, cwd=tmp_path)
+    assert message in str(caught.value)
+    assert str(caught.value).startswith("queue 'q' build")
+    assert "\n" not in str(caught.value)
+
+
+def test_a_build_that_is_not_a_table_is_a_configuration_error(tmp_path: pathlib.Path) -> None:
+    file = write(tmp_path / "s.toml", '[queues."q"]\ntype = "fake"\nbuild = "make test"\n')
+    with pytest.raises(ConfigError, match="build must be a table"):
+        config.load(file, environ={}, cwd=tmp_path)
+
+
+@pytest.mark.parametrize("promote_ref", ["main", "refs/heads/main", "refs/tags/green", "bad..ref"])
+def test_a_promotion_ref_that_is_the_queues_own_ref_or_not_a_branch_is_a_configuration_error(
+    tmp_path: pathlib.Path, git_repository: Callable[..., GitRepository], promote_ref: str
+) -> None:
+    git_repository("mono").commit()
+    file = write(
+        tmp_path / "s.toml",
+        f'[queues."q"]\ntype = "git"\npath = "mono"\nref = "main"\npromote_ref = "{promote_ref}"\n',
+    )
+    with pytest.raises(ConfigError, match="queue 'q'"):
+        build_sourcecontrol(config.load(file, environ={}, cwd=tmp_path).queues)
+
+
+def test_build_command_gives_the_default_queue_a_command_build_from_flag_or_environment(
+    git_repository: Callable[..., GitRepository],
+) -> None:
+    repo = git_repository("webapp")
+    from_env = config.load(environ={"STOVEPIPE_BUILD_COMMAND": "make test"}, cwd=repo.path)
+    assert from_env.queues == {
+        "webapp/main": GitQueue(path=repo.path, ref="main", build=CommandBuild("make test"))
+    }
+    from_flag = config.load(
+        environ={"STOVEPIPE_BUILD_COMMAND": "make test"},
+        overrides={"build_command": "make check"},
+        cwd=repo.path,
+    )
+    assert from_flag.queues["webapp/main"].build == CommandBuild("make check")
+    without = config.load(environ={}, cwd=repo.path)
+    assert without.queues["webapp/main"].build is None  # ingest-only
+
+
+def test_build_command_with_configured_queues_is_a_configuration_error(
+    tmp_path: pathlib.Path,
+) -> None:
+    file = write(tmp_path / "s.toml", FAKE_QUEUE)
+    with pytest.raises(ConfigError, match=r"build_command builds the default queue only"):
+        config.load(file, environ={"STOVEPIPE_BUILD_COMMAND": "make test"}, cwd=tmp_path)
+
+
+def test_builds_dir_defaults_to_the_data_directory_and_a_relative_one_follows_its_setter(
+    tmp_path: pathlib.Path,
+) -> None:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    plain = write(etc / "plain.toml", FAKE_QUEUE)
+    assert config.load(plain, environ={}, cwd=tmp_path).builds_dir == (
+        tmp_path.resolve() / ".stovepipe" / "builds"
+    )
+    file = write(etc / "s.toml", 'builds_dir = "var/builds"\n' + FAKE_QUEUE)
+    # Set in the file: relative to the file, like a git queue's path.
+    assert config.load(file, environ={}, cwd=tmp_path).builds_dir == etc / "var" / "builds"
+    # Set by the environment or a flag: relative to the directory the server starts in.
+    from_env = config.load(file, environ={"STOVEPIPE_BUILDS_DIR": "b"}, cwd=tmp_path)
+    assert from_env.builds_dir == tmp_path / "b"
+    from_flag = config.load(file, environ={}, overrides={"builds_dir": "/srv/b"}, cwd=tmp_path)
+    assert from_flag.builds_dir == pathlib.Path("/srv/b")
+
+
+def test_the_default_builds_dir_is_kept_out_of_git_status_whatever_the_storage(
+    git_repository: Callable[..., GitRepository],
+) -> None:
+    repo = git_repository("webapp")
+    repo.commit()
+    loaded = config.load(
+        environ={"STOVEPIPE_BUILD_COMMAND": "true", "STOVEPIPE_STORAGE_URL": "memory://"},
+        cwd=repo.path,
+    )
+    build_runners(loaded, build_sourcecontrol(loaded.queues))
+    assert (repo.path / ".stovepipe" / "builds").is_dir()
+    (repo.path / ".stovepipe" / "builds" / "x").write_text("state", encoding="utf-8")
     assert repo.git("status", "--porcelain") == ""

@@ -1,18 +1,22 @@
-"""Metrics: every RPC (count by status code, latency) and every storage operation (count by
-outcome, latency), scraped from the server's /metrics endpoint over HTTP."""
+"""Metrics: every RPC (count by status code, latency), every storage operation (count by
+outcome, latency), and the pipeline (terminal requests and builds counted, per-queue gauges
+read at the scrape), scraped from the server's /metrics endpoint over HTTP or read from the
+registry."""
 
 from __future__ import annotations
 
+import dataclasses
 import urllib.request
 
 import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from stovepipe.entity import Request, RequestState
+from stovepipe.entity import Build, BuildStatus, Fact, Queue, Request, RequestState
 from stovepipe.metrics import Metrics
+from stovepipe.sourcecontrol import QueueMap
 from stovepipe.sourcecontrol.fake import FakeSourceControl
-from stovepipe.storage import AlreadyExists, NotFound, open_storage
+from stovepipe.storage import AlreadyExists, NotFound, VersionMismatch, open_storage
 from stovepipe.testing import StartServer
 from stovepipe.v1 import stovepipe_pb2 as pb
 
@@ -110,3 +114,66 @@ def test_storage_instrumentation_wraps_any_storage_without_changing_its_answers(
     assert count("requests", "get", "ok") == 1
     assert count("request_uris", "get_id_by_uri", "NotFound") == 1
     assert count("counter", "next", "ok") == 1
+
+
+def test_the_pipeline_stores_are_instrumented_and_only_stored_terminal_changes_are_counted() -> (
+    None
+):
+    metrics = Metrics(process_metrics=False)
+    with metrics.instrument(open_storage("memory://")) as store:
+        accepted = Request("request/mono/main/1", "mono/main", "uri", RequestState.ACCEPTED, 1)
+        store.requests.create(accepted)
+        processing = dataclasses.replace(accepted, state=RequestState.PROCESSING)
+        store.requests.update(processing, old_version=1, new_version=2)  # not terminal
+        superseded = dataclasses.replace(accepted, state=RequestState.SUPERSEDED)
+        with pytest.raises(VersionMismatch):  # not stored: not counted
+            store.requests.update(superseded, old_version=1, new_version=2)
+        store.requests.update(superseded, old_version=2, new_version=3)
+        store.queues.create(Queue("mono/main"))
+        build = Build("b1", accepted.id, BuildStatus.RUNNING, "", 1)
+        store.builds.create(build)
+        failed = dataclasses.replace(build, status=BuildStatus.FAILED)
+        store.builds.update(failed, old_version=1, new_version=2)
+        store.facts.create(Fact("mono/main", "uri", "", 1.0, accepted.id, 1.0))
+
+    def value(name: str, **labels: str) -> float | None:
+        return metrics.registry.get_sample_value(name, labels)
+
+    settled = "stovepipe_requests_settled_total"
+    assert value(settled, queue="mono/main", state="superseded") == 1
+    assert value(settled, queue="mono/main", state="processing") is None
+    assert value("stovepipe_builds_total", queue="mono/main", outcome="failed") == 1
+    ops = "stovepipe_storage_operations_total"
+    assert value(ops, store="requests", operation="update", outcome="VersionMismatch") == 1
+    assert value(ops, store="queues", operation="create", outcome="ok") == 1
+    assert value(ops, store="builds", operation="update", outcome="ok") == 1
+    assert value(ops, store="facts", operation="create", outcome="ok") == 1
+
+
+def test_queue_gauges_are_read_at_the_scrape_and_a_failing_read_leaves_them_out() -> None:
+    metrics = Metrics(process_metrics=False)
+    source = FakeSourceControl(["c1"], name="mono", commit_times={"c1": 1000.0})
+    with open_storage("memory://") as store:
+        metrics.watch_queues(
+            store,
+            QueueMap({"mono/main": source, "new/main": source}),
+            ["mono/main", "new/main"],
+            clock=lambda: 1600.0,
+        )
+        store.queues.create(Queue("mono/main", last_green_uri="fake://mono/c1", in_flight=2))
+
+        def value(name: str, queue: str) -> float | None:
+            return metrics.registry.get_sample_value(name, {"queue": queue})
+
+        assert value("stovepipe_queue_in_flight", "mono/main") == 2
+        assert value("stovepipe_queue_last_green_age_seconds", "mono/main") == 600
+        assert value("stovepipe_queue_in_flight", "new/main") == 0  # nothing stored yet
+        assert value("stovepipe_queue_last_green_age_seconds", "new/main") is None
+        store.queues.update(
+            Queue("mono/main", last_green_uri="fake://mono/gone", in_flight=0),
+            old_version=1,
+            new_version=2,
+        )
+        # The source no longer knows the commit: the age is left out, the scrape still works.
+        assert value("stovepipe_queue_last_green_age_seconds", "mono/main") is None
+        assert value("stovepipe_queue_in_flight", "mono/main") == 0

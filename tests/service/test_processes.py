@@ -1,22 +1,38 @@
-"""Claims about processes: the newcomer's path with no configuration, and SIGTERM draining."""
+"""Claims about processes: the newcomer's path with no configuration (with and without a build
+command), SIGTERM draining, and the worker running the pipeline."""
 
 from __future__ import annotations
 
+import json
+import os
 import pathlib
 import re
 import signal
 import sqlite3
+import subprocess
 import threading
 import time
 import urllib.request
 from collections.abc import Callable
+from typing import Any
 
 import grpc
 import pytest
 
-from stovepipe import cli
+from stovepipe import cli, config
 from stovepipe.client import StovepipeClient
-from stovepipe.testing import GitRepository, ServeProcess, ServeProcesses, run_cli
+from stovepipe.controller import IngestController
+from stovepipe.entity import RequestState
+from stovepipe.messagequeue.registry import default_queue_url, open_queue
+from stovepipe.server import build_sourcecontrol
+from stovepipe.storage import open_storage
+from stovepipe.testing import (
+    GitRepository,
+    ServeProcess,
+    ServeProcesses,
+    run_cli,
+    stovepipe_command,
+)
 from stovepipe.v1 import stovepipe_pb2 as pb
 
 TIMEOUT = 20
@@ -182,3 +198,127 @@ def test_sigterm_exits_within_the_grace_period_when_a_call_does_not_finish(
     # The grace period, a short queue drain, process exit; generous for a loaded machine.
     assert elapsed < grace + 10
     assert locked.outcome and locked.outcome[0] != "request/q/1"
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:g} s")
+        time.sleep(0.05)
+
+
+def commit_verdict(repo: GitRepository, verdict: str) -> str:
+    (repo.path / "verdict").write_text(verdict + "\n", encoding="utf-8")
+    repo.git("add", "verdict")
+    repo.git("commit", "--quiet", f"--message={verdict}")
+    return repo.git("rev-parse", "HEAD")
+
+
+def status_json(address: str, queue: str, capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    assert cli.main(["status", queue, "--json", "--server", address]) == 0
+    document: dict[str, Any] = json.loads(capsys.readouterr().out)
+    return document
+
+
+def request_state(document: dict[str, Any], request_id: str) -> str | None:
+    for request in document["requests"]:
+        if request["id"] == request_id:
+            state: str = request["state"]
+            return state
+    return None
+
+
+def test_newcomer_path_with_a_build_command_tells_red_from_green_and_keeps_git_status_clean(
+    processes: ServeProcesses,
+    git_repository: Callable[..., GitRepository],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    repo = git_repository("project", branch="main")
+    first = commit_verdict(repo, "pass")
+    server = processes.serve(
+        ["--build-command", 'test "$(cat verdict)" = pass'], cwd=repo.path
+    )  # no configuration file: the repository it runs in, built by the command
+    queue = "project/main"
+
+    def settles(request_id: str, state: str) -> None:
+        wait_until(
+            lambda: request_state(status_json(server.address, queue, capsys), request_id) == state,
+            f"{request_id} is {state}",
+        )
+
+    def green() -> str:
+        assert cli.main(["green", queue, "--server", server.address]) == 0
+        return capsys.readouterr().out.strip()
+
+    assert ingest(server.address, queue, capsys) == "request/project/main/1"
+    settles("request/project/main/1", "succeeded")
+    wait_until(lambda: green().endswith(first), "the first commit is the last green")
+
+    commit_verdict(repo, "fail")
+    assert ingest(server.address, queue, capsys) == "request/project/main/2"
+    settles("request/project/main/2", "failed")
+    assert green().endswith(first)
+
+    fixed = commit_verdict(repo, "pass")
+    assert ingest(server.address, queue, capsys) == "request/project/main/3"
+    settles("request/project/main/3", "succeeded")
+    wait_until(lambda: green().endswith(fixed), "the fixed commit is the last green")
+
+    assert (repo.path / ".stovepipe" / "builds").is_dir()
+    assert repo.git("status", "--porcelain") == ""  # builds live in the ignored data directory
+    assert server.stop() == 0, server.output()
+
+
+def test_worker_runs_the_whole_pipeline_builds_included(
+    git_repository: Callable[..., GitRepository], tmp_path: pathlib.Path
+) -> None:
+    repo = git_repository("project")
+    sha = commit_verdict(repo, "pass")
+    storage_url = f"sqlite:///{tmp_path / 'shared.db'}"
+    config_file = tmp_path / "stovepipe.toml"
+    config_file.write_text(
+        f'storage_url = "{storage_url}"\n'
+        f'builds_dir = "{tmp_path / "builds"}"\n'
+        '[queues."project/main"]\ntype = "git"\npath = "project"\nref = "main"\n'
+        'promote_ref = "green"\n'
+        '[queues."project/main".build]\ntype = "command"\n'
+        "command = 'test \"$(cat verdict)\" = pass'\ntimeout = 60\n",
+        encoding="utf-8",
+    )
+    # A server's ingest, without the server: the worker is the only consumer.
+    loaded = config.load(config_file, environ={}, cwd=tmp_path)
+    with open_storage(storage_url) as storage:
+        messaging = open_queue(default_queue_url(storage_url))
+        try:
+            ingest_stage = IngestController(storage, build_sourcecontrol(loaded.queues), messaging)
+            request_id = ingest_stage.ingest("project/main").id
+        finally:
+            messaging.stop(timeout=0)
+
+    log = tmp_path / "worker.log"
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("STOVEPIPE_")}
+    with log.open("wb") as sink:
+        worker = subprocess.Popen(
+            [*stovepipe_command(), "worker", "--config", str(config_file)],
+            cwd=tmp_path,
+            env=environment,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        with open_storage(storage_url) as storage:
+            wait_until(
+                lambda: storage.queues.get("project/main").last_green_request_id == request_id,
+                f"the worker builds and records {request_id}:\n{log.read_text()}",
+            )
+            assert storage.requests.get(request_id).state == RequestState.SUCCEEDED
+        assert repo.git("rev-parse", "refs/heads/green") == sha
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=TIMEOUT) == 0, log.read_text()
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(timeout=TIMEOUT)
+    assert "Traceback" not in log.read_text()
