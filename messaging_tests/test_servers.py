@@ -189,7 +189,7 @@ def test_a_worker_process_processes_what_another_process_ingests_and_stops_grace
         (counts,) = wait_until_processed(ids, lambda: [worker_log.read_text()])
         assert set(counts) == set(ids)
         assert all(times == 1 for times in counts.values()), f"processed twice: {counts}"
-        assert "stovepipe worker consuming process" in worker_log.read_text()
+        assert "stovepipe worker running the pipeline" in worker_log.read_text()
         worker.terminate()
         assert worker.wait(TIMEOUT) == 0, worker_log.read_text()
         assert "stopped" in worker_log.read_text()
@@ -202,8 +202,10 @@ def test_a_worker_process_processes_what_another_process_ingests_and_stops_grace
 def test_a_worker_refuses_an_in_process_queue_no_server_could_reach(
     tmp_path: pathlib.Path,
 ) -> None:
+    config = tmp_path / "stovepipe.toml"
+    config.write_text('[queues."q0"]\ntype = "fake"\ncommits = ["c0"]\n', encoding="utf-8")
     result = subprocess.run(
-        [*stovepipe_command(), "worker", "--storage-url", "memory://"],
+        [*stovepipe_command(), "worker", "--config", str(config), "--storage-url", "memory://"],
         cwd=tmp_path,
         capture_output=True,
         text=True,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import threading
 import time
 from collections.abc import Mapping
@@ -33,11 +34,16 @@ class FakeBuildRunner:
     """Builds that take ``duration`` seconds and end as configured. Thread-safe.
 
     A build of head URI ``u`` ends ``outcomes[u]`` if given, else ``outcome``; it reports
-    ``running`` until ``duration`` seconds (monotonic) have passed since its trigger, then
+    ``running`` until ``duration`` seconds (wall clock) have passed since its trigger, then
     that outcome, with ``reason`` for a ``failed`` or ``cancelled`` one (``"fake build
     failed"`` if ``reason`` is empty). A non-terminal outcome (``running``) keeps the build
-    running until it is cancelled. Build ids are ``fake-1``, ``fake-2``, ...; logs are empty.
-    :attr:`triggers` and :attr:`cancellations` record what was asked of the runner.
+    running until it is cancelled. Logs are empty. :attr:`triggers` and
+    :attr:`cancellations` record what was asked of the runner.
+
+    A build id, ``fake:<outcome>:<trigger time in ms>:<digest of the request id>``, is unique
+    across runners (ids share one store whatever runner minted them) and carries everything
+    :meth:`status` needs, so any runner with the same configuration, in any process, follows
+    the build. A cancel is known only to the runner that was asked.
     """
 
     def __init__(
@@ -76,10 +82,12 @@ class FakeBuildRunner:
         with self._lock:
             build_id = self._by_request.get(request_id)
             if build_id is None:
-                build_id = f"fake-{len(self._builds) + 1}"
-                self._by_request[request_id] = build_id
                 outcome = self._outcomes.get(head_uri, self._outcome)
-                self._builds[build_id] = _Build(time.monotonic(), outcome)
+                started = time.time()
+                digest = hashlib.sha256(request_id.encode("utf-8", "surrogatepass")).hexdigest()
+                build_id = f"fake:{outcome}:{int(started * 1000)}:{digest[:16]}"
+                self._by_request[request_id] = build_id
+                self._builds[build_id] = _Build(started, outcome)
                 self._triggers.append(Trigger(request_id, base_uri, head_uri, build_id))
             return build_id
 
@@ -102,11 +110,19 @@ class FakeBuildRunner:
     def _build(self, build_id: str) -> _Build:
         build = self._builds.get(build_id)
         if build is None:
-            raise NotFound(f"unknown build id {build_id!r}")
+            # Minted by a runner in another process: its id says all there is to know.
+            kind, outcome, started, digest = [*build_id.split(":"), "", "", ""][:4]
+            if kind != "fake" or not started.isdigit() or len(digest) != 16:
+                raise NotFound(f"unknown build id {build_id!r}")
+            try:
+                build = _Build(int(started) / 1000, BuildStatus(outcome))
+            except ValueError:
+                raise NotFound(f"unknown build id {build_id!r}") from None
+            self._builds[build_id] = build
         return build
 
     def _report(self, build: _Build) -> BuildReport:
-        if time.monotonic() - build.started < self._duration or not build.outcome.terminal:
+        if time.time() - build.started < self._duration or not build.outcome.terminal:
             return BuildReport(BuildStatus.RUNNING, "")
         if build.outcome is BuildStatus.SUCCEEDED:
             return BuildReport(BuildStatus.SUCCEEDED, "")

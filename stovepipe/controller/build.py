@@ -49,6 +49,13 @@ class BuildController:
             self._storage.builds.create(Build(build_id, request.id, BuildStatus.ACCEPTED, "", 1))
             logger.info("build %s started for %s", build_id, request.id)
         except AlreadyExists:
-            pass  # a redelivery: the same build, triggered once
+            # A redelivery: the same build, triggered once. Unless a runner minted an id that
+            # another request's build holds: following that build would decide this request.
+            stored = self._storage.builds.get(build_id).request_id
+            if stored != request.id:
+                raise PermanentFailure(
+                    f"the runner of queue {request.queue!r} returned build id {build_id!r}, "
+                    f"which belongs to {stored!r}"
+                ) from None
         payload = encode(BuildSignal(build_id=build_id, request_id=request.id, queue=request.queue))
         self._publisher.publish(TOPIC_BUILDSIGNAL, request.queue, payload)

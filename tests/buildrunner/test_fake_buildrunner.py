@@ -126,3 +126,20 @@ def test_runner_map_is_fixed_when_built() -> None:
     bindings["repo/other"] = FakeBuildRunner()
     with pytest.raises(NotFound):
         runners.for_queue("repo/other")
+
+
+def test_fake_build_ids_are_unique_across_runners_and_another_runner_follows_them() -> None:
+    first, second = FakeBuildRunner(duration=0.2), FakeBuildRunner(duration=0.2)
+    failing = FakeBuildRunner(outcome=BuildStatus.FAILED)
+    ids = {first.trigger("request/a/1", None, "u"), second.trigger("request/b/1", None, "u")}
+    assert len(ids) == 2
+    build_id = first.trigger("request/c/1", None, "u")
+    # A runner of the same configuration in another process reads the build from its id.
+    assert second.status(build_id).status is BuildStatus.RUNNING
+    deadline = time.monotonic() + 10
+    while second.status(build_id).status is BuildStatus.RUNNING:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert second.status(build_id).status is BuildStatus.SUCCEEDED
+    red = failing.trigger("request/d/1", None, "u")
+    assert FakeBuildRunner().status(red).status is BuildStatus.FAILED

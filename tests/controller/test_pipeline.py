@@ -329,3 +329,23 @@ def test_process_missing_request_raises_permanent_failure_not_a_retry() -> None:
         payload = encode(ProcessRequest(id="request/monorepo/main/9", queue=QUEUE))
         with pytest.raises(PermanentFailure, match="named by a process message"):
             controller.handle(Message(TOPIC_PROCESS, QUEUE, payload, 1))
+
+
+class _RunnerWithOneId(FakeBuildRunner):
+    def trigger(self, request_id: str, base_uri: str | None, head_uri: str) -> str:
+        super().trigger(request_id, base_uri, head_uri)
+        return "the-only-id"
+
+
+def test_build_id_that_another_request_holds_fails_the_request_instead_of_deciding_it() -> None:
+    with make_pipeline(_RunnerWithOneId(), max_attempts=2) as pipeline:
+        first = pipeline.ingest.ingest(QUEUE)
+        pipeline.wait_for(pipeline.settled(first.id))
+        pipeline.source.push("c2")
+        second = pipeline.ingest.ingest(QUEUE)
+        pipeline.wait_for(pipeline.settled(second.id))
+        pipeline.idle()
+
+        assert pipeline.state(second.id) == RequestState.FAILED
+        assert pipeline.storage.builds.get("the-only-id").request_id == first.id
+        assert pipeline.queue().in_flight == 0
