@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import enum
 import math
-from typing import Final
+from typing import Final, TypeVar
 
-from stovepipe.storage.errors import LimitExceeded
+from stovepipe.storage.errors import LimitExceeded, StorageError
+
+_Member = TypeVar("_Member", bound=enum.StrEnum)
 
 MAX_REQUEST_ID_BYTES: Final = 255
 """Request ids. Room for ``request/<queue>/<n>`` with the longest queue and a 20-digit n."""
@@ -107,3 +109,17 @@ def check_member(field: str, value: object, kind: type[enum.StrEnum]) -> None:
     except ValueError:
         known = ", ".join(repr(member.value) for member in kind)
         raise LimitExceeded(f"{field} {value!r} is not one this version defines: {known}") from None
+
+
+def read_member(kind: type[_Member], value: str, field: str, where: str) -> _Member:
+    """A stored ``value`` as a member of ``kind``, for backends reading an enumerated field.
+
+    A value this version does not define (written by a newer one during a rolling upgrade,
+    say) raises ``StorageError`` naming ``where`` (the key) and ``field``: never passed on.
+    """
+    try:
+        return kind(value)
+    except ValueError:
+        raise StorageError(
+            f"{where} holds an unknown {field} {value!r} (written by a newer version?)"
+        ) from None

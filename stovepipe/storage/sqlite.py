@@ -13,7 +13,6 @@ so the file can be shared by a server's thread pool and by several processes (WA
 from __future__ import annotations
 
 import contextlib
-import enum
 import pathlib
 import queue
 import sqlite3
@@ -21,7 +20,6 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
-from typing import TypeVar
 
 from stovepipe.entity import (
     Build,
@@ -32,6 +30,7 @@ from stovepipe.entity import (
     Request,
     RequestState,
 )
+from stovepipe.storage import limits
 from stovepipe.storage.errors import (
     AlreadyExists,
     NotFound,
@@ -108,18 +107,6 @@ def _mapped(error: sqlite3.Error) -> StorageError:
     if _transient(error):
         return Unavailable(f"sqlite: {error}")
     return StorageError(f"sqlite: {error}")
-
-
-_Enum = TypeVar("_Enum", bound=enum.StrEnum)
-
-
-def _known(kind: type[_Enum], value: str, field: str, what: str) -> _Enum:
-    """``value`` as a member of ``kind``; a value this version does not define (say, written
-    by a newer one during a rolling upgrade) is a ``StorageError``, never passed on."""
-    try:
-        return kind(value)
-    except ValueError:
-        raise StorageError(f"{what} holds an unknown {field} {value!r}") from None
 
 
 def use_wal(connection: sqlite3.Connection, timeout: float) -> None:
@@ -253,9 +240,11 @@ class SQLiteRequestStore:
             request_id,
             queue,
             uri,
-            _known(RequestState, state, "state", f"request {request_id!r}"),
+            limits.read_member(RequestState, state, "state", f"request {request_id!r}"),
             version,
-            _known(BuildStrategy, build_strategy, "build_strategy", f"request {request_id!r}"),
+            limits.read_member(
+                BuildStrategy, build_strategy, "build_strategy", f"request {request_id!r}"
+            ),
             base_uri,
         )
 
@@ -399,7 +388,7 @@ class SQLiteBuildStore:
         return Build(
             build_id,
             request_id,
-            _known(BuildStatus, status, "status", f"build {build_id!r}"),
+            limits.read_member(BuildStatus, status, "status", f"build {build_id!r}"),
             log,
             version,
         )

@@ -47,6 +47,7 @@ import pymysql
 from pymysql.cursors import Cursor
 
 from stovepipe.entity import Build, BuildStatus, BuildStrategy, Fact, Queue, Request, RequestState
+from stovepipe.storage import limits
 from stovepipe.storage.errors import (
     AlreadyExists,
     NotFound,
@@ -317,16 +318,8 @@ _Enum = TypeVar("_Enum", RequestState, BuildStrategy, BuildStatus)
 
 
 def _member(kind: type[_Enum], stored: bytes, where: str, column: str) -> _Enum:
-    """A stored enumerated column as a member of ``kind``; a value this version does not
-    define (written by a newer one?) is a StorageError naming the key, never passed on."""
-    text = _text(stored, where, column)
-    try:
-        return kind(text)
-    except ValueError:
-        raise StorageError(
-            f"{where} has {column} {text!r}, which this version does not know "
-            "(written by a newer version?)"
-        ) from None
+    """A stored enumerated column as a member of ``kind`` (see ``limits.read_member``)."""
+    return limits.read_member(kind, _text(stored, where, column), column, where)
 
 
 class MySQLRequestStore:

@@ -27,7 +27,6 @@ them, the shortest text that reads back as the very same float.
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import json
 import json.encoder
@@ -36,7 +35,7 @@ import ssl
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any, Final, Protocol, TypeVar
+from typing import Any, Final, Protocol
 
 import redis
 import redis.exceptions
@@ -50,6 +49,7 @@ from stovepipe.entity import (
     Request,
     RequestState,
 )
+from stovepipe.storage import limits
 from stovepipe.storage.errors import (
     AlreadyExists,
     NotFound,
@@ -191,18 +191,6 @@ def _decode(key: bytes, value: bytes, what: str, shape: tuple[tuple[str, type], 
     if isinstance(fields, dict) and all(type(fields.get(name)) is kind for name, kind in shape):
         return fields
     raise StorageError(f"redis: key {key!r} does not hold a stored {what}")
-
-
-_Enum = TypeVar("_Enum", bound=enum.StrEnum)
-
-
-def _known(kind: type[_Enum], value: str, key: bytes, field: str) -> _Enum:
-    """``value`` as a member of ``kind``; a value this version does not define (say, written
-    by a newer one during a rolling upgrade) is a ``StorageError``, never passed on."""
-    try:
-        return kind(value)
-    except ValueError:
-        raise StorageError(f"redis: key {key!r} holds an unknown {field} {value!r}") from None
 
 
 class _Script:
@@ -357,9 +345,11 @@ class RedisRequestStore:
             id=request_id,
             queue=fields["queue"],
             uri=fields["uri"],
-            state=_known(RequestState, fields["state"], key, "state"),
+            state=limits.read_member(RequestState, fields["state"], "state", f"redis: key {key!r}"),
             version=fields["version"],
-            build_strategy=_known(BuildStrategy, fields["build_strategy"], key, "build_strategy"),
+            build_strategy=limits.read_member(
+                BuildStrategy, fields["build_strategy"], "build_strategy", f"redis: key {key!r}"
+            ),
             base_uri=fields["base_uri"],
         )
 
@@ -522,7 +512,9 @@ class RedisBuildStore:
         return Build(
             id=build_id,
             request_id=fields["request_id"],
-            status=_known(BuildStatus, fields["status"], key, "status"),
+            status=limits.read_member(
+                BuildStatus, fields["status"], "status", f"redis: key {key!r}"
+            ),
             log=fields["log"],
             version=fields["version"],
         )
