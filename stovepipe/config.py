@@ -52,6 +52,8 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from stovepipe.controller.process import DEFAULT_MAX_CONCURRENT
+
 DEFAULT_PORT = 50051
 DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
 DEFAULT_GRACE_PERIOD = 5.0
@@ -63,7 +65,6 @@ DEFAULT_DB_NAME = "stovepipe.db"
 BUILDS_DIR_NAME = "builds"
 DEFAULT_BUILD_TIMEOUT = 1800.0
 """Seconds a ``command`` build may take, checkout included, before it is ended."""
-DEFAULT_MAX_CONCURRENT = 1
 FAKE_OUTCOMES = ("succeeded", "failed")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 

@@ -32,6 +32,7 @@ from stovepipe.buildrunner.fake import FakeBuildRunner
 from stovepipe.controller.buildsignal import DEFAULT_POLL_INTERVAL
 from stovepipe.controller.ingest import IngestController
 from stovepipe.controller.pipeline import subscribe_pipeline
+from stovepipe.controller.process import one_at_a_time
 from stovepipe.entity import BuildStatus
 from stovepipe.messagequeue import MessageQueue
 from stovepipe.messagequeue.inprocess import InProcessMessageQueue
@@ -53,10 +54,6 @@ logger = logging.getLogger(__name__)
 _MIN_QUEUE_DRAIN_SECONDS = 0.5
 
 
-def _one_at_a_time(queue: str) -> int:
-    return configuration.DEFAULT_MAX_CONCURRENT
-
-
 class StovepipeServer:
     """One Stovepipe server over the given storage, source control and build runners.
 
@@ -73,7 +70,7 @@ class StovepipeServer:
         sourcecontrol: SourceControlFactory,
         *,
         runners: BuildRunnerFactory | None = None,
-        max_concurrent: Callable[[str], int] = _one_at_a_time,
+        max_concurrent: Callable[[str], int] = one_at_a_time,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         listen: str = configuration.DEFAULT_LISTEN,
         max_workers: int = configuration.DEFAULT_MAX_WORKERS,
@@ -251,14 +248,14 @@ def build_runners(config: configuration.Config, sources: SourceControlFactory) -
 
 def max_concurrent_of(config: configuration.Config) -> Callable[[str], int]:
     """Each queue's configured ``max_concurrent`` (the default for a queue without a build)."""
-    limits = {
+    configured = {
         name: spec.build.max_concurrent
         for name, spec in config.queues.items()
         if spec.build is not None
     }
 
     def max_concurrent(queue: str) -> int:
-        return limits.get(queue, configuration.DEFAULT_MAX_CONCURRENT)
+        return configured.get(queue) or one_at_a_time(queue)
 
     return max_concurrent
 

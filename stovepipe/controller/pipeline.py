@@ -8,7 +8,7 @@ from stovepipe.buildrunner.contract import BuildRunnerFactory
 from stovepipe.controller.build import BuildController
 from stovepipe.controller.buildsignal import DEFAULT_POLL_INTERVAL, BuildSignalController
 from stovepipe.controller.deadletter import DeadLetterController
-from stovepipe.controller.process import ProcessController
+from stovepipe.controller.process import ProcessController, one_at_a_time
 from stovepipe.controller.record import RecordController
 from stovepipe.messagequeue.contract import (
     TOPIC_BUILD,
@@ -28,7 +28,7 @@ def subscribe_pipeline(
     sources: SourceControlFactory,
     runners: BuildRunnerFactory,
     *,
-    max_concurrent: Callable[[str], int] = lambda queue: 1,
+    max_concurrent: Callable[[str], int] = one_at_a_time,
     poll_interval: float = DEFAULT_POLL_INTERVAL,
 ) -> None:
     """Subscribe process, build, buildsignal, record and the fail-closed dead-letter

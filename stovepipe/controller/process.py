@@ -30,6 +30,15 @@ from stovepipe.storage import LimitExceeded, NotFound, Storage, VersionMismatch
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_MAX_CONCURRENT: Final = 1
+"""A queue's requests building at once unless configured otherwise."""
+
+
+def one_at_a_time(queue: str) -> int:
+    """The default ``max_concurrent``: :data:`DEFAULT_MAX_CONCURRENT` for every queue."""
+    return DEFAULT_MAX_CONCURRENT
+
+
 MAX_SWEEP: Final = 1000
 """Older requests one admission looks at to settle those whose message never came."""
 
@@ -67,7 +76,7 @@ class ProcessController:
         storage: Storage,
         sources: SourceControlFactory,
         publisher: Publisher,
-        max_concurrent: Callable[[str], int] = lambda queue: 1,
+        max_concurrent: Callable[[str], int] = one_at_a_time,
     ) -> None:
         self._storage = storage
         self._sources = sources
