@@ -111,7 +111,7 @@ class ProcessController:
         queue = self._queue(request)
         latest = request_number(queue.latest_request_id)
         mine = request_number(request.id)
-        if latest > mine and not self._is_head(source, request):
+        if latest > mine and self._head(source) != request.uri:
             self._supersede(request)
             return
         if latest < mine:
@@ -150,13 +150,13 @@ class ProcessController:
             return stamp_latest(self._storage, request.queue, request.id)
 
     @staticmethod
-    def _is_head(source: SourceControl, request: Request) -> bool:
-        """Whether the request's commit is the ref's head now: callers racing can give a newer
+    def _head(source: SourceControl) -> str:
+        """The ref's head now, or ``""`` if the ref is gone. Callers racing can give a newer
         head a lower number than an older one, and the head reported last must be built."""
         try:
-            return source.latest() == request.uri
+            return source.latest()
         except sourcecontrol.NotFound:
-            return False
+            return ""
 
     @staticmethod
     def _strategy(
@@ -183,6 +183,7 @@ class ProcessController:
     def _settle_older(self, source: SourceControl, admitted: Request, number: int) -> None:
         """Supersede the older requests still ``accepted`` (say, their publish was lost), down
         to the first one already settled, at most :data:`MAX_SWEEP` of them."""
+        head: str | None = None  # read once, and only if an older request waits
         for older in range(number - 1, max(0, number - 1 - MAX_SWEEP), -1):
             try:
                 request = self._storage.requests.get(request_id(admitted.queue, older))
@@ -190,7 +191,9 @@ class ProcessController:
                 continue  # a number drawn by a caller that lost its claim
             if request.state != RequestState.ACCEPTED:
                 return
-            if self._is_head(source, request):
+            if head is None:
+                head = self._head(source)
+            if request.uri == head:
                 continue
             try:
                 self._supersede(request)
