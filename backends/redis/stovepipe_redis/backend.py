@@ -307,6 +307,40 @@ class _Commands:
             pool.release(pooled)
 
 
+def _create(commands: _Commands, key: bytes, value: bytes, what: str) -> None:
+    """``SET NX``: store ``value`` under a new ``key``; ``AlreadyExists`` naming ``what``."""
+    if commands.run("SET", key, value, "NX") is None:
+        raise AlreadyExists(f"{what} exists")
+
+
+def _read(commands: _Commands, key: bytes, what: str) -> bytes:
+    """``GET``: the value under ``key``; ``NotFound`` naming ``what``."""
+    value: bytes | None = commands.run("GET", key)
+    if value is None:
+        raise NotFound(what)
+    return value
+
+
+def _compare_and_set(
+    commands: _Commands, key: bytes, old_version: int, head: bytes, tail: bytes, what: str
+) -> None:
+    """One round trip of :data:`COMPARE_AND_SET`: replace the value under ``key`` by ``head``
+    and the stored value's immutable ``tail`` only if it is at ``old_version``; else
+    ``VersionMismatch`` naming ``what``."""
+    written = commands.run(
+        "EVALSHA",
+        COMPARE_AND_SET.sha,
+        b"1",
+        key,
+        version_head(old_version),
+        head,
+        tail,
+        script=COMPARE_AND_SET,
+    )
+    if not written:
+        raise VersionMismatch(f"{what} is not at version {old_version}")
+
+
 class RedisRequestStore:
     """Requests as JSON string values under ``<prefix>request:<id>``."""
 
@@ -332,14 +366,11 @@ class RedisRequestStore:
             request.base_uri,
             request.version,
         )
-        if self._commands.run("SET", key, value, "NX") is None:
-            raise AlreadyExists(f"request {request.id!r} exists")
+        _create(self._commands, key, value, f"request {request.id!r}")
 
     def get(self, request_id: str) -> Request:
         key = self._keys.request(request_id)
-        value = self._commands.run("GET", key)
-        if value is None:
-            raise NotFound(f"request {request_id!r}")
+        value = _read(self._commands, key, f"request {request_id!r}")
         fields = decode_request(key, value)
         return Request(
             id=request_id,
@@ -420,14 +451,11 @@ class RedisRequestURIStore:
 
     def create(self, queue: str, uri: str, request_id: str) -> None:
         key = self._keys.request_uri(queue, uri)
-        if self._commands.run("SET", key, request_id.encode("utf-8"), "NX") is None:
-            raise AlreadyExists(f"uri {uri!r} of queue {queue!r} is mapped")
+        _create(self._commands, key, request_id.encode("utf-8"), f"uri {uri!r} of queue {queue!r}")
 
     def get_id_by_uri(self, queue: str, uri: str) -> str:
         key = self._keys.request_uri(queue, uri)
-        value = self._commands.run("GET", key)
-        if value is None:
-            raise NotFound(f"uri {uri!r} of queue {queue!r}")
+        value = _read(self._commands, key, f"uri {uri!r} of queue {queue!r}")
         try:
             request_id: str = value.decode("utf-8")
         except UnicodeDecodeError:
@@ -456,15 +484,11 @@ class RedisQueueStore:
 
     def create(self, queue: Queue) -> None:
         key = self._keys.queue(queue.name)
-        if self._commands.run("SET", key, encode_queue(queue, queue.version), "NX") is None:
-            raise AlreadyExists(f"queue {queue.name!r} exists")
+        _create(self._commands, key, encode_queue(queue, queue.version), f"queue {queue.name!r}")
 
     def get(self, name: str) -> Queue:
         key = self._keys.queue(name)
-        value = self._commands.run("GET", key)
-        if value is None:
-            raise NotFound(f"queue {name!r}")
-        fields = _decode(key, value, "queue", _QUEUE_SHAPE)
+        fields = _decode(key, _read(self._commands, key, f"queue {name!r}"), "queue", _QUEUE_SHAPE)
         return Queue(
             name=name,
             latest_request_id=fields["latest_request_id"],
@@ -475,19 +499,14 @@ class RedisQueueStore:
         )
 
     def update(self, queue: Queue, *, old_version: int, new_version: int) -> None:
-        key = self._keys.queue(queue.name)
-        written = self._commands.run(
-            "EVALSHA",
-            COMPARE_AND_SET.sha,
-            b"1",
-            key,
-            version_head(old_version),
+        _compare_and_set(
+            self._commands,
+            self._keys.queue(queue.name),
+            old_version,
             encode_queue(queue, new_version),
             b"",  # the name is the key: the whole value is mutable
-            script=COMPARE_AND_SET,
+            f"queue {queue.name!r}",
         )
-        if not written:
-            raise VersionMismatch(f"queue {queue.name!r} is not at version {old_version}")
 
 
 class RedisBuildStore:
@@ -500,14 +519,11 @@ class RedisBuildStore:
     def create(self, build: Build) -> None:
         key = self._keys.build(build.id)
         value = encode_build(build.request_id, build.status, build.log, build.version)
-        if self._commands.run("SET", key, value, "NX") is None:
-            raise AlreadyExists(f"build {build.id!r} exists")
+        _create(self._commands, key, value, f"build {build.id!r}")
 
     def get(self, build_id: str) -> Build:
         key = self._keys.build(build_id)
-        value = self._commands.run("GET", key)
-        if value is None:
-            raise NotFound(f"build {build_id!r}")
+        value = _read(self._commands, key, f"build {build_id!r}")
         fields = _decode(key, value, "build", _BUILD_SHAPE)
         return Build(
             id=build_id,
@@ -520,19 +536,14 @@ class RedisBuildStore:
         )
 
     def update(self, build: Build, *, old_version: int, new_version: int) -> None:
-        key = self._keys.build(build.id)
-        written = self._commands.run(
-            "EVALSHA",
-            COMPARE_AND_SET.sha,
-            b"1",
-            key,
-            version_head(old_version),
+        _compare_and_set(
+            self._commands,
+            self._keys.build(build.id),
+            old_version,
             encode_build_head(build.status, build.log, new_version),
             BUILD_TAIL,  # the request id is immutable: the script keeps the stored one
-            script=COMPARE_AND_SET,
+            f"build {build.id!r}",
         )
-        if not written:
-            raise VersionMismatch(f"build {build.id!r} is not at version {old_version}")
 
 
 class RedisFactStore:
@@ -545,14 +556,11 @@ class RedisFactStore:
     def create(self, fact: Fact) -> None:
         key = self._keys.fact(fact.queue, fact.uri, fact.project)
         value = encode_fact(fact.degree, fact.request_id, fact.created_at)
-        if self._commands.run("SET", key, value, "NX") is None:
-            raise AlreadyExists(f"fact {(fact.queue, fact.uri, fact.project)!r} exists")
+        _create(self._commands, key, value, f"fact {(fact.queue, fact.uri, fact.project)!r}")
 
     def get(self, queue: str, uri: str, project: str) -> Fact:
         key = self._keys.fact(queue, uri, project)
-        value = self._commands.run("GET", key)
-        if value is None:
-            raise NotFound(f"fact {(queue, uri, project)!r}")
+        value = _read(self._commands, key, f"fact {(queue, uri, project)!r}")
         fields = _decode(key, value, "fact", _FACT_SHAPE)
         return Fact(
             queue=queue,
