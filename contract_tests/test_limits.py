@@ -291,7 +291,20 @@ def test_limits_in_flight_outside_0_to_its_maximum_is_rejected(
 
 @pytest.mark.parametrize(
     "degree",
-    [math.nan, -math.nan, -0.1, 1.1, math.nextafter(1.0, 2.0), -5e-324, math.inf, -math.inf],
+    # Ints too large for a float are out of range too, not an overflow.
+    [
+        math.nan,
+        -math.nan,
+        -0.1,
+        1.1,
+        math.nextafter(1.0, 2.0),
+        -5e-324,
+        math.inf,
+        -math.inf,
+        2,
+        -(10**400),
+        10**400,
+    ],
 )
 def test_limits_degree_outside_0_to_1_is_rejected(storage: Storage, ns: str, degree: float) -> None:
     fact = Fact(f"{ns}/q", f"{ns}/u", f"{ns}/p", degree, f"{ns}/id", 0.0)
@@ -302,7 +315,16 @@ def test_limits_degree_outside_0_to_1_is_rejected(storage: Storage, ns: str, deg
 
 @pytest.mark.parametrize(
     "created_at",
-    [math.nan, -1.0, -5e-324, math.inf, -math.inf, math.nextafter(limits.MAX_CREATED_AT, math.inf)],
+    [
+        math.nan,
+        -1.0,
+        -5e-324,
+        math.inf,
+        -math.inf,
+        math.nextafter(limits.MAX_CREATED_AT, math.inf),
+        -1,
+        10**400,
+    ],
 )
 def test_limits_created_at_outside_its_range_is_rejected(
     storage: Storage, ns: str, created_at: float

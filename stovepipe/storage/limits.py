@@ -92,7 +92,8 @@ def check_float(field: str, value: object, minimum: float, maximum: float) -> No
     """Raise unless ``value`` is a finite int or float in ``[minimum, maximum]`` (NaN is not)."""
     if not isinstance(value, int | float) or isinstance(value, bool):
         raise TypeError(f"{field} must be a float, not {type(value).__name__}")
-    if math.isnan(value) or not minimum <= value <= maximum:
+    # An int compares exactly, however large: no float conversion that could overflow.
+    if (isinstance(value, float) and math.isnan(value)) or not minimum <= value <= maximum:
         raise LimitExceeded(f"{field} is {value!r}; it lies in [{minimum!r}, {maximum!r}]")
 
 
