@@ -154,14 +154,14 @@ class CommandBuildRunner:
     def trigger(self, request_id: str, base_uri: str | None, head_uri: str) -> str:
         """Start the build of ``head_uri`` in the background and return its id at once.
 
-        The id is 32 hex digits derived from the queue and ``request_id``, so a repeated
-        trigger, from any process sharing ``builds_dir``, finds the build already there and
-        starts nothing. ``base_uri`` ``None`` or empty means a full build. A commit the
-        source does not know, or a checkout that fails, ends the build ``failed`` with the
-        reason (also written to the log). Raises ``Unavailable`` if the source or
+        The id is 32 hex digits derived from the queue, ``request_id`` and the commits, so a
+        repeated trigger, from any process sharing ``builds_dir``, finds the build already
+        there and starts nothing. ``base_uri`` ``None`` or empty means a full build. A
+        commit the source does not know, or a checkout that fails, ends the build ``failed``
+        with the reason (also written to the log). Raises ``Unavailable`` if the source or
         ``builds_dir`` fails transiently; nothing was started then.
         """
-        build_id = _mint(self._queue, request_id)
+        build_id = _mint(self._queue, request_id, base_uri or "", head_uri)
         directory = self._builds_dir / build_id
         with _io_errors("trigger a build"):
             if (directory / _META).exists():
@@ -446,11 +446,13 @@ class CommandBuildRunner:
             popen.wait()
 
 
-def _mint(queue: str, request_id: str) -> str:
-    """The build id of a request of a queue: deterministic, so triggers agree on it."""
+def _mint(queue: str, request_id: str, base_uri: str, head_uri: str) -> str:
+    """The build id of a request of a queue: deterministic, so triggers agree on it. The
+    commits are part of it: a request id drawn again after the storage was reset (while
+    ``builds_dir`` was kept) names another build, never the old one's outcome."""
     if not isinstance(request_id, str):
         raise TypeError(f"request_id must be a str, not {type(request_id).__name__}")
-    key = json.dumps([queue, request_id], ensure_ascii=True)
+    key = json.dumps([queue, request_id, base_uri, head_uri], ensure_ascii=True)
     return hashlib.sha256(key.encode("ascii")).hexdigest()[:32]
 
 

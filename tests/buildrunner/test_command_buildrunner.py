@@ -480,6 +480,22 @@ def test_trigger_is_idempotent_on_the_request_id(
     assert runs.read_text() == "run\n"
 
 
+def test_a_request_id_drawn_again_for_another_commit_names_another_build(
+    repo: GitRepository, make_runner: MakeRunner
+) -> None:
+    # Storage reset, builds_dir kept: request 1 of the queue comes back for a new commit.
+    runner = make_runner("true")
+    first = runner.trigger("request/monorepo/main/1", None, head(repo))
+    assert wait_for(runner, first).status is BuildStatus.SUCCEEDED
+    repo.commit("next")
+    again = runner.trigger("request/monorepo/main/1", None, head(repo))
+    assert again != first
+    incremental = runner.trigger("request/monorepo/main/1", head(repo), head(repo))
+    assert incremental != again
+    wait_for(runner, again)
+    wait_for(runner, incremental)
+
+
 def race_triggers(runners: list[CommandBuildRunner], request_id: str, head_uri: str) -> set[str]:
     """Eight threads, spread over ``runners``, trigger one request at once; the ids returned."""
     barrier = threading.Barrier(8)
