@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 from typing import Final
 
 from stovepipe.buildrunner.contract import BuildRunnerFactory
@@ -32,7 +33,15 @@ from stovepipe.storage import LimitExceeded, NotFound, Storage, VersionMismatch
 logger = logging.getLogger(__name__)
 
 DEFAULT_POLL_INTERVAL: Final = 1.0
-"""Seconds between two looks at a running build."""
+"""Seconds between two looks at a running build, once it has run a while."""
+
+FIRST_POLL_INTERVAL: Final = 0.01
+"""Seconds before the second look at a build; each later wait doubles, up to the poll
+interval, so a short build's verdict comes soon and a long one costs a look a second."""
+
+MAX_FOLLOWED: Final = 10_000
+"""Builds whose looks this process counts; past it the counts start again (then at most a
+few quick looks more)."""
 
 OUTCOMES: Final = {
     BuildStatus.SUCCEEDED: RequestState.SUCCEEDED,
@@ -105,6 +114,8 @@ class BuildSignalController:
         self._runners = runners
         self._publisher = publisher
         self._poll_interval = poll_interval
+        self._lock = threading.Lock()
+        self._looks: dict[str, int] = {}  # build id -> looks so far, in this process
 
     def handle(self, message: Message) -> None:
         """Follow the build a ``BuildSignal`` names one step.
@@ -134,6 +145,17 @@ class BuildSignalController:
             payload = encode(RecordRequest(id=request.id, queue=request.queue))
             self._publisher.publish(TOPIC_RECORD, request.queue, payload)
 
+    def _next_delay(self, build_id: str) -> float:
+        """Seconds until the next look at a running build: doubling from
+        :data:`FIRST_POLL_INTERVAL` up to the poll interval."""
+        with self._lock:
+            if len(self._looks) >= MAX_FOLLOWED:
+                self._looks.clear()
+            looks = self._looks.get(build_id, 0)
+            self._looks[build_id] = looks + 1
+        delay: float = FIRST_POLL_INTERVAL * 2.0 ** min(looks, 32)
+        return min(self._poll_interval, delay)
+
     def _follow(self, build: Build, request: Request) -> Build:
         """Return the build once its runner reports it terminal; hold the delivery until."""
         runner = self._runners.for_queue(request.queue)
@@ -150,7 +172,9 @@ class BuildSignalController:
             except VersionMismatch:
                 build = self._storage.builds.get(build.id)  # a terminal status stays as stored
         if not build.status.terminal:
-            raise Hold(self._poll_interval, f"build {build.id} is {build.status}")
+            raise Hold(self._next_delay(build.id), f"build {build.id} is {build.status}")
+        with self._lock:
+            self._looks.pop(build.id, None)
         if report.reason:
             logger.info("build %s %s: %s", build.id, build.status, report.reason)
         return build

@@ -14,16 +14,24 @@ from stovepipe.buildrunner import BuildReport, RunnerMap
 from stovepipe.buildrunner.contract import Unavailable as RunnerUnavailable
 from stovepipe.buildrunner.fake import FakeBuildRunner
 from stovepipe.controller import (
+    BuildSignalController,
     IngestController,
     ProcessController,
     RecordController,
     subscribe_pipeline,
 )
-from stovepipe.entity import BuildStatus, BuildStrategy, Queue, Request, RequestState
-from stovepipe.messagequeue import TOPIC_PROCESS, TOPIC_RECORD, Message, PermanentFailure
+from stovepipe.entity import Build, BuildStatus, BuildStrategy, Queue, Request, RequestState
+from stovepipe.messagequeue import (
+    TOPIC_BUILDSIGNAL,
+    TOPIC_PROCESS,
+    TOPIC_RECORD,
+    Hold,
+    Message,
+    PermanentFailure,
+)
 from stovepipe.messagequeue.codec import encode
 from stovepipe.messagequeue.inprocess import InProcessMessageQueue
-from stovepipe.messagequeue.v1.messagequeue_pb2 import ProcessRequest, RecordRequest
+from stovepipe.messagequeue.v1.messagequeue_pb2 import BuildSignal, ProcessRequest, RecordRequest
 from stovepipe.sourcecontrol import QueueMap
 from stovepipe.sourcecontrol.fake import FakeSourceControl
 from stovepipe.storage import NotFound, Storage, open_storage
@@ -349,3 +357,22 @@ def test_build_id_that_another_request_holds_fails_the_request_instead_of_decidi
         assert pipeline.state(second.id) == RequestState.FAILED
         assert pipeline.storage.builds.get("the-only-id").request_id == first.id
         assert pipeline.queue().in_flight == 0
+
+
+def test_buildsignal_looks_again_soon_then_less_often_up_to_the_poll_interval() -> None:
+    runner = FakeBuildRunner(outcome=BuildStatus.RUNNING)
+    with open_storage("memory://") as storage:
+        controller = BuildSignalController(
+            storage, RunnerMap({QUEUE: runner}), InProcessMessageQueue(), poll_interval=0.1
+        )
+        request = Request("request/monorepo/main/1", QUEUE, "u", RequestState.PROCESSING, 1)
+        storage.requests.create(request)
+        build_id = runner.trigger(request.id, None, request.uri)
+        storage.builds.create(Build(build_id, request.id, BuildStatus.ACCEPTED, "", 1))
+        payload = encode(BuildSignal(build_id=build_id, request_id=request.id, queue=QUEUE))
+        delays = []
+        for _ in range(6):
+            with pytest.raises(Hold) as held:
+                controller.handle(Message(TOPIC_BUILDSIGNAL, QUEUE, payload, 1))
+            delays.append(held.value.delay)
+    assert delays == [0.01, 0.02, 0.04, 0.08, 0.1, 0.1]
