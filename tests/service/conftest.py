@@ -1,9 +1,20 @@
 """Fixtures for the service tests: servers in-process on 127.0.0.1 port 0, or as
-``stovepipe serve`` processes, always reached over a real gRPC channel."""
+``stovepipe serve`` processes, always reached over a real gRPC channel.
+
+Tests that take ``storage_backend_url`` run once per storage backend: ``memory://``, a fresh
+SQLite file, and the MySQL, Redis and etcd servers named by ``STOVEPIPE_TEST_MYSQL_URL``,
+``STOVEPIPE_TEST_REDIS_URL`` and ``STOVEPIPE_TEST_ETCD_URL``. A server that is not named or
+cannot be reached is skipped with the reason, or, when the ``CI`` environment variable is set,
+fails. Such tests share those servers with anything else, so they write under keys of their
+own (a queue name from ``unique_queue``).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import pathlib
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 
 import grpc
@@ -14,7 +25,7 @@ from stovepipe.client import StovepipeClient
 from stovepipe.metrics import Metrics
 from stovepipe.server import StovepipeServer
 from stovepipe.sourcecontrol import QueueMap, SourceControl
-from stovepipe.storage import open_storage
+from stovepipe.storage import NotFound, open_storage
 from stovepipe.testing import (
     GitRepository,
     Running,
@@ -53,9 +64,10 @@ def start_server(tmp_path: pathlib.Path) -> Iterator[StartServer]:
 
 @pytest.fixture
 def start_pipeline(tmp_path: pathlib.Path) -> Iterator[Callable[..., Running]]:
-    """``start(sources, runners, max_concurrent=1, metrics_listen="")`` starts a server in
-    this process that runs the whole pipeline (buildsignal polling every 20 ms) on SQLite in
-    ``tmp_path``; queues without a runner are ingest-only. Stopped at teardown."""
+    """``start(sources, runners, max_concurrent=1, metrics_listen="", storage_url=None)``
+    starts a server in this process that runs the whole pipeline (buildsignal polling every
+    20 ms, in-process messaging) on ``storage_url``, else on SQLite in ``tmp_path``; queues
+    without a runner are ingest-only. Stopped at teardown."""
     started: list[Running] = []
 
     def start(
@@ -64,8 +76,9 @@ def start_pipeline(tmp_path: pathlib.Path) -> Iterator[Callable[..., Running]]:
         *,
         max_concurrent: int = 1,
         metrics_listen: str = "",
+        storage_url: str | None = None,
     ) -> Running:
-        url = f"sqlite:///{tmp_path / f'pipeline-{len(started)}.db'}"
+        url = storage_url or f"sqlite:///{tmp_path / f'pipeline-{len(started)}.db'}"
         server = StovepipeServer(
             open_storage(url),
             QueueMap(sources),
@@ -104,3 +117,88 @@ def git_repository(tmp_path: pathlib.Path) -> Callable[..., GitRepository]:
         return GitRepository(tmp_path / name, branch)
 
     return make
+
+
+STORAGE_BACKENDS = ("memory", "sqlite", "mysql", "redis", "etcd")
+"""Every storage backend, embedded ones first."""
+
+
+def in_ci() -> bool:
+    """True when the run must treat a server it cannot reach as a failure."""
+    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+
+
+def unreachable(reason: str) -> None:
+    """Skip the test with ``reason``, or fail it when ``CI`` is set."""
+    if in_ci():
+        pytest.fail(f"{reason} (CI is set: every storage backend must be reachable)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def _reached() -> dict[str, str]:
+    """Per network backend already probed: why it cannot be reached, empty if it can."""
+    return {}
+
+
+@pytest.fixture
+def server_url(_reached: dict[str, str]) -> Callable[[str], str]:
+    """``url(backend)``: the test server's storage URL for a network backend (``mysql``,
+    ``redis``, ``etcd``) from ``STOVEPIPE_TEST_<BACKEND>_URL``, probed once per session;
+    skips the test (fails it under ``CI``) when it is not set or cannot be reached."""
+
+    def url(backend: str) -> str:
+        env_name = f"STOVEPIPE_TEST_{backend.upper()}_URL"
+        found = os.environ.get(env_name, "")
+        if not found:
+            unreachable(f"{backend}: set {env_name} to a server URL")
+        if backend not in _reached:
+            _reached[backend] = _probe(backend, found)
+        if _reached[backend]:
+            unreachable(_reached[backend])
+        return found
+
+    return url
+
+
+def _probe(backend: str, url: str) -> str:
+    """Why the storage at ``url`` does not answer a read; empty when it does (some backends
+    connect lazily, so opening one proves nothing)."""
+    try:
+        with open_storage(url) as storage, contextlib.suppress(NotFound):
+            storage.queues.get("reachability probe")
+    except Exception as error:
+        return f"cannot reach {backend} storage at {url}: {error!r}"
+    return ""
+
+
+@pytest.fixture(scope="session", params=STORAGE_BACKENDS)
+def storage_backend(request: pytest.FixtureRequest) -> str:
+    """The storage backend under test: each of :data:`STORAGE_BACKENDS` in turn."""
+    backend: str = request.param
+    return backend
+
+
+@pytest.fixture
+def storage_backend_url(
+    storage_backend: str, server_url: Callable[[str], str], tmp_path: pathlib.Path
+) -> str:
+    """A storage URL of the backend under test: a fresh SQLite file, ``memory://``, or the
+    backend's test server (shared: write under :func:`unique_queue` names)."""
+    if storage_backend == "memory":
+        return "memory://"
+    if storage_backend == "sqlite":
+        return f"sqlite:///{tmp_path / 'storage.db'}"
+    return server_url(storage_backend)
+
+
+@pytest.fixture
+def unique_queue() -> Callable[[str], str]:
+    """``name(stem)``: a queue name of this test's own, ``<stem>-<token>/main``, so tests
+    sharing a storage server never meet (request numbers start at 1 for each)."""
+    token = uuid.uuid4().hex[:10]
+
+    def name(stem: str = "project") -> str:
+        return f"{stem}-{token}/main"
+
+    return name
