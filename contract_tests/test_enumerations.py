@@ -170,3 +170,24 @@ def test_enumerations_a_value_this_version_does_not_define_is_never_read_back(
     with pytest.raises(StorageError) as raised:
         read(storage)
     assert not isinstance(raised.value, NotFound), "the value was written, then not found"
+
+
+def test_enumerations_a_value_written_as_a_plain_string_reads_back_as_its_member(
+    storage: Storage, ns: str
+) -> None:
+    request = dataclasses.replace(
+        _request(ns),
+        state=cast(RequestState, "processing"),
+        build_strategy=cast(BuildStrategy, "full"),
+    )
+    build = dataclasses.replace(_build(ns), status=cast(BuildStatus, "running"))
+    storage.requests.create(request)
+    storage.builds.create(build)
+    stored = storage.requests.get(request.id)
+    assert stored.state is RequestState.PROCESSING
+    assert stored.build_strategy is BuildStrategy.FULL
+    assert storage.builds.get(build.id).status is BuildStatus.RUNNING
+    storage.builds.update(
+        dataclasses.replace(build, status=cast(BuildStatus, "failed")), old_version=1, new_version=2
+    )
+    assert storage.builds.get(build.id).status is BuildStatus.FAILED

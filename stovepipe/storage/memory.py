@@ -9,8 +9,18 @@ from __future__ import annotations
 import dataclasses
 import threading
 
-from stovepipe.entity import Build, Fact, Queue, Request
+from stovepipe.entity import Build, BuildStatus, BuildStrategy, Fact, Queue, Request, RequestState
 from stovepipe.storage.errors import AlreadyExists, NotFound, VersionMismatch
+
+
+def _members(request: Request) -> Request:
+    """``request`` with its enumerated fields as members, as every durable backend reads them
+    back (the caller may pass a plain ``str`` that names one)."""
+    return dataclasses.replace(
+        request,
+        state=RequestState(request.state),
+        build_strategy=BuildStrategy(request.build_strategy),
+    )
 
 
 class MemoryRequestStore:
@@ -24,7 +34,7 @@ class MemoryRequestStore:
         with self._lock:
             if request.id in self._requests:
                 raise AlreadyExists(f"request {request.id!r} exists")
-            self._requests[request.id] = request
+            self._requests[request.id] = _members(request)
 
     def get(self, request_id: str) -> Request:
         with self._lock:
@@ -38,13 +48,15 @@ class MemoryRequestStore:
             stored = self._requests.get(request.id)
             if stored is None or stored.version != old_version:
                 raise VersionMismatch(f"request {request.id!r} is not at version {old_version}")
-            self._requests[request.id] = dataclasses.replace(
-                stored,
-                uri=request.uri,
-                state=request.state,
-                build_strategy=request.build_strategy,
-                base_uri=request.base_uri,
-                version=new_version,
+            self._requests[request.id] = _members(
+                dataclasses.replace(
+                    stored,
+                    uri=request.uri,
+                    state=request.state,
+                    build_strategy=request.build_strategy,
+                    base_uri=request.base_uri,
+                    version=new_version,
+                )
             )
 
 
@@ -120,7 +132,7 @@ class MemoryBuildStore:
         with self._lock:
             if build.id in self._builds:
                 raise AlreadyExists(f"build {build.id!r} exists")
-            self._builds[build.id] = build
+            self._builds[build.id] = dataclasses.replace(build, status=BuildStatus(build.status))
 
     def get(self, build_id: str) -> Build:
         with self._lock:
@@ -135,7 +147,7 @@ class MemoryBuildStore:
             if stored is None or stored.version != old_version:
                 raise VersionMismatch(f"build {build.id!r} is not at version {old_version}")
             self._builds[build.id] = dataclasses.replace(
-                stored, status=build.status, log=build.log, version=new_version
+                stored, status=BuildStatus(build.status), log=build.log, version=new_version
             )
 
 
