@@ -181,8 +181,12 @@ class ProcessController:
         logger.info("superseded %s: the queue has a newer head", request.id)
 
     def _settle_older(self, source: SourceControl, admitted: Request, number: int) -> None:
-        """Supersede the older requests still ``accepted`` (say, their publish was lost), down
-        to the first one already settled, at most :data:`MAX_SWEEP` of them."""
+        """Supersede the older requests still ``accepted`` (their publish was lost, or they
+        waited for a slot and a newer head came), down to the first one that was admitted (it
+        has a build strategy, and swept below itself when it was), at most :data:`MAX_SWEEP`.
+
+        A request superseded by its own delivery swept nothing, so the sweep steps over it.
+        """
         head: str | None = None  # read once, and only if an older request waits
         for older in range(number - 1, max(0, number - 1 - MAX_SWEEP), -1):
             try:
@@ -190,7 +194,9 @@ class ProcessController:
             except NotFound:
                 continue  # a number drawn by a caller that lost its claim
             if request.state != RequestState.ACCEPTED:
-                return
+                if request.build_strategy != BuildStrategy.UNSET:
+                    return
+                continue
             if head is None:
                 head = self._head(source)
             if request.uri == head:

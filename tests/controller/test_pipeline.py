@@ -376,3 +376,31 @@ def test_buildsignal_looks_again_soon_then_less_often_up_to_the_poll_interval() 
                 controller.handle(Message(TOPIC_BUILDSIGNAL, QUEUE, payload, 1))
             delays.append(held.value.delay)
     assert delays == [0.01, 0.02, 0.04, 0.08, 0.1, 0.1]
+
+
+def test_a_head_that_waited_for_a_slot_is_superseded_when_a_newer_head_is_admitted_past_a_gap(
+    pipeline: Pipeline,
+) -> None:
+    # 250 and 251 were admitted; 252 waited for a slot (its delivery is gone); 253 was
+    # superseded by its own delivery (it swept nothing); 254 was drawn by a caller that lost its
+    # claim; 255, the head, is admitted now.
+    def stored(number: int, state: RequestState, strategy: BuildStrategy) -> Request:
+        request = Request(
+            f"request/{QUEUE}/{number}", QUEUE, f"fake://monorepo/c{number}", state, 1, strategy
+        )
+        pipeline.storage.requests.create(request)
+        return request
+
+    stored(250, RequestState.SUCCEEDED, BuildStrategy.FULL)
+    stored(251, RequestState.SUCCEEDED, BuildStrategy.INCREMENTAL)
+    waited = stored(252, RequestState.ACCEPTED, BuildStrategy.UNSET)
+    stored(253, RequestState.SUPERSEDED, BuildStrategy.UNSET)
+    pipeline.source.push("c255")
+    head = stored(255, RequestState.ACCEPTED, BuildStrategy.UNSET)
+    pipeline.storage.queues.create(Queue(QUEUE, latest_request_id=head.id))
+    pipeline.messaging.publish(
+        TOPIC_PROCESS, QUEUE, encode(ProcessRequest(id=head.id, queue=QUEUE))
+    )
+    pipeline.wait_for(pipeline.settled(head.id))
+
+    assert pipeline.state(waited.id) == RequestState.SUPERSEDED
