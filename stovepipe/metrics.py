@@ -11,6 +11,7 @@ metric                                             type       labels
 ``stovepipe_storage_operation_seconds``            histogram  store, operation
 ``stovepipe_requests_settled_total``               counter    queue, state
 ``stovepipe_builds_total``                         counter    queue, outcome
+``stovepipe_failed_verdict_seconds``               histogram  queue
 ``stovepipe_queue_in_flight``                      gauge      queue
 ``stovepipe_queue_last_green_age_seconds``         gauge      queue
 =================================================  =========  =================================
@@ -19,7 +20,10 @@ metric                                             type       labels
 ``AlreadyExists``, ``Unavailable``, ...). The two pipeline counters count what this process
 wrote: a request moved to a terminal ``state`` (``superseded``, ``succeeded``, ``failed``,
 ``cancelled``), a build's terminal status (``outcome``: ``succeeded``, ``failed``,
-``cancelled``) stored; the sum over every server and worker is the whole pipeline's. The two
+``cancelled``) stored; the sum over every server and worker is the whole pipeline's. The
+histogram observes, for each red fact this process recorded, the seconds from the commit to
+its failed verdict (commit times from the queues' sources, so only once
+:meth:`Metrics.watch_queues` has named them). The two
 queue gauges are read from storage at each scrape, for every configured queue: the requests
 holding a build slot, and the seconds since the last green commit was committed (absent until
 the queue's first green). Each :class:`Metrics` owns its registry, so several servers can live
@@ -41,7 +45,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from stovepipe.entity import Build, Request
+from stovepipe.entity import Build, Fact, Request
 from stovepipe.sourcecontrol import SourceControlError, SourceControlFactory
 from stovepipe.storage import (
     BuildStore,
@@ -76,6 +80,9 @@ LATENCY_BUCKETS = (
     5.0,
     10.0,
 )
+
+# From a minute (a quick build of a fresh commit) to a day (a queue that was stuck).
+VERDICT_BUCKETS = (60.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0, 86400.0)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -135,6 +142,15 @@ class Metrics:
             ["queue", "outcome"],
             registry=self.registry,
         )
+        self.failed_verdict_seconds = Histogram(
+            "stovepipe_failed_verdict_seconds",
+            "Seconds from a commit to its failed verdict, for each red fact recorded here.",
+            ["queue"],
+            buckets=VERDICT_BUCKETS,
+            registry=self.registry,
+        )
+        self._sources: SourceControlFactory | None = None
+        self._clock: Callable[[], float] = time.time
         self._http: WSGIServer | None = None
         self._http_thread: threading.Thread | None = None
 
@@ -174,7 +190,10 @@ class Metrics:
             BuildStore,
             _InstrumentedStore(storage.builds, "builds", self, {"update": self._build_updated}),
         )
-        storage.facts = cast(FactStore, _InstrumentedStore(storage.facts, "facts", self))
+        storage.facts = cast(
+            FactStore,
+            _InstrumentedStore(storage.facts, "facts", self, {"create": self._fact_created}),
+        )
         return storage
 
     def watch_queues(
@@ -185,12 +204,25 @@ class Metrics:
         clock: Callable[[], float] = time.time,
     ) -> None:
         """Report ``queues``' in-flight counts and last-green ages, read from ``storage`` (and
-        the commit time from ``sources``) at each scrape. Call once."""
+        the commit time from ``sources``) at each scrape, and time red verdicts from their
+        commits. Call once."""
+        self._sources, self._clock = sources, clock
         self.registry.register(_QueueCollector(storage, sources, tuple(queues), clock))
 
     def _request_updated(self, request: Request, *args: object, **kwargs: object) -> None:
         if request.state.terminal:
             self.requests_settled.labels(request.queue, str(request.state)).inc()
+
+    def _fact_created(self, fact: Fact, *args: object, **kwargs: object) -> None:
+        if fact.degree == 0 or self._sources is None:
+            return
+        try:
+            committed = self._sources.for_queue(fact.queue).commit_time(fact.uri)
+        except SourceControlError as error:
+            logger.debug("no verdict time for %r: %s", fact.uri, error)
+            return
+        seconds = max(0.0, self._clock() - committed)
+        self.failed_verdict_seconds.labels(fact.queue).observe(seconds)
 
     def _build_updated(self, build: Build, *args: object, **kwargs: object) -> None:
         if build.status.terminal:

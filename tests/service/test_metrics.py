@@ -177,3 +177,32 @@ def test_queue_gauges_are_read_at_the_scrape_and_a_failing_read_leaves_them_out(
         # The source no longer knows the commit: the age is left out, the scrape still works.
         assert value("stovepipe_queue_last_green_age_seconds", "mono/main") is None
         assert value("stovepipe_queue_in_flight", "mono/main") == 0
+
+
+def test_failed_verdicts_are_timed_from_their_commit_and_green_ones_are_not() -> None:
+    metrics = Metrics(process_metrics=False)
+    source = FakeSourceControl(["c2", "c1"], name="mono", commit_times={"c1": 1000.0, "c2": 0.0})
+    with open_storage("memory://") as store:
+        metrics.instrument(store)
+        metrics.watch_queues(
+            store, QueueMap({"mono/main": source}), ["mono/main"], clock=lambda: 1700.0
+        )
+        store.facts.create(
+            Fact("mono/main", "fake://mono/c1", "", 1.0, "request/mono/main/1", 1700.0)
+        )
+        store.facts.create(
+            Fact("mono/main", "fake://mono/c2", "", 0.0, "request/mono/main/2", 1700.0)
+        )
+        with pytest.raises(AlreadyExists):  # a redelivery records nothing again
+            store.facts.create(
+                Fact("mono/main", "fake://mono/c1", "", 1.0, "request/mono/main/1", 1.0)
+            )
+
+    def sample(suffix: str, **labels: str) -> float | None:
+        name = f"stovepipe_failed_verdict_seconds_{suffix}"
+        return metrics.registry.get_sample_value(name, {"queue": "mono/main", **labels})
+
+    assert sample("count") == 1
+    assert sample("sum") == 700.0
+    assert sample("bucket", le="600.0") == 0
+    assert sample("bucket", le="1800.0") == 1
