@@ -115,11 +115,12 @@ class SourceControl(Protocol):
         Returns ``True`` if the ref moved (or was created), ``False`` if it already points
         at that commit or at a descendant of it, or if this source has no promotion ref. A
         ref pointing at a commit that is neither an ancestor nor a descendant (history was
-        rewritten) is moved. Safe under concurrent callers, also across processes: the ref
+        rewritten) is moved only if a promotion moved it last: commits someone else put on
+        it are never dropped. Safe under concurrent callers, also across processes: the ref
         only ever moves from the value the decision was made on. Raises ``NotFound`` if the
         URI is unknown (e.g. a rewrite dropped the commit), ``Refused`` if the ref cannot be
-        moved safely (it is checked out in a working tree), ``Unavailable`` on a transient
-        fault.
+        moved safely (it is checked out in a working tree, or someone else moved it and this
+        is not forward), ``Unavailable`` on a transient fault.
         """
         ...
 

@@ -276,10 +276,18 @@ class GitSourceControl:
             try:
                 if self._repository.descendant_of(current, target):
                     return False
+                forward = self._repository.descendant_of(target, current)
             except (pygit2.GitError, KeyError):
-                pass  # the current commit is gone: the ref is moved, as after a rewrite
+                forward = False  # the current commit is gone, as after a rewrite
+            if not forward and not _last_moved_by_promotion(reference):
+                # Not a fast-forward, and someone else moved the branch last: moving it would
+                # drop their commits. A sideways move is ours to make only over our own.
+                raise Refused(
+                    f"will not move {name!r} from {current} to {target}: that is not forward, "
+                    "and the branch was last moved by someone else"
+                )
         self._refuse_if_checked_out(name)
-        message = f"stovepipe: promote to {target}"
+        message = f"{_PROMOTE_MESSAGE} {target}"
         if reference is None:
             try:
                 self._repository.create_reference_direct(name, target, False, message=message)
@@ -321,6 +329,17 @@ class GitSourceControl:
                     f"will not move {name!r}: it is checked out in the working tree at "
                     f"{workdir!r}; configure a promotion branch nobody checks out"
                 )
+
+
+_PROMOTE_MESSAGE = "stovepipe: promote to"
+"""How a promotion begins its reflog entry, so the next one knows who moved the branch last."""
+
+
+def _last_moved_by_promotion(reference: pygit2.Reference) -> bool:
+    """Whether the newest reflog entry of ``reference`` is one of our promotions."""
+    for entry in reference.log():
+        return bool(entry.message.startswith(_PROMOTE_MESSAGE))
+    return False  # no reflog: we cannot tell, so the branch is not ours to move sideways
 
 
 def _remove(directory: Path, existed: bool) -> None:

@@ -187,6 +187,32 @@ def test_promote_moves_the_branch_across_a_history_rewrite(repo: GitRepository) 
     assert rev_parse_quiet(repo, "refs/heads/green") == source.revision(rewritten)
 
 
+def test_promote_refuses_to_drop_commits_someone_else_put_on_the_branch(
+    repo: GitRepository,
+) -> None:
+    repo.commit("base")
+    source = GitSourceControl(repo.path, "main", promote_ref="green")
+    assert source.promote(source.latest()) is True
+    # Someone commits on the promotion branch itself, in a worktree of their own.
+    repo.git("worktree", "add", "--quiet", str(repo.path.parent / "theirs"), "green")
+    theirs_dir = repo.path.parent / "theirs"
+    subprocess.run(
+        ["git", "-C", str(theirs_dir), "commit", "--quiet", "--allow-empty", "--message=mine"],
+        env=GIT_ENV,
+        check=True,
+    )
+    repo.git("worktree", "remove", str(theirs_dir))
+    theirs = rev_parse_quiet(repo, "refs/heads/green")
+    repo.commit("next on main")
+    with pytest.raises(Refused, match="last moved by someone else"):
+        source.promote(source.latest())
+    assert rev_parse_quiet(repo, "refs/heads/green") == theirs
+    # Once the branch is a fast-forward away again, promotion goes on.
+    repo.git("merge", "--quiet", "--no-edit", "green")
+    assert source.promote(source.latest()) is True
+    assert rev_parse_quiet(repo, "refs/heads/green") == repo.git("rev-parse", "HEAD")
+
+
 def test_promote_of_a_commit_a_rewrite_dropped_raises_not_found(repo: GitRepository) -> None:
     repo.commit("base")
     dropped = repo.commit("dropped")
