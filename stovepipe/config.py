@@ -267,12 +267,14 @@ def prepare_default_storage(url: str) -> None:
 
 
 def prepare_builds_dir(builds_dir: pathlib.Path) -> None:
-    """Create ``builds_dir``; if it lies in a data directory named ``.stovepipe``, keep that
-    directory out of ``git status`` too (builds check commits out in there)."""
+    """Create ``builds_dir`` with a ``.gitignore`` that ignores all of it, so builds (which
+    check commits out in there) never show in ``git status`` wherever it lies; if it lies in
+    a data directory named ``.stovepipe``, that one is kept out too."""
     if builds_dir.parent.name == DATA_DIR_NAME:
         prepare_data_dir(builds_dir.parent)
     try:
         builds_dir.mkdir(parents=True, exist_ok=True)
+        _ignore_all_of(builds_dir)
     except OSError as error:
         raise ConfigError(f"cannot create builds_dir {builds_dir}: {error.strerror}") from None
 
@@ -283,6 +285,10 @@ def prepare_data_dir(directory: pathlib.Path) -> None:
     if directory.name != DATA_DIR_NAME:
         return
     directory.mkdir(parents=True, exist_ok=True)
+    _ignore_all_of(directory)
+
+
+def _ignore_all_of(directory: pathlib.Path) -> None:
     ignore = directory / ".gitignore"
     if not ignore.exists():
         ignore.write_text("# Stovepipe's local data; never committed.\n*\n", encoding="utf-8")

@@ -374,3 +374,18 @@ def test_the_default_builds_dir_is_kept_out_of_git_status_whatever_the_storage(
     assert (repo.path / ".stovepipe" / "builds").is_dir()
     (repo.path / ".stovepipe" / "builds" / "x").write_text("state", encoding="utf-8")
     assert repo.git("status", "--porcelain") == ""
+
+
+def test_a_builds_dir_inside_the_repository_is_kept_out_of_git_status_wherever_it_is(
+    git_repository: Callable[..., GitRepository],
+) -> None:
+    repo = git_repository("webapp")
+    repo.commit()
+    loaded = config.load(
+        environ={"STOVEPIPE_BUILD_COMMAND": "true", "STOVEPIPE_STORAGE_URL": "memory://"},
+        overrides={"builds_dir": "ci/builds"},
+        cwd=repo.path,
+    )
+    build_runners(loaded, build_sourcecontrol(loaded.queues))
+    (repo.path / "ci" / "builds" / "x").write_text("state", encoding="utf-8")
+    assert repo.git("status", "--porcelain") == ""
