@@ -379,7 +379,7 @@ def _parse_build(raw: object, queue_where: str) -> BuildSpec:
             raise ConfigError(f"{where}: command is required (a non-empty string)")
         timeout = _positive(raw, "timeout", DEFAULT_BUILD_TIMEOUT, float, where, minimum=0)
         if timeout == 0:
-            raise ConfigError(f"{where}: timeout must be more than 0 seconds")
+            raise ConfigError(f"{where}: timeout must be a finite number above 0, not 0")
         return CommandBuild(command=command, timeout=timeout, max_concurrent=max_concurrent)
     if kind == "fake":
         _only(raw, {"type", "outcome", "duration", "max_concurrent"}, where)
@@ -390,6 +390,8 @@ def _parse_build(raw: object, queue_where: str) -> BuildSpec:
             )
         duration = _positive(raw, "duration", 0.0, float, where, minimum=0)
         return FakeBuild(outcome=str(outcome), duration=duration, max_concurrent=max_concurrent)
+    if kind is None:
+        raise ConfigError(f'{where} needs a type: "command" or "fake"')
     raise ConfigError(f'{where}: type must be "command" or "fake", not {kind!r}')
 
 

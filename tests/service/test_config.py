@@ -271,9 +271,10 @@ def test_a_command_build_defaults_to_a_1800_second_timeout_and_one_build_at_once
     ("build", "message"),
     [
         ('type = "make"\n', 'build: type must be "command" or "fake"'),
+        ('command = "true"\n', 'build needs a type: "command" or "fake"'),
         ('type = "command"\n', "build: command is required"),
         ('type = "command"\ncommand = "  "\n', "build: command is required"),
-        ('type = "command"\ncommand = "true"\ntimeout = 0\n', "timeout must be more than 0"),
+        ('type = "command"\ncommand = "true"\ntimeout = 0\n', "timeout must be a finite number"),
         ('type = "command"\ncommand = "true"\ntimeout = -1\n', "timeout must be a finite number"),
         ('type = "command"\ncommand = "true"\ntimeout = inf\n', "timeout must be a finite number"),
         ('type = "command"\ncommand = "true"\ntimeout = "1"\n', "timeout must be a finite number"),
