@@ -43,6 +43,7 @@ import grpc
 import stovepipe
 from stovepipe import config as configuration
 from stovepipe.client import StovepipeClient
+from stovepipe.redaction import install_log_filter, redact, redact_text
 from stovepipe.v1 import stovepipe_pb2 as pb
 
 MIGRATIONS_GROUP = "stovepipe.storage.migrations"
@@ -88,10 +89,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except CommandError as error:
-        print(f"stovepipe: {error}", file=sys.stderr)
+        print(f"stovepipe: {redact_text(str(error))}", file=sys.stderr)
         return error.status
     except configuration.ConfigError as error:
-        print(f"stovepipe: {error}", file=sys.stderr)
+        print(f"stovepipe: {redact_text(str(error))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
@@ -225,6 +226,7 @@ def _configure_logging(level: str = "info") -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    install_log_filter()
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -505,7 +507,7 @@ def _migrate(args: argparse.Namespace) -> int:
     if not scheme or scheme not in installed_schemes():
         installed = ", ".join(s + "://" for s in installed_schemes()) or "none"
         raise CommandError(
-            f"no storage backend serves {args.url!r}; installed: {installed}", EXIT_USAGE
+            f"no storage backend serves {redact(args.url)!r}; installed: {installed}", EXIT_USAGE
         )
     migrations = importlib.metadata.entry_points(group=MIGRATIONS_GROUP, name=scheme)
     if not migrations:
@@ -517,7 +519,9 @@ def _migrate(args: argparse.Namespace) -> int:
     try:
         migrate(args.url)
     except Exception as error:
-        raise CommandError(f"migration of {scheme}:// failed: {error}", EXIT_SERVER_ERROR) from None
+        reason = redact_text(str(error), [args.url])
+        message = f"migration of {scheme}:// failed: {reason}"
+        raise CommandError(message, EXIT_SERVER_ERROR) from None
     print(f"{scheme}:// migrated")
     return 0
 

@@ -36,8 +36,9 @@ from stovepipe.controller.process import one_at_a_time
 from stovepipe.entity import BuildStatus
 from stovepipe.messagequeue import MessageQueue
 from stovepipe.messagequeue.inprocess import InProcessMessageQueue
-from stovepipe.messagequeue.registry import default_queue_url, open_queue, redact
+from stovepipe.messagequeue.registry import default_queue_url, open_queue
 from stovepipe.metrics import Metrics
+from stovepipe.redaction import redact, redact_text, register_url
 from stovepipe.sourcecontrol import (
     QueueMap,
     SourceControl,
@@ -262,11 +263,14 @@ def max_concurrent_of(config: configuration.Config) -> Callable[[str], int]:
 
 def _open_configured_storage(config: configuration.Config) -> Storage:
     """Open ``config``'s storage; a failure is a configuration error naming the URL, redacted."""
+    register_url(config.storage_url)
     configuration.prepare_default_storage(config.storage_url)
     try:
         return open_storage(config.storage_url)
     except StorageError as error:
-        raise configuration.ConfigError(f"storage {redact(config.storage_url)}: {error}") from None
+        url = config.storage_url
+        reason = redact_text(str(error), [url])
+        raise configuration.ConfigError(f"storage {redact(url)}: {reason}") from None
 
 
 @contextlib.contextmanager
@@ -322,10 +326,12 @@ def queue_url_of(config: configuration.Config) -> str:
 def build_message_queue(config: configuration.Config, metrics: Metrics) -> MessageQueue:
     """Open (not start) the configured messaging queue, its metrics in ``metrics``' registry."""
     url = queue_url_of(config)
+    register_url(url)
     try:
         return open_queue(url, registry=metrics.registry)
     except (ValueError, StorageError) as error:
-        raise configuration.ConfigError(f"messaging queue {redact(url)}: {error}") from None
+        reason = redact_text(str(error), [url])
+        raise configuration.ConfigError(f"messaging queue {redact(url)}: {reason}") from None
 
 
 def run_worker(config: configuration.Config) -> int:
