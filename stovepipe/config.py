@@ -4,7 +4,8 @@ Precedence, highest first: command-line flags, ``STOVEPIPE_*`` environment varia
 file (``--config`` or ``STOVEPIPE_CONFIG``), built-in defaults. A complete file::
 
     listen = "127.0.0.1:50051"          # gRPC address; port 0 picks a free port
-    metrics_listen = "127.0.0.1:9464"   # Prometheus /metrics; "" (the default) turns it off
+    metrics_listen = "127.0.0.1:9464"   # Prometheus /metrics; "" (the default) turns it off;
+                                         # a port alone ("9464") binds 127.0.0.1
     storage_url = "sqlite:///var/lib/stovepipe/stovepipe.db"
     queue_url = "redis://127.0.0.1:6379/0"  # messaging queue; default: follows storage_url
     grace_period = 5.0                   # seconds SIGTERM waits for in-flight calls (<= 3600)
@@ -225,6 +226,10 @@ def load(
     if log_level not in LOG_LEVELS:
         raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}, not {log_level!r}")
     listen = _address(settings, "listen", DEFAULT_LISTEN, allow_empty=False)
+    metrics_listen = _text(settings, "metrics_listen", "").strip()
+    if metrics_listen.removeprefix(":").isdigit():
+        # A port alone is this machine only: exposing metrics further is a deliberate HOST.
+        settings["metrics_listen"] = f"127.0.0.1:{metrics_listen.removeprefix(':')}"
     metrics_listen = _address(settings, "metrics_listen", "", allow_empty=True)
     grace_period = _number(settings, "grace_period", DEFAULT_GRACE_PERIOD, float)
     if grace_period > MAX_GRACE_PERIOD:

@@ -492,3 +492,14 @@ def test_listening_beyond_loopback_without_tls_or_tokens_is_warned_about_once(
     start_secure(listen="0.0.0.0:0", tokens=tuple(TOKENS))
     start_secure(listen="0.0.0.0:0", tls=server_tls(certificates))
     assert not [r for r in caplog.records if "neither TLS nor tokens" in r.getMessage()]
+
+
+@pytest.mark.parametrize("port_only", ["9464", ":9464"])
+def test_a_metrics_port_alone_binds_loopback_only(port_only: str, tmp_path: pathlib.Path) -> None:
+    (tmp_path / "stovepipe.toml").write_text(f'metrics_listen = "{port_only}"\n{FAKE_QUEUE}')
+    loaded = configuration.load(tmp_path / "stovepipe.toml", environ={}, cwd=tmp_path)
+    assert loaded.metrics_listen == "127.0.0.1:9464"
+    from_env = configuration.load(
+        tmp_path / "stovepipe.toml", environ={"STOVEPIPE_METRICS_LISTEN": "0.0.0.0:1"}, cwd=tmp_path
+    )
+    assert from_env.metrics_listen == "0.0.0.0:1"  # a host is what exposes it further
