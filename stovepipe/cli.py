@@ -39,6 +39,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 import urllib.parse
 from collections.abc import Callable, Sequence
 from types import FrameType
@@ -107,6 +108,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except Exception:
+        # Not one of ours: the traceback helps, but may quote a URL or an option.
+        print(redact_text(traceback.format_exc()), end="", file=sys.stderr)
+        return 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -261,6 +266,16 @@ def _configure_logging(level: str = "info") -> None:
         stream=sys.stderr,
     )
     install_log_filter()
+    threading.excepthook = _log_thread_exception
+
+
+def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
+    """Report an exception that ended a thread through logging, so it is redacted too."""
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "a thread"
+    exc_info = (args.exc_type, args.exc_value or args.exc_type(), args.exc_traceback)
+    logger.error("uncaught exception in %s", name, exc_info=exc_info)
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -294,7 +294,7 @@ def _open_configured_storage(config: configuration.Config) -> Storage:
     configuration.prepare_default_storage(config.storage_url)
     try:
         return open_storage(config.storage_url)
-    except StorageError as error:
+    except (StorageError, ValueError) as error:  # unreachable, refused, or a malformed URL
         url = config.storage_url
         reason = redact_text(str(error), [url])
         raise configuration.ConfigError(f"storage {redact(url)}: {reason}") from None
