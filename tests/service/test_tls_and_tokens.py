@@ -503,3 +503,15 @@ def test_a_metrics_port_alone_binds_loopback_only(port_only: str, tmp_path: path
         tmp_path / "stovepipe.toml", environ={"STOVEPIPE_METRICS_LISTEN": "0.0.0.0:1"}, cwd=tmp_path
     )
     assert from_env.metrics_listen == "0.0.0.0:1"  # a host is what exposes it further
+
+
+def test_the_cli_connects_with_tls_to_an_https_server_verified_by_the_ca_or_the_system(
+    start_secure: StartSecure, certificates: Certificates
+) -> None:
+    server = start_secure(tls=server_tls(certificates))
+    https = ["--server", f"https://{server.address}", "--timeout", "5"]
+    verified = run_cli("ping", *https, "--ca", str(certificates.ca))
+    assert verified.returncode == 0, verified.stderr
+    assert f"at {server.address}" in verified.stdout
+    # The system's trusted CAs do not know this test's CA.
+    assert run_cli("ping", *https).returncode == cli.EXIT_UNREACHABLE
