@@ -57,8 +57,9 @@ import grpc
 from stovepipe import config as configuration
 from stovepipe.client import StovepipeClient
 from stovepipe.controller.buildsignal import DEFAULT_POLL_INTERVAL
-from stovepipe.messagequeue.registry import default_queue_url, redact, with_query
+from stovepipe.messagequeue.registry import default_queue_url, with_query
 from stovepipe.metrics import Metrics
+from stovepipe.redaction import redact
 from stovepipe.server import (
     StovepipeServer,
     build_message_queue,

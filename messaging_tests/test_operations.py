@@ -16,7 +16,8 @@ from messaging_tests.test_delivery import dead_letters_of
 from stovepipe.messagequeue import Message, PermanentFailure
 from stovepipe.messagequeue.brokered import BrokeredMessageQueue, MessageQueueUnavailable
 from stovepipe.messagequeue.inprocess import InProcessMessageQueue
-from stovepipe.messagequeue.registry import default_queue_url, open_queue, redact
+from stovepipe.messagequeue.registry import default_queue_url, open_queue
+from stovepipe.redaction import redact
 from stovepipe.storage import Unavailable
 
 

@@ -17,9 +17,14 @@
     stovepipe migrate URL             prepares a storage backend's schema, if it needs one
 
 Client commands take ``--server HOST:PORT`` (default ``127.0.0.1:50051``, or
-``$STOVEPIPE_SERVER``) and ``--timeout SECONDS``. Failures are one line on stderr and a
-non-zero exit: 1 for an error the server reported, 2 for bad usage or configuration, 3 when
-the server cannot be reached.
+``$STOVEPIPE_SERVER``) and ``--timeout SECONDS``. ``--ca FILE`` (the CA that signed the
+server's certificate), ``--cert FILE`` and ``--key FILE`` (the client's own, for mutual TLS),
+or a server given as ``https://HOST:PORT`` (verified against the system's roots without
+``--ca``), connect with TLS; ``$STOVEPIPE_CA``, ``$STOVEPIPE_CERT`` and ``$STOVEPIPE_KEY``
+are their defaults. A bearer token is read from ``--token-file FILE`` (default
+``$STOVEPIPE_TOKEN_FILE``) or ``$STOVEPIPE_TOKEN``, never from the command line. Failures
+are one line on stderr and a non-zero exit: 1 for an error the server reported, 2 for bad
+usage or configuration, 3 when the server cannot be reached.
 """
 
 from __future__ import annotations
@@ -29,10 +34,12 @@ import importlib.metadata
 import json
 import logging
 import os
+import pathlib
 import signal
 import sys
 import threading
 import time
+import traceback
 import urllib.parse
 from collections.abc import Callable, Sequence
 from types import FrameType
@@ -42,11 +49,17 @@ import grpc
 
 import stovepipe
 from stovepipe import config as configuration
-from stovepipe.client import StovepipeClient
+from stovepipe.client import StovepipeClient, connect
+from stovepipe.redaction import install_log_filter, redact, redact_text, register_secret
 from stovepipe.v1 import stovepipe_pb2 as pb
 
 MIGRATIONS_GROUP = "stovepipe.storage.migrations"
 SERVER_ENV = "STOVEPIPE_SERVER"
+CA_ENV = "STOVEPIPE_CA"
+CERT_ENV = "STOVEPIPE_CERT"
+KEY_ENV = "STOVEPIPE_KEY"
+TOKEN_FILE_ENV = "STOVEPIPE_TOKEN_FILE"
+TOKEN_ENV = "STOVEPIPE_TOKEN"
 EXIT_SERVER_ERROR = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
@@ -88,13 +101,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except CommandError as error:
-        print(f"stovepipe: {error}", file=sys.stderr)
+        print(f"stovepipe: {redact_text(str(error))}", file=sys.stderr)
         return error.status
     except configuration.ConfigError as error:
-        print(f"stovepipe: {error}", file=sys.stderr)
+        print(f"stovepipe: {redact_text(str(error))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except Exception:
+        # Not one of ours: the traceback helps, but may quote a URL or an option.
+        print(redact_text(traceback.format_exc()), end="", file=sys.stderr)
+        return 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -111,6 +128,16 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--queue-url", metavar="URL", help="messaging queue URL")
     serve.add_argument(
         "--metrics-listen", metavar="HOST:PORT", help='Prometheus address ("" turns it off)'
+    )
+    serve.add_argument("--tls-cert", metavar="FILE", help="PEM certificate chain: serve TLS")
+    serve.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
+    serve.add_argument(
+        "--tls-client-ca",
+        metavar="FILE",
+        help="PEM CA certificates: require clients to present a certificate one signed",
+    )
+    serve.add_argument(
+        "--tokens-file", metavar="FILE", help="bearer tokens with scopes, one per line"
     )
     _build_options(serve)
     serve.set_defaults(handler=_serve)
@@ -133,7 +160,20 @@ def _parser() -> argparse.ArgumentParser:
             "--server",
             metavar="HOST:PORT",
             default=None,
-            help=f"server address (default ${SERVER_ENV} or {configuration.DEFAULT_LISTEN})",
+            help=f"server address (default ${SERVER_ENV} or {configuration.DEFAULT_LISTEN}); "
+            "https://HOST:PORT connects with TLS",
+        )
+        command.add_argument(
+            "--ca", metavar="FILE", help=f"PEM CA that signed the server's certificate (${CA_ENV})"
+        )
+        command.add_argument(
+            "--cert", metavar="FILE", help=f"PEM client certificate, mutual TLS (${CERT_ENV})"
+        )
+        command.add_argument("--key", metavar="FILE", help=f"PEM key of --cert (${KEY_ENV})")
+        command.add_argument(
+            "--token-file",
+            metavar="FILE",
+            help=f"file holding the bearer token (${TOKEN_FILE_ENV}; or the token in ${TOKEN_ENV})",
         )
         command.add_argument(
             "--timeout",
@@ -225,6 +265,17 @@ def _configure_logging(level: str = "info") -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    install_log_filter()
+    threading.excepthook = _log_thread_exception
+
+
+def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
+    """Report an exception that ended a thread through logging, so it is redacted too."""
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "a thread"
+    exc_info = (args.exc_type, args.exc_value or args.exc_type(), args.exc_traceback)
+    logger.error("uncaught exception in %s", name, exc_info=exc_info)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -239,6 +290,10 @@ def _serve(args: argparse.Namespace) -> int:
             "metrics_listen": args.metrics_listen,
             "build_command": args.build_command,
             "builds_dir": args.builds_dir,
+            "tls_cert": args.tls_cert,
+            "tls_key": args.tls_key,
+            "tls_client_ca": args.tls_client_ca,
+            "tokens_file": args.tokens_file,
         },
     )
     _configure_logging(config.log_level)
@@ -290,9 +345,51 @@ def _utf8(value: str, name: str) -> str:
 
 def _stub(args: argparse.Namespace) -> tuple[grpc.Channel, StovepipeClient, str]:
     address: str = args.server or os.environ.get(SERVER_ENV) or configuration.DEFAULT_LISTEN
+    https = address.startswith("https://")
+    address = address.removeprefix("https://")
     configuration.parse_address(_utf8(address, "--server"), setting="--server")
-    channel = grpc.insecure_channel(address)
+    pem = {
+        name: _read_client_file(flag, path)
+        for name, flag, path in (
+            ("root_certificates", "--ca", args.ca or os.environ.get(CA_ENV)),
+            ("certificate_chain", "--cert", args.cert or os.environ.get(CERT_ENV)),
+            ("private_key", "--key", args.key or os.environ.get(KEY_ENV)),
+        )
+        if path
+    }
+    if ("certificate_chain" in pem) != ("private_key" in pem):
+        raise CommandError("--cert and --key go together", EXIT_USAGE)
+    channel = connect(address, tls=https, token=_token(args), **pem)
     return channel, StovepipeClient(channel), address
+
+
+def _read_client_file(flag: str, path: str) -> bytes:
+    try:
+        return pathlib.Path(path).read_bytes()
+    except OSError as error:
+        raise CommandError(f"cannot read {flag} {path}: {error.strerror}", EXIT_USAGE) from None
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    """The bearer token of ``--token-file`` (or ``$STOVEPIPE_TOKEN_FILE``), else of
+    ``$STOVEPIPE_TOKEN``; registered as a secret so no message shows it."""
+    path = args.token_file or os.environ.get(TOKEN_FILE_ENV)
+    if path:
+        try:
+            token = pathlib.Path(path).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as error:
+            reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
+            raise CommandError(f"cannot read --token-file {path}: {reason}", EXIT_USAGE) from None
+        if not token:
+            raise CommandError(f"--token-file {path} is empty", EXIT_USAGE)
+    else:
+        token = os.environ.get(TOKEN_ENV, "").strip()
+    if not token:
+        return None
+    if any(character.isspace() for character in token) or not token.isprintable():
+        raise CommandError("the bearer token must be one line without spaces", EXIT_USAGE)
+    register_secret(token)
+    return token
 
 
 def _failure(error: grpc.RpcError, address: str) -> CommandError:
@@ -505,7 +602,7 @@ def _migrate(args: argparse.Namespace) -> int:
     if not scheme or scheme not in installed_schemes():
         installed = ", ".join(s + "://" for s in installed_schemes()) or "none"
         raise CommandError(
-            f"no storage backend serves {args.url!r}; installed: {installed}", EXIT_USAGE
+            f"no storage backend serves {redact(args.url)!r}; installed: {installed}", EXIT_USAGE
         )
     migrations = importlib.metadata.entry_points(group=MIGRATIONS_GROUP, name=scheme)
     if not migrations:
@@ -517,7 +614,9 @@ def _migrate(args: argparse.Namespace) -> int:
     try:
         migrate(args.url)
     except Exception as error:
-        raise CommandError(f"migration of {scheme}:// failed: {error}", EXIT_SERVER_ERROR) from None
+        reason = redact_text(str(error), [args.url])
+        message = f"migration of {scheme}:// failed: {reason}"
+        raise CommandError(message, EXIT_SERVER_ERROR) from None
     print(f"{scheme}:// migrated")
     return 0
 

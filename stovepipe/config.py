@@ -4,12 +4,19 @@ Precedence, highest first: command-line flags, ``STOVEPIPE_*`` environment varia
 file (``--config`` or ``STOVEPIPE_CONFIG``), built-in defaults. A complete file::
 
     listen = "127.0.0.1:50051"          # gRPC address; port 0 picks a free port
-    metrics_listen = "127.0.0.1:9464"   # Prometheus /metrics; "" (the default) turns it off
+    metrics_listen = "127.0.0.1:9464"   # Prometheus /metrics; "" (the default) turns it off;
+                                         # a port alone ("9464") binds 127.0.0.1
     storage_url = "sqlite:///var/lib/stovepipe/stovepipe.db"
     queue_url = "redis://127.0.0.1:6379/0"  # messaging queue; default: follows storage_url
     grace_period = 5.0                   # seconds SIGTERM waits for in-flight calls (<= 3600)
     max_workers = 32                     # threads serving RPCs
     log_level = "info"
+    reflection = true                    # serve gRPC server reflection
+
+    tls_cert = "/etc/stovepipe/tls.crt"  # PEM certificate chain: serve TLS ("" = plaintext)
+    tls_key = "/etc/stovepipe/tls.key"   # its PEM private key (unencrypted)
+    tls_client_ca = "/etc/stovepipe/ca.crt"  # mutual TLS: clients present a cert it signed
+    tokens_file = "/etc/stovepipe/tokens"    # bearer tokens with scopes (see stovepipe.auth)
 
     builds_dir = "/var/lib/stovepipe/builds"  # build state; relative to this file
     build_command = ""                   # the default queue's build (no [queues] only)
@@ -52,6 +59,7 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from stovepipe import auth, redaction
 from stovepipe.controller.process import DEFAULT_MAX_CONCURRENT
 
 DEFAULT_PORT = 50051
@@ -134,6 +142,13 @@ class Config:
     log_level: str = "info"
     builds_dir: pathlib.Path = pathlib.Path(DATA_DIR_NAME, BUILDS_DIR_NAME)
     queues: Mapping[str, QueueSpec] = dataclasses.field(default_factory=dict)
+    reflection: bool = True
+    tls_cert: pathlib.Path | None = None
+    tls_key: pathlib.Path | None = None
+    tls_client_ca: pathlib.Path | None = None
+    tokens_file: pathlib.Path | None = None
+    tokens: tuple[auth.Token, ...] = ()
+    """From ``tokens_file`` and ``$STOVEPIPE_TOKENS``; empty: every call is allowed."""
 
 
 # Setting name -> the environment variable overriding it. Queues come only from the file.
@@ -147,9 +162,15 @@ _SCALARS: dict[str, str] = {
     "log_level": "STOVEPIPE_LOG_LEVEL",
     "builds_dir": "STOVEPIPE_BUILDS_DIR",
     "build_command": "STOVEPIPE_BUILD_COMMAND",
+    "reflection": "STOVEPIPE_REFLECTION",
+    "tls_cert": "STOVEPIPE_TLS_CERT",
+    "tls_key": "STOVEPIPE_TLS_KEY",
+    "tls_client_ca": "STOVEPIPE_TLS_CLIENT_CA",
+    "tokens_file": "STOVEPIPE_TOKENS_FILE",
 }
+_PATHS = ("tls_cert", "tls_key", "tls_client_ca", "tokens_file")
 CONFIG_ENV = "STOVEPIPE_CONFIG"
-ENVIRONMENT_VARIABLES = (CONFIG_ENV, *_SCALARS.values())
+ENVIRONMENT_VARIABLES = (CONFIG_ENV, *_SCALARS.values(), auth.TOKENS_ENV)
 
 
 def load(
@@ -205,6 +226,10 @@ def load(
     if log_level not in LOG_LEVELS:
         raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}, not {log_level!r}")
     listen = _address(settings, "listen", DEFAULT_LISTEN, allow_empty=False)
+    metrics_listen = _text(settings, "metrics_listen", "").strip()
+    if metrics_listen.removeprefix(":").isdigit():
+        # A port alone is this machine only: exposing metrics further is a deliberate HOST.
+        settings["metrics_listen"] = f"127.0.0.1:{metrics_listen.removeprefix(':')}"
     metrics_listen = _address(settings, "metrics_listen", "", allow_empty=True)
     grace_period = _number(settings, "grace_period", DEFAULT_GRACE_PERIOD, float)
     if grace_period > MAX_GRACE_PERIOD:
@@ -230,6 +255,16 @@ def load(
         builds_dir = (relative_to.get("builds_dir", workdir) / builds_dir_text).resolve()
     else:
         builds_dir = default_builds_dir(workdir)
+    paths = {
+        name: (relative_to.get(name, workdir) / text) if text else None
+        for name in _PATHS
+        for text in [_text(settings, name, "").strip()]
+    }
+    if (paths["tls_cert"] is None) != (paths["tls_key"] is None):
+        raise ConfigError("tls_cert and tls_key go together: set both, or neither")
+    if paths["tls_client_ca"] is not None and paths["tls_cert"] is None:
+        raise ConfigError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+    tokens = _tokens(paths["tokens_file"], environ)
     config = Config(
         listen=listen,
         metrics_listen=metrics_listen,
@@ -240,10 +275,43 @@ def load(
         log_level=log_level,
         builds_dir=builds_dir,
         queues=queues,
+        reflection=_boolean(settings, "reflection", True),
+        tls_cert=paths["tls_cert"],
+        tls_key=paths["tls_key"],
+        tls_client_ca=paths["tls_client_ca"],
+        tokens_file=paths["tokens_file"],
+        tokens=tokens,
     )
     if config.max_workers < 1:
         raise ConfigError("max_workers must be at least 1")
     return config
+
+
+def _tokens(path: pathlib.Path | None, environ: Mapping[str, str]) -> tuple[auth.Token, ...]:
+    """The tokens of ``tokens_file`` and ``$STOVEPIPE_TOKENS``; each registered as a secret,
+    so no log line shows one."""
+    try:
+        tokens = auth.read_tokens_file(path) if path is not None else []
+        tokens += auth.parse_tokens(environ.get(auth.TOKENS_ENV, ""), auth.TOKENS_ENV)
+    except auth.TokenError as error:
+        raise ConfigError(str(error)) from None
+    values = [token.value for token in tokens]
+    if len(set(values)) != len(values):
+        raise ConfigError(f"a token is given both in tokens_file and in {auth.TOKENS_ENV}")
+    redaction.register_secret(*values)
+    return tuple(tokens)
+
+
+_BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def _boolean(settings: Mapping[str, object], name: str, default: bool) -> bool:
+    value = settings.get(name, default)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _BOOLEANS:
+        return _BOOLEANS[value.strip().lower()]
+    raise ConfigError(f"{name} must be true or false, not {value!r}")
 
 
 def default_storage_url(workdir: pathlib.Path) -> str:

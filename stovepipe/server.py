@@ -16,15 +16,17 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent import futures
 from types import FrameType
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
-from grpc_reflection.v1alpha import reflection  # type: ignore[import-untyped]
+from grpc_reflection.v1alpha import (  # type: ignore[import-untyped]
+    reflection as grpc_reflection,
+)
 
-from stovepipe import buildrunner, service
+from stovepipe import auth, buildrunner, service
 from stovepipe import config as configuration
 from stovepipe.buildrunner import BuildRunner, BuildRunnerFactory, RunnerMap
 from stovepipe.buildrunner.command import CommandBuildRunner
@@ -36,8 +38,9 @@ from stovepipe.controller.process import one_at_a_time
 from stovepipe.entity import BuildStatus
 from stovepipe.messagequeue import MessageQueue
 from stovepipe.messagequeue.inprocess import InProcessMessageQueue
-from stovepipe.messagequeue.registry import default_queue_url, open_queue, redact
+from stovepipe.messagequeue.registry import default_queue_url, open_queue
 from stovepipe.metrics import Metrics
+from stovepipe.redaction import redact, redact_text, register_url
 from stovepipe.sourcecontrol import (
     QueueMap,
     SourceControl,
@@ -62,6 +65,10 @@ class StovepipeServer:
     builds at once; ``poll_interval`` is the seconds between two looks at a running build.
     The server owns ``storage`` from here on and closes it in :meth:`stop`. Bind happens in
     the constructor, so :attr:`port` is known before :meth:`start` (useful with port 0).
+
+    ``tls`` serves TLS (mutual TLS with a client CA) instead of plaintext; with ``tokens``,
+    calls need a bearer token with the method's scope (see :mod:`stovepipe.auth`);
+    ``reflection`` serves gRPC server reflection.
     """
 
     def __init__(
@@ -77,6 +84,9 @@ class StovepipeServer:
         metrics: Metrics | None = None,
         metrics_listen: str = "",
         message_queue: MessageQueue | None = None,
+        tls: auth.ServerTLS | None = None,
+        tokens: Sequence[auth.Token] = (),
+        reflection: bool = True,
     ) -> None:
         self.metrics = metrics if metrics is not None else Metrics()
         self.storage = self.metrics.instrument(storage)
@@ -100,9 +110,13 @@ class StovepipeServer:
         self._metrics_listen = metrics_listen
         self.metrics_port: int | None = None
 
+        interceptors: list[grpc.ServerInterceptor] = [self.metrics.interceptor()]
+        if tokens:
+            # After metrics, so refused calls are counted with their status.
+            interceptors.append(auth.TokenAuthInterceptor(tokens))
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
-            interceptors=[self.metrics.interceptor()],
+            interceptors=interceptors,
             # A second server on the same port must fail to bind, not share it silently.
             options=[("grpc.so_reuseport", 0)],
         )
@@ -111,19 +125,27 @@ class StovepipeServer:
         )
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        reflection.enable_server_reflection(
-            (service.SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
-        )
+        if reflection:
+            grpc_reflection.enable_server_reflection(
+                (service.SERVICE_NAME, health.SERVICE_NAME, grpc_reflection.SERVICE_NAME),
+                self._server,
+            )
         host, port = configuration.parse_address(listen, setting="listen")
         if port != 0:
             # gRPC's C core logs its own bind failure to stderr before raising; find the
             # common causes first so they are reported once, in our words.
             probe_bind(listen, host, port)
         try:
-            self.port: int = self._server.add_insecure_port(listen)
+            if tls is not None:
+                self.port: int = self._server.add_secure_port(listen, tls.credentials())
+            else:
+                self.port = self._server.add_insecure_port(listen)
         except RuntimeError as error:
             raise OSError(f"cannot listen on {listen}: {error}") from None
         self.address = f"{host if ':' not in host else f'[{host}]'}:{self.port}"
+        self.exposed = not auth.is_loopback(host) and tls is None and not tokens
+        """Listening beyond this machine with neither TLS nor tokens: anyone who can reach
+        the port may call, and everything travels in clear text."""
         self._stopped = threading.Event()
 
     def start(self) -> None:
@@ -132,6 +154,12 @@ class StovepipeServer:
         self._server.start()
         if self._metrics_listen:
             self.metrics_port = self.metrics.serve(self._metrics_listen)
+        if self.exposed:
+            logger.warning(
+                "listening on %s with neither TLS nor tokens: anyone who reaches the port may "
+                "call, in clear text; set tls_cert and tls_key, and tokens_file",
+                self.address,
+            )
         serving = health_pb2.HealthCheckResponse.SERVING
         self.health.set("", serving)
         self.health.set(service.SERVICE_NAME, serving)
@@ -262,11 +290,14 @@ def max_concurrent_of(config: configuration.Config) -> Callable[[str], int]:
 
 def _open_configured_storage(config: configuration.Config) -> Storage:
     """Open ``config``'s storage; a failure is a configuration error naming the URL, redacted."""
+    register_url(config.storage_url)
     configuration.prepare_default_storage(config.storage_url)
     try:
         return open_storage(config.storage_url)
-    except StorageError as error:
-        raise configuration.ConfigError(f"storage {redact(config.storage_url)}: {error}") from None
+    except (StorageError, ValueError) as error:  # unreachable, refused, or a malformed URL
+        url = config.storage_url
+        reason = redact_text(str(error), [url])
+        raise configuration.ConfigError(f"storage {redact(url)}: {reason}") from None
 
 
 @contextlib.contextmanager
@@ -288,6 +319,7 @@ def _stop_requested_by_signals() -> Iterator[threading.Event]:
 
 def build_server(config: configuration.Config) -> StovepipeServer:
     """Open storage and source control as ``config`` says and bind the server (not started)."""
+    tls = server_tls(config)  # before anything is opened: a bad file is quick to report
     sourcecontrol = build_sourcecontrol(config.queues)
     runners = build_runners(config, sourcecontrol)
     storage = _open_configured_storage(config)
@@ -305,6 +337,9 @@ def build_server(config: configuration.Config) -> StovepipeServer:
                 metrics=metrics,
                 metrics_listen=config.metrics_listen,
                 message_queue=message_queue,
+                tls=tls,
+                tokens=config.tokens,
+                reflection=config.reflection,
             )
         except BaseException:
             message_queue.stop(timeout=0)
@@ -312,6 +347,23 @@ def build_server(config: configuration.Config) -> StovepipeServer:
     except BaseException:
         storage.close()
         raise
+
+
+def server_tls(config: configuration.Config) -> auth.ServerTLS | None:
+    """The listener's TLS material as ``config`` names it (``None``: plaintext); a file that
+    cannot be read, or does not hold PEM, is a :class:`ConfigError`."""
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    try:
+        return auth.ServerTLS(
+            certificate=auth.read_pem(config.tls_cert, "tls_cert"),
+            key=auth.read_pem(config.tls_key, "tls_key"),
+            client_ca=auth.read_pem(config.tls_client_ca, "tls_client_ca")
+            if config.tls_client_ca is not None
+            else None,
+        )
+    except ValueError as error:
+        raise configuration.ConfigError(str(error)) from None
 
 
 def queue_url_of(config: configuration.Config) -> str:
@@ -322,10 +374,12 @@ def queue_url_of(config: configuration.Config) -> str:
 def build_message_queue(config: configuration.Config, metrics: Metrics) -> MessageQueue:
     """Open (not start) the configured messaging queue, its metrics in ``metrics``' registry."""
     url = queue_url_of(config)
+    register_url(url)
     try:
         return open_queue(url, registry=metrics.registry)
     except (ValueError, StorageError) as error:
-        raise configuration.ConfigError(f"messaging queue {redact(url)}: {error}") from None
+        reason = redact_text(str(error), [url])
+        raise configuration.ConfigError(f"messaging queue {redact(url)}: {reason}") from None
 
 
 def run_worker(config: configuration.Config) -> int:

@@ -242,3 +242,124 @@ def open_sqlite_files(paths: Sequence[str], barrier: Barrier, results: Queue[str
             results.put(f"{path}: {error!r}")
         else:
             results.put("opened")
+
+
+@dataclasses.dataclass(frozen=True)
+class Certificates:
+    """PEM files made for one test: a CA, a server certificate it signed for ``127.0.0.1``
+    and ``localhost``, a client certificate it signed, and a client certificate signed by
+    another CA (which a mutual-TLS server must refuse)."""
+
+    ca: pathlib.Path
+    server_cert: pathlib.Path
+    server_key: pathlib.Path
+    client_cert: pathlib.Path
+    client_key: pathlib.Path
+    rogue_client_cert: pathlib.Path
+    rogue_client_key: pathlib.Path
+
+
+def make_certificates(
+    directory: pathlib.Path, *, key_passphrase: str | None = None
+) -> Certificates:
+    """Write a fresh :class:`Certificates` set into ``directory`` (valid for a day), made with
+    the ``cryptography`` library. ``key_passphrase`` encrypts the client key (only), as a
+    Redis ``ssl_password`` expects."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+
+    def name(common: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+    def issue(
+        subject: str,
+        key: ec.EllipticCurvePrivateKey,
+        issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None,
+        *,
+        ca: bool = False,
+        server: bool = False,
+    ) -> x509.Certificate:
+        issuer_name, issuer_key = issuer if issuer is not None else (name(subject), key)
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(name(subject))
+            .issuer_name(issuer_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if ca:
+            builder = builder.add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+        else:
+            usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+            builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        if server:
+            import ipaddress
+
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName(
+                    [
+                        x509.DNSName("localhost"),
+                        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                    ]
+                ),
+                critical=False,
+            )
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    def write(
+        stem: str, certificate: x509.Certificate, key: ec.EllipticCurvePrivateKey, secret: bool
+    ) -> tuple[pathlib.Path, pathlib.Path]:
+        cert_path, key_path = directory / f"{stem}.crt", directory / f"{stem}.key"
+        cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+        encryption: serialization.KeySerializationEncryption = serialization.NoEncryption()
+        if secret and key_passphrase is not None:
+            encryption = serialization.BestAvailableEncryption(key_passphrase.encode())
+        key_path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
+            )
+        )
+        key_path.chmod(0o600)
+        return cert_path, key_path
+
+    def new_key() -> ec.EllipticCurvePrivateKey:
+        return ec.generate_private_key(ec.SECP256R1())
+
+    ca_key, rogue_key = new_key(), new_key()
+    ca_cert = issue("Stovepipe Test CA", ca_key, None, ca=True)
+    rogue_cert = issue("Rogue Test CA", rogue_key, None, ca=True)
+    ca_path, _ = write("ca", ca_cert, ca_key, False)
+    server_key, client_key, rogue_client_key = new_key(), new_key(), new_key()
+    signer = (ca_cert.subject, ca_key)
+    server = write("server", issue("127.0.0.1", server_key, signer, server=True), server_key, False)
+    client = write("client", issue("client", client_key, signer), client_key, True)
+    rogue = write(
+        "rogue-client",
+        issue("client", rogue_client_key, (rogue_cert.subject, rogue_key)),
+        rogue_client_key,
+        True,
+    )
+    return Certificates(ca_path, *server, *client, *rogue)

@@ -80,3 +80,24 @@ def test_compose_ports_match_the_documented_test_urls(scheme: str) -> None:
         assert service["environment"]["MYSQL_DATABASE"] == url.path.lstrip("/")
         assert url.username == "root"
         assert service["environment"]["MYSQL_ALLOW_EMPTY_PASSWORD"] == "yes"
+
+
+def test_the_secure_compose_service_serves_mutual_tls_and_tokens_without_reflection() -> None:
+    secure = services()["stovepipe-secure"]
+    environment = secure["environment"]
+    assert secure["profiles"] == ["secure"]
+    for setting in ("TLS_CERT", "TLS_KEY", "TLS_CLIENT_CA", "TOKENS_FILE"):
+        assert environment[f"STOVEPIPE_{setting}"].startswith("/run/secrets/stovepipe/")
+    assert environment["STOVEPIPE_REFLECTION"] == "false"
+    assert "STOVEPIPE_METRICS_LISTEN" not in environment
+    # The health check's ping speaks mutual TLS too (it needs no token).
+    assert {environment[f"STOVEPIPE_{name}"] for name in ("CA", "CERT", "KEY")} <= {
+        f"/run/secrets/stovepipe/{file}" for file in ("ca.crt", "client.crt", "client.key")
+    }
+    assert all(str(port).startswith("127.0.0.1:") for port in secure["ports"])
+
+
+def test_the_dockerfile_shows_tls_and_tokens_for_a_reachable_port() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    for variable in ("STOVEPIPE_TLS_CERT", "STOVEPIPE_TLS_CLIENT_CA", "STOVEPIPE_TOKENS_FILE"):
+        assert variable in text

@@ -31,6 +31,7 @@ from stovepipe.messagequeue import brokered
 from stovepipe.messagequeue.contract import MessageQueue
 from stovepipe.messagequeue.inprocess import DeadLetter, InProcessMessageQueue
 from stovepipe.messagequeue.metrics import MessagingMetrics
+from stovepipe.redaction import redact
 
 QUEUE_URL_ENV: Final = "STOVEPIPE_QUEUE_URL"
 SCHEMES: Final = ("memory", "sqlite", "mysql", "redis", "rediss")
@@ -60,7 +61,7 @@ def open_queue(
     scheme = parts.scheme
     if scheme not in SCHEMES:
         raise ValueError(
-            f"unknown messaging queue URL scheme {scheme!r} in {url!r}: use one of "
+            f"unknown messaging queue URL scheme {scheme!r} in {redact(url)!r}: use one of "
             + ", ".join(f"{s}://" for s in SCHEMES)
         )
     options = dict(urllib.parse.parse_qsl(parts.query, strict_parsing=bool(parts.query)))
@@ -70,7 +71,7 @@ def open_queue(
     workers = _number(options.pop("workers", "4"), "workers", int)
     if scheme == "memory":
         if options or parts.netloc or parts.path:
-            raise ValueError(f"memory:// takes no host, path or option but these: {url!r}")
+            raise ValueError(f"memory:// takes no host, path or option but these: {redact(url)!r}")
         return InProcessMessageQueue(
             max_attempts=int(max_attempts),
             backoff_seconds=backoff,
@@ -159,12 +160,3 @@ def _number(text: str, name: str, kind: type[int] | type[float]) -> float:
     if value < 0:
         raise ValueError(f"queue URL option {name} must not be negative, not {text!r}")
     return value
-
-
-def redact(url: str) -> str:
-    """``url`` without its password, fit for a log line."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return url.replace(parts.netloc, netloc, 1)

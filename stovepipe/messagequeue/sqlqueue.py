@@ -43,6 +43,7 @@ from typing import Any, Final, Protocol
 from stovepipe.messagequeue.brokered import Delivery, MessageQueueError, MessageQueueUnavailable
 from stovepipe.messagequeue.contract import Message
 from stovepipe.messagequeue.inprocess import DeadLetter
+from stovepipe.redaction import redact
 from stovepipe.storage.sqlite import create_tables, use_wal
 
 logger = logging.getLogger(__name__)
@@ -542,7 +543,7 @@ def sqlite_broker(url: str, *, visibility_timeout: float) -> SQLBroker:
     """
     parts = urllib.parse.urlsplit(url)
     if parts.netloc:
-        raise ValueError(f"sqlite URLs name a file, not a host: {url}")
+        raise ValueError(f"sqlite URLs name a file, not a host: {redact(url)}")
     path = urllib.parse.unquote(parts.path[1:])
     if not path:
         raise ValueError("sqlite URL needs a file path: sqlite:///path/to/file.db")

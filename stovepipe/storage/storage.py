@@ -9,6 +9,7 @@ from types import TracebackType
 from typing import Self
 
 from stovepipe.entity import Build, BuildStatus, BuildStrategy, Fact, Queue, Request, RequestState
+from stovepipe.redaction import redact
 from stovepipe.storage import limits
 from stovepipe.storage.contract import (
     Backend,
@@ -232,7 +233,7 @@ def open_storage(url: str) -> Storage:
     matches = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP, name=scheme)
     if not scheme or not matches:
         raise UnknownBackend(
-            f"no storage backend serves {scheme + '://' if scheme else repr(url)}; "
+            f"no storage backend serves {scheme + '://' if scheme else repr(redact(url))}; "
             f"installed: {', '.join(s + '://' for s in installed_schemes()) or 'none'}"
         )
     opener: BackendOpener = next(iter(matches)).load()

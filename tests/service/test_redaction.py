@@ -1,12 +1,15 @@
-"""A storage URL's password never reaches an error message or the log."""
+"""Secrets (URL passwords, secret options, registered tokens) never reach an error message or
+the log."""
 
 from __future__ import annotations
 
+import logging
 import socket
 
 import pytest
 
 from stovepipe import config as configuration
+from stovepipe import redaction
 from stovepipe.server import build_server
 
 
@@ -24,3 +27,56 @@ def test_storage_that_fails_to_open_is_reported_without_its_password() -> None:
         build_server(config)
     assert "s3cret-pw" not in str(raised.value)
     assert "user:***@" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("mysql://app:s3cret@db:3306/stovepipe", "mysql://app:***@db:3306/stovepipe"),
+        ("redis://:s3cret@127.0.0.1:6379/0", "redis://:***@127.0.0.1:6379/0"),
+        (
+            "rediss://u:p%40ss@h/0?ssl_keyfile=/k.pem&ssl_password=pass-phrase&timeout=1",
+            "rediss://u:***@h/0?ssl_keyfile=/k.pem&ssl_password=***&timeout=1",
+        ),
+        ("etcd://root:pw-123@10.0.0.1:2379?prefix=x/", "etcd://root:***@10.0.0.1:2379?prefix=x/"),
+        ("sqlite:////var/lib/stovepipe.db?timeout=5", "sqlite:////var/lib/stovepipe.db?timeout=5"),
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+    ],
+)
+def test_redact_masks_a_urls_password_and_secret_options_and_keeps_the_rest(
+    url: str, shown: str
+) -> None:
+    assert redaction.redact(url) == shown
+
+
+def test_redact_text_masks_the_secrets_of_a_url_wherever_they_appear_in_a_message() -> None:
+    url = "rediss://user:pa%24s@h:1/0?ssl_password=k3y-phrase"
+    message = "cannot decrypt with 'k3y-phrase' for user pa$s; full url was " + url
+    masked = redaction.redact_text(message, [url])
+    for secret in ("k3y-phrase", "pa$s", "pa%24s"):
+        assert secret not in masked
+    assert "user:***@h:1/0?ssl_password=***" in masked
+
+
+def test_redact_text_masks_url_shaped_secrets_it_was_not_told_about() -> None:
+    message = "failed: mysql://a:unknown-pw@db/x and redis://h/0?auth_token=t0k3n&db=1"
+    masked = redaction.redact_text(message)
+    assert "unknown-pw" not in masked
+    assert "t0k3n" not in masked
+    assert "&db=1" in masked
+
+
+def test_every_log_line_passes_through_the_redacting_filter(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    redaction.register_secret("registered-secret-value")
+    caplog.handler.addFilter(redaction.RedactingFilter())
+    logger = logging.getLogger("stovepipe.test")
+    logger.warning("token %s in %s", "registered-secret-value", "mysql://u:pw-x@h/d")
+    try:
+        raise RuntimeError("registered-secret-value")
+    except RuntimeError:
+        logger.exception("failed")
+    assert "registered-secret-value" not in caplog.text
+    assert "pw-x" not in caplog.text
+    assert "mysql://u:***@h/d" in caplog.text
