@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import multiprocessing
+import queue
 import time
 from collections.abc import Callable
 
 import pytest
 
-from contract_tests import workers
-from contract_tests.racing import RACERS, race
 from stovepipe.entity import Build, BuildStatus, Fact, Queue, Request, RequestState
 from stovepipe.storage import AlreadyExists, Storage, VersionMismatch
+
+from . import workers
+from .racing import RACERS, race
 
 # How long a racer of a compare-and-set loop may keep losing before the test gives up.
 CAS_DEADLINE_SECONDS = 60.0
@@ -172,21 +175,59 @@ def test_race_concurrent_counter_increments_never_repeat_or_skip(storage: Storag
 PROCESSES = 4
 
 
+CHILD_TIMEOUT = 120.0
+"""Seconds the racing processes have, all together, to report."""
+
+
+def _importable(function: Callable[..., None]) -> Callable[..., None]:
+    """``function`` from its module as installed, which a spawned child can import whatever
+    name pytest gave this test module."""
+    module_name = function.__module__.rpartition(".")[2]
+    module = importlib.import_module(f"stovepipe.conformance.storage.{module_name}")
+    found: Callable[..., None] = getattr(module, function.__name__)
+    return found
+
+
 def race_processes(target: Callable[..., None], *args: object) -> list[object]:
-    """Run ``target(*args, barrier, results)`` in PROCESSES fresh processes; their results."""
+    """Run ``target(*args, barrier, results)`` in PROCESSES fresh processes; their results.
+
+    Fails, with the child's traceback or exit status, as soon as one child fails or dies, and
+    after CHILD_TIMEOUT seconds at most.
+    """
     if any(isinstance(arg, str) and arg.startswith("memory:") for arg in args):
         pytest.skip("memory:// is private to its process")
     context = multiprocessing.get_context("spawn")
     barrier, results = context.Barrier(PROCESSES), context.Queue()
     processes = [
-        context.Process(target=target, args=(*args, barrier, results)) for _ in range(PROCESSES)
+        context.Process(target=_importable(target), args=(*args, barrier, results))
+        for _ in range(PROCESSES)
     ]
     for process in processes:
         process.start()
-    outcomes = [results.get(timeout=120) for _ in processes]
-    for process in processes:
-        process.join(timeout=30)
-        assert process.exitcode == 0
+    outcomes: list[object] = []
+    deadline = time.monotonic() + CHILD_TIMEOUT
+    try:
+        while len(outcomes) < PROCESSES:
+            try:
+                outcome = results.get(timeout=0.2)
+            except queue.Empty:
+                dead = [p.exitcode for p in processes if p.exitcode not in (None, 0)]
+                assert not dead, f"a racing process died without a result: exit status {dead}"
+                assert time.monotonic() < deadline, (
+                    f"{len(outcomes)} of {PROCESSES} racing processes reported within "
+                    f"{CHILD_TIMEOUT:.0f} s"
+                )
+                continue
+            if isinstance(outcome, dict) and workers.FAILED in outcome:
+                pytest.fail(f"a racing process failed:\n{outcome[workers.FAILED]}")
+            outcomes.append(outcome)
+    finally:
+        for process in processes:
+            process.join(timeout=10)
+            if process.exitcode is None:
+                process.kill()
+                process.join(timeout=10)
+    assert [p.exitcode for p in processes] == [0] * PROCESSES
     return outcomes
 
 

@@ -88,7 +88,8 @@ def failures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
     (dist_info / "entry_points.txt").write_text(
         "[stovepipe.storage]\n"
         + "".join(
-            f"{name} = contract_tests.broken:{opener}\n" for name, (opener, _) in BROKEN.items()
+            f"{name} = stovepipe.conformance.storage.broken:{opener}\n"
+            for name, (opener, _) in BROKEN.items()
         )
     )
     env = {

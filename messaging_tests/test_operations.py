@@ -10,14 +10,15 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client import CollectorRegistry
 
-from messaging_tests.conftest import url_with
-from messaging_tests.recorder import Recorder
-from messaging_tests.test_delivery import dead_letters_of
 from stovepipe.messagequeue import Message, PermanentFailure
 from stovepipe.messagequeue.brokered import BrokeredMessageQueue, MessageQueueUnavailable
 from stovepipe.messagequeue.inprocess import InProcessMessageQueue
 from stovepipe.messagequeue.registry import default_queue_url, open_queue, redact
 from stovepipe.storage import Unavailable
+
+from .conftest import url_with
+from .recorder import Recorder
+from .test_delivery import dead_letters_of
 
 
 def sample(registry: CollectorRegistry, name: str, topic: str) -> float:
