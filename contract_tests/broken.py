@@ -7,6 +7,7 @@ They register the way any outside backend does (an entry point in ``stovepipe.st
 from __future__ import annotations
 
 import dataclasses
+import threading
 
 from stovepipe.entity import Build, Fact, Queue, Request
 from stovepipe.storage.errors import AlreadyExists, NotFound, VersionMismatch
@@ -220,4 +221,33 @@ def open_fact_key_joined_with_slash(url: str) -> MemoryBackend:
 def open_fact_floats_as_short_text(url: str) -> MemoryBackend:
     backend = MemoryBackend()
     backend.facts = _FactFloatsAsShortText()
+    return backend
+
+
+class _UnlockedCounter(MemoryCounter):
+    """Read, then write, with nothing between them held: racing callers draw the same number."""
+
+    def next(self, domain: str) -> int:
+        value = self._values.get(domain, 0) + 1
+        self._values[domain] = value
+        return value
+
+
+class _RetriesForever(MemoryRequestStore):
+    """A ``get`` that never gives up, as a backend retrying ``Unavailable`` without end."""
+
+    def get(self, request_id: str) -> Request:
+        threading.Event().wait()
+        raise AssertionError("unreachable")
+
+
+def open_unlocked_counter(url: str) -> MemoryBackend:
+    backend = MemoryBackend()
+    backend.counter = _UnlockedCounter()
+    return backend
+
+
+def open_retries_forever(url: str) -> MemoryBackend:
+    backend = MemoryBackend()
+    backend.requests = _RetriesForever()
     return backend

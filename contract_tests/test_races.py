@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import itertools
 import multiprocessing
 import queue
 import time
@@ -164,12 +165,28 @@ def test_race_concurrent_updates_of_a_build_have_exactly_one_winner_per_version(
         assert stored == dataclasses.replace(winners[0], version=version + 1)
 
 
+COUNTER_RACE_SECONDS = 1.5
+COUNTER_RACE_MOST = 2000
+"""Each racer draws numbers for COUNTER_RACE_SECONDS, or COUNTER_RACE_MOST of them: enough
+draws that an unguarded read-modify-write, even in memory, is caught in every run."""
+
+
 def test_race_concurrent_counter_increments_never_repeat_or_skip(storage: Storage, ns: str) -> None:
-    per_racer = 20
-    outcomes = race(lambda i: [storage.counter.next(f"{ns}/c") for _ in range(per_racer)])
-    assert all(isinstance(o, list) for o in outcomes), outcomes
+    deadline = time.monotonic() + COUNTER_RACE_SECONDS
+
+    def draw(i: int) -> list[int]:
+        drawn: list[int] = []
+        while len(drawn) < COUNTER_RACE_MOST and time.monotonic() < deadline:
+            drawn.append(storage.counter.next(f"{ns}/c"))
+        return drawn
+
+    outcomes = race(draw)
+    errors = [o for o in outcomes if not isinstance(o, list)]
+    assert not errors, errors
     numbers = sorted(n for o in outcomes if isinstance(o, list) for n in o)
-    assert numbers == list(range(1, RACERS * per_racer + 1)), numbers
+    repeated = sorted({n for n, m in itertools.pairwise(numbers) if n == m})
+    assert not repeated, f"{len(numbers)} draws repeated {len(repeated)} numbers: {repeated[:10]}"
+    assert numbers == list(range(1, len(numbers) + 1)), "the counter skipped numbers"
 
 
 PROCESSES = 4

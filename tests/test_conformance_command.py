@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import time
 import tomllib
 import venv
 import zipfile
@@ -33,6 +34,7 @@ def _register_broken_backends(site: pathlib.Path) -> dict[str, str]:
     (dist_info / "entry_points.txt").write_text(
         "[stovepipe.storage]\n"
         "lowercases-keys = stovepipe.conformance.storage.broken:open_lowercases_keys\n"
+        "retries-forever = stovepipe.conformance.storage.broken:open_retries_forever\n"
     )
     return {
         **os.environ,
@@ -77,6 +79,21 @@ def test_conformance_exits_1_when_a_rule_fails(tmp_path: pathlib.Path) -> None:
     )
     assert result.returncode == 1, result.stdout + result.stderr
     assert "test_keys_are_exact_for_request_ids" in result.stdout
+
+
+def test_conformance_fails_a_test_that_hangs_at_its_time_limit_showing_where_it_waits(
+    tmp_path: pathlib.Path,
+) -> None:
+    env = _register_broken_backends(tmp_path / "site")
+    started = time.monotonic()
+    result = _conformance(
+        "storage", "retries-forever://", "-q", "-k", "test_create_then_get_returns_the_request",
+        "--conformance-timeout=2", cwd=tmp_path, env=env, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "took longer than the limit of 2 s" in result.stdout
+    assert "in get" in result.stdout  # the hanging call, on the main thread's stack
+    assert time.monotonic() - started < 60
 
 
 def test_conformance_an_explicit_url_that_cannot_be_opened_fails_naming_the_error(

@@ -7,6 +7,9 @@ It holds, once for both suites:
   and every network backend whose server can be found (the URL in
   ``STOVEPIPE_TEST_<SCHEME>_URL``, else, for storage, a throwaway server from the backend's
   hook in the ``stovepipe.storage.test_servers`` entry-point group);
+* a time limit on each test of the suites (``--conformance-timeout``, default
+  :data:`DEFAULT_TIMEOUT` seconds for each of setup, call and teardown): a test that hangs
+  fails with the stacks of every thread, instead of holding the run forever;
 * what a run does about a backend it cannot have: a URL given explicitly that cannot be opened
   is a failure naming the error; a server found by discovery that cannot be reached is
   skipped with the reason, or fails when the ``CI`` environment variable is set.
@@ -18,10 +21,16 @@ of an environment where Stovepipe is installed.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import importlib.metadata
 import os
 import pathlib
-from collections.abc import Callable
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Callable, Generator
+from types import FrameType
 from typing import NoReturn
 
 import pytest
@@ -29,6 +38,8 @@ import pytest
 TEST_SERVERS_GROUP = "stovepipe.storage.test_servers"
 EMBEDDED_TARGETS = ("memory", "sqlite")
 QUEUE_NETWORK_TARGETS = ("mysql", "redis")
+SUITE_PACKAGES = ("stovepipe.conformance.storage", "stovepipe.conformance.messaging")
+DEFAULT_TIMEOUT = 180.0
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -46,6 +57,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=[],
         metavar="URL",
         help="run the messaging conformance suite against this queue URL only (repeatable)",
+    )
+    group.addoption(
+        "--conformance-timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help="fail a conformance test whose setup, call or teardown takes longer "
+        f"(default {DEFAULT_TIMEOUT:.0f}; 0 for no limit)",
     )
 
 
@@ -161,3 +180,78 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             metafunc.parametrize(
                 fixture, targets, ids=[target_id(t) for t in targets], scope="session"
             )
+
+
+_DIRECTORIES = pytest.StashKey[list[pathlib.Path]]()
+
+
+def _suite_directories() -> list[pathlib.Path]:
+    directories: list[pathlib.Path] = []
+    for package in SUITE_PACKAGES:
+        with contextlib.suppress(ImportError):
+            directories.extend(
+                pathlib.Path(path).resolve() for path in importlib.import_module(package).__path__
+            )
+    return directories
+
+
+def _limit(item: pytest.Item) -> float:
+    """The item's time limit in seconds, 0 for none: only the suites' tests have one."""
+    seconds: float = item.config.getoption("conformance_timeout")
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread():
+        return 0.0
+    if not hasattr(signal, "SIGALRM"):  # the alarm is POSIX only
+        return 0.0
+    directories = item.config.stash.setdefault(_DIRECTORIES, _suite_directories())
+    path = item.path.resolve()
+    return seconds if any(path.is_relative_to(d) for d in directories) else 0.0
+
+
+def _stacks() -> str:
+    """The stack of every thread, where a hang shows where it waits."""
+    names = {thread.ident: thread.name for thread in threading.enumerate()}
+    return "\n".join(
+        f"thread {names.get(ident, ident)}:\n{''.join(traceback.format_stack(frame))}"
+        for ident, frame in sys._current_frames().items()
+    )
+
+
+@contextlib.contextmanager
+def _time_limit(item: pytest.Item, phase: str) -> Generator[None]:
+    seconds = _limit(item)
+    if not seconds:
+        yield
+        return
+
+    def expire(signum: int, frame: FrameType | None) -> None:
+        pytest.fail(
+            f"{phase} took longer than the limit of {seconds:g} s (--conformance-timeout); "
+            f"every thread's stack:\n{_stacks()}",
+            pytrace=False,
+        )
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None]:
+    with _time_limit(item, "setup"):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None]:
+    with _time_limit(item, "the test"):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Generator[None]:
+    with _time_limit(item, "teardown"):
+        return (yield)
