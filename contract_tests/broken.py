@@ -6,10 +6,12 @@ They register the way any outside backend does (an entry point in ``stovepipe.st
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 
 from stovepipe.entity import Build, Fact, Queue, Request
+from stovepipe.storage.contract import RequestStore
 from stovepipe.storage.errors import AlreadyExists, NotFound, VersionMismatch
 from stovepipe.storage.memory import (
     MemoryBackend,
@@ -20,6 +22,8 @@ from stovepipe.storage.memory import (
     MemoryRequestStore,
     MemoryRequestURIStore,
 )
+from stovepipe.storage.sqlite import SQLiteBackend
+from stovepipe.storage.sqlite import open_backend as open_sqlite
 
 
 class _UpdateIgnoresVersion(MemoryRequestStore):
@@ -250,4 +254,60 @@ def open_unlocked_counter(url: str) -> MemoryBackend:
 def open_retries_forever(url: str) -> MemoryBackend:
     backend = MemoryBackend()
     backend.requests = _RetriesForever()
+    return backend
+
+
+class _CreateIdenticalSucceeds(MemoryRequestStore):
+    """A create of the very request already stored is taken for a retry and reported a success."""
+
+    def create(self, request: Request) -> None:
+        with self._lock:
+            if self._requests.get(request.id) == request:
+                return
+        super().create(request)
+
+
+class _ReclaimSucceeds(MemoryRequestURIStore):
+    """A claim of a pair already mapped to the same id is reported a success."""
+
+    def create(self, queue: str, uri: str, request_id: str) -> None:
+        with contextlib.suppress(NotFound):
+            if self.get_id_by_uri(queue, uri) == request_id:
+                return
+        super().create(queue, uri, request_id)
+
+
+def open_create_identical_succeeds(url: str) -> MemoryBackend:
+    backend = MemoryBackend()
+    backend.requests = _CreateIdenticalSucceeds()
+    backend.request_uris = _ReclaimSucceeds()
+    return backend
+
+
+class _CachedSQLiteRequests:
+    """SQLite's request store with ``get`` served from what this instance wrote or read."""
+
+    def __init__(self, inner: RequestStore) -> None:
+        self._inner = inner
+        self._cache: dict[str, Request] = {}
+
+    def create(self, request: Request) -> None:
+        self._inner.create(request)
+        self._cache[request.id] = request
+
+    def get(self, request_id: str) -> Request:
+        if request_id not in self._cache:
+            self._cache[request_id] = self._inner.get(request_id)
+        return self._cache[request_id]
+
+    def update(self, request: Request, *, old_version: int, new_version: int) -> None:
+        self._inner.update(request, old_version=old_version, new_version=new_version)
+        self._cache[request.id] = dataclasses.replace(request, version=new_version)
+
+
+def open_cached_get(url: str) -> SQLiteBackend:
+    """A SQLite backend (``cached-get:///path``) whose request reads come from a per-instance
+    cache: each instance reads its own writes, never another's."""
+    backend = open_sqlite(url.replace("cached-get:", "sqlite:", 1))
+    backend.requests = _CachedSQLiteRequests(backend.requests)  # type: ignore[assignment]
     return backend

@@ -13,9 +13,10 @@ from collections.abc import Callable
 import pytest
 
 from stovepipe.entity import Build, BuildStatus, Fact, Queue, Request, RequestState
-from stovepipe.storage import AlreadyExists, Storage, VersionMismatch
+from stovepipe.storage import AlreadyExists, Capability, Storage, VersionMismatch
 
 from . import workers
+from .capabilities import require
 from .racing import RACERS, race
 
 # How long a racer of a compare-and-set loop may keep losing before the test gives up.
@@ -165,10 +166,11 @@ def test_race_concurrent_updates_of_a_build_have_exactly_one_winner_per_version(
         assert stored == dataclasses.replace(winners[0], version=version + 1)
 
 
-COUNTER_RACE_SECONDS = 1.5
-COUNTER_RACE_MOST = 2000
-"""Each racer draws numbers for COUNTER_RACE_SECONDS, or COUNTER_RACE_MOST of them: enough
-draws that an unguarded read-modify-write, even in memory, is caught in every run."""
+COUNTER_RACE_SECONDS = 5.0
+COUNTER_RACE_MOST = 200
+"""Each racer draws COUNTER_RACE_MOST numbers, or as many as it can in COUNTER_RACE_SECONDS,
+with the threads interleaved line by line: an unguarded read-modify-write, even in memory,
+is caught in every run."""
 
 
 def test_race_concurrent_counter_increments_never_repeat_or_skip(storage: Storage, ns: str) -> None:
@@ -180,7 +182,7 @@ def test_race_concurrent_counter_increments_never_repeat_or_skip(storage: Storag
             drawn.append(storage.counter.next(f"{ns}/c"))
         return drawn
 
-    outcomes = race(draw)
+    outcomes = race(draw, interleave=True)
     errors = [o for o in outcomes if not isinstance(o, list)]
     assert not errors, errors
     numbers = sorted(n for o in outcomes if isinstance(o, list) for n in o)
@@ -205,14 +207,13 @@ def _importable(function: Callable[..., None]) -> Callable[..., None]:
     return found
 
 
-def race_processes(target: Callable[..., None], *args: object) -> list[object]:
+def race_processes(storage: Storage, target: Callable[..., None], *args: object) -> list[object]:
     """Run ``target(*args, barrier, results)`` in PROCESSES fresh processes; their results.
 
     Fails, with the child's traceback or exit status, as soon as one child fails or dies, and
     after CHILD_TIMEOUT seconds at most.
     """
-    if any(isinstance(arg, str) and arg.startswith("memory:") for arg in args):
-        pytest.skip("memory:// is private to its process")
+    require(storage, Capability.SHARED)
     context = multiprocessing.get_context("spawn")
     barrier, results = context.Barrier(PROCESSES), context.Queue()
     processes = [
@@ -248,9 +249,11 @@ def race_processes(target: Callable[..., None], *args: object) -> list[object]:
     return outcomes
 
 
-def test_race_counter_across_processes_never_repeats_or_skips(storage_url: str, ns: str) -> None:
+def test_race_counter_across_processes_never_repeats_or_skips(
+    storage: Storage, storage_url: str, ns: str
+) -> None:
     per_process = 25
-    outcomes = race_processes(workers.count, storage_url, f"{ns}/c", per_process)
+    outcomes = race_processes(storage, workers.count, storage_url, f"{ns}/c", per_process)
     numbers = sorted(n for numbers in outcomes if isinstance(numbers, list) for n in numbers)
     assert numbers == list(range(1, PROCESSES * per_process + 1))
 
@@ -259,7 +262,7 @@ def test_race_uri_claims_across_processes_have_exactly_one_winner(
     storage: Storage, storage_url: str, ns: str
 ) -> None:
     # Each process claims with its own id; exactly one id must be mapped.
-    outcomes = race_processes(workers.claim_own, storage_url, f"{ns}/q", "git://head")
+    outcomes = race_processes(storage, workers.claim_own, storage_url, f"{ns}/q", "git://head")
     winners = [outcome[0] for outcome in outcomes if isinstance(outcome, tuple) and outcome[1]]
     assert len(winners) == 1, outcomes
     assert storage.request_uris.get_id_by_uri(f"{ns}/q", "git://head") == winners[0]

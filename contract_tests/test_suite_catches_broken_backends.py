@@ -73,6 +73,13 @@ BROKEN = {
             "test_fact_created_at_reads_back_as_the_very_same_float",
         ],
     ),
+    "create-identical-succeeds": (
+        "open_create_identical_succeeds",
+        [
+            "test_create_of_an_identical_request_again_raises_already_exists",
+            "test_uri_claim_of_a_mapped_pair_by_the_same_id_again_raises_already_exists",
+        ],
+    ),
     "unlocked-counter": (
         "open_unlocked_counter",
         ["test_race_concurrent_counter_increments_never_repeat_or_skip"],

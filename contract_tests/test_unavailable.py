@@ -1,6 +1,6 @@
 """Every backend call has a timeout: a dead server yields Unavailable promptly, never a hang.
 
-These tests apply to backends reached over TCP (a URL with host and port). They point the
+These tests apply to backends that declare the ``network`` capability. They point the
 backend at a closed port and at a listener that accepts connections but never answers, with
 the contract's ``timeout`` URL option set to one second.
 """
@@ -16,16 +16,16 @@ from collections.abc import Iterator
 
 import pytest
 
-from stovepipe.storage import Unavailable, open_storage
+from stovepipe.storage import Capability, Storage, Unavailable, open_storage
+
+from .capabilities import require
 
 PROMPTLY_SECONDS = 5.0
 
 
-def _network_parts(storage_url: str) -> urllib.parse.SplitResult:
-    parts = urllib.parse.urlsplit(storage_url)
-    if not parts.hostname or parts.port is None:
-        pytest.skip(f"{parts.scheme}:// is not reached over TCP")
-    return parts
+def _network_parts(storage: Storage, storage_url: str) -> urllib.parse.SplitResult:
+    require(storage, Capability.NETWORK)
+    return urllib.parse.urlsplit(storage_url)
 
 
 def _pointed_at(parts: urllib.parse.SplitResult, port: int) -> str:
@@ -76,12 +76,16 @@ def _assert_unavailable_promptly(url: str) -> None:
     assert elapsed < PROMPTLY_SECONDS, f"took {elapsed:.1f}s to report Unavailable"
 
 
-def test_unavailable_promptly_when_the_server_refuses_connections(storage_url: str) -> None:
-    parts = _network_parts(storage_url)
+def test_unavailable_promptly_when_the_server_refuses_connections(
+    storage: Storage, storage_url: str
+) -> None:
+    parts = _network_parts(storage, storage_url)
     _assert_unavailable_promptly(_pointed_at(parts, _closed_port()))
 
 
-def test_unavailable_promptly_when_the_server_never_answers(storage_url: str) -> None:
-    parts = _network_parts(storage_url)
+def test_unavailable_promptly_when_the_server_never_answers(
+    storage: Storage, storage_url: str
+) -> None:
+    parts = _network_parts(storage, storage_url)
     with _silent_listener() as port:
         _assert_unavailable_promptly(_pointed_at(parts, port))

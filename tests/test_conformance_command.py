@@ -35,6 +35,7 @@ def _register_broken_backends(site: pathlib.Path) -> dict[str, str]:
         "[stovepipe.storage]\n"
         "lowercases-keys = stovepipe.conformance.storage.broken:open_lowercases_keys\n"
         "retries-forever = stovepipe.conformance.storage.broken:open_retries_forever\n"
+        "cached-get = stovepipe.conformance.storage.broken:open_cached_get\n"
     )
     return {
         **os.environ,
@@ -94,6 +95,19 @@ def test_conformance_fails_a_test_that_hangs_at_its_time_limit_showing_where_it_
     assert "took longer than the limit of 2 s" in result.stdout
     assert "in get" in result.stdout  # the hanging call, on the main thread's stack
     assert time.monotonic() - started < 60
+
+
+def test_conformance_catches_reads_served_from_a_per_instance_cache(
+    tmp_path: pathlib.Path,
+) -> None:
+    env = _register_broken_backends(tmp_path / "site")
+    for _ in range(3):  # caught every run, not by chance
+        result = _conformance(
+            "storage", f"cached-get:///{tmp_path}/cached.db", "-q", "-k", "live_instances",
+            cwd=tmp_path, env=env,
+        )  # fmt: skip
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "test_read_after_write_between_two_live_instances" in result.stdout
 
 
 def test_conformance_an_explicit_url_that_cannot_be_opened_fails_naming_the_error(
