@@ -311,3 +311,60 @@ def open_cached_get(url: str) -> SQLiteBackend:
     backend = open_sqlite(url.replace("cached-get:", "sqlite:", 1))
     backend.requests = _CachedSQLiteRequests(backend.requests)  # type: ignore[assignment]
     return backend
+
+
+class _URIKeyJoined(MemoryRequestURIStore):
+    """Keys ``(queue, uri)`` as one string: the queue, a separator, the uri. ``escaping`` is
+    ``"none"`` (the separator is taken never to occur), ``"separator"`` (a backslash before
+    each separator, the backslash itself left as it is) or ``"both"``; ``keep`` cuts the key
+    to its first characters, as an index on a prefix does."""
+
+    def __init__(self, separator: str, escaping: str, keep: int | None = None) -> None:
+        super().__init__()
+        self._separator = separator
+        self._escaping = escaping
+        self._keep = keep
+        self._joined: dict[str, str] = {}
+
+    def _key(self, queue: str, uri: str) -> str:
+        def escaped(part: str) -> str:
+            if self._escaping == "both":
+                part = part.replace("\\", "\\\\")
+            if self._escaping in ("both", "separator"):
+                part = part.replace(self._separator, "\\" + self._separator)
+            return part
+
+        key = escaped(queue) + self._separator + escaped(uri)
+        return key[: self._keep] if self._keep is not None else key
+
+    def create(self, queue: str, uri: str, request_id: str) -> None:
+        key = self._key(queue, uri)
+        with self._lock:
+            if key in self._joined:
+                raise AlreadyExists(key)
+            self._joined[key] = request_id
+
+    def get_id_by_uri(self, queue: str, uri: str) -> str:
+        with self._lock:
+            try:
+                return self._joined[self._key(queue, uri)]
+            except KeyError:
+                raise NotFound(uri) from None
+
+
+def open_uri_key_joined_with_a_control_character(url: str) -> MemoryBackend:
+    backend = MemoryBackend()
+    backend.request_uris = _URIKeyJoined("\x1e", escaping="none")
+    return backend
+
+
+def open_uri_key_escape_forgets_the_escape(url: str) -> MemoryBackend:
+    backend = MemoryBackend()
+    backend.request_uris = _URIKeyJoined("/", escaping="separator")
+    return backend
+
+
+def open_uri_key_cut_to_a_prefix(url: str) -> MemoryBackend:
+    backend = MemoryBackend()
+    backend.request_uris = _URIKeyJoined("/", escaping="both", keep=255)
+    return backend
