@@ -79,6 +79,8 @@ def closed_port() -> int:
 def test_an_unreachable_server_is_unavailable_within_the_timeout(
     scheme: str, topic: str, kind: str, silent_listener: int
 ) -> None:
+    # An installed suite may lack a driver this test names itself: not the backend's fault.
+    pytest.importorskip({"redis": "redis", "mysql": "pymysql"}[scheme])
     port = closed_port() if kind == "closed port" else silent_listener
     url = {
         "redis": f"redis://127.0.0.1:{port}/0?timeout=1",
