@@ -154,6 +154,63 @@ def test_keys_are_exact_separators_never_make_two_pairs_collide(storage: Storage
         assert storage.request_uris.get_id_by_uri(queue, uri) == f"id-{n}"
 
 
+# Every character a key might be joined or escaped with: each ASCII one that is not a letter
+# or digit, and a few beyond ASCII.
+JOIN_CHARACTERS = [c for c in map(chr, range(128)) if not c.isalnum()] + [
+    "\u0085",
+    "\u00a0",
+    "\u2028",
+    "\ufeff",
+    "\uffff",
+    "\U0010ffff",
+]
+ESCAPE_CHARACTERS = ["\\", "%", "^", "~", "!", "$", "&", "'", '"', "`", "\x00", "\x1b", "\x10"]
+
+
+def generated_colliding_pairs() -> list[tuple[tuple[str, str], tuple[str, str]]]:
+    """Pairs of distinct (queue, uri) pairs, built so that joining queue and uri with any one
+    character ``s`` (``a s b`` both ways), or escaping ``s`` with an escape character ``e``
+    that is not itself escaped, gives both the same key."""
+    pairs = [((f"a{s}b", "c"), ("a", f"b{s}c")) for s in JOIN_CHARACTERS]
+    pairs += [
+        ((f"x{e}", f"y{s}z"), (f"x{s}y{e}", "z"))
+        for s in JOIN_CHARACTERS
+        for e in ESCAPE_CHARACTERS
+        if s != e
+    ]
+    return pairs
+
+
+def test_keys_are_exact_no_join_character_and_no_unescaped_escape_makes_pairs_collide(
+    storage: Storage, ns: str
+) -> None:
+    for n, (first, second) in enumerate(generated_colliding_pairs()):
+        (q1, u1), (q2, u2) = (f"{ns}{first[0]}", first[1]), (f"{ns}{second[0]}", second[1])
+        storage.request_uris.create(q1, u1, f"id-{n}-1")
+        try:
+            storage.request_uris.create(q2, u2, f"id-{n}-2")
+        except AlreadyExists:
+            pytest.fail(f"({q2!r}, {u2!r}) collided with the distinct pair ({q1!r}, {u1!r})")
+        assert storage.request_uris.get_id_by_uri(q1, u1) == f"id-{n}-1", (q1, u1)
+        assert storage.request_uris.get_id_by_uri(q2, u2) == f"id-{n}-2", (q2, u2)
+
+
+def test_keys_are_exact_for_long_uris_that_share_all_but_their_last_character(
+    storage: Storage, ns: str
+) -> None:
+    # An index on a prefix of the uri (or a key cut to a length) maps these two as one.
+    for length in (64, 191, 255, 256, 767, 1023):
+        prefix = f"{ns}/" + "u" * (length - len(ns) - 2)
+        uris = [prefix + "a", prefix + "b"]
+        for uri in uris:
+            try:
+                storage.request_uris.create(f"{ns}/q", uri, f"id-{uri[-1]}-{length}")
+            except AlreadyExists:
+                pytest.fail(f"two uris of {length} bytes that differ in the last one collided")
+        for uri in uris:
+            assert storage.request_uris.get_id_by_uri(f"{ns}/q", uri) == (f"id-{uri[-1]}-{length}")
+
+
 @pytest.mark.parametrize("kind", VARIANTS)
 def test_keys_are_exact_for_queue_names(storage: Storage, ns: str, kind: str) -> None:
     names = [spread(ns, v) for v in VARIANTS[kind]]

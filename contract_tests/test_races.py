@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import itertools
 import multiprocessing
+import queue
 import time
 from collections.abc import Callable
 
 import pytest
 
-from contract_tests import workers
-from contract_tests.racing import RACERS, race
 from stovepipe.entity import Build, BuildStatus, Fact, Queue, Request, RequestState
-from stovepipe.storage import AlreadyExists, Storage, VersionMismatch
+from stovepipe.storage import AlreadyExists, Capability, Storage, VersionMismatch
+
+from . import workers
+from .capabilities import require
+from .racing import RACERS, race
 
 # How long a racer of a compare-and-set loop may keep losing before the test gives up.
 CAS_DEADLINE_SECONDS = 60.0
@@ -161,38 +166,94 @@ def test_race_concurrent_updates_of_a_build_have_exactly_one_winner_per_version(
         assert stored == dataclasses.replace(winners[0], version=version + 1)
 
 
+COUNTER_RACE_SECONDS = 5.0
+COUNTER_RACE_MOST = 200
+"""Each racer draws COUNTER_RACE_MOST numbers, or as many as it can in COUNTER_RACE_SECONDS,
+with the threads interleaved line by line: an unguarded read-modify-write, even in memory,
+is caught in every run."""
+
+
 def test_race_concurrent_counter_increments_never_repeat_or_skip(storage: Storage, ns: str) -> None:
-    per_racer = 20
-    outcomes = race(lambda i: [storage.counter.next(f"{ns}/c") for _ in range(per_racer)])
-    assert all(isinstance(o, list) for o in outcomes), outcomes
+    deadline = time.monotonic() + COUNTER_RACE_SECONDS
+
+    def draw(i: int) -> list[int]:
+        drawn: list[int] = []
+        while len(drawn) < COUNTER_RACE_MOST and time.monotonic() < deadline:
+            drawn.append(storage.counter.next(f"{ns}/c"))
+        return drawn
+
+    outcomes = race(draw, interleave=True)
+    errors = [o for o in outcomes if not isinstance(o, list)]
+    assert not errors, errors
     numbers = sorted(n for o in outcomes if isinstance(o, list) for n in o)
-    assert numbers == list(range(1, RACERS * per_racer + 1)), numbers
+    repeated = sorted({n for n, m in itertools.pairwise(numbers) if n == m})
+    assert not repeated, f"{len(numbers)} draws repeated {len(repeated)} numbers: {repeated[:10]}"
+    assert numbers == list(range(1, len(numbers) + 1)), "the counter skipped numbers"
 
 
 PROCESSES = 4
 
 
-def race_processes(target: Callable[..., None], *args: object) -> list[object]:
-    """Run ``target(*args, barrier, results)`` in PROCESSES fresh processes; their results."""
-    if any(isinstance(arg, str) and arg.startswith("memory:") for arg in args):
-        pytest.skip("memory:// is private to its process")
+CHILD_TIMEOUT = 120.0
+"""Seconds the racing processes have, all together, to report."""
+
+
+def _importable(function: Callable[..., None]) -> Callable[..., None]:
+    """``function`` from its module as installed, which a spawned child can import whatever
+    name pytest gave this test module."""
+    module_name = function.__module__.rpartition(".")[2]
+    module = importlib.import_module(f"stovepipe.conformance.storage.{module_name}")
+    found: Callable[..., None] = getattr(module, function.__name__)
+    return found
+
+
+def race_processes(storage: Storage, target: Callable[..., None], *args: object) -> list[object]:
+    """Run ``target(*args, barrier, results)`` in PROCESSES fresh processes; their results.
+
+    Fails, with the child's traceback or exit status, as soon as one child fails or dies, and
+    after CHILD_TIMEOUT seconds at most.
+    """
+    require(storage, Capability.SHARED)
     context = multiprocessing.get_context("spawn")
     barrier, results = context.Barrier(PROCESSES), context.Queue()
     processes = [
-        context.Process(target=target, args=(*args, barrier, results)) for _ in range(PROCESSES)
+        context.Process(target=_importable(target), args=(*args, barrier, results))
+        for _ in range(PROCESSES)
     ]
     for process in processes:
         process.start()
-    outcomes = [results.get(timeout=120) for _ in processes]
-    for process in processes:
-        process.join(timeout=30)
-        assert process.exitcode == 0
+    outcomes: list[object] = []
+    deadline = time.monotonic() + CHILD_TIMEOUT
+    try:
+        while len(outcomes) < PROCESSES:
+            try:
+                outcome = results.get(timeout=0.2)
+            except queue.Empty:
+                dead = [p.exitcode for p in processes if p.exitcode not in (None, 0)]
+                assert not dead, f"a racing process died without a result: exit status {dead}"
+                assert time.monotonic() < deadline, (
+                    f"{len(outcomes)} of {PROCESSES} racing processes reported within "
+                    f"{CHILD_TIMEOUT:.0f} s"
+                )
+                continue
+            if isinstance(outcome, dict) and workers.FAILED in outcome:
+                pytest.fail(f"a racing process failed:\n{outcome[workers.FAILED]}")
+            outcomes.append(outcome)
+    finally:
+        for process in processes:
+            process.join(timeout=10)
+            if process.exitcode is None:
+                process.kill()
+                process.join(timeout=10)
+    assert [p.exitcode for p in processes] == [0] * PROCESSES
     return outcomes
 
 
-def test_race_counter_across_processes_never_repeats_or_skips(storage_url: str, ns: str) -> None:
+def test_race_counter_across_processes_never_repeats_or_skips(
+    storage: Storage, storage_url: str, ns: str
+) -> None:
     per_process = 25
-    outcomes = race_processes(workers.count, storage_url, f"{ns}/c", per_process)
+    outcomes = race_processes(storage, workers.count, storage_url, f"{ns}/c", per_process)
     numbers = sorted(n for numbers in outcomes if isinstance(numbers, list) for n in numbers)
     assert numbers == list(range(1, PROCESSES * per_process + 1))
 
@@ -201,7 +262,7 @@ def test_race_uri_claims_across_processes_have_exactly_one_winner(
     storage: Storage, storage_url: str, ns: str
 ) -> None:
     # Each process claims with its own id; exactly one id must be mapped.
-    outcomes = race_processes(workers.claim_own, storage_url, f"{ns}/q", "git://head")
+    outcomes = race_processes(storage, workers.claim_own, storage_url, f"{ns}/q", "git://head")
     winners = [outcome[0] for outcome in outcomes if isinstance(outcome, tuple) and outcome[1]]
     assert len(winners) == 1, outcomes
     assert storage.request_uris.get_id_by_uri(f"{ns}/q", "git://head") == winners[0]

@@ -43,6 +43,17 @@ def test_create_of_an_existing_id_raises_already_exists_and_first_writer_wins(
     assert storage.requests.get(first.id) == first
 
 
+def test_create_of_an_identical_request_again_raises_already_exists(
+    storage: Storage, ns: str
+) -> None:
+    # A retried create is still a second create: only the first may report success.
+    request = make_request(ns)
+    storage.requests.create(request)
+    with pytest.raises(AlreadyExists):
+        storage.requests.create(dataclasses.replace(request))
+    assert storage.requests.get(request.id) == request
+
+
 def test_create_persists_the_given_version(storage: Storage, ns: str) -> None:
     request = make_request(ns, version=42)
     storage.requests.create(request)

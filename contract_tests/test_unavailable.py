@@ -1,6 +1,6 @@
 """Every backend call has a timeout: a dead server yields Unavailable promptly, never a hang.
 
-These tests apply to backends reached over TCP (a URL with host and port). They point the
+These tests apply to backends that declare the ``network`` capability. They point the
 backend at a closed port and at a listener that accepts connections but never answers, with
 the contract's ``timeout`` URL option set to one second.
 """
@@ -12,20 +12,22 @@ import socket
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
-from stovepipe.storage import Unavailable, open_storage
+from stovepipe.storage import Capability, Storage, Unavailable, open_storage
+
+from .capabilities import require
+from .proxy import Proxy, proxy_to
 
 PROMPTLY_SECONDS = 5.0
+DEFAULT_PORTS = {"mysql": 3306, "redis": 6379, "rediss": 6379, "etcd": 2379}
 
 
-def _network_parts(storage_url: str) -> urllib.parse.SplitResult:
-    parts = urllib.parse.urlsplit(storage_url)
-    if not parts.hostname or parts.port is None:
-        pytest.skip(f"{parts.scheme}:// is not reached over TCP")
-    return parts
+def _network_parts(storage: Storage, storage_url: str) -> urllib.parse.SplitResult:
+    require(storage, Capability.NETWORK)
+    return urllib.parse.urlsplit(storage_url)
 
 
 def _pointed_at(parts: urllib.parse.SplitResult, port: int) -> str:
@@ -76,12 +78,59 @@ def _assert_unavailable_promptly(url: str) -> None:
     assert elapsed < PROMPTLY_SECONDS, f"took {elapsed:.1f}s to report Unavailable"
 
 
-def test_unavailable_promptly_when_the_server_refuses_connections(storage_url: str) -> None:
-    parts = _network_parts(storage_url)
+def test_unavailable_promptly_when_the_server_refuses_connections(
+    storage: Storage, storage_url: str
+) -> None:
+    parts = _network_parts(storage, storage_url)
     _assert_unavailable_promptly(_pointed_at(parts, _closed_port()))
 
 
-def test_unavailable_promptly_when_the_server_never_answers(storage_url: str) -> None:
-    parts = _network_parts(storage_url)
+def test_unavailable_promptly_when_the_server_never_answers(
+    storage: Storage, storage_url: str
+) -> None:
+    parts = _network_parts(storage, storage_url)
     with _silent_listener() as port:
         _assert_unavailable_promptly(_pointed_at(parts, port))
+
+
+def _server_address(parts: urllib.parse.SplitResult) -> tuple[str, int]:
+    if parts.port is None and parts.scheme not in DEFAULT_PORTS:
+        pytest.skip(f"{parts.scheme}:// URL without a port: give one to test mid-session faults")
+    return parts.hostname or "127.0.0.1", parts.port or DEFAULT_PORTS[parts.scheme]
+
+
+def _mid_session(
+    storage: Storage, storage_url: str, ns: str, fault: Callable[[Proxy], None]
+) -> None:
+    """Open the backend through a proxy, make a call that succeeds, apply ``fault`` to the
+    proxy, then check that each kind of call raises Unavailable promptly."""
+    parts = _network_parts(storage, storage_url)
+    with (
+        proxy_to(*_server_address(parts)) as proxy,
+        open_storage(_pointed_at(parts, proxy.port)) as through,
+    ):
+        through.counter.next(f"{ns}/warm")  # the session is up: connected, authenticated
+        fault(proxy)
+        calls: dict[str, Callable[[], object]] = {
+            "get": lambda: through.requests.get(f"{ns}/missing"),
+            "create": lambda: through.request_uris.create(f"{ns}/q", "git://u", f"{ns}/id"),
+            "counter": lambda: through.counter.next(f"{ns}/c"),
+        }
+        for name, call in calls.items():
+            started = time.monotonic()
+            with pytest.raises(Unavailable):
+                call()
+            elapsed = time.monotonic() - started
+            assert elapsed < PROMPTLY_SECONDS, f"{name} took {elapsed:.1f}s to be Unavailable"
+
+
+def test_unavailable_promptly_when_the_server_goes_silent_mid_session(
+    storage: Storage, storage_url: str, ns: str
+) -> None:
+    _mid_session(storage, storage_url, ns, Proxy.go_silent)
+
+
+def test_unavailable_when_the_server_resets_connections_mid_session(
+    storage: Storage, storage_url: str, ns: str
+) -> None:
+    _mid_session(storage, storage_url, ns, Proxy.reset)

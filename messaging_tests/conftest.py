@@ -1,21 +1,15 @@
-"""Which messaging queue URLs the suite runs against, and the fixtures its tests share.
+"""The fixtures the messaging conformance tests share.
 
-Targets, in order of precedence:
-
-* ``--queue-url URL`` (repeatable): exactly these URLs.
-* Otherwise ``memory://``, a fresh SQLite file, and the servers named by
-  ``STOVEPIPE_TEST_MYSQL_URL`` and ``STOVEPIPE_TEST_REDIS_URL``. A server that is not named,
-  cannot be reached or whose driver is missing is skipped with the reason, or, when the ``CI``
-  environment variable is set, fails.
-
-The rules about processes dying run only on the durable queues (every URL but ``memory://``,
-whose messages live and die with its process by design). Tests isolate themselves with
-unique topics, so a shared server needs no reset.
+Which queues a run covers, the ``--queue-url`` option and what happens to a queue that cannot
+be had live in the plugin :mod:`stovepipe.conformance.plugin`. The rules about processes
+dying run only on the durable queues (every URL but ``memory://``, whose messages live and die
+with its process by design). Tests isolate themselves with unique topics, so a shared server
+needs no reset.
 """
 
 from __future__ import annotations
 
-import os
+import importlib.util
 import pathlib
 import time
 import uuid
@@ -23,72 +17,49 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from messaging_tests.processes import Children, spawned
+from stovepipe.conformance.plugin import (
+    QUEUE_NETWORK_TARGETS,
+    queue_targets,
+    resolve_queue_url,
+    target_id,
+)
 from stovepipe.messagequeue.registry import InspectableMessageQueue, open_queue, with_query
 
-NETWORK_TARGETS = ("mysql", "redis")
+from .processes import Children, spawned
+
+NETWORK_TARGETS = QUEUE_NETWORK_TARGETS
 QueueFactory = Callable[..., InspectableMessageQueue]
 
-
-def in_ci() -> bool:
-    """True when the run must treat a server it cannot reach as a failure."""
-    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption(
-        "--queue-url",
-        action="append",
-        default=[],
-        metavar="URL",
-        help="run the messaging suite against this queue URL (repeatable)",
+# The modules about one engine's queue need its driver; without it they are not collected.
+collect_ignore = [
+    module
+    for module, driver in (
+        ("test_errors.py", "redis"),
+        ("test_errors.py", "pymysql"),
+        ("test_redis.py", "redis"),
+        ("test_mysql.py", "pymysql"),
     )
+    if importlib.util.find_spec(driver) is None
+]
 
-
-def _targets(config: pytest.Config) -> list[str]:
-    given: list[str] = config.getoption("queue_url")
-    return given or ["memory", "sqlite", *NETWORK_TARGETS]
-
-
-def _target_id(target: str) -> str:
-    return target.split("://", 1)[0] if "://" in target else target
-
-
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    targets = _targets(metafunc.config)
-    for fixture, wanted in (
-        ("queue_target", targets),
-        ("durable_queue_target", [t for t in targets if _target_id(t) != "memory"]),
-    ):
-        if fixture in metafunc.fixturenames:
-            metafunc.parametrize(
-                fixture, wanted, ids=[_target_id(t) for t in wanted], scope="session"
-            )
-
-
-def _unreachable(reason: str) -> None:
-    if in_ci():
-        pytest.fail(f"{reason} (CI is set: every queue the run covers must be reachable)")
-    pytest.skip(reason)
+_targets = queue_targets
+_target_id = target_id
 
 
 def _resolve(target: str, tmp_path_factory: pytest.TempPathFactory) -> str:
-    if "://" in target:
-        url = target
-    elif target == "memory":
-        url = "memory://"
-    elif target == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('queue')}/queue.db"
-    else:
-        env_name = f"STOVEPIPE_TEST_{target.upper()}_URL"
-        url = os.environ.get(env_name, "")
-        if not url:
-            _unreachable(f"{target}: set {env_name} to a server URL")
-    try:  # reach the server (and load its driver) once, so a missing one says so clearly
-        open_queue(url).stop()
-    except Exception as error:
-        _unreachable(f"cannot open the {_target_id(url)} queue at {url}: {error!r}")
-    return url
+    return resolve_queue_url(target, tmp_path_factory.mktemp("queue"))
+
+
+def engine_url(engine: str, request: pytest.FixtureRequest) -> str:
+    """The ``engine`` queue's URL for the tests of that engine alone: the one the run names.
+
+    Skipped when the run's ``--queue-url`` names only other queues.
+    """
+    covered = [t for t in queue_targets(request.config) if target_id(t) == engine]
+    if not covered:
+        pytest.skip(f"the run covers no {engine} queue")
+    tmp_path_factory: pytest.TempPathFactory = request.getfixturevalue("tmp_path_factory")
+    return _resolve(covered[0], tmp_path_factory)
 
 
 @pytest.fixture(scope="session")

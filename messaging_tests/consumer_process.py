@@ -1,7 +1,8 @@
 """A consumer (and optionally publisher) process that the durability tests start and kill.
 
-    python -m messaging_tests.consumer_process '{"url": ..., "topic": ..., "record": PATH,
-        "handler": "hang" | "sleep", "sleep": SECONDS, "publish": [[KEY, PAYLOAD], ...]}'
+    python -m stovepipe.conformance.messaging.consumer_process \\
+        '{"url": ..., "topic": ..., "record": PATH, "handler": "hang" | "sleep",
+          "sleep": SECONDS, "publish": [[KEY, PAYLOAD], ...]}'
 
 It publishes the given messages, then consumes ``topic``, appending one JSON line per event to
 ``record``: ``published``, ``ready``, and ``start``/``end`` around each delivery (``key``,

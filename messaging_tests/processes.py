@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import signal
 import subprocess
@@ -12,7 +11,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+# The consumer's module by its installed name: the child imports it whatever name this one has.
+CONSUMER_MODULE = "stovepipe.conformance.messaging.consumer_process"
 TIMEOUT = 30.0
 
 
@@ -24,13 +24,10 @@ class Children:
         self._spawned: list[subprocess.Popen[bytes]] = []
 
     def spawn(self, url: str, topic: str, **arguments: Any) -> subprocess.Popen[bytes]:
-        """Start ``messaging_tests.consumer_process`` with these arguments."""
+        """Start :mod:`consumer_process` with these arguments."""
         spec = {"url": url, "topic": topic, "record": str(self.record), **arguments}
-        environment = {**os.environ, "PYTHONPATH": str(ROOT)}
         child = subprocess.Popen(
-            [sys.executable, "-m", "messaging_tests.consumer_process", json.dumps(spec)],
-            cwd=ROOT,
-            env=environment,
+            [sys.executable, "-m", CONSUMER_MODULE, json.dumps(spec)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )

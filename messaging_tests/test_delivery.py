@@ -9,11 +9,12 @@ from collections.abc import Callable
 
 import pytest
 
-from messaging_tests.conftest import QueueFactory
-from messaging_tests.recorder import Recorder, payloads
 from stovepipe.messagequeue import Message, PermanentFailure
 from stovepipe.messagequeue.inprocess import DeadLetter
 from stovepipe.messagequeue.registry import InspectableMessageQueue
+
+from .conftest import QueueFactory
+from .recorder import Recorder, payloads
 
 TIMEOUT = 20.0
 

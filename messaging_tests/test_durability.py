@@ -8,11 +8,12 @@ import threading
 import time
 from collections.abc import Callable
 
-from messaging_tests.conftest import QueueFactory, url_with
-from messaging_tests.processes import Children
-from messaging_tests.recorder import Recorder, payloads
-from messaging_tests.test_delivery import dead_letters_of
 from stovepipe.messagequeue import Message
+
+from .conftest import QueueFactory, url_with
+from .processes import Children
+from .recorder import Recorder, payloads
+from .test_delivery import dead_letters_of
 
 
 def started(children: Children, count: int) -> Callable[[], bool]:

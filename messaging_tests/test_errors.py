@@ -14,21 +14,22 @@ import pytest
 from redis._parsers.base import BaseParser
 from redis.exceptions import RedisError
 
-from messaging_tests.conftest import _resolve, url_with
 from stovepipe.messagequeue.brokered import MessageQueueError, MessageQueueUnavailable
 from stovepipe.messagequeue.redis_streams import RedisStreamsBroker, _mapped_error
 from stovepipe.messagequeue.registry import open_queue
 from stovepipe.storage import StorageError, Unavailable
 
-
-@pytest.fixture(scope="module")
-def mysql_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return _resolve("mysql", tmp_path_factory)
+from .conftest import engine_url, url_with
 
 
 @pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return _resolve("redis", tmp_path_factory)
+def mysql_url(request: pytest.FixtureRequest) -> str:
+    return engine_url("mysql", request)
+
+
+@pytest.fixture(scope="module")
+def redis_url(request: pytest.FixtureRequest) -> str:
+    return engine_url("redis", request)
 
 
 def assert_permanent(error: BaseException) -> None:

@@ -6,10 +6,11 @@ from __future__ import annotations
 import itertools
 import time
 
-from messaging_tests.conftest import QueueFactory
-from messaging_tests.recorder import Recorder, payloads
 from stovepipe.messagequeue import Message, PermanentFailure
 from stovepipe.messagequeue.contract import Hold, dead_letter_topic
+
+from .conftest import QueueFactory
+from .recorder import Recorder, payloads
 
 
 def test_hold_delivers_again_after_the_delay_without_counting_an_attempt(

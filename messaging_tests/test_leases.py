@@ -6,9 +6,10 @@ from __future__ import annotations
 import threading
 import time
 
-from messaging_tests.conftest import QueueFactory, backlog_when_drained
-from messaging_tests.recorder import Recorder
 from stovepipe.messagequeue import Message
+
+from .conftest import QueueFactory, backlog_when_drained
+from .recorder import Recorder
 
 LEASE = 1.0
 HANDLER_SECONDS = 3.0

@@ -7,14 +7,15 @@ import urllib.parse
 
 import pytest
 
-from messaging_tests.conftest import _resolve, backlog_when_drained, url_with
 from stovepipe.messagequeue.registry import open_queue
 from stovepipe.messagequeue.sqlqueue import SQLBroker
 
+from .conftest import backlog_when_drained, engine_url, url_with
+
 
 @pytest.fixture(scope="module")
-def mysql_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return _resolve("mysql", tmp_path_factory)
+def mysql_url(request: pytest.FixtureRequest) -> str:
+    return engine_url("mysql", request)
 
 
 def test_mysql_a_publish_committed_after_a_later_one_never_gives_its_key_two_deliveries(

@@ -25,13 +25,14 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from messaging_tests.conftest import NETWORK_TARGETS, _resolve, _target_id, _targets, url_with
 from stovepipe.client import StovepipeClient
 from stovepipe.controller.queues import request_id, request_number
 from stovepipe.entity import RequestState
 from stovepipe.storage import NotFound, Storage, open_storage
 from stovepipe.testing import GitRepository, ServeProcesses, run_cli
 from stovepipe.v1 import stovepipe_pb2 as pb
+
+from .conftest import NETWORK_TARGETS, _resolve, _target_id, _targets, url_with
 
 DURATION = 60.0
 """Seconds the callers ingest."""

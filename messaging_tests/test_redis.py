@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from messaging_tests.conftest import _resolve, url_with
-from messaging_tests.recorder import Recorder, payloads
 from stovepipe.messagequeue.redis_streams import RedisStreamsBroker
 from stovepipe.messagequeue.registry import open_queue
 
+from .conftest import engine_url, url_with
+from .recorder import Recorder, payloads
+
 
 @pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return _resolve("redis", tmp_path_factory)
+def redis_url(request: pytest.FixtureRequest) -> str:
+    return engine_url("redis", request)
 
 
 def test_redis_a_consumer_group_lost_with_the_data_is_recreated_and_delivery_goes_on(

@@ -16,7 +16,6 @@ from concurrent import futures
 import grpc
 import pytest
 
-from messaging_tests.conftest import url_with
 from stovepipe.client import StovepipeClient
 from stovepipe.controller.ingest import IngestController
 from stovepipe.messagequeue import TOPIC_PROCESS
@@ -28,6 +27,8 @@ from stovepipe.sourcecontrol.fake import FakeSourceControl
 from stovepipe.storage import open_storage
 from stovepipe.testing import ServeProcesses, stovepipe_command
 from stovepipe.v1 import stovepipe_pb2 as pb
+
+from .conftest import url_with
 
 QUEUES = 40
 TIMEOUT = 30.0

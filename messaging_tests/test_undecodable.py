@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import time
 
-from messaging_tests.conftest import QueueFactory, backlog_when_drained
-from messaging_tests.recorder import Recorder
-from messaging_tests.test_delivery import dead_letters_of
 from stovepipe.messagequeue import Message
 from stovepipe.messagequeue.redis_streams import RedisStreamsBroker
 from stovepipe.messagequeue.registry import InspectableMessageQueue
 from stovepipe.messagequeue.sqlqueue import SQLBroker
+
+from .conftest import QueueFactory, backlog_when_drained
+from .recorder import Recorder
+from .test_delivery import dead_letters_of
 
 NOT_UTF8 = b"\xff\xfe"
 

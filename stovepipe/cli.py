@@ -15,6 +15,10 @@
     stovepipe ping                    prints the server's version and the round trip
     stovepipe poll QUEUE --every S    ingests every S seconds, logging each new id
     stovepipe migrate URL             prepares a storage backend's schema, if it needs one
+    stovepipe conformance storage|messaging URL [PYTEST ARGUMENTS...]
+                                      runs a conformance suite against a backend's URL; exit
+                                      0 only when every test that applies passed (needs
+                                      ``stovepipe[testing]``)
 
 Client commands take ``--server HOST:PORT`` (default ``127.0.0.1:50051``, or
 ``$STOVEPIPE_SERVER``) and ``--timeout SECONDS``. ``--ca FILE`` (the CA that signed the
@@ -222,6 +226,15 @@ def _parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser("migrate", help="prepare a storage backend's schema")
     migrate.add_argument("url")
     migrate.set_defaults(handler=_migrate)
+
+    conformance = commands.add_parser(
+        "conformance",
+        help="run a conformance suite against a backend (arguments after URL go to pytest)",
+    )
+    conformance.add_argument("suite", choices=["storage", "messaging"])
+    conformance.add_argument("url")
+    conformance.add_argument("pytest_arguments", nargs=argparse.REMAINDER)
+    conformance.set_defaults(handler=_conformance)
     return parser
 
 
@@ -237,6 +250,19 @@ def _build_options(command: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="where builds keep their state and checkouts (default .stovepipe/builds)",
     )
+
+
+def _conformance(args: argparse.Namespace) -> int:
+    from stovepipe import conformance
+
+    try:
+        return conformance.run(args.suite, args.url, args.pytest_arguments)
+    except ImportError as error:
+        raise CommandError(
+            f"the conformance suites need pytest and hypothesis: "
+            f"pip install 'stovepipe[testing]' ({error})",
+            EXIT_USAGE,
+        ) from None
 
 
 def _page_size(text: str) -> int:

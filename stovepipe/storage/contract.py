@@ -19,6 +19,9 @@ These protocols are what a backend implements and what the conformance suite in
   ``0.0``); counts and versions are signed 64-bit integers.
 * **Read-after-write**: a read after a successful write returns that write.
 * **Thread-safe**: one instance serves a server's whole thread pool.
+* **Capabilities** say what a backend is (:class:`Capability`); the rules about surviving a
+  close, sharing between instances and reaching a server apply to the backends that declare
+  them.
 * **Errors** are those of :mod:`stovepipe.storage.errors`. Transient faults (refused, reset,
   timed out) are :class:`~stovepipe.storage.errors.Unavailable`; every call has a timeout, so
   a dead engine yields ``Unavailable`` promptly, never a hang.
@@ -26,9 +29,31 @@ These protocols are what a backend implements and what the conformance suite in
 
 from __future__ import annotations
 
+import enum
 from typing import Protocol
 
 from stovepipe.entity import Build, Fact, Queue, Request
+
+
+class Capability(enum.StrEnum):
+    """What a backend is. It declares its capabilities as a ``capabilities`` attribute (any
+    collection of these values, or their strings); without one it has
+    :data:`DEFAULT_CAPABILITIES`. The conformance suite holds a backend to the rules of the
+    capabilities it declares, and skips the others naming the capability.
+    """
+
+    DURABLE = "durable"
+    """What one instance wrote, a new instance opened on the same URL after it closed reads."""
+    SHARED = "shared"
+    """Instances open at once on the same URL, in any threads or processes, see each other's
+    writes at once: they share one store, as the servers of one deployment do."""
+    NETWORK = "network"
+    """It reaches a server over TCP at the URL's host and port (the default port when the URL
+    has none), and its ``timeout`` URL option bounds every call."""
+
+
+DEFAULT_CAPABILITIES = frozenset({Capability.DURABLE, Capability.SHARED})
+"""A backend's capabilities when it declares none."""
 
 
 class RequestStore(Protocol):

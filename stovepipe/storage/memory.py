@@ -176,6 +176,9 @@ class MemoryFactStore:
 class MemoryBackend:
     """The six in-memory stores. ``close`` keeps the data: nothing to release."""
 
+    # Each instance is a store of its own, gone with it.
+    capabilities: frozenset[str] = frozenset()
+
     def __init__(self) -> None:
         self.requests = MemoryRequestStore()
         self.request_uris = MemoryRequestURIStore()

@@ -442,6 +442,9 @@ class SQLiteFactStore:
 class SQLiteBackend:
     """The six stores over one SQLite file."""
 
+    # One file, shared by every process that opens it; no server.
+    capabilities = frozenset({"durable", "shared"})
+
     def __init__(self, path: str, *, timeout: float = 5.0, synchronous: str = "full") -> None:
         if synchronous not in ("full", "normal"):
             raise ValueError(f"sqlite synchronous must be full or normal, not {synchronous!r}")

@@ -12,9 +12,11 @@ from stovepipe.entity import Build, BuildStatus, BuildStrategy, Fact, Queue, Req
 from stovepipe.redaction import redact
 from stovepipe.storage import limits
 from stovepipe.storage.contract import (
+    DEFAULT_CAPABILITIES,
     Backend,
     BackendOpener,
     BuildStore,
+    Capability,
     Counter,
     FactStore,
     QueueStore,
@@ -186,13 +188,27 @@ class Storage:
     the pipeline's ``queues``, ``builds`` and ``facts``.
 
     Every argument is checked against :mod:`stovepipe.storage.limits` before the backend
-    sees it. Thread-safe; a context manager that closes the backend on exit.
+    sees it. ``capabilities`` is what the backend declares it is (a frozenset of
+    :class:`~stovepipe.storage.contract.Capability`). Thread-safe; a context manager that
+    closes the backend on exit.
     """
 
-    __slots__ = ("_backend", "builds", "counter", "facts", "queues", "request_uris", "requests")
+    __slots__ = (
+        "_backend",
+        "builds",
+        "capabilities",
+        "counter",
+        "facts",
+        "queues",
+        "request_uris",
+        "requests",
+    )
 
     def __init__(self, backend: Backend) -> None:
         self._backend = backend
+        # What the backend declares it is; a value that is not a Capability is a ValueError.
+        declared = getattr(backend, "capabilities", DEFAULT_CAPABILITIES)
+        self.capabilities: frozenset[Capability] = frozenset(map(Capability, declared))
         self.requests: RequestStore = _CheckedRequestStore(backend.requests)
         self.request_uris: RequestURIStore = _CheckedRequestURIStore(backend.request_uris)
         self.counter: Counter = _CheckedCounter(backend.counter)

@@ -395,6 +395,9 @@ class EtcdFactStore:
 class EtcdBackend:
     """The six stores over one etcd client."""
 
+    # What the conformance suite holds it to (stovepipe.storage.Capability).
+    capabilities = frozenset({"durable", "shared", "network"})
+
     def __init__(self, client: EtcdClient, keys: Layout) -> None:
         self.client = client
         self.requests = EtcdRequestStore(client, keys)

@@ -590,6 +590,9 @@ class MySQLFactStore:
 class MySQLBackend:
     """The six stores over one connection pool. Thread-safe."""
 
+    # What the conformance suite holds it to (stovepipe.storage.Capability).
+    capabilities = frozenset({"durable", "shared", "network"})
+
     def __init__(self, options: MySQLOptions) -> None:
         self.options = options
         self._database = _Database(options)

@@ -575,6 +575,9 @@ class RedisFactStore:
 class RedisBackend:
     """The six stores over one redis-py connection pool, shared by every thread."""
 
+    # What the conformance suite holds it to (stovepipe.storage.Capability).
+    capabilities = frozenset({"durable", "shared", "network"})
+
     def __init__(self, pool: redis.ConnectionPool, keys: KeyLayout) -> None:
         self._pool = pool
         self._commands = commands = _Commands(pool)

@@ -1,0 +1,257 @@
+"""The pytest plugin the conformance suites run under (a ``pytest11`` entry point).
+
+It holds, once for both suites:
+
+* the options: ``--storage-url URL`` and ``--queue-url URL`` (each repeatable);
+* which backends a run covers: exactly the URLs given, else ``memory://``, a fresh SQLite file
+  and every network backend whose server can be found (the URL in
+  ``STOVEPIPE_TEST_<SCHEME>_URL``, else, for storage, a throwaway server from the backend's
+  hook in the ``stovepipe.storage.test_servers`` entry-point group);
+* a time limit on each test of the suites (``--conformance-timeout``, default
+  :data:`DEFAULT_TIMEOUT` seconds for each of setup, call and teardown): a test that hangs
+  fails with the stacks of every thread, instead of holding the run forever;
+* what a run does about a backend it cannot have: a URL given explicitly that cannot be opened
+  is a failure naming the error; a server found by discovery that cannot be reached is
+  skipped with the reason, or fails when the ``CI`` environment variable is set.
+
+Importing it costs only pytest and the standard library, since pytest loads it in every run
+of an environment where Stovepipe is installed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.metadata
+import os
+import pathlib
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Callable, Generator
+from types import FrameType
+from typing import NoReturn
+
+import pytest
+
+TEST_SERVERS_GROUP = "stovepipe.storage.test_servers"
+EMBEDDED_TARGETS = ("memory", "sqlite")
+QUEUE_NETWORK_TARGETS = ("mysql", "redis")
+SUITE_PACKAGES = ("stovepipe.conformance.storage", "stovepipe.conformance.messaging")
+DEFAULT_TIMEOUT = 180.0
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("stovepipe", "Stovepipe conformance suites")
+    group.addoption(
+        "--storage-url",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="run the storage conformance suite against this URL only (repeatable)",
+    )
+    group.addoption(
+        "--queue-url",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="run the messaging conformance suite against this queue URL only (repeatable)",
+    )
+    group.addoption(
+        "--conformance-timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help="fail a conformance test whose setup, call or teardown takes longer "
+        f"(default {DEFAULT_TIMEOUT:.0f}; 0 for no limit)",
+    )
+
+
+def in_ci() -> bool:
+    """True when the run must treat a backend it cannot reach as a failure."""
+    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+
+
+def unreachable(reason: str, *, explicit: bool = False) -> NoReturn:
+    """Fail or skip the current test because its backend cannot be had, saying ``reason``.
+
+    A URL given explicitly (``explicit``) must work, so it fails; so does anything under
+    ``CI``. Otherwise the test is skipped.
+    """
+    if explicit:
+        pytest.fail(f"{reason} (the URL was given explicitly: it must work)", pytrace=False)
+    if in_ci():
+        pytest.fail(f"{reason} (CI is set: a backend the run covers must be reachable)")
+    pytest.skip(reason)
+
+
+def is_explicit(target: str) -> bool:
+    """True for a target given as a URL, false for one named by scheme for discovery."""
+    return "://" in target
+
+
+def target_id(target: str) -> str:
+    """The scheme of a target, for test ids and messages."""
+    return target.split("://", 1)[0] if is_explicit(target) else target
+
+
+def storage_targets(config: pytest.Config) -> list[str]:
+    """The storage URLs given, else the embedded backends and every discoverable server."""
+    given: list[str] = config.getoption("storage_url")
+    if given:
+        return given
+    from stovepipe.storage import installed_schemes
+
+    hooks = {ep.name for ep in importlib.metadata.entry_points(group=TEST_SERVERS_GROUP)}
+    network = [
+        scheme
+        for scheme in installed_schemes()
+        if scheme not in EMBEDDED_TARGETS
+        and (scheme in hooks or f"STOVEPIPE_TEST_{scheme.upper()}_URL" in os.environ)
+    ]
+    return [*EMBEDDED_TARGETS, *network]
+
+
+def queue_targets(config: pytest.Config) -> list[str]:
+    """The queue URLs given, else the embedded queues and the servers named by the env."""
+    given: list[str] = config.getoption("queue_url")
+    return given or [*EMBEDDED_TARGETS, *QUEUE_NETWORK_TARGETS]
+
+
+def resolve_storage_url(target: str, scratch: pathlib.Path, servers: contextlib.ExitStack) -> str:
+    """The URL of a storage target; a throwaway server it starts is closed by ``servers``."""
+    if is_explicit(target):
+        return target
+    if target == "memory":
+        return "memory://"
+    if target == "sqlite":
+        return f"sqlite:///{scratch}/contract.db"
+    env_name = f"STOVEPIPE_TEST_{target.upper()}_URL"
+    if url := os.environ.get(env_name):
+        return url
+    hooks = importlib.metadata.entry_points(group=TEST_SERVERS_GROUP, name=target)
+    if not hooks:
+        unreachable(f"{target}: set {env_name} to a server URL")
+    start_server: Callable[[], contextlib.AbstractContextManager[str]] = next(iter(hooks)).load()
+    try:
+        return servers.enter_context(start_server())
+    except Exception as error:  # the hook says why: no Docker, no testcontainers, ...
+        unreachable(f"{target}: set {env_name}, or make its test server start: {error}")
+
+
+def resolve_queue_url(target: str, scratch: pathlib.Path) -> str:
+    """The URL of a queue target, opened once so a missing server or driver says so."""
+    from stovepipe.messagequeue.registry import open_queue
+
+    if is_explicit(target):
+        url = target
+    elif target == "memory":
+        url = "memory://"
+    elif target == "sqlite":
+        url = f"sqlite:///{scratch}/queue.db"
+    else:
+        env_name = f"STOVEPIPE_TEST_{target.upper()}_URL"
+        url = os.environ.get(env_name, "")
+        if not url:
+            unreachable(f"{target}: set {env_name} to a server URL")
+    try:
+        open_queue(url).stop()
+    except Exception as error:
+        unreachable(
+            f"cannot open the {target_id(url)} queue at {url}: {error!r}",
+            explicit=is_explicit(target),
+        )
+    return url
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    wanted: dict[str, Callable[[], list[str]]] = {
+        "storage_target": lambda: storage_targets(metafunc.config),
+        "queue_target": lambda: queue_targets(metafunc.config),
+        # memory:// keeps its messages in its process, by design.
+        "durable_queue_target": lambda: [
+            t for t in queue_targets(metafunc.config) if target_id(t) != "memory"
+        ],
+    }
+    for fixture, targets_of in wanted.items():
+        if fixture in metafunc.fixturenames:
+            targets = targets_of()
+            metafunc.parametrize(
+                fixture, targets, ids=[target_id(t) for t in targets], scope="session"
+            )
+
+
+_DIRECTORIES = pytest.StashKey[list[pathlib.Path]]()
+
+
+def _suite_directories() -> list[pathlib.Path]:
+    directories: list[pathlib.Path] = []
+    for package in SUITE_PACKAGES:
+        with contextlib.suppress(ImportError):
+            directories.extend(
+                pathlib.Path(path).resolve() for path in importlib.import_module(package).__path__
+            )
+    return directories
+
+
+def _limit(item: pytest.Item) -> float:
+    """The item's time limit in seconds, 0 for none: only the suites' tests have one."""
+    seconds: float = item.config.getoption("conformance_timeout")
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread():
+        return 0.0
+    if not hasattr(signal, "SIGALRM"):  # the alarm is POSIX only
+        return 0.0
+    directories = item.config.stash.setdefault(_DIRECTORIES, _suite_directories())
+    path = item.path.resolve()
+    return seconds if any(path.is_relative_to(d) for d in directories) else 0.0
+
+
+def _stacks() -> str:
+    """The stack of every thread, where a hang shows where it waits."""
+    names = {thread.ident: thread.name for thread in threading.enumerate()}
+    return "\n".join(
+        f"thread {names.get(ident, ident)}:\n{''.join(traceback.format_stack(frame))}"
+        for ident, frame in sys._current_frames().items()
+    )
+
+
+@contextlib.contextmanager
+def _time_limit(item: pytest.Item, phase: str) -> Generator[None]:
+    seconds = _limit(item)
+    if not seconds:
+        yield
+        return
+
+    def expire(signum: int, frame: FrameType | None) -> None:
+        pytest.fail(
+            f"{phase} took longer than the limit of {seconds:g} s (--conformance-timeout); "
+            f"every thread's stack:\n{_stacks()}",
+            pytrace=False,
+        )
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None]:
+    with _time_limit(item, "setup"):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None]:
+    with _time_limit(item, "the test"):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Generator[None]:
+    with _time_limit(item, "teardown"):
+        return (yield)
