@@ -25,6 +25,7 @@ from collections.abc import Iterator
 import pytest
 
 from stovepipe import auth, cli
+from stovepipe.conformance.plugin import in_ci
 from stovepipe.testing import ServeProcesses, make_certificates, stovepipe_command
 
 REDIS_PASSWORD = "Redis!pw-2f8c1e"
@@ -45,10 +46,6 @@ SECRETS = (
 )
 FAKE_QUEUE = '[queues."q"]\ntype = "fake"\ncommits = ["c1"]\n[queues."q".build]\ntype = "fake"\n'
 q = urllib.parse.quote
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
 
 
 def forms(secret: str) -> set[str]:

@@ -15,12 +15,9 @@ from collections.abc import Callable, Iterator
 import pytest
 from stovepipe_etcd import EtcdBackend, open_backend
 
+from stovepipe.conformance.plugin import in_ci
+
 URL_VARIABLE = "STOVEPIPE_TEST_ETCD_URL"
-
-
-def in_ci() -> bool:
-    """True when a missing server must fail the run rather than skip it."""
-    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
 
 
 def with_options(url: str, **options: str) -> str:

@@ -24,17 +24,8 @@ import redis
 import redis.connection
 from stovepipe_redis import RedisBackend, open_backend
 
+from stovepipe.conformance.plugin import unreachable
 from stovepipe.storage import Storage, open_storage
-
-
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
-
-
-def _unreachable(reason: str) -> None:
-    if _in_ci():
-        pytest.fail(f"{reason} (CI is set: the Redis backend must be covered)")
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
@@ -50,7 +41,7 @@ def redis_url() -> Iterator[str]:
         try:
             server_url = stack.enter_context(redis_server())
         except Exception as error:
-            _unreachable(f"no Redis: STOVEPIPE_TEST_REDIS_URL is unset and {error}")
+            unreachable(f"no Redis: STOVEPIPE_TEST_REDIS_URL is unset and {error}")
         yield server_url
 
 
@@ -58,7 +49,7 @@ def redis_url() -> Iterator[str]:
 def _private_redis_server(directory: pathlib.Path, port: int, options: list[str]) -> Iterator[None]:
     """Run ``redis-server`` on 127.0.0.1:``port`` (no persistence) until the block ends."""
     if shutil.which("redis-server") is None:
-        _unreachable("a private Redis needs redis-server on PATH")
+        unreachable("a private Redis needs redis-server on PATH")
     defaults = ["--bind", "127.0.0.1", "--dir", str(directory), "--appendonly", "no", "--save", ""]
     server = subprocess.Popen(
         ["redis-server", *defaults, *options],
@@ -73,7 +64,7 @@ def _private_redis_server(directory: pathlib.Path, port: int, options: list[str]
                 break
             except OSError:
                 if server.poll() is not None or time.monotonic() > deadline:
-                    _unreachable(f"a private redis-server did not start (exit {server.poll()})")
+                    unreachable(f"a private redis-server did not start (exit {server.poll()})")
                 time.sleep(0.05)
         yield
     finally:
@@ -94,7 +85,7 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
     Yields its ``rediss://`` URL (no options) and the certificate that verifies it.
     """
     if shutil.which("openssl") is None:
-        _unreachable("a TLS Redis needs openssl on PATH")
+        unreachable("a TLS Redis needs openssl on PATH")
     directory = tmp_path_factory.mktemp("tls-redis")
     certificate, key = directory / "server.crt", directory / "server.key"
     openssl = "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1"
