@@ -29,9 +29,9 @@ import uuid
 from collections.abc import Callable, Iterator
 
 from benchmarks.timing import Latency, measure, print_comparison
-from stovepipe.messagequeue import Message
-from stovepipe.messagequeue.brokered import Broker, BrokeredMessageQueue
-from stovepipe.messagequeue.registry import open_queue
+from stovepipe.messaging import Message
+from stovepipe.messaging.brokered import Broker, BrokeredMessageQueue
+from stovepipe.messaging.registry import open_queue
 
 
 def raw_sqlite(url: str, topic: str) -> tuple[Callable[[int], object], Callable[[int], object]]:

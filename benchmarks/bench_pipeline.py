@@ -57,7 +57,7 @@ import grpc
 from stovepipe import config as configuration
 from stovepipe.client import StovepipeClient
 from stovepipe.controller.buildsignal import DEFAULT_POLL_INTERVAL
-from stovepipe.messagequeue.registry import default_queue_url, with_query
+from stovepipe.messaging.registry import default_queue_url, with_query
 from stovepipe.metrics import Metrics
 from stovepipe.redaction import redact
 from stovepipe.server import (

@@ -23,7 +23,7 @@ from stovepipe.conformance.plugin import (
     resolve_queue_url,
     target_id,
 )
-from stovepipe.messagequeue.registry import InspectableMessageQueue, open_queue, with_query
+from stovepipe.messaging.registry import InspectableMessageQueue, open_queue, with_query
 
 from .processes import Children, spawned
 
@@ -128,7 +128,7 @@ def children(record_path: pathlib.Path) -> Iterator[Children]:
 
 def backlog_when_drained(queue: InspectableMessageQueue, topic: str, timeout: float = 10) -> int:
     """The durable ``queue``'s backlog of ``topic`` once it is empty, or after ``timeout``."""
-    from stovepipe.messagequeue.brokered import BrokeredMessageQueue
+    from stovepipe.messaging.brokered import BrokeredMessageQueue
 
     assert isinstance(queue, BrokeredMessageQueue)
     deadline = time.monotonic() + timeout

@@ -22,8 +22,8 @@ import time
 from types import FrameType
 from typing import Any
 
-from stovepipe.messagequeue import Message
-from stovepipe.messagequeue.registry import open_queue
+from stovepipe.messaging import Message
+from stovepipe.messaging.registry import open_queue
 
 _lock = threading.Lock()
 

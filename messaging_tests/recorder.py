@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from stovepipe.messagequeue import Message
+from stovepipe.messaging import Message
 
 
 @dataclasses.dataclass(frozen=True)

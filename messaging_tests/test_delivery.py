@@ -9,9 +9,9 @@ from collections.abc import Callable
 
 import pytest
 
-from stovepipe.messagequeue import Message, PermanentFailure
-from stovepipe.messagequeue.inprocess import DeadLetter
-from stovepipe.messagequeue.registry import InspectableMessageQueue
+from stovepipe.messaging import Message, PermanentFailure
+from stovepipe.messaging.inprocess import DeadLetter
+from stovepipe.messaging.registry import InspectableMessageQueue
 
 from .conftest import QueueFactory
 from .recorder import Recorder, payloads

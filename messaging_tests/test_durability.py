@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from stovepipe.messagequeue import Message
+from stovepipe.messaging import Message
 
 from .conftest import QueueFactory, url_with
 from .processes import Children

@@ -14,9 +14,9 @@ import pytest
 from redis._parsers.base import BaseParser
 from redis.exceptions import RedisError
 
-from stovepipe.messagequeue.brokered import MessageQueueError, MessageQueueUnavailable
-from stovepipe.messagequeue.redis_streams import RedisStreamsBroker, _mapped_error
-from stovepipe.messagequeue.registry import open_queue
+from stovepipe.messaging.brokered import MessageQueueError, MessageQueueUnavailable
+from stovepipe.messaging.redis_streams import RedisStreamsBroker, _mapped_error
+from stovepipe.messaging.registry import open_queue
 from stovepipe.storage import StorageError, Unavailable
 
 from .conftest import engine_url, url_with

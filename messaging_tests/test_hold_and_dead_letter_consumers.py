@@ -6,8 +6,8 @@ from __future__ import annotations
 import itertools
 import time
 
-from stovepipe.messagequeue import Message, PermanentFailure
-from stovepipe.messagequeue.contract import Hold, dead_letter_topic
+from stovepipe.messaging import Message, PermanentFailure
+from stovepipe.messaging.contract import Hold, dead_letter_topic
 
 from .conftest import QueueFactory
 from .recorder import Recorder, payloads

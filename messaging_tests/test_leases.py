@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 
-from stovepipe.messagequeue import Message
+from stovepipe.messaging import Message
 
 from .conftest import QueueFactory, backlog_when_drained
 from .recorder import Recorder

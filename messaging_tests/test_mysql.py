@@ -7,8 +7,8 @@ import urllib.parse
 
 import pytest
 
-from stovepipe.messagequeue.registry import open_queue
-from stovepipe.messagequeue.sqlqueue import SQLBroker
+from stovepipe.messaging.registry import open_queue
+from stovepipe.messaging.sqlqueue import SQLBroker
 
 from .conftest import backlog_when_drained, engine_url, url_with
 

@@ -10,10 +10,10 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client import CollectorRegistry
 
-from stovepipe.messagequeue import Message, PermanentFailure
-from stovepipe.messagequeue.brokered import BrokeredMessageQueue, MessageQueueUnavailable
-from stovepipe.messagequeue.inprocess import InProcessMessageQueue
-from stovepipe.messagequeue.registry import default_queue_url, open_queue
+from stovepipe.messaging import Message, PermanentFailure
+from stovepipe.messaging.brokered import BrokeredMessageQueue, MessageQueueUnavailable
+from stovepipe.messaging.inprocess import InProcessMessageQueue
+from stovepipe.messaging.registry import default_queue_url, open_queue
 from stovepipe.redaction import redact
 from stovepipe.storage import Unavailable
 
@@ -48,19 +48,19 @@ def test_metrics_count_deliveries_retries_dead_letters_and_lag(
         queue.start()
         dead_letters_of(queue, topic, count=2)
         deadline = time.monotonic() + 10
-        while sample(registry, "stovepipe_messagequeue_deliveries_total", topic) < 4:
+        while sample(registry, "stovepipe_messaging_deliveries_total", topic) < 4:
             assert time.monotonic() < deadline
             time.sleep(0.02)
         time.sleep(0.3)  # a heartbeat refreshes the lag
     finally:
         queue.stop(timeout=5)
 
-    assert sample(registry, "stovepipe_messagequeue_published_total", topic) == 3
-    assert sample(registry, "stovepipe_messagequeue_deliveries_total", topic) == 4
-    assert sample(registry, "stovepipe_messagequeue_retries_total", topic) == 1
-    assert sample(registry, "stovepipe_messagequeue_dead_letters_total", topic) == 2
-    assert sample(registry, "stovepipe_messagequeue_lag", topic) == 0
-    assert sample(registry, "stovepipe_messagequeue_handling_seconds_count", topic) == 4
+    assert sample(registry, "stovepipe_messaging_published_total", topic) == 3
+    assert sample(registry, "stovepipe_messaging_deliveries_total", topic) == 4
+    assert sample(registry, "stovepipe_messaging_retries_total", topic) == 1
+    assert sample(registry, "stovepipe_messaging_dead_letters_total", topic) == 2
+    assert sample(registry, "stovepipe_messaging_lag", topic) == 0
+    assert sample(registry, "stovepipe_messaging_handling_seconds_count", topic) == 4
 
 
 @pytest.fixture

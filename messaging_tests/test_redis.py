@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from stovepipe.messagequeue.redis_streams import RedisStreamsBroker
-from stovepipe.messagequeue.registry import open_queue
+from stovepipe.messaging.redis_streams import RedisStreamsBroker
+from stovepipe.messaging.registry import open_queue
 
 from .conftest import engine_url, url_with
 from .recorder import Recorder, payloads

@@ -18,10 +18,10 @@ import pytest
 
 from stovepipe.client import StovepipeClient
 from stovepipe.controller.ingest import IngestController
-from stovepipe.messagequeue import TOPIC_PROCESS
-from stovepipe.messagequeue.brokered import BrokeredMessageQueue
-from stovepipe.messagequeue.redis_streams import RedisStreamsBroker
-from stovepipe.messagequeue.registry import open_queue
+from stovepipe.messaging import TOPIC_PROCESS
+from stovepipe.messaging.brokered import BrokeredMessageQueue
+from stovepipe.messaging.redis_streams import RedisStreamsBroker
+from stovepipe.messaging.registry import open_queue
 from stovepipe.sourcecontrol import QueueMap
 from stovepipe.sourcecontrol.fake import FakeSourceControl
 from stovepipe.storage import open_storage

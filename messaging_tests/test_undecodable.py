@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import time
 
-from stovepipe.messagequeue import Message
-from stovepipe.messagequeue.redis_streams import RedisStreamsBroker
-from stovepipe.messagequeue.registry import InspectableMessageQueue
-from stovepipe.messagequeue.sqlqueue import SQLBroker
+from stovepipe.messaging import Message
+from stovepipe.messaging.redis_streams import RedisStreamsBroker
+from stovepipe.messaging.registry import InspectableMessageQueue
+from stovepipe.messaging.sqlqueue import SQLBroker
 
 from .conftest import QueueFactory, backlog_when_drained
 from .recorder import Recorder

@@ -36,9 +36,9 @@ from stovepipe.controller.ingest import IngestController
 from stovepipe.controller.pipeline import subscribe_pipeline
 from stovepipe.controller.process import one_at_a_time
 from stovepipe.entity import BuildStatus
-from stovepipe.messagequeue import MessageQueue
-from stovepipe.messagequeue.inprocess import InProcessMessageQueue
-from stovepipe.messagequeue.registry import default_queue_url, open_queue
+from stovepipe.messaging import MessageQueue
+from stovepipe.messaging.inprocess import InProcessMessageQueue
+from stovepipe.messaging.registry import default_queue_url, open_queue
 from stovepipe.metrics import Metrics
 from stovepipe.redaction import redact, redact_text, register_url
 from stovepipe.sourcecontrol import (

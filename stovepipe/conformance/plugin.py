@@ -142,7 +142,7 @@ def resolve_storage_url(target: str, scratch: pathlib.Path, servers: contextlib.
 
 def resolve_queue_url(target: str, scratch: pathlib.Path) -> str:
     """The URL of a queue target, opened once so a missing server or driver says so."""
-    from stovepipe.messagequeue.registry import open_queue
+    from stovepipe.messaging.registry import open_queue
 
     if is_explicit(target):
         url = target

@@ -14,9 +14,9 @@ from stovepipe.buildrunner.contract import BuildRunnerFactory
 from stovepipe.buildrunner.contract import NotFound as NoRunner
 from stovepipe.controller.process import load_request
 from stovepipe.entity import Build, BuildStatus, RequestState
-from stovepipe.messagequeue.codec import decode, encode
-from stovepipe.messagequeue.contract import TOPIC_BUILDSIGNAL, Message, PermanentFailure, Publisher
-from stovepipe.messagequeue.v1.messagequeue_pb2 import BuildRequest, BuildSignal
+from stovepipe.messaging.codec import decode, encode
+from stovepipe.messaging.contract import TOPIC_BUILDSIGNAL, Message, PermanentFailure, Publisher
+from stovepipe.messaging.v1.messaging_pb2 import BuildRequest, BuildSignal
 from stovepipe.storage import AlreadyExists, Storage
 
 logger = logging.getLogger(__name__)

@@ -18,8 +18,8 @@ from stovepipe.buildrunner.contract import BuildRunnerFactory
 from stovepipe.controller.process import load_request
 from stovepipe.controller.queues import free_slot
 from stovepipe.entity import Build, BuildStatus, Request, RequestState
-from stovepipe.messagequeue.codec import decode, encode
-from stovepipe.messagequeue.contract import (
+from stovepipe.messaging.codec import decode, encode
+from stovepipe.messaging.contract import (
     TOPIC_PROCESS,
     TOPIC_RECORD,
     Hold,
@@ -27,7 +27,7 @@ from stovepipe.messagequeue.contract import (
     PermanentFailure,
     Publisher,
 )
-from stovepipe.messagequeue.v1.messagequeue_pb2 import BuildSignal, ProcessRequest, RecordRequest
+from stovepipe.messaging.v1.messaging_pb2 import BuildSignal, ProcessRequest, RecordRequest
 from stovepipe.storage import LimitExceeded, NotFound, Storage, VersionMismatch
 
 logger = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ class BuildSignalController:
     def handle(self, message: Message) -> None:
         """Follow the build a ``BuildSignal`` names one step.
 
-        Raises :class:`~stovepipe.messagequeue.contract.Hold` while the build runs,
+        Raises :class:`~stovepipe.messaging.contract.Hold` while the build runs,
         :class:`PermanentFailure` for a malformed payload or a missing build or request;
         ``Unavailable`` (storage or runner) propagates, to be retried.
         """

@@ -16,8 +16,8 @@ import logging
 from stovepipe.buildrunner.contract import BuildRunnerError, BuildRunnerFactory
 from stovepipe.controller.buildsignal import settle_request
 from stovepipe.entity import RequestState
-from stovepipe.messagequeue.codec import decode
-from stovepipe.messagequeue.contract import (
+from stovepipe.messaging.codec import decode
+from stovepipe.messaging.contract import (
     TOPIC_BUILD,
     TOPIC_BUILDSIGNAL,
     TOPIC_PROCESS,
@@ -26,7 +26,7 @@ from stovepipe.messagequeue.contract import (
     Publisher,
     dead_letter_topic,
 )
-from stovepipe.messagequeue.v1.messagequeue_pb2 import BuildRequest, BuildSignal, ProcessRequest
+from stovepipe.messaging.v1.messaging_pb2 import BuildRequest, BuildSignal, ProcessRequest
 from stovepipe.storage import LimitExceeded, NotFound, Storage
 
 logger = logging.getLogger(__name__)

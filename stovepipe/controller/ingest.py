@@ -21,9 +21,9 @@ from collections.abc import Callable
 
 from stovepipe.controller.queues import stamp_latest
 from stovepipe.entity import Request, RequestState
-from stovepipe.messagequeue.codec import encode_process_request
-from stovepipe.messagequeue.contract import TOPIC_PROCESS, Publisher
-from stovepipe.messagequeue.v1.messagequeue_pb2 import ProcessRequest
+from stovepipe.messaging.codec import encode_process_request
+from stovepipe.messaging.contract import TOPIC_PROCESS, Publisher
+from stovepipe.messaging.v1.messaging_pb2 import ProcessRequest
 from stovepipe.sourcecontrol.contract import SourceControlFactory
 from stovepipe.storage import AlreadyExists, NotFound, Storage, limits
 

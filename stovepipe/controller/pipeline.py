@@ -10,7 +10,7 @@ from stovepipe.controller.buildsignal import DEFAULT_POLL_INTERVAL, BuildSignalC
 from stovepipe.controller.deadletter import DeadLetterController
 from stovepipe.controller.process import ProcessController, one_at_a_time
 from stovepipe.controller.record import RecordController
-from stovepipe.messagequeue.contract import (
+from stovepipe.messaging.contract import (
     TOPIC_BUILD,
     TOPIC_BUILDSIGNAL,
     TOPIC_PROCESS,

@@ -21,9 +21,9 @@ from typing import Final
 
 from stovepipe.controller.queues import request_id, request_number, stamp_latest, take_slot
 from stovepipe.entity import BuildStrategy, Queue, Request, RequestState
-from stovepipe.messagequeue.codec import decode_process_request, encode
-from stovepipe.messagequeue.contract import TOPIC_BUILD, Message, PermanentFailure, Publisher
-from stovepipe.messagequeue.v1.messagequeue_pb2 import BuildRequest
+from stovepipe.messaging.codec import decode_process_request, encode
+from stovepipe.messaging.contract import TOPIC_BUILD, Message, PermanentFailure, Publisher
+from stovepipe.messaging.v1.messaging_pb2 import BuildRequest
 from stovepipe.sourcecontrol import contract as sourcecontrol
 from stovepipe.sourcecontrol.contract import SourceControl, SourceControlFactory
 from stovepipe.storage import LimitExceeded, NotFound, Storage, VersionMismatch

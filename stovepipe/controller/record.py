@@ -17,9 +17,9 @@ from stovepipe.controller.buildsignal import wake_newest
 from stovepipe.controller.process import load_request
 from stovepipe.controller.queues import change_queue, request_number
 from stovepipe.entity import Fact, Queue, RequestState
-from stovepipe.messagequeue.codec import decode
-from stovepipe.messagequeue.contract import Message, Publisher
-from stovepipe.messagequeue.v1.messagequeue_pb2 import RecordRequest
+from stovepipe.messaging.codec import decode
+from stovepipe.messaging.contract import Message, Publisher
+from stovepipe.messaging.v1.messaging_pb2 import RecordRequest
 from stovepipe.sourcecontrol import contract as sourcecontrol
 from stovepipe.sourcecontrol.contract import SourceControlFactory
 from stovepipe.storage import AlreadyExists, Storage
@@ -51,7 +51,7 @@ class RecordController:
     def handle(self, message: Message) -> None:
         """Record the outcome of the request a ``RecordRequest`` names.
 
-        Raises :class:`~stovepipe.messagequeue.contract.PermanentFailure` for a malformed
+        Raises :class:`~stovepipe.messaging.contract.PermanentFailure` for a malformed
         payload or a missing request; storage and SourceControl ``Unavailable`` propagate. A
         promotion the source refuses is logged, not retried.
         """

@@ -16,9 +16,9 @@ import pytest
 
 from stovepipe.controller import InconsistentState, IngestController, InvalidQueue
 from stovepipe.entity import Request, RequestState
-from stovepipe.messagequeue import TOPIC_PROCESS
-from stovepipe.messagequeue.codec import decode_process_request
-from stovepipe.messagequeue.v1.messagequeue_pb2 import ProcessRequest
+from stovepipe.messaging import TOPIC_PROCESS
+from stovepipe.messaging.codec import decode_process_request
+from stovepipe.messaging.v1.messaging_pb2 import ProcessRequest
 from stovepipe.sourcecontrol import NotFound as SourceNotFound
 from stovepipe.sourcecontrol import QueueMap
 from stovepipe.sourcecontrol.fake import FakeSourceControl

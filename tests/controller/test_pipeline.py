@@ -21,7 +21,7 @@ from stovepipe.controller import (
     subscribe_pipeline,
 )
 from stovepipe.entity import Build, BuildStatus, BuildStrategy, Queue, Request, RequestState
-from stovepipe.messagequeue import (
+from stovepipe.messaging import (
     TOPIC_BUILDSIGNAL,
     TOPIC_PROCESS,
     TOPIC_RECORD,
@@ -29,9 +29,9 @@ from stovepipe.messagequeue import (
     Message,
     PermanentFailure,
 )
-from stovepipe.messagequeue.codec import encode
-from stovepipe.messagequeue.inprocess import InProcessMessageQueue
-from stovepipe.messagequeue.v1.messagequeue_pb2 import BuildSignal, ProcessRequest, RecordRequest
+from stovepipe.messaging.codec import encode
+from stovepipe.messaging.inprocess import InProcessMessageQueue
+from stovepipe.messaging.v1.messaging_pb2 import BuildSignal, ProcessRequest, RecordRequest
 from stovepipe.sourcecontrol import QueueMap
 from stovepipe.sourcecontrol.fake import FakeSourceControl
 from stovepipe.storage import NotFound, Storage, open_storage

@@ -24,7 +24,7 @@ import grpc
 import pytest
 
 from stovepipe.client import StovepipeClient
-from stovepipe.messagequeue.registry import with_query
+from stovepipe.messaging.registry import with_query
 from stovepipe.testing import GitRepository, ServeProcess, ServeProcesses
 from stovepipe.v1 import stovepipe_pb2 as pb
 

@@ -26,7 +26,7 @@ from stovepipe.buildrunner.command import CommandBuildRunner
 from stovepipe.buildrunner.fake import FakeBuildRunner
 from stovepipe.client import StovepipeClient
 from stovepipe.entity import BuildStatus
-from stovepipe.messagequeue.inprocess import InProcessMessageQueue
+from stovepipe.messaging.inprocess import InProcessMessageQueue
 from stovepipe.sourcecontrol import SourceControl
 from stovepipe.sourcecontrol.fake import FakeSourceControl
 from stovepipe.sourcecontrol.git import GitSourceControl

@@ -23,7 +23,7 @@ from stovepipe import cli, config
 from stovepipe.client import StovepipeClient
 from stovepipe.controller import IngestController
 from stovepipe.entity import RequestState
-from stovepipe.messagequeue.registry import default_queue_url, open_queue
+from stovepipe.messaging.registry import default_queue_url, open_queue
 from stovepipe.server import build_sourcecontrol
 from stovepipe.storage import open_storage
 from stovepipe.testing import (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from stovepipe.messagequeue import Message
+from stovepipe.messaging import Message
 from stovepipe.testing import StartServer
 
 TIMEOUT = 10.0

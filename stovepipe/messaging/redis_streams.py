@@ -44,9 +44,9 @@ from typing import Any, Final, TypeVar
 import redis
 import redis.exceptions
 
-from stovepipe.messagequeue.brokered import Delivery, MessageQueueError, MessageQueueUnavailable
-from stovepipe.messagequeue.contract import Message
-from stovepipe.messagequeue.inprocess import DeadLetter
+from stovepipe.messaging.brokered import Delivery, MessageQueueError, MessageQueueUnavailable
+from stovepipe.messaging.contract import Message
+from stovepipe.messaging.inprocess import DeadLetter
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ _Shard = tuple[str, int]
 
 
 class RedisStreamsBroker:
-    """The :class:`~stovepipe.messagequeue.brokered.Broker` on Redis Streams (see module)."""
+    """The :class:`~stovepipe.messaging.brokered.Broker` on Redis Streams (see module)."""
 
     def __init__(
         self,

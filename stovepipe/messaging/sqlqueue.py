@@ -40,9 +40,9 @@ import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final, Protocol
 
-from stovepipe.messagequeue.brokered import Delivery, MessageQueueError, MessageQueueUnavailable
-from stovepipe.messagequeue.contract import Message
-from stovepipe.messagequeue.inprocess import DeadLetter
+from stovepipe.messaging.brokered import Delivery, MessageQueueError, MessageQueueUnavailable
+from stovepipe.messaging.contract import Message
+from stovepipe.messaging.inprocess import DeadLetter
 from stovepipe.redaction import redact
 from stovepipe.storage.sqlite import create_tables, use_wal
 
@@ -168,7 +168,7 @@ class _Receipt:
 
 
 class SQLBroker:
-    """The :class:`~stovepipe.messagequeue.brokered.Broker` over the two tables.
+    """The :class:`~stovepipe.messaging.brokered.Broker` over the two tables.
 
     One connection per thread, opened on first use. ``visibility_timeout`` is how long a
     delivery stays leased without a renewal.

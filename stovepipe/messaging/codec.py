@@ -8,8 +8,8 @@ from typing import TypeVar
 from google.protobuf import json_format
 from google.protobuf.message import Message as ProtoMessage
 
-from stovepipe.messagequeue.contract import PermanentFailure
-from stovepipe.messagequeue.v1.messagequeue_pb2 import ProcessRequest
+from stovepipe.messaging.contract import PermanentFailure
+from stovepipe.messaging.v1.messaging_pb2 import ProcessRequest
 
 _Payload = TypeVar("_Payload", bound=ProtoMessage)
 

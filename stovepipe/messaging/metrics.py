@@ -3,13 +3,13 @@
 ============================================================  =========  ===============
 metric                                                        type       labels
 ============================================================  =========  ===============
-``stovepipe_messagequeue_published_total``                    counter    topic
-``stovepipe_messagequeue_deliveries_total``                   counter    topic
-``stovepipe_messagequeue_retries_total``                      counter    topic
-``stovepipe_messagequeue_dead_letters_total``                 counter    topic
-``stovepipe_messagequeue_lag``                                gauge      topic
-``stovepipe_messagequeue_handling_seconds``                   histogram  topic
-``stovepipe_messagequeue_broker_errors_total``                counter    operation
+``stovepipe_messaging_published_total``                    counter    topic
+``stovepipe_messaging_deliveries_total``                   counter    topic
+``stovepipe_messaging_retries_total``                      counter    topic
+``stovepipe_messaging_dead_letters_total``                 counter    topic
+``stovepipe_messaging_lag``                                gauge      topic
+``stovepipe_messaging_handling_seconds``                   histogram  topic
+``stovepipe_messaging_broker_errors_total``                counter    operation
 ============================================================  =========  ===============
 
 ``deliveries`` counts handler calls (redeliveries included), ``retries`` the failed deliveries
@@ -33,44 +33,44 @@ class MessagingMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.published = Counter(
-            "stovepipe_messagequeue_published",
+            "stovepipe_messaging_published",
             "Messages published by this process, by topic.",
             ["topic"],
             registry=self.registry,
         )
         self.deliveries = Counter(
-            "stovepipe_messagequeue_deliveries",
+            "stovepipe_messaging_deliveries",
             "Deliveries handed to a handler, redeliveries included, by topic.",
             ["topic"],
             registry=self.registry,
         )
         self.retries = Counter(
-            "stovepipe_messagequeue_retries",
+            "stovepipe_messaging_retries",
             "Failed deliveries that will be retried after a backoff, by topic.",
             ["topic"],
             registry=self.registry,
         )
         self.dead_letters = Counter(
-            "stovepipe_messagequeue_dead_letters",
+            "stovepipe_messaging_dead_letters",
             "Messages moved to the dead-letter topic, by original topic.",
             ["topic"],
             registry=self.registry,
         )
         self.lag = Gauge(
-            "stovepipe_messagequeue_lag",
+            "stovepipe_messaging_lag",
             "Messages published and not yet acknowledged or dead-lettered, by topic.",
             ["topic"],
             registry=self.registry,
         )
         self.handling_seconds = Histogram(
-            "stovepipe_messagequeue_handling_seconds",
+            "stovepipe_messaging_handling_seconds",
             "Time a handler took with one delivery, failures included.",
             ["topic"],
             buckets=HANDLING_BUCKETS,
             registry=self.registry,
         )
         self.broker_errors = Counter(
-            "stovepipe_messagequeue_broker_errors",
+            "stovepipe_messaging_broker_errors",
             "Broker calls that failed, by operation.",
             ["operation"],
             registry=self.registry,

@@ -9,17 +9,17 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from stovepipe.messagequeue import Message, MessageQueue, PermanentFailure, dead_letter_topic
-from stovepipe.messagequeue.inprocess import DEFAULT_MAX_DEAD_LETTERS, InProcessMessageQueue
+from stovepipe.messaging import Message, MessageQueue, PermanentFailure, dead_letter_topic
+from stovepipe.messaging.inprocess import DEFAULT_MAX_DEAD_LETTERS, InProcessMessageQueue
 
 TIMEOUT = 10.0
 
 
 @pytest.fixture
 def queue() -> Iterator[InProcessMessageQueue]:
-    messagequeue = InProcessMessageQueue(max_attempts=3, backoff_seconds=0.05, workers=4)
-    yield messagequeue
-    messagequeue.stop(timeout=TIMEOUT)
+    messaging = InProcessMessageQueue(max_attempts=3, backoff_seconds=0.05, workers=4)
+    yield messaging
+    messaging.stop(timeout=TIMEOUT)
 
 
 def test_dead_letter_topic_names_the_topic() -> None:

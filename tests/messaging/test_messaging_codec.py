@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from stovepipe.messagequeue import PermanentFailure
-from stovepipe.messagequeue.codec import decode_process_request, encode_process_request
-from stovepipe.messagequeue.v1.messagequeue_pb2 import ProcessRequest
+from stovepipe.messaging import PermanentFailure
+from stovepipe.messaging.codec import decode_process_request, encode_process_request
+from stovepipe.messaging.v1.messaging_pb2 import ProcessRequest
 
 
 def test_process_request_round_trips_exactly() -> None:

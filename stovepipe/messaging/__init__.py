@@ -1,6 +1,6 @@
 """Messaging between pipeline stages: the contract, an in-process queue and payload codecs."""
 
-from stovepipe.messagequeue.contract import (
+from stovepipe.messaging.contract import (
     TOPIC_BUILD,
     TOPIC_BUILDSIGNAL,
     TOPIC_PROCESS,

@@ -25,7 +25,7 @@ import threading
 import time
 from typing import Final
 
-from stovepipe.messagequeue.contract import (
+from stovepipe.messaging.contract import (
     Handler,
     Hold,
     Message,
@@ -146,7 +146,7 @@ class InProcessMessageQueue:
                 raise RuntimeError(f"the message queue is {self._state}; it starts only once")
             self._state = _RUNNING
             self._threads = [
-                threading.Thread(target=self._work, name=f"messagequeue-{n}", daemon=True)
+                threading.Thread(target=self._work, name=f"messaging-{n}", daemon=True)
                 for n in range(self._worker_count)
             ]
             for thread in self._threads:

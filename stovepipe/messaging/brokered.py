@@ -20,15 +20,15 @@ import time
 from collections.abc import Sequence
 from typing import Final, Protocol
 
-from stovepipe.messagequeue.contract import (
+from stovepipe.messaging.contract import (
     Handler,
     Hold,
     Message,
     PermanentFailure,
     dead_letter_topic,
 )
-from stovepipe.messagequeue.inprocess import DeadLetter
-from stovepipe.messagequeue.metrics import MessagingMetrics
+from stovepipe.messaging.inprocess import DeadLetter
+from stovepipe.messaging.metrics import MessagingMetrics
 from stovepipe.storage.errors import StorageError, Unavailable
 
 logger = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ class Broker(Protocol):
 
 
 class BrokeredMessageQueue:
-    """A :class:`~stovepipe.messagequeue.MessageQueue` whose messages live in a broker.
+    """A :class:`~stovepipe.messaging.MessageQueue` whose messages live in a broker.
 
     ``max_attempts`` bounds the deliveries of one message; the n-th retry waits
     ``backoff_seconds * 2**(n-1)``, at most ``max_backoff_seconds``. ``workers`` threads each
@@ -204,11 +204,11 @@ class BrokeredMessageQueue:
                 raise RuntimeError("the message queue starts only once")
             self._started = True
             self._threads = [
-                threading.Thread(target=self._work, name=f"messagequeue-{n}", daemon=True)
+                threading.Thread(target=self._work, name=f"messaging-{n}", daemon=True)
                 for n in range(self._worker_count)
             ]
             self._heartbeat = threading.Thread(
-                target=self._beat, name="messagequeue-heartbeat", daemon=True
+                target=self._beat, name="messaging-heartbeat", daemon=True
             )
         for thread in self._threads:
             thread.start()

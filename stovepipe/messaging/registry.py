@@ -27,10 +27,10 @@ from typing import Final, Protocol
 
 from prometheus_client import CollectorRegistry
 
-from stovepipe.messagequeue import brokered
-from stovepipe.messagequeue.contract import MessageQueue
-from stovepipe.messagequeue.inprocess import DeadLetter, InProcessMessageQueue
-from stovepipe.messagequeue.metrics import MessagingMetrics
+from stovepipe.messaging import brokered
+from stovepipe.messaging.contract import MessageQueue
+from stovepipe.messaging.inprocess import DeadLetter, InProcessMessageQueue
+from stovepipe.messaging.metrics import MessagingMetrics
 from stovepipe.redaction import redact
 
 QUEUE_URL_ENV: Final = "STOVEPIPE_QUEUE_URL"
@@ -53,7 +53,7 @@ def open_queue(
 
     The durable queues register their metrics in ``registry`` (see :mod:`.metrics`). Raises
     ``ValueError`` for a malformed URL or an unknown scheme or option, and
-    :class:`~stovepipe.messagequeue.brokered.MessageQueueUnavailable` if the server cannot be
+    :class:`~stovepipe.messaging.brokered.MessageQueueUnavailable` if the server cannot be
     reached.
     """
     url = url or "memory://"
@@ -92,7 +92,7 @@ def open_queue(
     broker: brokered.Broker
     if scheme in ("redis", "rediss"):
         try:
-            from stovepipe.messagequeue.redis_streams import redis_broker
+            from stovepipe.messaging.redis_streams import redis_broker
         except ImportError:
             raise ValueError(
                 f"{scheme}:// queues need redis-py: "
@@ -100,11 +100,11 @@ def open_queue(
             ) from None
         broker = redis_broker(broker_url, visibility_timeout=visibility_timeout)
     elif scheme == "mysql":
-        from stovepipe.messagequeue.sqlqueue import mysql_broker
+        from stovepipe.messaging.sqlqueue import mysql_broker
 
         broker = mysql_broker(broker_url, visibility_timeout=visibility_timeout)
     else:
-        from stovepipe.messagequeue.sqlqueue import sqlite_broker
+        from stovepipe.messaging.sqlqueue import sqlite_broker
 
         broker = sqlite_broker(broker_url, visibility_timeout=visibility_timeout)
     try:
