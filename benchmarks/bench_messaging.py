@@ -30,8 +30,8 @@ from collections.abc import Callable, Iterator
 
 from benchmarks.timing import Latency, measure, print_comparison
 from stovepipe.messaging import Message
-from stovepipe.messaging.brokered import Broker, BrokeredMessageQueue
-from stovepipe.messaging.registry import open_queue
+from stovepipe.messaging.brokered import Broker, BrokeredMessaging
+from stovepipe.messaging.registry import open_messaging
 
 
 def raw_sqlite(url: str, topic: str) -> tuple[Callable[[int], object], Callable[[int], object]]:
@@ -136,7 +136,7 @@ RAW = {"sqlite": raw_sqlite, "mysql": raw_mysql, "redis": raw_redis}
 
 def publish_to_handler(url: str, count: int) -> Latency:
     """Latency from ``publish`` returning... to the handler running, one message at a time."""
-    queue = open_queue(url)
+    queue = open_messaging(url)
     topic = f"bench-{uuid.uuid4().hex[:8]}"
     arrived = threading.Event()
 
@@ -160,7 +160,7 @@ def publish_to_handler(url: str, count: int) -> Latency:
 
 def drain_rate(url: str, count: int) -> float:
     """Messages per second consumed by 4 workers from a backlog on 16 keys."""
-    queue = open_queue(url + ("&" if "?" in url else "?") + "workers=4")
+    queue = open_messaging(url + ("&" if "?" in url else "?") + "workers=4")
     topic = f"bench-{uuid.uuid4().hex[:8]}"
     for n in range(count):
         queue.publish(topic, f"key-{n % 16}", b"x" * 64)
@@ -190,8 +190,8 @@ def broker_operations(
     url: str, count: int
 ) -> tuple[Callable[[int], object], Callable[[int], object], Callable[[], None]]:
     """Publish and claim+ack through the queue's own broker; and its close."""
-    queue = open_queue(url)
-    assert isinstance(queue, BrokeredMessageQueue)
+    queue = open_messaging(url)
+    assert isinstance(queue, BrokeredMessaging)
     broker: Broker = queue.broker
     topic = f"bench-{uuid.uuid4().hex[:8]}"
 

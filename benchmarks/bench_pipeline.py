@@ -62,7 +62,7 @@ from stovepipe.metrics import Metrics
 from stovepipe.redaction import redact
 from stovepipe.server import (
     StovepipeServer,
-    build_message_queue,
+    build_messaging,
     build_runners,
     build_sourcecontrol,
     max_concurrent_of,
@@ -108,7 +108,7 @@ def serve(
         listen=config.listen,
         max_workers=config.max_workers,
         metrics=metrics,
-        message_queue=build_message_queue(config, metrics),
+        messaging=build_messaging(config, metrics),
     )
     server.start()
     reply.send(server.address)

@@ -23,12 +23,12 @@ from stovepipe.conformance.plugin import (
     resolve_queue_url,
     target_id,
 )
-from stovepipe.messaging.registry import InspectableMessageQueue, open_queue, with_query
+from stovepipe.messaging.registry import InspectableMessaging, open_messaging, with_query
 
 from .processes import Children, spawned
 
 NETWORK_TARGETS = QUEUE_NETWORK_TARGETS
-QueueFactory = Callable[..., InspectableMessageQueue]
+QueueFactory = Callable[..., InspectableMessaging]
 
 # The modules about one engine's queue need its driver; without it they are not collected.
 collect_ignore = [
@@ -84,10 +84,10 @@ def url_with(url: str, **options: object) -> str:
 
 
 def _factory(url: str) -> Iterator[QueueFactory]:
-    opened: list[InspectableMessageQueue] = []
+    opened: list[InspectableMessaging] = []
 
-    def make(**options: object) -> InspectableMessageQueue:
-        queue = open_queue(url_with(url, **options))
+    def make(**options: object) -> InspectableMessaging:
+        queue = open_messaging(url_with(url, **options))
         opened.append(queue)
         return queue
 
@@ -126,11 +126,11 @@ def children(record_path: pathlib.Path) -> Iterator[Children]:
     yield from spawned(record_path)
 
 
-def backlog_when_drained(queue: InspectableMessageQueue, topic: str, timeout: float = 10) -> int:
+def backlog_when_drained(queue: InspectableMessaging, topic: str, timeout: float = 10) -> int:
     """The durable ``queue``'s backlog of ``topic`` once it is empty, or after ``timeout``."""
-    from stovepipe.messaging.brokered import BrokeredMessageQueue
+    from stovepipe.messaging.brokered import BrokeredMessaging
 
-    assert isinstance(queue, BrokeredMessageQueue)
+    assert isinstance(queue, BrokeredMessaging)
     deadline = time.monotonic() + timeout
     while (left := queue.backlog(topic)) and time.monotonic() < deadline:
         time.sleep(0.05)

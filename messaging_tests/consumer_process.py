@@ -23,7 +23,7 @@ from types import FrameType
 from typing import Any
 
 from stovepipe.messaging import Message
-from stovepipe.messaging.registry import open_queue
+from stovepipe.messaging.registry import open_messaging
 
 _lock = threading.Lock()
 
@@ -58,7 +58,7 @@ def main(arguments: dict[str, Any]) -> int:
         stop_requested.set()
 
     signal.signal(signal.SIGTERM, request_stop)
-    queue = open_queue(arguments["url"])
+    queue = open_messaging(arguments["url"])
     for key, payload in arguments.get("publish", []):
         queue.publish(topic, key, payload.encode())
     record(path, "published")

@@ -11,7 +11,7 @@ import pytest
 
 from stovepipe.messaging import Message, PermanentFailure
 from stovepipe.messaging.inprocess import DeadLetter
-from stovepipe.messaging.registry import InspectableMessageQueue
+from stovepipe.messaging.registry import InspectableMessaging
 
 from .conftest import QueueFactory
 from .recorder import Recorder, payloads
@@ -19,7 +19,7 @@ from .recorder import Recorder, payloads
 TIMEOUT = 20.0
 
 
-def dead_letters_of(queue: InspectableMessageQueue, topic: str, count: int = 1) -> list[DeadLetter]:
+def dead_letters_of(queue: InspectableMessaging, topic: str, count: int = 1) -> list[DeadLetter]:
     """Wait until ``topic`` has ``count`` dead letters; return them."""
     deadline = time.monotonic() + TIMEOUT
     while len(letters := queue.dead_letters(topic)) < count:

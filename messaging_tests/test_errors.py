@@ -1,6 +1,6 @@
 """Every failure of a durable queue's server is the contract's error, classified: transient
-ones are ``MessageQueueUnavailable`` (a storage ``Unavailable``: retry later), permanent ones
-``MessageQueueError`` (a ``StorageError``, not ``Unavailable``: an operator has to act). No
+ones are ``MessagingUnavailable`` (a storage ``Unavailable``: retry later), permanent ones
+``MessagingError`` (a ``StorageError``, not ``Unavailable``: an operator has to act). No
 driver exception leaks."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import pytest
 from redis._parsers.base import BaseParser
 from redis.exceptions import RedisError
 
-from stovepipe.messaging.brokered import MessageQueueError, MessageQueueUnavailable
+from stovepipe.messaging.brokered import MessagingError, MessagingUnavailable
 from stovepipe.messaging.redis_streams import RedisStreamsBroker, _mapped_error
-from stovepipe.messaging.registry import open_queue
+from stovepipe.messaging.registry import open_messaging
 from stovepipe.storage import StorageError, Unavailable
 
 from .conftest import engine_url, url_with
@@ -33,16 +33,16 @@ def redis_url(request: pytest.FixtureRequest) -> str:
 
 
 def assert_permanent(error: BaseException) -> None:
-    assert isinstance(error, MessageQueueError) and isinstance(error, StorageError)
+    assert isinstance(error, MessagingError) and isinstance(error, StorageError)
     assert not isinstance(error, Unavailable), "retrying would not help"
 
 
 def test_sqlite_a_lock_held_past_the_timeout_is_transient(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "queue.db"
-    queue = open_queue(f"sqlite:///{path}?timeout=0.2")
+    queue = open_messaging(f"sqlite:///{path}?timeout=0.2")
     with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as holder:
         holder.execute("BEGIN EXCLUSIVE")
-        with pytest.raises(MessageQueueUnavailable):
+        with pytest.raises(MessagingUnavailable):
             queue.publish("t", "k", b"waits for the lock")
         holder.execute("ROLLBACK")
     queue.publish("t", "k", b"goes through once the lock is gone")
@@ -51,10 +51,10 @@ def test_sqlite_a_lock_held_past_the_timeout_is_transient(tmp_path: pathlib.Path
 
 def test_sqlite_a_missing_table_is_a_permanent_error(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "queue.db"
-    queue = open_queue(f"sqlite:///{path}?timeout=1")
+    queue = open_messaging(f"sqlite:///{path}?timeout=1")
     with contextlib.closing(sqlite3.connect(path)) as other:
         other.execute("DROP TABLE stovepipe_queue_message")
-    with pytest.raises(MessageQueueError) as raised:
+    with pytest.raises(MessagingError) as raised:
         queue.publish("t", "k", b"x")
     assert_permanent(raised.value)
     assert "no such table" in str(raised.value)
@@ -66,38 +66,38 @@ def test_sqlite_opening_a_file_that_is_not_a_database_is_a_permanent_error(
 ) -> None:
     path = tmp_path / "junk.db"
     path.write_bytes(b"this is not sqlite" * 100)
-    with pytest.raises(MessageQueueError) as raised:
-        open_queue(f"sqlite:///{path}")
+    with pytest.raises(MessagingError) as raised:
+        open_messaging(f"sqlite:///{path}")
     assert_permanent(raised.value)
 
 
 def test_sqlite_opening_a_file_in_a_missing_directory_is_a_permanent_error(
     tmp_path: pathlib.Path,
 ) -> None:
-    with pytest.raises(MessageQueueError) as raised:
-        open_queue(f"sqlite:///{tmp_path}/missing/queue.db")
+    with pytest.raises(MessagingError) as raised:
+        open_messaging(f"sqlite:///{tmp_path}/missing/queue.db")
     assert_permanent(raised.value)
 
 
 def test_mysql_access_denied_is_a_permanent_error(mysql_url: str) -> None:
     parts = urllib.parse.urlsplit(url_with(mysql_url, timeout=2))
     wrong = parts._replace(netloc=f"no_such_user:wrong@{parts.hostname}:{parts.port or 3306}")
-    with pytest.raises(MessageQueueError) as raised:
-        open_queue(urllib.parse.urlunsplit(wrong))
+    with pytest.raises(MessagingError) as raised:
+        open_messaging(urllib.parse.urlunsplit(wrong))
     assert_permanent(raised.value)
 
 
 def test_mysql_a_missing_database_is_a_permanent_error(mysql_url: str) -> None:
     parts = urllib.parse.urlsplit(url_with(mysql_url, timeout=2))
-    with pytest.raises(MessageQueueError) as raised:
-        open_queue(urllib.parse.urlunsplit(parts._replace(path="/no_such_database_for_queues")))
+    with pytest.raises(MessagingError) as raised:
+        open_messaging(urllib.parse.urlunsplit(parts._replace(path="/no_such_database_for_queues")))
     assert_permanent(raised.value)
 
 
 def test_mysql_data_the_table_does_not_take_is_a_permanent_error(mysql_url: str) -> None:
-    queue = open_queue(url_with(mysql_url, timeout=2))
+    queue = open_messaging(url_with(mysql_url, timeout=2))
     try:
-        with pytest.raises(MessageQueueError) as raised:
+        with pytest.raises(MessagingError) as raised:
             queue.publish("t", "k" * 1025, b"a key longer than its column")
         assert_permanent(raised.value)
         queue.publish("t" * 10, "k", b"the connection is still good")
@@ -106,12 +106,12 @@ def test_mysql_data_the_table_does_not_take_is_a_permanent_error(mysql_url: str)
 
 
 def test_redis_a_reply_error_is_a_permanent_error(redis_url: str, topic: str) -> None:
-    queue = open_queue(url_with(redis_url, shards=1))
+    queue = open_messaging(url_with(redis_url, shards=1))
     broker = getattr(queue, "broker", None)
     assert isinstance(broker, RedisStreamsBroker)
     try:
         broker._client.set(broker._stream(topic, 0), b"a string where a stream belongs")
-        with pytest.raises(MessageQueueError) as raised:
+        with pytest.raises(MessagingError) as raised:
             queue.publish(topic, "k", b"x")
         assert_permanent(raised.value)
         assert "WRONGTYPE" in str(raised.value)
@@ -123,9 +123,9 @@ def test_redis_a_reply_error_is_a_permanent_error(redis_url: str, topic: str) ->
 def test_redis_a_wrong_password_is_a_permanent_error(redis_url: str, topic: str) -> None:
     parts = urllib.parse.urlsplit(redis_url)
     wrong = parts._replace(netloc=f"no-such-user:wrong@{parts.hostname}:{parts.port or 6379}")
-    queue = open_queue(urllib.parse.urlunsplit(wrong))
+    queue = open_messaging(urllib.parse.urlunsplit(wrong))
     try:
-        with pytest.raises(MessageQueueError) as raised:
+        with pytest.raises(MessagingError) as raised:
             queue.publish(topic, "k", b"x")
         assert_permanent(raised.value)
     finally:
@@ -150,7 +150,7 @@ def reply_error(reply: str) -> RedisError:
 )
 def test_redis_a_server_that_cannot_write_for_now_is_transient(reply: str) -> None:
     mapped = _mapped_error(reply_error(reply))
-    assert isinstance(mapped, MessageQueueUnavailable)
+    assert isinstance(mapped, MessagingUnavailable)
     assert reply.split()[0] in str(mapped)
 
 

@@ -7,7 +7,7 @@ import urllib.parse
 
 import pytest
 
-from stovepipe.messaging.registry import open_queue
+from stovepipe.messaging.registry import open_messaging
 from stovepipe.messaging.sqlqueue import SQLBroker
 
 from .conftest import backlog_when_drained, engine_url, url_with
@@ -23,7 +23,7 @@ def test_mysql_a_publish_committed_after_a_later_one_never_gives_its_key_two_del
 ) -> None:
     import pymysql
 
-    queue = open_queue(url_with(mysql_url, visibility_timeout=30))
+    queue = open_messaging(url_with(mysql_url, visibility_timeout=30))
     broker = getattr(queue, "broker", None)
     assert isinstance(broker, SQLBroker)
     parts = urllib.parse.urlsplit(mysql_url)

@@ -11,9 +11,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from stovepipe.messaging import Message, PermanentFailure
-from stovepipe.messaging.brokered import BrokeredMessageQueue, MessageQueueUnavailable
-from stovepipe.messaging.inprocess import InProcessMessageQueue
-from stovepipe.messaging.registry import default_queue_url, open_queue
+from stovepipe.messaging.brokered import BrokeredMessaging, MessagingUnavailable
+from stovepipe.messaging.inprocess import InProcessMessaging
+from stovepipe.messaging.registry import default_queue_url, open_messaging
 from stovepipe.redaction import redact
 from stovepipe.storage import Unavailable
 
@@ -30,7 +30,7 @@ def test_metrics_count_deliveries_retries_dead_letters_and_lag(
     durable_queue_url: str, topic: str
 ) -> None:
     registry = CollectorRegistry()
-    queue = open_queue(
+    queue = open_messaging(
         url_with(durable_queue_url, max_attempts=2, backoff=0.05, visibility_timeout=0.3),
         registry=registry,
     )
@@ -88,22 +88,22 @@ def test_an_unreachable_server_is_unavailable_within_the_timeout(
         "mysql": f"mysql://root@127.0.0.1:{port}/stovepipe_test?timeout=1",
     }[scheme]
     start = time.monotonic()
-    with pytest.raises(MessageQueueUnavailable) as raised:
-        queue = open_queue(url)  # MySQL connects at once, to create its tables
+    with pytest.raises(MessagingUnavailable) as raised:
+        queue = open_messaging(url)  # MySQL connects at once, to create its tables
         queue.publish(topic, "k", b"lost")  # Redis connects on first use
     assert time.monotonic() - start < 5
     assert isinstance(raised.value, Unavailable), "the ingest RPC maps it to UNAVAILABLE"
 
 
 def test_the_url_scheme_picks_the_queue(tmp_path: object) -> None:
-    assert isinstance(open_queue(None), InProcessMessageQueue)
-    assert isinstance(open_queue("memory://?max_attempts=2"), InProcessMessageQueue)
-    sqlite = open_queue(f"sqlite:///{tmp_path}/q.db?visibility_timeout=5&timeout=2")
-    assert isinstance(sqlite, BrokeredMessageQueue)
+    assert isinstance(open_messaging(None), InProcessMessaging)
+    assert isinstance(open_messaging("memory://?max_attempts=2"), InProcessMessaging)
+    sqlite = open_messaging(f"sqlite:///{tmp_path}/q.db?visibility_timeout=5&timeout=2")
+    assert isinstance(sqlite, BrokeredMessaging)
     sqlite.stop()
     for bad in ("kafka://host", "memory://?shards=2", "sqlite:///x.db?bogus=1"):
         with pytest.raises(ValueError):
-            open_queue(bad)
+            open_messaging(bad)
 
 
 def test_the_default_queue_follows_the_storage_backend() -> None:
@@ -126,9 +126,9 @@ def test_a_rediss_url_opens_the_redis_streams_queue_over_tls() -> None:
     pytest.importorskip("redis")
     import redis
 
-    queue = open_queue("rediss://127.0.0.1:1/0?ssl_cert_reqs=none&timeout=0.5")
+    queue = open_messaging("rediss://127.0.0.1:1/0?ssl_cert_reqs=none&timeout=0.5")
     try:
-        assert isinstance(queue, BrokeredMessageQueue)
+        assert isinstance(queue, BrokeredMessaging)
         client = queue.broker._client  # type: ignore[attr-defined]
         pool = client.connection_pool
         assert pool.connection_class is redis.SSLConnection
@@ -136,7 +136,7 @@ def test_a_rediss_url_opens_the_redis_streams_queue_over_tls() -> None:
     finally:
         queue.stop(timeout=0)
     with pytest.raises(ValueError, match="ssl_ca_certs"):
-        open_queue("redis://127.0.0.1:1/0?ssl_ca_certs=ca.pem")  # TLS options need rediss://
+        open_messaging("redis://127.0.0.1:1/0?ssl_ca_certs=ca.pem")  # TLS options need rediss://
 
 
 def test_log_lines_carry_no_password() -> None:

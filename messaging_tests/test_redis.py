@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from stovepipe.messaging.redis_streams import RedisStreamsBroker
-from stovepipe.messaging.registry import open_queue
+from stovepipe.messaging.registry import open_messaging
 
 from .conftest import engine_url, url_with
 from .recorder import Recorder, payloads
@@ -19,7 +19,7 @@ def redis_url(request: pytest.FixtureRequest) -> str:
 def test_redis_a_consumer_group_lost_with_the_data_is_recreated_and_delivery_goes_on(
     redis_url: str, topic: str
 ) -> None:
-    queue = open_queue(url_with(redis_url, shards=1, poll_interval=0.05))
+    queue = open_messaging(url_with(redis_url, shards=1, poll_interval=0.05))
     broker = getattr(queue, "broker", None)
     assert isinstance(broker, RedisStreamsBroker)
     recorder = Recorder()

@@ -19,9 +19,9 @@ import pytest
 from stovepipe.client import StovepipeClient
 from stovepipe.controller.ingest import IngestController
 from stovepipe.messaging import TOPIC_PROCESS
-from stovepipe.messaging.brokered import BrokeredMessageQueue
+from stovepipe.messaging.brokered import BrokeredMessaging
 from stovepipe.messaging.redis_streams import RedisStreamsBroker
-from stovepipe.messaging.registry import open_queue
+from stovepipe.messaging.registry import open_messaging
 from stovepipe.sourcecontrol import QueueMap
 from stovepipe.sourcecontrol.fake import FakeSourceControl
 from stovepipe.storage import open_storage
@@ -48,9 +48,9 @@ def own_queue_url(durable_queue_url: str, tmp_path: pathlib.Path) -> Iterator[st
         prefix = f"stovepipe:test-{uuid.uuid4().hex[:12]}:"
         url = url_with(durable_queue_url, prefix=prefix)
         yield url
-        queue = open_queue(url)
+        queue = open_messaging(url)
         try:
-            assert isinstance(queue, BrokeredMessageQueue)
+            assert isinstance(queue, BrokeredMessaging)
             assert isinstance(queue.broker, RedisStreamsBroker)
             client = queue.broker._client
             for name in client.scan_iter(match=prefix + "*"):
@@ -81,9 +81,9 @@ def own_queue_url(durable_queue_url: str, tmp_path: pathlib.Path) -> Iterator[st
 @pytest.fixture
 def empty_queue_url(own_queue_url: str) -> str:
     """:func:`own_queue_url`, checked to hold no message of the ``process`` topic."""
-    queue = open_queue(own_queue_url)
+    queue = open_messaging(own_queue_url)
     try:
-        assert isinstance(queue, BrokeredMessageQueue)
+        assert isinstance(queue, BrokeredMessaging)
         assert queue.backlog(TOPIC_PROCESS) == 0, "the queue holds messages of an earlier run"
     finally:
         queue.stop()
@@ -181,7 +181,7 @@ def test_a_worker_process_processes_what_another_process_ingests_and_stops_grace
         sources = QueueMap(
             {f"q{n}": FakeSourceControl([f"c{n}"], name=f"q{n}") for n in range(QUEUES)}
         )
-        publisher = open_queue(empty_queue_url)
+        publisher = open_messaging(empty_queue_url)
         with open_storage(f"sqlite:///{tmp_path / 'stovepipe.db'}") as storage:
             ingest = IngestController(storage, sources, publisher)
             ids = [ingest.ingest(f"q{n}").id for n in range(QUEUES)]

@@ -6,7 +6,7 @@ import time
 
 from stovepipe.messaging import Message
 from stovepipe.messaging.redis_streams import RedisStreamsBroker
-from stovepipe.messaging.registry import InspectableMessageQueue
+from stovepipe.messaging.registry import InspectableMessaging
 from stovepipe.messaging.sqlqueue import SQLBroker
 
 from .conftest import QueueFactory, backlog_when_drained
@@ -16,7 +16,7 @@ from .test_delivery import dead_letters_of
 NOT_UTF8 = b"\xff\xfe"
 
 
-def store_raw(queue: InspectableMessageQueue, topic: str, fields: dict[bytes, bytes]) -> None:
+def store_raw(queue: InspectableMessaging, topic: str, fields: dict[bytes, bytes]) -> None:
     """Store a message as another program might have written it, bypassing ``publish``."""
     broker = getattr(queue, "broker", None)
     if isinstance(broker, SQLBroker):

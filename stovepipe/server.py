@@ -36,9 +36,9 @@ from stovepipe.controller.ingest import IngestController
 from stovepipe.controller.pipeline import subscribe_pipeline
 from stovepipe.controller.process import one_at_a_time
 from stovepipe.entity import BuildStatus
-from stovepipe.messaging import MessageQueue
-from stovepipe.messaging.inprocess import InProcessMessageQueue
-from stovepipe.messaging.registry import default_queue_url, open_queue
+from stovepipe.messaging import Messaging
+from stovepipe.messaging.inprocess import InProcessMessaging
+from stovepipe.messaging.registry import default_queue_url, open_messaging
 from stovepipe.metrics import Metrics
 from stovepipe.redaction import redact, redact_text, register_url
 from stovepipe.sourcecontrol import (
@@ -83,19 +83,17 @@ class StovepipeServer:
         max_workers: int = configuration.DEFAULT_MAX_WORKERS,
         metrics: Metrics | None = None,
         metrics_listen: str = "",
-        message_queue: MessageQueue | None = None,
+        messaging: Messaging | None = None,
         tls: auth.ServerTLS | None = None,
         tokens: Sequence[auth.Token] = (),
         reflection: bool = True,
     ) -> None:
         self.metrics = metrics if metrics is not None else Metrics()
         self.storage = self.metrics.instrument(storage)
-        self.message_queue: MessageQueue = (
-            message_queue if message_queue is not None else InProcessMessageQueue()
-        )
+        self.messaging: Messaging = messaging if messaging is not None else InProcessMessaging()
         runners = runners if runners is not None else RunnerMap({})
         subscribe_pipeline(
-            self.message_queue,
+            self.messaging,
             self.storage,
             sourcecontrol,
             runners,
@@ -105,7 +103,7 @@ class StovepipeServer:
         if isinstance(sourcecontrol, QueueMap):
             self.metrics.watch_queues(self.storage, sourcecontrol, sourcecontrol.queues())
         ingest = IngestController(
-            self.storage, sourcecontrol, self.message_queue, builds=has_runner(runners)
+            self.storage, sourcecontrol, self.messaging, builds=has_runner(runners)
         )
         self._metrics_listen = metrics_listen
         self.metrics_port: int | None = None
@@ -150,7 +148,7 @@ class StovepipeServer:
 
     def start(self) -> None:
         """Start delivering messages, serving RPCs and metrics; report SERVING."""
-        self.message_queue.start()
+        self.messaging.start()
         self._server.start()
         if self._metrics_listen:
             self.metrics_port = self.metrics.serve(self._metrics_listen)
@@ -181,7 +179,7 @@ class StovepipeServer:
         self.health.enter_graceful_shutdown()
         self._server.stop(grace).wait(grace + 1)
         drain = max(deadline - time.monotonic(), _MIN_QUEUE_DRAIN_SECONDS)
-        self.message_queue.stop(timeout=drain)
+        self.messaging.stop(timeout=drain)
         self.metrics.close()
         stuck = self.metrics.in_flight()
         if stuck:
@@ -325,7 +323,7 @@ def build_server(config: configuration.Config) -> StovepipeServer:
     storage = _open_configured_storage(config)
     try:
         metrics = Metrics()
-        message_queue = build_message_queue(config, metrics)
+        messaging = build_messaging(config, metrics)
         try:
             return StovepipeServer(
                 storage,
@@ -336,13 +334,13 @@ def build_server(config: configuration.Config) -> StovepipeServer:
                 max_workers=config.max_workers,
                 metrics=metrics,
                 metrics_listen=config.metrics_listen,
-                message_queue=message_queue,
+                messaging=messaging,
                 tls=tls,
                 tokens=config.tokens,
                 reflection=config.reflection,
             )
         except BaseException:
-            message_queue.stop(timeout=0)
+            messaging.stop(timeout=0)
             raise
     except BaseException:
         storage.close()
@@ -371,12 +369,12 @@ def queue_url_of(config: configuration.Config) -> str:
     return config.queue_url or default_queue_url(config.storage_url)
 
 
-def build_message_queue(config: configuration.Config, metrics: Metrics) -> MessageQueue:
+def build_messaging(config: configuration.Config, metrics: Metrics) -> Messaging:
     """Open (not start) the configured messaging queue, its metrics in ``metrics``' registry."""
     url = queue_url_of(config)
     register_url(url)
     try:
-        return open_queue(url, registry=metrics.registry)
+        return open_messaging(url, registry=metrics.registry)
     except (ValueError, StorageError) as error:
         reason = redact_text(str(error), [url])
         raise configuration.ConfigError(f"messaging queue {redact(url)}: {reason}") from None
@@ -391,22 +389,22 @@ def run_worker(config: configuration.Config) -> int:
     metrics = Metrics()
     storage = metrics.instrument(_open_configured_storage(config))
     with contextlib.closing(storage), _stop_requested_by_signals() as stop_requested:
-        message_queue = build_message_queue(config, metrics)
-        if isinstance(message_queue, InProcessMessageQueue):
+        messaging = build_messaging(config, metrics)
+        if isinstance(messaging, InProcessMessaging):
             raise configuration.ConfigError(
                 "stovepipe worker needs a messaging queue shared with the servers "
                 "(queue_url sqlite:///, mysql://, redis:// or rediss://), not an in-process one"
             )
         try:
             subscribe_pipeline(
-                message_queue,
+                messaging,
                 storage,
                 sourcecontrol,
                 runners,
                 max_concurrent=max_concurrent_of(config),
             )
             metrics.watch_queues(storage, sourcecontrol, sourcecontrol.queues())
-            message_queue.start()
+            messaging.start()
             if config.metrics_listen:
                 port = metrics.serve(config.metrics_listen)
                 logger.info("metrics on http://%s/metrics", _with_port(config.metrics_listen, port))
@@ -418,7 +416,7 @@ def run_worker(config: configuration.Config) -> int:
             while not stop_requested.wait(1.0):
                 pass
         finally:
-            message_queue.stop(timeout=config.grace_period)
+            messaging.stop(timeout=config.grace_period)
             metrics.close()
     logger.info("stopped")
     return 0

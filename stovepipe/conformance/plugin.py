@@ -142,7 +142,7 @@ def resolve_storage_url(target: str, scratch: pathlib.Path, servers: contextlib.
 
 def resolve_queue_url(target: str, scratch: pathlib.Path) -> str:
     """The URL of a queue target, opened once so a missing server or driver says so."""
-    from stovepipe.messaging.registry import open_queue
+    from stovepipe.messaging.registry import open_messaging
 
     if is_explicit(target):
         url = target
@@ -156,7 +156,7 @@ def resolve_queue_url(target: str, scratch: pathlib.Path) -> str:
         if not url:
             unreachable(f"{target}: set {env_name} to a server URL")
     try:
-        open_queue(url).stop()
+        open_messaging(url).stop()
     except Exception as error:
         unreachable(
             f"cannot open the {target_id(url)} queue at {url}: {error!r}",

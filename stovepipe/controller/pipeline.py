@@ -15,7 +15,7 @@ from stovepipe.messaging.contract import (
     TOPIC_BUILDSIGNAL,
     TOPIC_PROCESS,
     TOPIC_RECORD,
-    MessageQueue,
+    Messaging,
     dead_letter_topic,
 )
 from stovepipe.sourcecontrol.contract import SourceControlFactory
@@ -23,7 +23,7 @@ from stovepipe.storage import Storage
 
 
 def subscribe_pipeline(
-    messaging: MessageQueue,
+    messaging: Messaging,
     storage: Storage,
     sources: SourceControlFactory,
     runners: BuildRunnerFactory,

@@ -4,7 +4,7 @@ Streams queues.
 A :class:`Broker` stores messages and hands out *deliveries*: a message leased to this
 consumer for a visibility timeout, with its delivery count as ``attempt``. The broker keeps
 per-key order and one delivery at a time per key, across every process sharing it.
-:class:`BrokeredMessageQueue` runs the handlers on worker threads, renews the leases of
+:class:`BrokeredMessaging` runs the handlers on worker threads, renews the leases of
 running deliveries on a heartbeat, and settles each delivery: acknowledge, retry after an
 exponential backoff, or dead-letter with the reason. A consumer that dies stops renewing, its
 lease runs out and the message is delivered again with the next ``attempt``; a delivery whose
@@ -41,7 +41,7 @@ DEFAULT_WORKERS: Final = 4
 DEFAULT_POLL_INTERVAL: Final = 0.1
 
 
-class MessageQueueUnavailable(Unavailable):
+class MessagingUnavailable(Unavailable):
     """The messaging queue's server could not be reached in time (transient).
 
     A storage ``Unavailable`` too, so callers that already treat an unreachable backend as
@@ -49,7 +49,7 @@ class MessageQueueUnavailable(Unavailable):
     """
 
 
-class MessageQueueError(StorageError):
+class MessagingError(StorageError):
     """The messaging queue's server refused an operation for a reason retrying will not fix:
     access denied, a missing table, a file that is not a database, data it does not accept.
 
@@ -68,8 +68,8 @@ class Delivery:
 class Broker(Protocol):
     """Durable storage of messages with leased, per-key ordered deliveries.
 
-    Every method may raise :class:`MessageQueueUnavailable` (transient) or
-    :class:`MessageQueueError` (permanent), never a driver's exception. Thread-safe.
+    Every method may raise :class:`MessagingUnavailable` (transient) or
+    :class:`MessagingError` (permanent), never a driver's exception. Thread-safe.
     """
 
     def publish(self, topic: str, key: str, payload: bytes) -> None:
@@ -118,8 +118,8 @@ class Broker(Protocol):
         ...
 
 
-class BrokeredMessageQueue:
-    """A :class:`~stovepipe.messaging.MessageQueue` whose messages live in a broker.
+class BrokeredMessaging:
+    """A :class:`~stovepipe.messaging.Messaging` whose messages live in a broker.
 
     ``max_attempts`` bounds the deliveries of one message; the n-th retry waits
     ``backoff_seconds * 2**(n-1)``, at most ``max_backoff_seconds``. ``workers`` threads each
@@ -170,7 +170,7 @@ class BrokeredMessageQueue:
     def publish(self, topic: str, key: str, payload: bytes) -> None:
         """Store ``payload`` durably on ``topic`` behind the earlier messages of ``key``.
 
-        Raises :class:`MessageQueueUnavailable` if the broker did not take it, and
+        Raises :class:`MessagingUnavailable` if the broker did not take it, and
         ``RuntimeError`` once the queue is stopped.
         """
         if not isinstance(topic, str) or not isinstance(key, str):

@@ -81,7 +81,7 @@ class Publisher(Protocol):
         ...
 
 
-class MessageQueue(Publisher, Protocol):
+class Messaging(Publisher, Protocol):
     """A messaging queue: a publisher that also runs the subscribed handlers."""
 
     def subscribe(self, topic: str, handler: Handler) -> None:

@@ -1,7 +1,7 @@
 """A messaging queue inside one process, for the embedded default deployment.
 
 Messages live in memory: delivery is at least once for as long as the process runs;
-:meth:`InProcessMessageQueue.stop` delivers what is queued within its timeout, and what is
+:meth:`InProcessMessaging.stop` delivers what is queued within its timeout, and what is
 still queued after that is lost. That is safe for the ``process`` topic because
 ingest republishes a request for as long as it is ``accepted``.
 
@@ -60,7 +60,7 @@ class _Pending:
     attempt: int = 1
 
 
-class InProcessMessageQueue:
+class InProcessMessaging:
     """Delivers published messages to subscribed handlers on ``workers`` threads.
 
     ``max_attempts`` bounds the deliveries of one message; the n-th retry waits

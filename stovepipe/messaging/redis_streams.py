@@ -44,7 +44,7 @@ from typing import Any, Final, TypeVar
 import redis
 import redis.exceptions
 
-from stovepipe.messaging.brokered import Delivery, MessageQueueError, MessageQueueUnavailable
+from stovepipe.messaging.brokered import Delivery, MessagingError, MessagingUnavailable
 from stovepipe.messaging.contract import Message
 from stovepipe.messaging.inprocess import DeadLetter
 
@@ -364,7 +364,7 @@ class RedisStreamsBroker:
             self._backing_off.clear()
             self._leased.clear()
         if shards:
-            with contextlib.suppress(MessageQueueUnavailable, MessageQueueError):
+            with contextlib.suppress(MessagingUnavailable, MessagingError):
                 self._call(
                     lambda: self._renew_script(
                         keys=[self._owner(topic, index) for topic, index in shards],
@@ -438,20 +438,20 @@ _TRANSIENT_REPLIES: Final = frozenset(
 
 def _mapped_error(
     error: redis.exceptions.RedisError,
-) -> MessageQueueError | MessageQueueUnavailable:
+) -> MessagingError | MessagingUnavailable:
     """The contract's error for a redis-py ``error``: transient or not."""
     exceptions = redis.exceptions
     # redis-py strips the reply's code from the errors it has a class for; put it back.
     code: str | None = getattr(error, "status_code", None)
     text = f"{code} {error}" if code else str(error)
     if isinstance(error, exceptions.AuthenticationError | exceptions.AuthorizationError):
-        return MessageQueueError(f"redis queue: access denied: {text}")
+        return MessagingError(f"redis queue: access denied: {text}")
     if (
         isinstance(error, exceptions.ConnectionError | exceptions.TimeoutError)
         or text.split(" ", 1)[0] in _TRANSIENT_REPLIES
     ):
-        return MessageQueueUnavailable(f"redis queue: {text}")
-    return MessageQueueError(f"redis queue: {type(error).__name__}: {text}")
+        return MessagingUnavailable(f"redis queue: {text}")
+    return MessagingError(f"redis queue: {type(error).__name__}: {text}")
 
 
 def _encode(text: str) -> bytes:

@@ -28,8 +28,8 @@ from typing import Final, Protocol
 from prometheus_client import CollectorRegistry
 
 from stovepipe.messaging import brokered
-from stovepipe.messaging.contract import MessageQueue
-from stovepipe.messaging.inprocess import DeadLetter, InProcessMessageQueue
+from stovepipe.messaging.contract import Messaging
+from stovepipe.messaging.inprocess import DeadLetter, InProcessMessaging
 from stovepipe.messaging.metrics import MessagingMetrics
 from stovepipe.redaction import redact
 
@@ -38,7 +38,7 @@ SCHEMES: Final = ("memory", "sqlite", "mysql", "redis", "rediss")
 _DURABLE_OPTIONS: Final = ("visibility_timeout", "poll_interval")
 
 
-class InspectableMessageQueue(MessageQueue, Protocol):
+class InspectableMessaging(Messaging, Protocol):
     """A messaging queue whose dead letters can be read back."""
 
     def dead_letters(self, topic: str) -> list[DeadLetter]:
@@ -46,14 +46,14 @@ class InspectableMessageQueue(MessageQueue, Protocol):
         ...
 
 
-def open_queue(
+def open_messaging(
     url: str | None, *, registry: CollectorRegistry | None = None
-) -> InspectableMessageQueue:
+) -> InspectableMessaging:
     """Open (not start) the messaging queue ``url`` names; ``None`` or ``""`` is in-process.
 
     The durable queues register their metrics in ``registry`` (see :mod:`.metrics`). Raises
     ``ValueError`` for a malformed URL or an unknown scheme or option, and
-    :class:`~stovepipe.messaging.brokered.MessageQueueUnavailable` if the server cannot be
+    :class:`~stovepipe.messaging.brokered.MessagingUnavailable` if the server cannot be
     reached.
     """
     url = url or "memory://"
@@ -72,7 +72,7 @@ def open_queue(
     if scheme == "memory":
         if options or parts.netloc or parts.path:
             raise ValueError(f"memory:// takes no host, path or option but these: {redact(url)!r}")
-        return InProcessMessageQueue(
+        return InProcessMessaging(
             max_attempts=int(max_attempts),
             backoff_seconds=backoff,
             max_backoff_seconds=max_backoff,
@@ -108,7 +108,7 @@ def open_queue(
 
         broker = sqlite_broker(broker_url, visibility_timeout=visibility_timeout)
     try:
-        return brokered.BrokeredMessageQueue(
+        return brokered.BrokeredMessaging(
             broker,
             max_attempts=int(max_attempts),
             backoff_seconds=backoff,

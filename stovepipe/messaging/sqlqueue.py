@@ -40,7 +40,7 @@ import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final, Protocol
 
-from stovepipe.messaging.brokered import Delivery, MessageQueueError, MessageQueueUnavailable
+from stovepipe.messaging.brokered import Delivery, MessagingError, MessagingUnavailable
 from stovepipe.messaging.contract import Message
 from stovepipe.messaging.inprocess import DeadLetter
 from stovepipe.redaction import redact
@@ -415,7 +415,7 @@ class SQLBroker:
         if connection is None:
             with self._lock:
                 if self._closed:
-                    raise MessageQueueUnavailable("the messaging queue is closed")
+                    raise MessagingUnavailable("the messaging queue is closed")
             try:
                 connection = self._dialect.connect()
             except self._dialect.errors as error:
@@ -434,7 +434,7 @@ class SQLBroker:
             with contextlib.suppress(Exception):
                 connection.close()
 
-    def _mapped(self, error: BaseException) -> MessageQueueError | MessageQueueUnavailable:
+    def _mapped(self, error: BaseException) -> MessagingError | MessagingUnavailable:
         """The contract's error for a driver's ``error``."""
         return _mapped_error(self._dialect, error)
 
@@ -465,7 +465,7 @@ class SQLBroker:
             yield cursor
         except self._dialect.errors as error:
             mapped = self._mapped(error)
-            if isinstance(mapped, MessageQueueUnavailable):
+            if isinstance(mapped, MessagingUnavailable):
                 self._discard_connection()  # it may be broken; the next call reconnects
             raise mapped from None
         finally:
@@ -493,12 +493,10 @@ def _decode(data: bytes) -> str:
     return bytes(data).decode("utf-8", "surrogatepass")
 
 
-def _mapped_error(
-    dialect: _Dialect, error: BaseException
-) -> MessageQueueError | MessageQueueUnavailable:
+def _mapped_error(dialect: _Dialect, error: BaseException) -> MessagingError | MessagingUnavailable:
     if dialect.is_transient(error):
-        return MessageQueueUnavailable(f"{dialect.name} queue: {error}")
-    return MessageQueueError(f"{dialect.name} queue: {type(error).__name__}: {error}")
+        return MessagingUnavailable(f"{dialect.name} queue: {error}")
+    return MessagingError(f"{dialect.name} queue: {type(error).__name__}: {error}")
 
 
 def _sqlite_is_transient(error: BaseException) -> bool:

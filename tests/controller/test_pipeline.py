@@ -30,7 +30,7 @@ from stovepipe.messaging import (
     PermanentFailure,
 )
 from stovepipe.messaging.codec import encode
-from stovepipe.messaging.inprocess import InProcessMessageQueue
+from stovepipe.messaging.inprocess import InProcessMessaging
 from stovepipe.messaging.v1.messaging_pb2 import BuildSignal, ProcessRequest, RecordRequest
 from stovepipe.sourcecontrol import QueueMap
 from stovepipe.sourcecontrol.fake import FakeSourceControl
@@ -45,7 +45,7 @@ class Pipeline:
     storage: Storage
     source: FakeSourceControl
     runner: FakeBuildRunner
-    messaging: InProcessMessageQueue
+    messaging: InProcessMessaging
     ingest: IngestController
 
     def wait_for(self, what: Callable[[], bool], timeout: float = TIMEOUT) -> None:
@@ -71,7 +71,7 @@ class Pipeline:
 def make_pipeline(
     runner: FakeBuildRunner, *, max_concurrent: int = 1, max_attempts: int = 3
 ) -> Iterator[Pipeline]:
-    messaging = InProcessMessageQueue(max_attempts=max_attempts, backoff_seconds=0.01)
+    messaging = InProcessMessaging(max_attempts=max_attempts, backoff_seconds=0.01)
     source = FakeSourceControl(["c1"], name="monorepo")
     sources = QueueMap({QUEUE: source})
     with open_storage("memory://") as storage:
@@ -308,7 +308,7 @@ def test_redelivered_process_and_build_messages_start_one_build(pipeline: Pipeli
 
 
 def test_ingest_only_queue_admits_heads_and_publishes_nothing() -> None:
-    messaging = InProcessMessageQueue()
+    messaging = InProcessMessaging()
     source = FakeSourceControl(["c1"], name="monorepo")
     with open_storage("memory://") as storage:
         ingest = IngestController(
@@ -326,14 +326,14 @@ def test_ingest_only_queue_admits_heads_and_publishes_nothing() -> None:
 @pytest.mark.parametrize("payload", [b"not json", b"{}", b'{"id": 1}'])
 def test_process_malformed_payload_raises_permanent_failure(payload: bytes) -> None:
     with open_storage("memory://") as storage:
-        controller = ProcessController(storage, QueueMap({}), InProcessMessageQueue())
+        controller = ProcessController(storage, QueueMap({}), InProcessMessaging())
         with pytest.raises(PermanentFailure, match="malformed"):
             controller.handle(Message(TOPIC_PROCESS, QUEUE, payload, 1))
 
 
 def test_process_missing_request_raises_permanent_failure_not_a_retry() -> None:
     with open_storage("memory://") as storage:
-        controller = ProcessController(storage, QueueMap({}), InProcessMessageQueue())
+        controller = ProcessController(storage, QueueMap({}), InProcessMessaging())
         payload = encode(ProcessRequest(id="request/monorepo/main/9", queue=QUEUE))
         with pytest.raises(PermanentFailure, match="named by a process message"):
             controller.handle(Message(TOPIC_PROCESS, QUEUE, payload, 1))
@@ -363,7 +363,7 @@ def test_buildsignal_looks_again_soon_then_less_often_up_to_the_poll_interval() 
     runner = FakeBuildRunner(outcome=BuildStatus.RUNNING)
     with open_storage("memory://") as storage:
         controller = BuildSignalController(
-            storage, RunnerMap({QUEUE: runner}), InProcessMessageQueue(), poll_interval=0.1
+            storage, RunnerMap({QUEUE: runner}), InProcessMessaging(), poll_interval=0.1
         )
         request = Request("request/monorepo/main/1", QUEUE, "u", RequestState.PROCESSING, 1)
         storage.requests.create(request)

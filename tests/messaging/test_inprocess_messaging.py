@@ -1,4 +1,4 @@
-"""InProcessMessageQueue under real worker and publisher threads."""
+"""InProcessMessaging under real worker and publisher threads."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from stovepipe.messaging import Message, MessageQueue, PermanentFailure, dead_letter_topic
-from stovepipe.messaging.inprocess import DEFAULT_MAX_DEAD_LETTERS, InProcessMessageQueue
+from stovepipe.messaging import Message, Messaging, PermanentFailure, dead_letter_topic
+from stovepipe.messaging.inprocess import DEFAULT_MAX_DEAD_LETTERS, InProcessMessaging
 
 TIMEOUT = 10.0
 
 
 @pytest.fixture
-def queue() -> Iterator[InProcessMessageQueue]:
-    messaging = InProcessMessageQueue(max_attempts=3, backoff_seconds=0.05, workers=4)
+def queue() -> Iterator[InProcessMessaging]:
+    messaging = InProcessMessaging(max_attempts=3, backoff_seconds=0.05, workers=4)
     yield messaging
     messaging.stop(timeout=TIMEOUT)
 
@@ -26,7 +26,7 @@ def test_dead_letter_topic_names_the_topic() -> None:
     assert dead_letter_topic("process") == "process.dead-letter"
 
 
-def test_published_message_is_delivered_once_acknowledged(queue: InProcessMessageQueue) -> None:
+def test_published_message_is_delivered_once_acknowledged(queue: InProcessMessaging) -> None:
     delivered: list[Message] = []
     queue.subscribe("t", delivered.append)
     queue.start()
@@ -37,7 +37,7 @@ def test_published_message_is_delivered_once_acknowledged(queue: InProcessMessag
 
 
 def test_messages_published_before_start_or_subscribe_are_delivered_later(
-    queue: InProcessMessageQueue,
+    queue: InProcessMessaging,
 ) -> None:
     delivered: list[bytes] = []
     queue.publish("t", "k", b"before subscribe")
@@ -49,7 +49,7 @@ def test_messages_published_before_start_or_subscribe_are_delivered_later(
 
 
 def test_per_key_ordering_one_delivery_per_key_at_a_time_in_publish_order(
-    queue: InProcessMessageQueue,
+    queue: InProcessMessaging,
 ) -> None:
     keys = [f"queue-{n}" for n in range(8)]
     per_key = 60
@@ -91,7 +91,7 @@ def test_per_key_ordering_one_delivery_per_key_at_a_time_in_publish_order(
     assert peak > 1  # distinct keys did run in parallel
 
 
-def test_a_blocked_key_does_not_hold_back_other_keys(queue: InProcessMessageQueue) -> None:
+def test_a_blocked_key_does_not_hold_back_other_keys(queue: InProcessMessaging) -> None:
     release = threading.Event()
     delivered: list[str] = []
 
@@ -114,7 +114,7 @@ def test_a_blocked_key_does_not_hold_back_other_keys(queue: InProcessMessageQueu
 
 
 def test_failed_delivery_is_retried_with_backoff_and_holds_back_its_key(
-    queue: InProcessMessageQueue,
+    queue: InProcessMessaging,
 ) -> None:
     seen: list[tuple[bytes, int, float]] = []
 
@@ -141,7 +141,7 @@ def test_failed_delivery_is_retried_with_backoff_and_holds_back_its_key(
 
 
 def test_after_max_attempts_the_message_is_dead_lettered_with_its_reason_and_the_key_moves_on(
-    queue: InProcessMessageQueue,
+    queue: InProcessMessaging,
 ) -> None:
     attempts: list[int] = []
     delivered: list[bytes] = []
@@ -164,7 +164,7 @@ def test_after_max_attempts_the_message_is_dead_lettered_with_its_reason_and_the
     assert letter.reason == "ConnectionError: still down"
 
 
-def test_permanent_failure_dead_letters_at_once(queue: InProcessMessageQueue) -> None:
+def test_permanent_failure_dead_letters_at_once(queue: InProcessMessaging) -> None:
     attempts: list[int] = []
 
     def handle(message: Message) -> None:
@@ -182,7 +182,7 @@ def test_permanent_failure_dead_letters_at_once(queue: InProcessMessageQueue) ->
 
 
 def test_dead_letters_keep_the_newest_per_topic_up_to_the_bound_and_count_the_dropped() -> None:
-    queue = InProcessMessageQueue(max_dead_letters=3)
+    queue = InProcessMessaging(max_dead_letters=3)
 
     def handle(message: Message) -> None:
         raise PermanentFailure(message.payload.decode())
@@ -204,13 +204,13 @@ def test_dead_letters_keep_the_newest_per_topic_up_to_the_bound_and_count_the_dr
 
 
 def test_dead_letters_are_bounded_by_default_and_the_bound_must_be_positive() -> None:
-    assert InProcessMessageQueue().max_dead_letters == DEFAULT_MAX_DEAD_LETTERS == 1000
+    assert InProcessMessaging().max_dead_letters == DEFAULT_MAX_DEAD_LETTERS == 1000
     with pytest.raises(ValueError, match="max_dead_letters"):
-        InProcessMessageQueue(max_dead_letters=0)
+        InProcessMessaging(max_dead_letters=0)
 
 
 def test_stop_drains_in_flight_deliveries_then_refuses_publishes() -> None:
-    queue: MessageQueue = InProcessMessageQueue(workers=2)
+    queue: Messaging = InProcessMessaging(workers=2)
     started = threading.Event()
     finished: list[bytes] = []
 
@@ -231,7 +231,7 @@ def test_stop_drains_in_flight_deliveries_then_refuses_publishes() -> None:
 
 
 def test_stop_drains_queued_and_backing_off_messages_within_the_timeout() -> None:
-    queue = InProcessMessageQueue(workers=1, backoff_seconds=0.05)
+    queue = InProcessMessaging(workers=1, backoff_seconds=0.05)
     delivered: list[tuple[bytes, int]] = []
     started = threading.Event()
 
@@ -257,7 +257,7 @@ def test_stop_drains_queued_and_backing_off_messages_within_the_timeout() -> Non
 def test_stop_leaves_what_cannot_be_drained_within_the_timeout_undelivered(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    queue = InProcessMessageQueue(workers=1, backoff_seconds=60, max_backoff_seconds=60)
+    queue = InProcessMessaging(workers=1, backoff_seconds=60, max_backoff_seconds=60)
     attempts: list[int] = []
 
     def handle(message: Message) -> None:
@@ -285,7 +285,7 @@ def _eventually(condition: Callable[[], bool]) -> bool:
 
 
 def test_stop_gives_up_on_a_stuck_handler_after_the_timeout() -> None:
-    queue = InProcessMessageQueue(workers=1)
+    queue = InProcessMessaging(workers=1)
     started, release = threading.Event(), threading.Event()
 
     def handle(message: Message) -> None:
@@ -302,7 +302,7 @@ def test_stop_gives_up_on_a_stuck_handler_after_the_timeout() -> None:
     release.set()
 
 
-def test_one_handler_per_topic_and_start_only_once(queue: InProcessMessageQueue) -> None:
+def test_one_handler_per_topic_and_start_only_once(queue: InProcessMessaging) -> None:
     queue.subscribe("t", lambda message: None)
     with pytest.raises(ValueError, match="already has a handler"):
         queue.subscribe("t", lambda message: None)
@@ -311,6 +311,6 @@ def test_one_handler_per_topic_and_start_only_once(queue: InProcessMessageQueue)
         queue.start()
 
 
-def test_publish_checks_argument_types(queue: InProcessMessageQueue) -> None:
+def test_publish_checks_argument_types(queue: InProcessMessaging) -> None:
     with pytest.raises(TypeError):
         queue.publish("t", "k", "text")  # type: ignore[arg-type]

@@ -26,7 +26,7 @@ from stovepipe.buildrunner.command import CommandBuildRunner
 from stovepipe.buildrunner.fake import FakeBuildRunner
 from stovepipe.client import StovepipeClient
 from stovepipe.entity import BuildStatus
-from stovepipe.messaging.inprocess import InProcessMessageQueue
+from stovepipe.messaging.inprocess import InProcessMessaging
 from stovepipe.sourcecontrol import SourceControl
 from stovepipe.sourcecontrol.fake import FakeSourceControl
 from stovepipe.sourcecontrol.git import GitSourceControl
@@ -355,8 +355,8 @@ def test_a_queue_without_a_build_runner_is_ingest_only(
     client = running.client
     plain_id = ingest(client, plain_queue)
     assert settled(client, ingest(client, built_queue)).state == pb.REQUEST_STATE_SUCCEEDED
-    messaging = running.server.message_queue
-    assert isinstance(messaging, InProcessMessageQueue)
+    messaging = running.server.messaging
+    assert isinstance(messaging, InProcessMessaging)
     assert messaging.wait_until_idle(WAIT)
     assert request_of(client, plain_id).state == pb.REQUEST_STATE_ACCEPTED
     assert queue_of(client, plain_queue) == pb.Queue(name=plain_queue, latest_request_id=plain_id)

@@ -14,7 +14,7 @@ def test_server_stop_drains_the_in_process_messaging_queue_within_the_grace_peri
     start_server: StartServer,
 ) -> None:
     running = start_server({})
-    queue = running.server.message_queue
+    queue = running.server.messaging
     delivered: list[bytes] = []
 
     def handle(message: Message) -> None:
