@@ -61,6 +61,7 @@ from typing import Any
 
 from stovepipe import auth, redaction
 from stovepipe.controller.process import DEFAULT_MAX_CONCURRENT
+from stovepipe.storage import LimitExceeded, limits
 
 DEFAULT_PORT = 50051
 DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
@@ -250,6 +251,8 @@ def load(
     if not queues:
         build = CommandBuild(command=build_command) if build_command else None
         queues = default_queue(workdir, build=build)
+    for name in queues:
+        check_queue_name(name)
     storage_url = _text(settings, "storage_url", "") or default_storage_url(workdir)
     if builds_dir_text:
         builds_dir = (relative_to.get("builds_dir", workdir) / builds_dir_text).resolve()
@@ -285,6 +288,17 @@ def load(
     if config.max_workers < 1:
         raise ConfigError("max_workers must be at least 1")
     return config
+
+
+def check_queue_name(name: str) -> None:
+    """Raise :class:`ConfigError` unless ``name`` is within the storage limits of a queue
+    name (:data:`stovepipe.storage.limits.MAX_QUEUE_BYTES`): a queue no ingest could store
+    is refused at start rather than at its first ingest."""
+    try:
+        limits.check_text("the name", name, limits.MAX_QUEUE_BYTES)
+    except (LimitExceeded, TypeError) as error:
+        shown = repr(name) if len(name) <= 40 else repr(name[:40]) + "..."
+        raise ConfigError(f"queue {shown}: {error}") from None
 
 
 def _tokens(path: pathlib.Path | None, environ: Mapping[str, str]) -> tuple[auth.Token, ...]:
