@@ -7,7 +7,7 @@ file (``--config`` or ``STOVEPIPE_CONFIG``), built-in defaults. A complete file:
     metrics_listen = "127.0.0.1:9464"   # Prometheus /metrics; "" (the default) turns it off;
                                          # a port alone ("9464") binds 127.0.0.1
     storage_url = "sqlite:///var/lib/stovepipe/stovepipe.db"
-    queue_url = "redis://127.0.0.1:6379/0"  # messaging queue; default: follows storage_url
+    messaging_url = "redis://127.0.0.1:6379/0"  # messaging; default: follows storage_url
     grace_period = 5.0                   # seconds SIGTERM waits for in-flight calls (<= 3600)
     max_workers = 32                     # threads serving RPCs
     log_level = "info"
@@ -52,6 +52,7 @@ current directory is served as the queue ``<directory name>/<current branch>``, 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import pathlib
@@ -75,6 +76,7 @@ BUILDS_DIR_NAME = "builds"
 DEFAULT_BUILD_TIMEOUT = 1800.0
 """Seconds a ``command`` build may take, checkout included, before it is ended."""
 FAKE_OUTCOMES = ("succeeded", "failed")
+logger = logging.getLogger(__name__)
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -137,7 +139,7 @@ class Config:
     listen: str = DEFAULT_LISTEN
     metrics_listen: str = ""
     storage_url: str = ""
-    queue_url: str = ""
+    messaging_url: str = ""
     grace_period: float = DEFAULT_GRACE_PERIOD
     max_workers: int = DEFAULT_MAX_WORKERS
     log_level: str = "info"
@@ -157,7 +159,7 @@ _SCALARS: dict[str, str] = {
     "listen": "STOVEPIPE_LISTEN",
     "metrics_listen": "STOVEPIPE_METRICS_LISTEN",
     "storage_url": "STOVEPIPE_STORAGE_URL",
-    "queue_url": "STOVEPIPE_QUEUE_URL",
+    "messaging_url": "STOVEPIPE_MESSAGING_URL",
     "grace_period": "STOVEPIPE_GRACE_PERIOD",
     "max_workers": "STOVEPIPE_MAX_WORKERS",
     "log_level": "STOVEPIPE_LOG_LEVEL",
@@ -170,8 +172,16 @@ _SCALARS: dict[str, str] = {
     "tokens_file": "STOVEPIPE_TOKENS_FILE",
 }
 _PATHS = ("tls_cert", "tls_key", "tls_client_ca", "tokens_file")
+# Former names still read, each with a deprecation warning naming its successor.
+DEPRECATED_SETTINGS = {"queue_url": "messaging_url"}
+DEPRECATED_ENVIRONMENT = {"STOVEPIPE_QUEUE_URL": "STOVEPIPE_MESSAGING_URL"}
 CONFIG_ENV = "STOVEPIPE_CONFIG"
-ENVIRONMENT_VARIABLES = (CONFIG_ENV, *_SCALARS.values(), auth.TOKENS_ENV)
+ENVIRONMENT_VARIABLES = (
+    CONFIG_ENV,
+    *_SCALARS.values(),
+    *DEPRECATED_ENVIRONMENT,
+    auth.TOKENS_ENV,
+)
 
 
 def load(
@@ -206,6 +216,8 @@ def load(
             raise ConfigError(f"config {path} is not valid TOML: {error}") from None
         base_dir = config_path.parent
 
+    raw = _renamed(raw, DEPRECATED_SETTINGS, f"in {path}")
+    environ = _renamed(environ, DEPRECATED_ENVIRONMENT, "in the environment")
     unknown = sorted(set(raw) - set(_SCALARS) - {"queues"})
     if unknown:
         raise ConfigError(f"unknown setting(s) in config: {', '.join(unknown)}")
@@ -272,7 +284,7 @@ def load(
         listen=listen,
         metrics_listen=metrics_listen,
         storage_url=storage_url,
-        queue_url=_text(settings, "queue_url", "").strip(),
+        messaging_url=_text(settings, "messaging_url", "").strip(),
         grace_period=grace_period,
         max_workers=max_workers,
         log_level=log_level,
@@ -288,6 +300,25 @@ def load(
     if config.max_workers < 1:
         raise ConfigError("max_workers must be at least 1")
     return config
+
+
+def _renamed(settings: Mapping[str, Any], renames: Mapping[str, str], where: str) -> dict[str, Any]:
+    """``settings`` with each former name in ``renames`` replaced by its new one, after a
+    deprecation warning; :class:`ConfigError` if both names are given."""
+    renamed = dict(settings)
+    for old, new in renames.items():
+        if old not in renamed:
+            continue
+        if new in renamed:
+            raise ConfigError(f"{old} and {new} are both set {where}: keep {new} only")
+        warn_deprecated(old, new)
+        renamed[new] = renamed.pop(old)
+    return renamed
+
+
+def warn_deprecated(old: str, new: str) -> None:
+    """Log that ``old`` (a setting, variable or flag) is deprecated in favour of ``new``."""
+    logger.warning("%s is deprecated and will be removed: use %s instead", old, new)
 
 
 def check_queue_name(name: str) -> None:

@@ -40,7 +40,7 @@ from stovepipe.entity import BuildStatus
 from stovepipe.messaging import TOPIC_PROCESS, Messaging
 from stovepipe.messaging.brokered import BrokeredMessaging, MessagingError
 from stovepipe.messaging.inprocess import InProcessMessaging
-from stovepipe.messaging.registry import default_queue_url, open_messaging
+from stovepipe.messaging.registry import default_messaging_url, open_messaging
 from stovepipe.metrics import Metrics
 from stovepipe.redaction import redact, redact_text, register_url
 from stovepipe.sourcecontrol import NotFound as SourceControlNotFound
@@ -385,9 +385,9 @@ def server_tls(config: configuration.Config) -> auth.ServerTLS | None:
         raise configuration.ConfigError(str(error)) from None
 
 
-def queue_url_of(config: configuration.Config) -> str:
-    """The messaging queue's URL: configured, else the one that goes with the storage."""
-    return config.queue_url or default_queue_url(config.storage_url)
+def messaging_url_of(config: configuration.Config) -> str:
+    """The messaging URL: configured, else the one that goes with the storage."""
+    return config.messaging_url or default_messaging_url(config.storage_url)
 
 
 def build_messaging(config: configuration.Config, metrics: Metrics) -> Messaging:
@@ -396,7 +396,7 @@ def build_messaging(config: configuration.Config, metrics: Metrics) -> Messaging
     server cannot be reached or refuses the credentials, or it is in-process beside a
     storage engine that has no messaging of its own (etcd, say), which would lose queued
     work on a crash."""
-    url = queue_url_of(config)
+    url = messaging_url_of(config)
     register_url(url)
     try:
         messaging = open_messaging(url, registry=metrics.registry)
@@ -412,13 +412,13 @@ def build_messaging(config: configuration.Config, metrics: Metrics) -> Messaging
 
 def check_messaging(config: configuration.Config, messaging: Messaging) -> None:
     """The start-up check of the messaging queue (see :func:`build_messaging`)."""
-    url = queue_url_of(config)
+    url = messaging_url_of(config)
     if isinstance(messaging, InProcessMessaging):
         storage_scheme = urllib.parse.urlsplit(config.storage_url).scheme
-        if default_queue_url(config.storage_url) == "memory://" and storage_scheme != "memory":
+        if default_messaging_url(config.storage_url) == "memory://" and storage_scheme != "memory":
             raise configuration.ConfigError(
                 f"{storage_scheme} storage needs a durable messaging queue beside it, as the "
-                "in-process one loses queued work on a crash: set queue_url to "
+                "in-process one loses queued work on a crash: set messaging_url to "
                 "sqlite:///PATH, mysql://... or redis://..."
             )
         return
@@ -450,7 +450,7 @@ def run_worker(config: configuration.Config) -> int:
         if isinstance(messaging, InProcessMessaging):
             raise configuration.ConfigError(
                 "stovepipe worker needs a messaging queue shared with the servers "
-                "(queue_url sqlite:///, mysql://, redis:// or rediss://), not an in-process one"
+                "(messaging_url sqlite:///, mysql://, redis:// or rediss://), not an in-process one"
             )
         try:
             subscribe_pipeline(
@@ -466,7 +466,7 @@ def run_worker(config: configuration.Config) -> int:
                 port = metrics.serve(config.metrics_listen)
                 logger.info("metrics on http://%s/metrics", _with_port(config.metrics_listen, port))
             logger.info(
-                "stovepipe worker running the pipeline from %s", redact(queue_url_of(config))
+                "stovepipe worker running the pipeline from %s", redact(messaging_url_of(config))
             )
             for line in configuration.describe(config.queues):
                 logger.info("queue %s", line)
@@ -495,7 +495,7 @@ def run(config: configuration.Config) -> bool:
             if any(isinstance(s.build, configuration.CommandBuild) for s in config.queues.values()):
                 logger.info("builds in %s", config.builds_dir)
             logger.info("storage %s", redact(config.storage_url))
-            logger.info("messaging queue %s", redact(queue_url_of(config)))
+            logger.info("messaging %s", redact(messaging_url_of(config)))
             if server.metrics_port is not None:
                 logger.info(
                     "metrics on http://%s/metrics",

@@ -147,8 +147,8 @@ def cli_refusal(directory: pathlib.Path, *args: str) -> subprocess.CompletedProc
         ("--storage-url", "mysql://u:pw-9@127.0.0.1:1/db?timeout=nan", "must be a finite number"),
         ("--storage-url", "redis://:pw-9@[::1/0", "Invalid IPv6 URL"),
         ("--storage-url", "etcd://u:pw-9@h:port", "invalid port"),
-        ("--queue-url", "redis://:pw-9@127.0.0.1:1/0?timeout=-1", "above 0"),
-        ("--queue-url", "sqlite:///q.db?timeout=1&timeout=1", "more than once"),
+        ("--messaging-url", "redis://:pw-9@127.0.0.1:1/0?timeout=-1", "above 0"),
+        ("--messaging-url", "sqlite:///q.db?timeout=1&timeout=1", "more than once"),
     ],
 )
 def test_a_malformed_url_given_to_serve_is_one_line_and_exit_status_2(

@@ -36,7 +36,7 @@ from stovepipe.redaction import redact
 from stovepipe.storage import sqlite
 from stovepipe.urloptions import URLOptions
 
-QUEUE_URL_ENV: Final = "STOVEPIPE_QUEUE_URL"
+MESSAGING_URL_ENV: Final = "STOVEPIPE_MESSAGING_URL"
 SCHEMES: Final = ("memory", "sqlite", "mysql", "redis", "rediss")
 _DURABLE_OPTIONS: Final = ("visibility_timeout", "poll_interval")
 
@@ -160,7 +160,7 @@ def _options_of(scheme: str) -> frozenset[str]:
     return _DURABLE_CONSUMER_OPTIONS | _BROKER_OPTIONS[scheme] | tls
 
 
-def default_queue_url(storage_url: str) -> str:
+def default_messaging_url(storage_url: str) -> str:
     """The messaging queue that goes with a storage backend: the same SQLite file, MySQL
     database or Redis server (over TLS for ``rediss://``) where the backend is one of those,
     else in-process."""

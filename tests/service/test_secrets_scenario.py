@@ -241,7 +241,7 @@ def test_no_secret_reaches_the_error_of_a_failed_start_worker_or_migration(
                 "127.0.0.1:0",
                 "--storage-url",
                 sqlite,
-                "--queue-url",
+                "--messaging-url",
                 url,
             ],
             tmp_path,
@@ -263,7 +263,7 @@ def test_no_secret_reaches_the_error_of_a_failed_start_worker_or_migration(
     )
     # Start-up checks the messaging queue: the wrong password stops it with one line.
     wrong_queue = failing_urls(tls_redis)["redis wrong password"]
-    listen = ["--listen", "127.0.0.1:0", "--storage-url", sqlite, "--queue-url", wrong_queue]
+    listen = ["--listen", "127.0.0.1:0", "--storage-url", sqlite, "--messaging-url", wrong_queue]
     failures["serve, queue redis wrong password"] = run(["serve", *config, *listen], tmp_path)
     assert "access denied" in failures["serve, queue redis wrong password"].stderr
     for name, result in failures.items():

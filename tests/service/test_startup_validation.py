@@ -116,7 +116,7 @@ def test_etcd_storage_with_in_process_messaging_is_refused_naming_the_durable_en
     storage = ["--storage-url", "etcd://127.0.0.1:1?timeout=1"]
     for command, extra in (
         ("serve", ["--listen", "127.0.0.1:0"]),
-        ("serve", ["--listen", "127.0.0.1:0", "--queue-url", "memory://"]),
+        ("serve", ["--listen", "127.0.0.1:0", "--messaging-url", "memory://"]),
         ("worker", []),
     ):
         result = run_cli(command, "--config", str(file), *storage, *extra, cwd=tmp_path)
@@ -155,7 +155,7 @@ def test_a_messaging_engine_that_cannot_be_reached_or_refuses_stops_start_up_wit
         str(file),
         "--storage-url",
         storage,
-        "--queue-url",
+        "--messaging-url",
         url,
         *listen,
         cwd=tmp_path,
