@@ -646,7 +646,10 @@ def _migrate(args: argparse.Namespace) -> int:
     """Run the migration a backend registers under ``stovepipe.storage.migrations``."""
     from stovepipe.storage import installed_schemes
 
-    scheme = urllib.parse.urlsplit(args.url).scheme
+    try:
+        scheme = urllib.parse.urlsplit(args.url).scheme
+    except ValueError as error:  # an unclosed [ of an IPv6 host, say
+        raise CommandError(f"{redact(args.url)}: {error}", EXIT_USAGE) from None
     if not scheme or scheme not in installed_schemes():
         installed = ", ".join(s + "://" for s in installed_schemes()) or "none"
         raise CommandError(
@@ -664,7 +667,9 @@ def _migrate(args: argparse.Namespace) -> int:
     except Exception as error:
         reason = redact_text(str(error), [args.url])
         message = f"migration of {scheme}:// failed: {reason}"
-        raise CommandError(message, EXIT_SERVER_ERROR) from None
+        # A ValueError is the URL's fault (malformed, a bad option): bad usage, not the server.
+        status = EXIT_USAGE if isinstance(error, ValueError) else EXIT_SERVER_ERROR
+        raise CommandError(message, status) from None
     print(f"{scheme}:// migrated")
     return 0
 

@@ -150,7 +150,7 @@ class URLOptions:
             return default
         value = self._finite(name)
         if value is None or not _within(value, 0.0, maximum, above=True):
-            limit = f" and at most {maximum:g}" if maximum is not None else ""
+            limit = f" and at most {_number_text(maximum)}" if maximum is not None else ""
             raise self._invalid(name, f"a finite number of seconds above 0{limit}")
         return value
 
@@ -170,9 +170,14 @@ def _within(value: float, minimum: float | None, maximum: float | None, *, above
 
 def _bounded(kind: str, minimum: float | None, maximum: float | None) -> str:
     if minimum is not None and maximum is not None:
-        return f"{kind} from {minimum:g} to {maximum:g}"
+        return f"{kind} from {_number_text(minimum)} to {_number_text(maximum)}"
     if minimum is not None:
-        return f"{kind} of at least {minimum:g}"
+        return f"{kind} of at least {_number_text(minimum)}"
     if maximum is not None:
-        return f"{kind} of at most {maximum:g}"
+        return f"{kind} of at most {_number_text(maximum)}"
     return kind
+
+
+def _number_text(value: float) -> str:
+    """``5``, ``0.5``, ``31536000``: as written in a URL, never in exponent form."""
+    return str(int(value)) if value == int(value) else f"{value:f}".rstrip("0")

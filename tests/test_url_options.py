@@ -159,3 +159,13 @@ def test_a_malformed_url_given_to_serve_is_one_line_and_exit_status_2(
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
     assert expected in lines[0] and "pw-9" not in lines[0]
+
+
+@pytest.mark.parametrize(
+    "url", ["mysql://u:pw-9@[::1/db", "mysql://u:pw-9@127.0.0.1:1/db?timeout=inf&pool_size=2"]
+)
+def test_a_malformed_url_given_to_migrate_is_one_line_and_exit_status_2(url: str) -> None:
+    result = run_cli("migrate", url)
+    assert result.returncode == cli.EXIT_USAGE, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("stovepipe: ") and "pw-9" not in line
