@@ -24,6 +24,7 @@ name, default ``stovepipe:mq:``).
 from __future__ import annotations
 
 import urllib.parse
+from types import ModuleType
 from typing import Final, Protocol
 
 from prometheus_client import CollectorRegistry
@@ -96,14 +97,9 @@ def open_messaging(
     broker_url = with_query(url, urllib.parse.urlencode(broker_options))
     broker: brokered.Broker
     if scheme in ("redis", "rediss"):
-        try:
-            from stovepipe.messaging.redis_streams import redis_broker
-        except ImportError:
-            raise ValueError(
-                f"{scheme}:// queues need redis-py: "
-                "pip install 'stovepipe[redis]' (or stovepipe-redis)"
-            ) from None
-        broker = redis_broker(broker_url, visibility_timeout=visibility_timeout)
+        broker = _redis_streams(scheme).redis_broker(
+            broker_url, visibility_timeout=visibility_timeout
+        )
     elif scheme == "mysql":
         from stovepipe.messaging.sqlqueue import mysql_broker
 
@@ -138,26 +134,25 @@ _BROKER_OPTIONS: Final = {
     "redis": frozenset({"timeout", "shards", "prefix"}),
     "rediss": frozenset({"timeout", "shards", "prefix"}),
 }
-_REDIS_TLS_OPTIONS: Final = frozenset(
-    {
-        "ssl_cert_reqs",
-        "ssl_ca_certs",
-        "ssl_ca_path",
-        "ssl_certfile",
-        "ssl_keyfile",
-        "ssl_password",
-        "ssl_check_hostname",
-        "ssl_min_version",
-    }
-)
 
 
 def _options_of(scheme: str) -> frozenset[str]:
     """Every query option a messaging URL of ``scheme`` takes."""
     if scheme == "memory":
         return _CONSUMER_OPTIONS
-    tls = _REDIS_TLS_OPTIONS if scheme == "rediss" else frozenset()
-    return _DURABLE_CONSUMER_OPTIONS | _BROKER_OPTIONS[scheme] | tls
+    tls = _redis_streams(scheme).TLS_OPTIONS if scheme == "rediss" else ()
+    return _DURABLE_CONSUMER_OPTIONS | _BROKER_OPTIONS[scheme] | frozenset(tls)
+
+
+def _redis_streams(scheme: str) -> ModuleType:
+    """:mod:`.redis_streams`, or a ``ValueError`` saying how to install redis-py."""
+    try:
+        from stovepipe.messaging import redis_streams
+    except ImportError:
+        raise ValueError(
+            f"{scheme}:// queues need redis-py: pip install 'stovepipe[redis]' (or stovepipe-redis)"
+        ) from None
+    return redis_streams
 
 
 def default_messaging_url(storage_url: str) -> str:
