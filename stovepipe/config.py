@@ -64,6 +64,8 @@ from stovepipe import auth, redaction
 from stovepipe.controller.process import DEFAULT_MAX_CONCURRENT
 from stovepipe.storage import LimitExceeded, limits
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_PORT = 50051
 DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
 DEFAULT_GRACE_PERIOD = 5.0
@@ -76,7 +78,6 @@ BUILDS_DIR_NAME = "builds"
 DEFAULT_BUILD_TIMEOUT = 1800.0
 """Seconds a ``command`` build may take, checkout included, before it is ended."""
 FAKE_OUTCOMES = ("succeeded", "failed")
-logger = logging.getLogger(__name__)
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 

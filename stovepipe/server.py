@@ -413,7 +413,7 @@ def build_messaging(config: configuration.Config, metrics: Metrics) -> Messaging
 def check_messaging(config: configuration.Config, messaging: Messaging) -> None:
     """The start-up check of the messaging queue (see :func:`build_messaging`)."""
     url = messaging_url_of(config)
-    if isinstance(messaging, InProcessMessaging):
+    if urllib.parse.urlsplit(url).scheme == "memory":
         storage_scheme = urllib.parse.urlsplit(config.storage_url).scheme
         if default_messaging_url(config.storage_url) == "memory://" and storage_scheme != "memory":
             raise configuration.ConfigError(
