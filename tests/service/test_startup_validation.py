@@ -15,7 +15,7 @@ import pytest
 from stovepipe import cli, config
 from stovepipe.server import build_sourcecontrol
 from stovepipe.storage import limits
-from stovepipe.testing import GitRepository, run_cli
+from stovepipe.testing import GitRepository, ServeProcesses, run_cli
 
 FAKE = 'type = "fake"\ncommits = ["c1"]\n'
 
@@ -83,6 +83,17 @@ def test_a_git_queue_on_a_branch_without_commits_starts_with_a_warning(
     )
     with pytest.raises(config.ConfigError, match="ref 'dev' does not exist"):
         build_sourcecontrol(config.load(other, environ={}, cwd=tmp_path).queues)
+
+
+def test_serve_starts_on_a_branch_without_commits_and_logs_the_warning(
+    git_repository: Callable[..., GitRepository],
+    processes: ServeProcesses,
+    tmp_path: pathlib.Path,
+) -> None:
+    repo = git_repository("fresh")  # no configuration: serves the branch checked out, unborn
+    served = processes.serve(["--storage-url", f"sqlite:///{tmp_path / 's.db'}"], cwd=repo.path)
+    assert served.stop() == 0
+    assert "'fresh/main': branch 'main' has no commits yet" in served.output()
 
 
 def test_a_sqlite_url_without_the_double_slash_is_refused_and_writes_nothing(
