@@ -57,7 +57,7 @@ import grpc
 from stovepipe import config as configuration
 from stovepipe.client import StovepipeClient
 from stovepipe.controller.buildsignal import DEFAULT_POLL_INTERVAL
-from stovepipe.messaging.registry import default_queue_url, with_query
+from stovepipe.messaging.registry import default_messaging_url, with_query
 from stovepipe.metrics import Metrics
 from stovepipe.redaction import redact
 from stovepipe.server import (
@@ -137,7 +137,7 @@ class Target:
     """A backend's storage URL and messaging URL (empty: the storage's default)."""
 
     storage_url: str
-    queue_url: str = ""
+    messaging_url: str = ""
 
 
 def url_with(url: str, **options: str) -> str:
@@ -211,7 +211,7 @@ def backend_targets(backend: str, tmp: pathlib.Path, runs: int) -> Iterator[list
                     url_with(server_url, prefix=f"{prefix}-{n}:"),
                     # The default messaging (Redis streams on the same server), kept apart
                     # from other users of the server as its default prefix is from storage's.
-                    url_with(default_queue_url(server_url), prefix=f"{prefix}-{n}:mq:"),
+                    url_with(default_messaging_url(server_url), prefix=f"{prefix}-{n}:mq:"),
                 )
                 for n in range(runs)
             ]
@@ -225,7 +225,7 @@ def write_config(directory: pathlib.Path, target: Target, queue: str, repo: path
     lines = [
         'listen = "127.0.0.1:0"',
         f"storage_url = {json.dumps(target.storage_url)}",
-        f"queue_url = {json.dumps(target.queue_url)}",
+        f"messaging_url = {json.dumps(target.messaging_url)}",
         'log_level = "warning"',
         f"builds_dir = {json.dumps(str(directory / 'builds'))}",
         f"[queues.{json.dumps(queue)}]",
@@ -445,7 +445,7 @@ def main() -> int:
                     continue
                 (tmp / backend).mkdir(exist_ok=True)
                 for n, (interval, target) in enumerate(zip(intervals, targets, strict=True)):
-                    messaging = target.queue_url or default_queue_url(target.storage_url)
+                    messaging = target.messaging_url or default_messaging_url(target.storage_url)
                     print(
                         f"{backend}: storage {redact(target.storage_url)}, messaging "
                         f"{redact(messaging)}, buildsignal poll {interval:g} s",

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from stovepipe.messaging import Message, PermanentFailure
 from stovepipe.messaging.brokered import BrokeredMessaging, MessagingUnavailable
 from stovepipe.messaging.inprocess import InProcessMessaging
-from stovepipe.messaging.registry import default_queue_url, open_messaging
+from stovepipe.messaging.registry import default_messaging_url, open_messaging
 from stovepipe.redaction import redact
 from stovepipe.storage import Unavailable
 
@@ -107,17 +107,17 @@ def test_the_url_scheme_picks_the_queue(tmp_path: object) -> None:
 
 
 def test_the_default_queue_follows_the_storage_backend() -> None:
-    assert default_queue_url("sqlite:////var/lib/s.db?synchronous=normal&timeout=3") == (
+    assert default_messaging_url("sqlite:////var/lib/s.db?synchronous=normal&timeout=3") == (
         "sqlite:////var/lib/s.db?timeout=3"
     )
-    assert default_queue_url("mysql://u:p@db:3306/stovepipe") == "mysql://u:p@db:3306/stovepipe"
-    assert default_queue_url("redis://cache:6379/2") == "redis://cache:6379/2"
-    assert default_queue_url("rediss://:pw@cache:6380/2?ssl_ca_certs=ca.pem&timeout=3") == (
+    assert default_messaging_url("mysql://u:p@db:3306/stovepipe") == "mysql://u:p@db:3306/stovepipe"
+    assert default_messaging_url("redis://cache:6379/2") == "redis://cache:6379/2"
+    assert default_messaging_url("rediss://:pw@cache:6380/2?ssl_ca_certs=ca.pem&timeout=3") == (
         "rediss://:pw@cache:6380/2?ssl_ca_certs=ca.pem&timeout=3"
     )
-    assert default_queue_url("rediss://cache:6380/0?prefix=a%3A") == "rediss://cache:6380/0"
-    assert default_queue_url("etcd://127.0.0.1:2379") == "memory://"
-    assert default_queue_url("memory://") == "memory://"
+    assert default_messaging_url("rediss://cache:6380/0?prefix=a%3A") == "rediss://cache:6380/0"
+    assert default_messaging_url("etcd://127.0.0.1:2379") == "memory://"
+    assert default_messaging_url("memory://") == "memory://"
 
 
 def test_a_rediss_url_opens_the_redis_streams_queue_over_tls() -> None:

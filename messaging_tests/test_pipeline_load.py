@@ -67,7 +67,7 @@ class Backend:
     """Where the servers keep their state and pass their messages."""
 
     storage_url: str
-    queue_url: str
+    messaging_url: str
 
 
 @pytest.fixture
@@ -133,7 +133,7 @@ def write_config(tmp_path: pathlib.Path, backend: Backend, repo: GitRepository) 
         "\n".join(
             [
                 f'storage_url = "{backend.storage_url}"',
-                f'queue_url = "{backend.queue_url}"',
+                f'messaging_url = "{backend.messaging_url}"',
                 f'builds_dir = "{tmp_path / "builds"}"',
                 'log_level = "debug"',  # the process stage logs a request waiting for a slot
                 f'[queues."{QUEUE}"]',

@@ -97,12 +97,12 @@ def processes(tmp_path: pathlib.Path) -> Iterator[ServeProcesses]:
     spawned.kill_all()
 
 
-def write_config(tmp_path: pathlib.Path, queue_url: str) -> pathlib.Path:
+def write_config(tmp_path: pathlib.Path, messaging_url: str) -> pathlib.Path:
     """Fake queues ``q0``..``q39`` (one commit each, built by a fake runner that succeeds),
     SQLite storage shared by the processes."""
     lines = [
         f'storage_url = "sqlite:///{tmp_path / "stovepipe.db"}"',
-        f'queue_url = "{queue_url}"',
+        f'messaging_url = "{messaging_url}"',
         'log_level = "info"',
     ]
     for n in range(QUEUES):

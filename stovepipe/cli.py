@@ -1,9 +1,9 @@
 """The ``stovepipe`` command: run the server, and talk to one.
 
     stovepipe serve [--listen HOST:PORT] [--config FILE] [--storage-url URL]
-                    [--queue-url URL] [--metrics-listen HOST:PORT]
+                    [--messaging-url URL] [--metrics-listen HOST:PORT]
                     [--build-command COMMAND] [--builds-dir DIR]
-    stovepipe worker [--config FILE] [--storage-url URL] [--queue-url URL]
+    stovepipe worker [--config FILE] [--storage-url URL] [--messaging-url URL]
                      [--metrics-listen HOST:PORT] [--build-command COMMAND] [--builds-dir DIR]
                                       runs the pipeline (builds included), serves no RPC
     stovepipe ingest QUEUE            prints the request id of the queue's head
@@ -129,7 +129,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="TOML configuration file (default $STOVEPIPE_CONFIG)")
     serve.add_argument("--listen", metavar="HOST:PORT", help="gRPC address")
     serve.add_argument("--storage-url", metavar="URL", help="storage backend URL")
-    serve.add_argument("--queue-url", metavar="URL", help="messaging queue URL")
+    _messaging_option(serve)
     serve.add_argument(
         "--metrics-listen", metavar="HOST:PORT", help='Prometheus address ("" turns it off)'
     )
@@ -151,7 +151,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--config", help="TOML configuration file (default $STOVEPIPE_CONFIG)")
     worker.add_argument("--storage-url", metavar="URL", help="storage backend URL")
-    worker.add_argument("--queue-url", metavar="URL", help="messaging queue URL")
+    _messaging_option(worker)
     worker.add_argument(
         "--metrics-listen", metavar="HOST:PORT", help='Prometheus address ("" turns it off)'
     )
@@ -238,6 +238,28 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _messaging_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--messaging-url", metavar="URL", help="messaging URL (default: follows the storage)"
+    )
+    # The former name, still accepted with a deprecation warning.
+    command.add_argument("--queue-url", dest="deprecated_queue_url", help=argparse.SUPPRESS)
+
+
+def _messaging_url(args: argparse.Namespace) -> str | None:
+    """``--messaging-url``, or the deprecated ``--queue-url`` with a warning."""
+    if args.deprecated_queue_url is None:
+        messaging_url: str | None = args.messaging_url
+        return messaging_url
+    if args.messaging_url is not None:
+        raise CommandError(
+            "--queue-url and --messaging-url are both given: keep --messaging-url", EXIT_USAGE
+        )
+    configuration.warn_deprecated("--queue-url", "--messaging-url")
+    deprecated: str = args.deprecated_queue_url
+    return deprecated
+
+
 def _build_options(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--build-command",
@@ -312,7 +334,7 @@ def _serve(args: argparse.Namespace) -> int:
         overrides={
             "listen": args.listen,
             "storage_url": args.storage_url,
-            "queue_url": args.queue_url,
+            "messaging_url": _messaging_url(args),
             "metrics_listen": args.metrics_listen,
             "build_command": args.build_command,
             "builds_dir": args.builds_dir,
@@ -343,7 +365,7 @@ def _worker(args: argparse.Namespace) -> int:
         args.config,
         overrides={
             "storage_url": args.storage_url,
-            "queue_url": args.queue_url,
+            "messaging_url": _messaging_url(args),
             "metrics_listen": args.metrics_listen,
             "build_command": args.build_command,
             "builds_dir": args.builds_dir,
@@ -624,7 +646,10 @@ def _migrate(args: argparse.Namespace) -> int:
     """Run the migration a backend registers under ``stovepipe.storage.migrations``."""
     from stovepipe.storage import installed_schemes
 
-    scheme = urllib.parse.urlsplit(args.url).scheme
+    try:
+        scheme = urllib.parse.urlsplit(args.url).scheme
+    except ValueError as error:  # an unclosed [ of an IPv6 host, say
+        raise CommandError(f"{redact(args.url)}: {error}", EXIT_USAGE) from None
     if not scheme or scheme not in installed_schemes():
         installed = ", ".join(s + "://" for s in installed_schemes()) or "none"
         raise CommandError(
@@ -642,7 +667,9 @@ def _migrate(args: argparse.Namespace) -> int:
     except Exception as error:
         reason = redact_text(str(error), [args.url])
         message = f"migration of {scheme}:// failed: {reason}"
-        raise CommandError(message, EXIT_SERVER_ERROR) from None
+        # A ValueError is the URL's fault (malformed, a bad option): bad usage, not the server.
+        status = EXIT_USAGE if isinstance(error, ValueError) else EXIT_SERVER_ERROR
+        raise CommandError(message, status) from None
     print(f"{scheme}:// migrated")
     return 0
 

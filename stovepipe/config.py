@@ -7,7 +7,7 @@ file (``--config`` or ``STOVEPIPE_CONFIG``), built-in defaults. A complete file:
     metrics_listen = "127.0.0.1:9464"   # Prometheus /metrics; "" (the default) turns it off;
                                          # a port alone ("9464") binds 127.0.0.1
     storage_url = "sqlite:///var/lib/stovepipe/stovepipe.db"
-    queue_url = "redis://127.0.0.1:6379/0"  # messaging queue; default: follows storage_url
+    messaging_url = "redis://127.0.0.1:6379/0"  # messaging; default: follows storage_url
     grace_period = 5.0                   # seconds SIGTERM waits for in-flight calls (<= 3600)
     max_workers = 32                     # threads serving RPCs
     log_level = "info"
@@ -52,6 +52,7 @@ current directory is served as the queue ``<directory name>/<current branch>``, 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import pathlib
@@ -61,6 +62,9 @@ from typing import Any
 
 from stovepipe import auth, redaction
 from stovepipe.controller.process import DEFAULT_MAX_CONCURRENT
+from stovepipe.storage import LimitExceeded, limits
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_PORT = 50051
 DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
@@ -136,7 +140,7 @@ class Config:
     listen: str = DEFAULT_LISTEN
     metrics_listen: str = ""
     storage_url: str = ""
-    queue_url: str = ""
+    messaging_url: str = ""
     grace_period: float = DEFAULT_GRACE_PERIOD
     max_workers: int = DEFAULT_MAX_WORKERS
     log_level: str = "info"
@@ -156,7 +160,7 @@ _SCALARS: dict[str, str] = {
     "listen": "STOVEPIPE_LISTEN",
     "metrics_listen": "STOVEPIPE_METRICS_LISTEN",
     "storage_url": "STOVEPIPE_STORAGE_URL",
-    "queue_url": "STOVEPIPE_QUEUE_URL",
+    "messaging_url": "STOVEPIPE_MESSAGING_URL",
     "grace_period": "STOVEPIPE_GRACE_PERIOD",
     "max_workers": "STOVEPIPE_MAX_WORKERS",
     "log_level": "STOVEPIPE_LOG_LEVEL",
@@ -169,8 +173,16 @@ _SCALARS: dict[str, str] = {
     "tokens_file": "STOVEPIPE_TOKENS_FILE",
 }
 _PATHS = ("tls_cert", "tls_key", "tls_client_ca", "tokens_file")
+# Former names still read, each with a deprecation warning naming its successor.
+DEPRECATED_SETTINGS = {"queue_url": "messaging_url"}
+DEPRECATED_ENVIRONMENT = {"STOVEPIPE_QUEUE_URL": "STOVEPIPE_MESSAGING_URL"}
 CONFIG_ENV = "STOVEPIPE_CONFIG"
-ENVIRONMENT_VARIABLES = (CONFIG_ENV, *_SCALARS.values(), auth.TOKENS_ENV)
+ENVIRONMENT_VARIABLES = (
+    CONFIG_ENV,
+    *_SCALARS.values(),
+    *DEPRECATED_ENVIRONMENT,
+    auth.TOKENS_ENV,
+)
 
 
 def load(
@@ -205,6 +217,8 @@ def load(
             raise ConfigError(f"config {path} is not valid TOML: {error}") from None
         base_dir = config_path.parent
 
+    raw = _renamed(raw, DEPRECATED_SETTINGS, f"in {path}")
+    environ = _renamed(environ, DEPRECATED_ENVIRONMENT, "in the environment")
     unknown = sorted(set(raw) - set(_SCALARS) - {"queues"})
     if unknown:
         raise ConfigError(f"unknown setting(s) in config: {', '.join(unknown)}")
@@ -250,6 +264,8 @@ def load(
     if not queues:
         build = CommandBuild(command=build_command) if build_command else None
         queues = default_queue(workdir, build=build)
+    for name in queues:
+        check_queue_name(name)
     storage_url = _text(settings, "storage_url", "") or default_storage_url(workdir)
     if builds_dir_text:
         builds_dir = (relative_to.get("builds_dir", workdir) / builds_dir_text).resolve()
@@ -269,7 +285,7 @@ def load(
         listen=listen,
         metrics_listen=metrics_listen,
         storage_url=storage_url,
-        queue_url=_text(settings, "queue_url", "").strip(),
+        messaging_url=_text(settings, "messaging_url", "").strip(),
         grace_period=grace_period,
         max_workers=max_workers,
         log_level=log_level,
@@ -285,6 +301,36 @@ def load(
     if config.max_workers < 1:
         raise ConfigError("max_workers must be at least 1")
     return config
+
+
+def _renamed(settings: Mapping[str, Any], renames: Mapping[str, str], where: str) -> dict[str, Any]:
+    """``settings`` with each former name in ``renames`` replaced by its new one, after a
+    deprecation warning; :class:`ConfigError` if both names are given."""
+    renamed = dict(settings)
+    for old, new in renames.items():
+        if old not in renamed:
+            continue
+        if new in renamed:
+            raise ConfigError(f"{old} and {new} are both set {where}: keep {new} only")
+        warn_deprecated(old, new)
+        renamed[new] = renamed.pop(old)
+    return renamed
+
+
+def warn_deprecated(old: str, new: str) -> None:
+    """Log that ``old`` (a setting, variable or flag) is deprecated in favour of ``new``."""
+    logger.warning("%s is deprecated and will be removed: use %s instead", old, new)
+
+
+def check_queue_name(name: str) -> None:
+    """Raise :class:`ConfigError` unless ``name`` is within the storage limits of a queue
+    name (:data:`stovepipe.storage.limits.MAX_QUEUE_BYTES`): a queue no ingest could store
+    is refused at start rather than at its first ingest."""
+    try:
+        limits.check_text("the name", name, limits.MAX_QUEUE_BYTES)
+    except (LimitExceeded, TypeError) as error:
+        shown = repr(name) if len(name) <= 40 else repr(name[:40]) + "..."
+        raise ConfigError(f"queue {shown}: {error}") from None
 
 
 def _tokens(path: pathlib.Path | None, environ: Mapping[str, str]) -> tuple[auth.Token, ...]:

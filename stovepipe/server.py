@@ -16,6 +16,7 @@ import signal
 import socket
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent import futures
 from types import FrameType
@@ -36,11 +37,13 @@ from stovepipe.controller.ingest import IngestController
 from stovepipe.controller.pipeline import subscribe_pipeline
 from stovepipe.controller.process import one_at_a_time
 from stovepipe.entity import BuildStatus
-from stovepipe.messaging import Messaging
+from stovepipe.messaging import TOPIC_PROCESS, Messaging
+from stovepipe.messaging.brokered import BrokeredMessaging, MessagingError
 from stovepipe.messaging.inprocess import InProcessMessaging
-from stovepipe.messaging.registry import default_queue_url, open_messaging
+from stovepipe.messaging.registry import default_messaging_url, open_messaging
 from stovepipe.metrics import Metrics
 from stovepipe.redaction import redact, redact_text, register_url
+from stovepipe.sourcecontrol import NotFound as SourceControlNotFound
 from stovepipe.sourcecontrol import (
     QueueMap,
     SourceControl,
@@ -241,14 +244,34 @@ def build_sourcecontrol(queues: Mapping[str, configuration.QueueSpec]) -> QueueM
     for name, spec in queues.items():
         try:
             if isinstance(spec, configuration.GitQueue):
-                bindings[name] = GitSourceControl(
+                git = GitSourceControl(
                     spec.path, spec.ref, remote=spec.remote, promote_ref=spec.promote_ref
                 )
+                check_ref(name, spec, git)
+                bindings[name] = git
             else:
                 bindings[name] = FakeSourceControl(spec.commits, name=name)
         except (SourceControlError, OSError, ValueError) as error:
             raise configuration.ConfigError(f"queue {name!r}: {error}") from None
     return QueueMap(bindings)
+
+
+def check_ref(name: str, spec: configuration.GitQueue, git: GitSourceControl) -> None:
+    """Resolve a git queue's ref at start: :class:`ConfigError` if it does not exist, a
+    warning if it is a branch without commits yet (ingest answers ``NOT_FOUND`` until its
+    first commit), so a misspelled ref is caught here rather than at the first ingest."""
+    try:
+        git.latest()
+    except SourceControlNotFound:
+        if not git.ref_is_unborn():
+            raise configuration.ConfigError(
+                f"queue {name!r}: ref {spec.ref!r} does not exist in {spec.path}"
+            ) from None
+        logger.warning(
+            "queue %r: branch %r has no commits yet; ingest answers NOT_FOUND until it has one",
+            name,
+            spec.ref,
+        )
 
 
 def build_runners(config: configuration.Config, sources: SourceControlFactory) -> RunnerMap:
@@ -293,9 +316,7 @@ def _open_configured_storage(config: configuration.Config) -> Storage:
     try:
         return open_storage(config.storage_url)
     except (StorageError, ValueError) as error:  # unreachable, refused, or a malformed URL
-        url = config.storage_url
-        reason = redact_text(str(error), [url])
-        raise configuration.ConfigError(f"storage {redact(url)}: {reason}") from None
+        raise configuration.ConfigError(_failed("storage", config.storage_url, error)) from None
 
 
 @contextlib.contextmanager
@@ -364,20 +385,56 @@ def server_tls(config: configuration.Config) -> auth.ServerTLS | None:
         raise configuration.ConfigError(str(error)) from None
 
 
-def queue_url_of(config: configuration.Config) -> str:
-    """The messaging queue's URL: configured, else the one that goes with the storage."""
-    return config.queue_url or default_queue_url(config.storage_url)
+def messaging_url_of(config: configuration.Config) -> str:
+    """The messaging URL: configured, else the one that goes with the storage."""
+    return config.messaging_url or default_messaging_url(config.storage_url)
 
 
 def build_messaging(config: configuration.Config, metrics: Metrics) -> Messaging:
-    """Open (not start) the configured messaging queue, its metrics in ``metrics``' registry."""
-    url = queue_url_of(config)
+    """Open (not start) the configured messaging queue, its metrics in ``metrics``' registry,
+    and check that it can be used: a :class:`ConfigError` if its URL is malformed, its
+    server cannot be reached or refuses the credentials, or it is in-process beside a
+    storage engine that has no messaging of its own (etcd, say), which would lose queued
+    work on a crash."""
+    url = messaging_url_of(config)
     register_url(url)
     try:
-        return open_messaging(url, registry=metrics.registry)
-    except (ValueError, StorageError) as error:
-        reason = redact_text(str(error), [url])
-        raise configuration.ConfigError(f"messaging queue {redact(url)}: {reason}") from None
+        messaging = open_messaging(url, registry=metrics.registry)
+    except (ValueError, StorageError, MessagingError) as error:
+        raise configuration.ConfigError(_failed("messaging queue", url, error)) from None
+    try:
+        check_messaging(config, messaging)
+    except BaseException:
+        messaging.stop(timeout=0)
+        raise
+    return messaging
+
+
+def check_messaging(config: configuration.Config, messaging: Messaging) -> None:
+    """The start-up check of the messaging queue (see :func:`build_messaging`)."""
+    url = messaging_url_of(config)
+    if urllib.parse.urlsplit(url).scheme == "memory":
+        storage_scheme = urllib.parse.urlsplit(config.storage_url).scheme
+        if default_messaging_url(config.storage_url) == "memory://" and storage_scheme != "memory":
+            raise configuration.ConfigError(
+                f"{storage_scheme} storage needs a durable messaging queue beside it, as the "
+                "in-process one loses queued work on a crash: set messaging_url to "
+                "sqlite:///PATH, mysql://... or redis://..."
+            )
+        return
+    if isinstance(messaging, BrokeredMessaging):
+        try:
+            # One read round trip: the server answers and accepts the credentials.
+            messaging.backlog(TOPIC_PROCESS)
+        except (StorageError, MessagingError) as error:
+            raise configuration.ConfigError(_failed("messaging queue", url, error)) from None
+
+
+def _failed(what: str, url: str, error: Exception) -> str:
+    """One line for a dependency that failed at start, naming its URL once, redacted."""
+    reason = redact_text(str(error), [url])
+    shown = redact(url)
+    return f"{what}: {reason}" if shown in reason else f"{what} {shown}: {reason}"
 
 
 def run_worker(config: configuration.Config) -> int:
@@ -393,7 +450,7 @@ def run_worker(config: configuration.Config) -> int:
         if isinstance(messaging, InProcessMessaging):
             raise configuration.ConfigError(
                 "stovepipe worker needs a messaging queue shared with the servers "
-                "(queue_url sqlite:///, mysql://, redis:// or rediss://), not an in-process one"
+                "(messaging_url sqlite:///, mysql://, redis:// or rediss://), not an in-process one"
             )
         try:
             subscribe_pipeline(
@@ -409,7 +466,7 @@ def run_worker(config: configuration.Config) -> int:
                 port = metrics.serve(config.metrics_listen)
                 logger.info("metrics on http://%s/metrics", _with_port(config.metrics_listen, port))
             logger.info(
-                "stovepipe worker running the pipeline from %s", redact(queue_url_of(config))
+                "stovepipe worker running the pipeline from %s", redact(messaging_url_of(config))
             )
             for line in configuration.describe(config.queues):
                 logger.info("queue %s", line)
@@ -438,7 +495,7 @@ def run(config: configuration.Config) -> bool:
             if any(isinstance(s.build, configuration.CommandBuild) for s in config.queues.values()):
                 logger.info("builds in %s", config.builds_dir)
             logger.info("storage %s", redact(config.storage_url))
-            logger.info("messaging queue %s", redact(queue_url_of(config)))
+            logger.info("messaging %s", redact(messaging_url_of(config)))
             if server.metrics_port is not None:
                 logger.info(
                     "metrics on http://%s/metrics",

@@ -44,6 +44,7 @@ from stovepipe.messaging.brokered import Delivery, MessagingError, MessagingUnav
 from stovepipe.messaging.contract import Message
 from stovepipe.messaging.inprocess import DeadLetter
 from stovepipe.redaction import redact
+from stovepipe.storage import sqlite as sqlite_url
 from stovepipe.storage.sqlite import create_tables, use_wal
 
 logger = logging.getLogger(__name__)
@@ -539,14 +540,11 @@ def sqlite_broker(url: str, *, visibility_timeout: float) -> SQLBroker:
     The tables may share the file with the SQLite storage backend. WAL mode lets consumers in
     several processes on this host share the file; ``timeout`` bounds the wait for its lock.
     """
-    parts = urllib.parse.urlsplit(url)
-    if parts.netloc:
-        raise ValueError(f"sqlite URLs name a file, not a host: {redact(url)}")
-    path = urllib.parse.unquote(parts.path[1:])
-    if not path:
-        raise ValueError("sqlite URL needs a file path: sqlite:///path/to/file.db")
-    options = _options(parts.query, {"timeout"}, "sqlite")
-    timeout = float(options.get("timeout", DEFAULT_TIMEOUT))
+    # The storage's parser: one form of sqlite: URL, one set of option rules.
+    options = sqlite_url.parse_url(url)
+    if options.synchronous != "full":
+        raise ValueError(f"sqlite queue URL {redact(url)}: the queue takes no synchronous option")
+    path, timeout = options.path, options.timeout
 
     def connect() -> _Connection:
         connection = sqlite3.connect(

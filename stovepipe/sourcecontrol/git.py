@@ -156,6 +156,31 @@ class GitSourceControl:
         with self._lock:
             return self._uri(self._head())
 
+    def ref_is_unborn(self) -> bool:
+        """Whether the ref does not exist yet but is the branch checked out in the
+        repository or one of its working trees: a branch without commits (``git init``
+        makes one), which its first commit brings to life.
+
+        Read at start-up, to tell such a branch from a ref that is misspelled.
+        """
+        with self._lock:
+            repositories = [self._repository]
+            for name in self._repository.list_worktrees():
+                try:
+                    repositories.append(
+                        pygit2.Repository(self._repository.lookup_worktree(name).path)
+                    )
+                except (pygit2.GitError, KeyError):
+                    continue  # a working tree removed without `git worktree prune`
+            for repository in repositories:
+                try:
+                    head = repository.lookup_reference("HEAD")
+                except (KeyError, pygit2.GitError):
+                    continue
+                if head.type == pygit2.enums.ReferenceType.SYMBOLIC and head.target == self._ref:
+                    return self._ref not in self._repository.references
+            return False
+
     def is_ancestor(self, ancestor: str, descendant: str) -> bool:
         """Whether ``ancestor`` is reachable from ``descendant`` (or is the same commit)."""
         ancestor_sha, descendant_sha = self._sha_of(ancestor), self._sha_of(descendant)

@@ -1,10 +1,11 @@
 """``sqlite:///path``: the embedded default, durable, on the standard library's sqlite3.
 
 URLs follow the usual convention: ``sqlite:///relative/file.db`` or
-``sqlite:////absolute/file.db``. Query options: ``timeout`` (seconds a statement waits for
-another writer's lock before ``Unavailable``; default 5) and ``synchronous`` (``full``, the
-default, makes every acknowledged write survive power loss; ``normal`` only a crash of the
-process).
+``sqlite:////absolute/file.db`` (``sqlite:/file.db``, without the ``//``, is refused: it would
+read as absolute but name a relative path). Query options: ``timeout`` (seconds a statement
+waits for another writer's lock before ``Unavailable``; default 5) and ``synchronous``
+(``full``, the default, makes every acknowledged write survive power loss; ``normal`` only a
+crash of the process).
 
 Each thread gets its own connection in autocommit mode and every operation is one statement,
 so the file can be shared by a server's thread pool and by several processes (WAL journal).
@@ -13,6 +14,7 @@ so the file can be shared by a server's thread pool and by several processes (WA
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import pathlib
 import queue
 import sqlite3
@@ -30,6 +32,7 @@ from stovepipe.entity import (
     Request,
     RequestState,
 )
+from stovepipe.redaction import redact
 from stovepipe.storage import limits
 from stovepipe.storage.errors import (
     AlreadyExists,
@@ -38,6 +41,7 @@ from stovepipe.storage.errors import (
     Unavailable,
     VersionMismatch,
 )
+from stovepipe.urloptions import URLOptions
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS request (
@@ -484,22 +488,50 @@ class SQLiteBackend:
         self._connections.close()
 
 
-def open_backend(url: str) -> SQLiteBackend:
-    """Entry point for ``sqlite:///path``."""
+DEFAULT_TIMEOUT = 5.0
+SYNCHRONOUS_MODES = ("full", "normal")
+
+
+@dataclasses.dataclass(frozen=True)
+class SQLiteOptions:
+    """A parsed ``sqlite:`` URL: the file's ``path`` (relative to the current directory
+    unless absolute), ``timeout`` in seconds and the ``synchronous`` mode."""
+
+    path: str
+    timeout: float = DEFAULT_TIMEOUT
+    synchronous: str = "full"
+
+
+def parse_url(url: str) -> SQLiteOptions:
+    """Parse ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``.
+
+    The ``//`` of an empty authority is required: ``sqlite:/tmp/x.db`` would otherwise name
+    ``./tmp/x.db``, which is not what it seems to say. Options follow
+    :mod:`stovepipe.urloptions`. Raises ``ValueError`` with one line for a malformed URL.
+    """
+    if not url.startswith("sqlite://"):
+        raise ValueError(
+            f"sqlite URL {redact(url)}: write sqlite:///relative/path.db, or "
+            "sqlite:////absolute/path.db for an absolute path (note the //)"
+        )
     parts = urllib.parse.urlsplit(url)
     if parts.netloc:
         raise ValueError(
-            f"sqlite URLs name a file, not a host: sqlite:///{parts.netloc}{parts.path}"
+            f"sqlite URL {redact(url)}: sqlite URLs name a file, not a host: "
+            "sqlite:///relative/path.db or sqlite:////absolute/path.db"
         )
-    path = parts.path[1:]  # sqlite:///a.db -> "a.db"; sqlite:////tmp/a.db -> "/tmp/a.db"
+    path = urllib.parse.unquote(parts.path[1:])  # "/a.db" -> "a.db"; "//tmp/a.db" -> "/tmp/a.db"
     if not path:
-        raise ValueError("sqlite URL needs a file path: sqlite:///path/to/file.db")
-    options = dict(urllib.parse.parse_qsl(parts.query, strict_parsing=bool(parts.query)))
-    unknown = set(options) - {"timeout", "synchronous"}
-    if unknown:
-        raise ValueError(f"unknown sqlite URL options: {', '.join(sorted(unknown))}")
-    return SQLiteBackend(
-        urllib.parse.unquote(path),
-        timeout=float(options.get("timeout", 5.0)),
-        synchronous=options.get("synchronous", "full"),
+        raise ValueError(f"sqlite URL {redact(url)} needs a file path: sqlite:///path/to/file.db")
+    options = URLOptions(url, "sqlite", {"timeout", "synchronous"})
+    return SQLiteOptions(
+        path=path,
+        timeout=options.seconds("timeout", DEFAULT_TIMEOUT),
+        synchronous=options.choice("synchronous", "full", SYNCHRONOUS_MODES),
     )
+
+
+def open_backend(url: str) -> SQLiteBackend:
+    """Entry point for ``sqlite:///path`` (see :func:`parse_url`)."""
+    options = parse_url(url)
+    return SQLiteBackend(options.path, timeout=options.timeout, synchronous=options.synchronous)

@@ -419,3 +419,46 @@ def test_status_limit_outside_1_to_100_is_a_usage_error_and_exit_status_2(
         cli.main(["status", "q", "--limit", limit, "--server", CLOSED_PORT])
     assert caught.value.code == cli.EXIT_USAGE
     assert "--limit" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "how"),
+    [
+        ("--queue-url", "--messaging-url", "flag"),
+        ("STOVEPIPE_QUEUE_URL", "STOVEPIPE_MESSAGING_URL", "env"),
+    ],
+)
+@pytest.mark.parametrize("command", ["serve", "worker"])
+def test_the_former_queue_url_flag_and_variable_still_work_with_a_deprecation_warning(
+    old: str, new: str, how: str, command: str, tmp_path: pathlib.Path
+) -> None:
+    config = tmp_path / "s.toml"
+    config.write_text(FAKE_CONFIG.format(db=tmp_path / "s.db"), encoding="utf-8")
+    # A URL the messaging parser refuses: the old name's value is seen to be the one used.
+    url = "sqlite:///q.db?workers=0"
+    args = [*stovepipe_command(), command, "--config", str(config)]
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("STOVEPIPE_")}
+    if how == "flag":
+        args += [old, url]
+    else:
+        environ[old] = url
+    result = subprocess.run(
+        args, capture_output=True, text=True, timeout=30, env=environ, cwd=tmp_path
+    )
+    assert result.returncode == cli.EXIT_USAGE, result.stderr
+    assert result.stderr.splitlines() == [
+        f"{old} is deprecated and will be removed: use {new} instead",
+        "stovepipe: messaging queue: sqlite messaging URL sqlite:///q.db?workers=0: "
+        "option workers must be an integer of at least 1, not '0'",
+    ]
+
+
+def test_the_former_queue_url_flag_beside_the_new_one_is_a_usage_error(
+    tmp_path: pathlib.Path,
+) -> None:
+    both = ["--queue-url", "memory://", "--messaging-url", "memory://"]
+    result = run_cli("serve", *both, cwd=tmp_path)
+    assert result.returncode == cli.EXIT_USAGE
+    assert result.stderr.splitlines() == [
+        "stovepipe: --queue-url and --messaging-url are both given: keep --messaging-url"
+    ]

@@ -390,3 +390,38 @@ def test_a_builds_dir_inside_the_repository_is_kept_out_of_git_status_wherever_i
     build_runners(loaded, build_sourcecontrol(loaded.queues))
     (repo.path / "ci" / "builds" / "x").write_text("state", encoding="utf-8")
     assert repo.git("status", "--porcelain") == ""
+
+
+def test_messaging_url_comes_from_the_file_the_environment_or_the_flag(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    file = write(tmp_path / "s.toml", 'messaging_url = "sqlite:///f.db"\n' + FAKE_QUEUE)
+    environ = {"STOVEPIPE_MESSAGING_URL": "sqlite:///e.db"}
+    assert config.load(file, environ={}, cwd=tmp_path).messaging_url == "sqlite:///f.db"
+    assert config.load(file, environ=environ, cwd=tmp_path).messaging_url == "sqlite:///e.db"
+    flag = {"messaging_url": "sqlite:///g.db"}
+    loaded = config.load(file, environ=environ, overrides=flag, cwd=tmp_path)
+    assert loaded.messaging_url == "sqlite:///g.db"
+    assert "deprecated" not in caplog.text
+
+
+def test_the_former_queue_url_setting_and_variable_still_work_with_one_deprecation_warning(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    file = write(tmp_path / "s.toml", 'queue_url = "sqlite:///f.db"\n' + FAKE_QUEUE)
+    with caplog.at_level("WARNING", logger="stovepipe"):
+        assert config.load(file, environ={}, cwd=tmp_path).messaging_url == "sqlite:///f.db"
+    assert [r.getMessage() for r in caplog.records] == [
+        "queue_url is deprecated and will be removed: use messaging_url instead"
+    ]
+    caplog.clear()
+    environ = {"STOVEPIPE_QUEUE_URL": "sqlite:///e.db"}
+    with caplog.at_level("WARNING", logger="stovepipe"):
+        loaded = config.load(write(tmp_path / "t.toml", FAKE_QUEUE), environ=environ, cwd=tmp_path)
+    assert loaded.messaging_url == "sqlite:///e.db"
+    assert [r.getMessage() for r in caplog.records] == [
+        "STOVEPIPE_QUEUE_URL is deprecated and will be removed: use STOVEPIPE_MESSAGING_URL instead"
+    ]
+    both = write(tmp_path / "u.toml", 'queue_url = "a"\nmessaging_url = "b"\n' + FAKE_QUEUE)
+    with pytest.raises(ConfigError, match="queue_url and messaging_url are both set"):
+        config.load(both, environ={}, cwd=tmp_path)

@@ -50,7 +50,7 @@ class Deployment:
     """Where a deployment keeps its state: storage and a durable messaging queue."""
 
     storage_url: str
-    queue_url: str
+    messaging_url: str
 
 
 def with_options(url: str, **options: object) -> str:
@@ -148,7 +148,7 @@ def write_config(
         "\n".join(
             [
                 f"storage_url = {toml_string(deployment.storage_url)}",
-                f"queue_url = {toml_string(deployment.queue_url)}",
+                f"messaging_url = {toml_string(deployment.messaging_url)}",
                 f"builds_dir = {toml_string(str(builds_dir))}",
                 'log_level = "info"',
                 "grace_period = 2",

@@ -23,7 +23,7 @@ from stovepipe import cli, config
 from stovepipe.client import StovepipeClient
 from stovepipe.controller import IngestController
 from stovepipe.entity import RequestState
-from stovepipe.messaging.registry import default_queue_url, open_messaging
+from stovepipe.messaging.registry import default_messaging_url, open_messaging
 from stovepipe.server import build_sourcecontrol
 from stovepipe.storage import open_storage
 from stovepipe.testing import (
@@ -289,7 +289,7 @@ def test_worker_runs_the_whole_pipeline_builds_included(
     # A server's ingest, without the server: the worker is the only consumer.
     loaded = config.load(config_file, environ={}, cwd=tmp_path)
     with open_storage(storage_url) as storage:
-        messaging = open_messaging(default_queue_url(storage_url))
+        messaging = open_messaging(default_messaging_url(storage_url))
         try:
             ingest_stage = IngestController(storage, build_sourcecontrol(loaded.queues), messaging)
             request_id = ingest_stage.ingest("project/main").id

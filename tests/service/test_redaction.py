@@ -20,7 +20,7 @@ def test_storage_that_fails_to_open_is_reported_without_its_password() -> None:
     config = configuration.Config(
         listen="127.0.0.1:0",
         storage_url=f"redis://user:s3cret-pw@127.0.0.1:{closed_port}/0?timeout=1",
-        queue_url="memory://",
+        messaging_url="memory://",
         queues={},
     )
     with pytest.raises(configuration.ConfigError) as raised:

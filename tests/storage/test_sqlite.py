@@ -31,8 +31,8 @@ def test_sqlite_url_with_three_slashes_is_relative_and_four_is_absolute(
     [
         ("sqlite://host/file.db", "name a file, not a host"),
         ("sqlite://", "needs a file path"),
-        ("sqlite:///x.db?cache=1", "unknown sqlite URL options: cache"),
-        ("sqlite:///x.db?synchronous=off", "full or normal"),
+        ("sqlite:///x.db?cache=1", "unknown option.s. cache; known: synchronous, timeout"),
+        ("sqlite:///x.db?synchronous=off", "one of full, normal"),
     ],
 )
 def test_sqlite_bad_urls_are_rejected_with_a_clear_error(

@@ -1,7 +1,8 @@
 """The ``mysql://`` URL: where the server is, and how to talk to it.
 
 ``mysql://user:password@host:port/database?option=value&...``; user and password are
-percent-decoded, the port defaults to 3306 and the database is required. Query options:
+percent-decoded, the port defaults to 3306 and the database is required. Query options
+(read by :mod:`stovepipe.urloptions`: each at most once, unknown ones refused):
 
 ``timeout``
     Seconds (float, default 5) bounding each step of every call: connecting, sending a
@@ -29,14 +30,17 @@ import ssl
 import urllib.parse
 from typing import Any
 
+from stovepipe.redaction import redact
+from stovepipe.urloptions import URLOptions
+
 DEFAULT_PORT = 3306
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_POOL_SIZE = 10
+MAX_TIMEOUT = 31_536_000.0
 
 _OPTIONS = frozenset(
     {"timeout", "pool_size", "ssl_ca", "ssl_cert", "ssl_key", "ssl_verify", "migrate"}
 )
-_BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 # Every session runs in the same mode whatever the server's default, so each statement means
 # what it says: strict (an out-of-range value fails instead of being truncated) and without
@@ -108,53 +112,34 @@ class MySQLOptions:
         return arguments
 
 
-def _boolean(name: str, value: str) -> bool:
-    try:
-        return _BOOLEANS[value.lower()]
-    except KeyError:
-        raise ValueError(f"mysql URL option {name} must be true or false, not {value!r}") from None
-
-
 def parse_url(url: str) -> MySQLOptions:
-    """Parse ``mysql://user:password@host:port/database?options``; raise ValueError if malformed."""
+    """Parse ``mysql://user:password@host:port/database?options``; raise ``ValueError`` with
+    one line (the URL redacted) if malformed. Options follow :mod:`stovepipe.urloptions`."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme != "mysql":
         raise ValueError(f"not a mysql URL: scheme {parts.scheme!r}")
     try:
         port = parts.port or DEFAULT_PORT
     except ValueError:
-        raise ValueError("mysql URL has an invalid port") from None
+        raise ValueError(f"mysql URL {redact(url)} has an invalid port") from None
     database = urllib.parse.unquote(parts.path.lstrip("/"))
     if not parts.hostname or not database or "/" in database:
-        raise ValueError("mysql URLs look like mysql://user:password@host:port/database")
-    query = urllib.parse.parse_qs(
-        parts.query, keep_blank_values=True, strict_parsing=bool(parts.query)
-    )
-    unknown = set(query) - _OPTIONS
-    if unknown:
-        raise ValueError(f"unknown mysql URL options: {', '.join(sorted(unknown))}")
-    options = {name: values[-1] for name, values in query.items()}
-    timeout = float(options.get("timeout", DEFAULT_TIMEOUT))
-    if not 0 < timeout <= 31_536_000:  # PyMySQL's own bound on connect_timeout
-        raise ValueError(f"mysql URL option timeout must be positive seconds, not {timeout}")
-    pool_size = int(options.get("pool_size", DEFAULT_POOL_SIZE))
-    if pool_size < 1:
-        raise ValueError(f"mysql URL option pool_size must be at least 1, not {pool_size}")
-    if options.get("ssl_key") and not options.get("ssl_cert"):
-        raise ValueError("mysql URL option ssl_key needs ssl_cert, the certificate it belongs to")
+        raise ValueError(f"mysql URL {redact(url)}: write mysql://user:password@host:port/database")
+    options = URLOptions(url, "mysql", _OPTIONS)
+    if options.optional_text("ssl_key") and not options.optional_text("ssl_cert"):
+        raise options.error("option ssl_key needs ssl_cert, the certificate it belongs to")
     return MySQLOptions(
         host=parts.hostname,
         port=port,
         user=urllib.parse.unquote(parts.username or ""),
         password=urllib.parse.unquote(parts.password or ""),
         database=database,
-        timeout=timeout,
-        pool_size=pool_size,
-        ssl_ca=options.get("ssl_ca") or None,
-        ssl_cert=options.get("ssl_cert") or None,
-        ssl_key=options.get("ssl_key") or None,
-        ssl_verify=_boolean("ssl_verify", options["ssl_verify"])
-        if "ssl_verify" in options
-        else None,
-        migrate=_boolean("migrate", options["migrate"]) if "migrate" in options else False,
+        # PyMySQL's own bound on connect_timeout: a year.
+        timeout=options.seconds("timeout", DEFAULT_TIMEOUT, maximum=MAX_TIMEOUT),
+        pool_size=options.integer("pool_size", DEFAULT_POOL_SIZE, minimum=1),
+        ssl_ca=options.optional_text("ssl_ca"),
+        ssl_cert=options.optional_text("ssl_cert"),
+        ssl_key=options.optional_text("ssl_key"),
+        ssl_verify=options.optional_boolean("ssl_verify"),
+        migrate=options.boolean("migrate", False),
     )

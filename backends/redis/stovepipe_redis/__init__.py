@@ -1,7 +1,7 @@
 """``redis://`` and ``rediss://`` (TLS): Stovepipe's storage contract on Redis.
 
-URL: ``redis://[[user]:password@]host[:port][/db][?option=value&...]``, parsed by redis-py.
-Options:
+URL: ``redis://[[user]:password@]host[:port][/db][?option=value&...]``, parsed by
+:mod:`stovepipe_redis.options`. Options:
 
 * ``timeout``: seconds (float, default 5) bounding connecting, each read and write, and the
   wait for a free pooled connection; past it an operation raises ``Unavailable``.
@@ -16,9 +16,6 @@ Opening pings the server, so a wrong address fails at once with ``Unavailable``.
 """
 
 from __future__ import annotations
-
-import math
-import urllib.parse
 
 import redis
 import redis.retry
@@ -35,9 +32,11 @@ from stovepipe_redis.backend import (
     RedisRequestURIStore,
 )
 from stovepipe_redis.keys import DEFAULT_PREFIX, KeyLayout
+from stovepipe_redis.options import DEFAULT_TIMEOUT, parse_url
 
 __all__ = [
     "DEFAULT_PREFIX",
+    "DEFAULT_TIMEOUT",
     "MAX_UPDATE_ATTEMPTS",
     "KeyLayout",
     "RedisBackend",
@@ -50,26 +49,6 @@ __all__ = [
     "open_backend",
 ]
 
-DEFAULT_TIMEOUT = 5.0
-
-_REDIS_PY_OPTIONS = frozenset(
-    {
-        "db",
-        "max_connections",
-        "health_check_interval",
-        "socket_keepalive",
-        "client_name",
-        "ssl_cert_reqs",
-        "ssl_ca_certs",
-        "ssl_ca_path",
-        "ssl_certfile",
-        "ssl_keyfile",
-        "ssl_password",
-        "ssl_check_hostname",
-        "ssl_min_version",
-    }
-)
-
 
 def open_backend(url: str) -> RedisBackend:
     """Entry point for ``redis://`` and ``rediss://``: a pooled, pinged backend.
@@ -77,28 +56,11 @@ def open_backend(url: str) -> RedisBackend:
     Raises ``ValueError`` for a malformed URL or an unknown option, ``Unavailable`` if the
     server does not answer within the timeout.
     """
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("redis", "rediss"):
-        raise ValueError(f"not a redis URL: {parts.scheme}://")
-    if parts.path not in ("", "/") and not parts.path[1:].isdigit():
-        raise ValueError(f"the path of a redis URL is a database number, not {parts.path!r}")
-    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-    options = dict(query)
-    if len(options) != len(query):
-        raise ValueError("redis URL repeats an option")
-    unknown = set(options) - _REDIS_PY_OPTIONS - {"timeout", "prefix"}
-    if unknown:
-        raise ValueError(
-            f"unknown redis URL options: {', '.join(sorted(unknown))}; known: "
-            f"{', '.join(sorted(_REDIS_PY_OPTIONS | {'timeout', 'prefix'}))}"
-        )
-    timeout = float(options.pop("timeout", DEFAULT_TIMEOUT))
-    if not (timeout > 0 and math.isfinite(timeout)):
-        raise ValueError(f"redis timeout must be a positive number of seconds, not {timeout}")
-    keys = KeyLayout(options.pop("prefix", DEFAULT_PREFIX))
-
+    options = parse_url(url)
+    keys = KeyLayout(options.prefix)
+    timeout = options.timeout
     pool = redis.BlockingConnectionPool.from_url(
-        urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(options))),
+        options.driver_url,
         timeout=timeout,  # waiting for a free connection
         socket_connect_timeout=timeout,
         socket_timeout=timeout,
