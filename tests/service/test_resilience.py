@@ -414,3 +414,15 @@ def test_deadline_in_a_server_the_storage_calls_see_the_callers_deadline(
     StovepipeClient(channel).Ingest(pb.IngestRequest(queue="q"), timeout=7)  # sent rounded up
     assert seen
     assert all(left is not None and 0 < left < 7.5 for left in seen), seen
+
+
+def test_deadline_etcd_bounds_each_call_by_the_callers_deadline(
+    server_url: Callable[[str], str],
+) -> None:
+    """The etcd client gives each call the smaller of its timeout and the caller's time left;
+    a caller out of time sends nothing."""
+    with open_storage(server_url("etcd")) as storage:
+        with pytest.raises(NotFound):
+            storage.requests.get("request/deadline-probe/1")  # reachable
+        with resilience.deadline(-1.0), pytest.raises(resilience.DeadlineExceeded):
+            storage.requests.get("request/deadline-probe/1")
