@@ -12,7 +12,7 @@ file (``--config`` or ``STOVEPIPE_CONFIG``), built-in defaults. A complete file:
     max_workers = 32                     # threads serving RPCs
     shutdown_delay = 2.0                 # seconds SIGTERM keeps serving, health NOT_SERVING
     bulkhead_size = 10                   # RPC threads storage, and messaging, may each hold
-                                         # (default: a third of max_workers)
+                                         # (default: a third of max_workers; 0: no limit)
     breaker_failures = 5                 # transient failures in a row that open a breaker
                                          # (0: no breaker)
     breaker_reset = 5.0                  # seconds a breaker fails calls before a probe
@@ -89,8 +89,9 @@ DEFAULT_BREAKER_RESET = 5.0
 
 def default_bulkhead_size(max_workers: int) -> int:
     """A third of ``max_workers`` (at least 1) for each of storage and messaging, so at least
-    a third of the threads always stays free for Ping, health and reflection."""
-    return max(1, max_workers // 3)
+    a third of the threads always stays free for Ping, health and reflection; 0 (no limit)
+    for a single thread, which nothing can keep free."""
+    return max(1, max_workers // 3) if max_workers > 1 else 0
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -322,12 +323,12 @@ def _serving_under_faults(settings: Mapping[str, object], max_workers: int) -> d
         raise ConfigError(
             f"shutdown_delay must be at most {MAX_GRACE_PERIOD:g} seconds, not {shutdown_delay:g}"
         )
-    default_size = default_bulkhead_size(max(max_workers, 1))
+    default_size = default_bulkhead_size(max_workers)
     bulkhead_size = int(_number(settings, "bulkhead_size", default_size, int))
-    if "bulkhead_size" in settings and not 1 <= bulkhead_size < max_workers:
+    if bulkhead_size and bulkhead_size >= max_workers:  # 0 turns the bulkheads off
         raise ConfigError(
-            f"bulkhead_size must be at least 1 and below max_workers ({max_workers}), so Ping "
-            f"and health keep a thread, not {bulkhead_size}"
+            f"bulkhead_size must be below max_workers ({max_workers}), so Ping and health "
+            f"keep a thread, not {bulkhead_size}"
         )
     breaker_reset = _number(settings, "breaker_reset", DEFAULT_BREAKER_RESET, float)
     if breaker_reset == 0:

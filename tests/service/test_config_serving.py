@@ -26,9 +26,9 @@ def test_serving_settings_defaults_leave_a_third_of_the_workers_free(
 
 
 def test_serving_settings_from_file_environment_and_flag(tmp_path: pathlib.Path) -> None:
-    text = "shutdown_delay = 4\nbulkhead_size = 6\nbreaker_failures = 0\nbreaker_reset = 2.5\n"
+    text = "shutdown_delay = 4\nbulkhead_size = 0\nbreaker_failures = 0\nbreaker_reset = 2.5\n"
     from_file = load(tmp_path, text)
-    assert (from_file.shutdown_delay, from_file.bulkhead_size) == (4.0, 6)
+    assert (from_file.shutdown_delay, from_file.bulkhead_size) == (4.0, 0)  # 0: off
     assert (from_file.breaker_failures, from_file.breaker_reset) == (0, 2.5)
     from_env = load(tmp_path, text, STOVEPIPE_SHUTDOWN_DELAY="0", STOVEPIPE_BULKHEAD_SIZE="3")
     assert (from_env.shutdown_delay, from_env.bulkhead_size) == (0.0, 3)
@@ -40,8 +40,8 @@ def test_serving_settings_from_file_environment_and_flag(tmp_path: pathlib.Path)
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("max_workers = 8\nbulkhead_size = 8\n", "bulkhead_size must be at least 1 and below"),
-        ("bulkhead_size = 0\n", "bulkhead_size must be at least 1 and below"),
+        ("max_workers = 8\nbulkhead_size = 8\n", "bulkhead_size must be below max_workers"),
+        ("bulkhead_size = -1\n", "bulkhead_size must be a non-negative int"),
         ("breaker_reset = 0\n", "breaker_reset must be a number of seconds above 0"),
         ("shutdown_delay = -1\n", "shutdown_delay must be a non-negative float"),
         ("shutdown_delay = 7200\n", "shutdown_delay must be at most 3600 seconds"),
@@ -53,3 +53,10 @@ def test_serving_settings_out_of_range_are_refused_with_the_reason(
 ) -> None:
     with pytest.raises(config.ConfigError, match=message):
         load(tmp_path, text)
+
+
+def test_serving_settings_a_single_worker_has_no_bulkhead_by_default(
+    tmp_path: pathlib.Path,
+) -> None:
+    assert load(tmp_path, "max_workers = 1\n").bulkhead_size == 0
+    assert load(tmp_path, "max_workers = 2\n").bulkhead_size == 1
