@@ -59,8 +59,10 @@ _MIN_QUEUE_DRAIN_SECONDS = 0.5
 # Seconds between two looks at the circuit breakers for the readiness status: an open
 # breaker's window ends by the clock, not by an event.
 _READINESS_INTERVAL = 0.2
-# At most this many seconds of a shutdown wait for callers to stop sending new calls.
-_QUIET_SECONDS = 0.5
+# At most this many seconds of a shutdown wait for callers to stop sending new calls, and
+# the gap without a new call that counts as stopped.
+_QUIET_SECONDS = 1.0
+_QUIET_GAP = 0.1
 
 
 class StovepipeServer:
@@ -263,8 +265,8 @@ class StovepipeServer:
         end = min(deadline, time.monotonic() + _QUIET_SECONDS)
         refused = self._gate.refused
         while time.monotonic() < end:
-            time.sleep(_QUIET_SECONDS / 10)
-            if self._gate.refused == refused:
+            time.sleep(_QUIET_GAP)
+            if self._gate.refused == refused and self.metrics.in_flight() == 0:
                 return
             refused = self._gate.refused
 
