@@ -5,14 +5,18 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
 
 from stovepipe import resilience
+from stovepipe.buildrunner import RunnerMap
+from stovepipe.buildrunner.fake import FakeBuildRunner
 from stovepipe.client import StovepipeClient
+from stovepipe.messaging import Messaging
+from stovepipe.messaging.inprocess import InProcessMessaging
 from stovepipe.metrics import Metrics
 from stovepipe.server import StovepipeServer
 from stovepipe.service import RETRY_PUSHBACK_KEY, SERVICE_NAME
@@ -426,3 +430,60 @@ def test_deadline_etcd_bounds_each_call_by_the_callers_deadline(
             storage.requests.get("request/deadline-probe/1")  # reachable
         with resilience.deadline(-1.0), pytest.raises(resilience.DeadlineExceeded):
             storage.requests.get("request/deadline-probe/1")
+
+
+class BlockingMessaging:
+    """In-process messaging whose publishing waits while ``unblocked`` is clear."""
+
+    def __init__(self) -> None:
+        self._messaging = InProcessMessaging()
+        self.unblocked = threading.Event()
+        self.unblocked.set()
+        self.waiting = 0
+
+    def publish(self, topic: str, key: str, payload: bytes) -> None:
+        self.waiting += 1
+        try:
+            self.unblocked.wait(timeout=TIMEOUT)
+        finally:
+            self.waiting -= 1
+        self._messaging.publish(topic, key, payload)
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(self._messaging, attribute)
+
+
+def test_bulkhead_in_a_server_ingest_publishing_has_a_bulkhead_of_its_own() -> None:
+    messaging = BlockingMessaging()
+    server = StovepipeServer(
+        open_storage("memory://"),
+        QueueMap({f"q{n}": FakeSourceControl(["c1"], name=f"q{n}") for n in range(3)}),
+        runners=RunnerMap({f"q{n}": FakeBuildRunner(duration=60) for n in range(3)}),
+        listen="127.0.0.1:0",
+        max_workers=8,
+        metrics=Metrics(process_metrics=False),
+        messaging=cast(Messaging, messaging),
+        bulkhead_size=1,
+    )
+    server.start()
+    channel = grpc.insecure_channel(server.address)
+    try:
+        client = StovepipeClient(channel)
+        messaging.unblocked.clear()
+        stuck = client.Ingest.future(pb.IngestRequest(queue="q0"), timeout=TIMEOUT)
+        deadline = time.monotonic() + TIMEOUT
+        while messaging.waiting < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with pytest.raises(grpc.RpcError) as refused:
+            client.Ingest(pb.IngestRequest(queue="q1"), timeout=TIMEOUT)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert (refused.value.details() or "").startswith("messaging is unavailable; retry in")
+        # Storage has a bulkhead of its own, with its slot free: reads go on.
+        assert client.GetRequest(pb.GetRequestRequest(id="request/q0/1"), timeout=TIMEOUT)
+        messaging.unblocked.set()
+        assert stuck.result(timeout=TIMEOUT).id == "request/q0/1"
+        assert client.Ingest(pb.IngestRequest(queue="q1"), timeout=TIMEOUT).id == "request/q1/1"
+    finally:
+        messaging.unblocked.set()
+        channel.close()
+        server.stop(grace=0)
