@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, cast
 
 from stovepipe.messaging.contract import Publisher
-from stovepipe.storage.errors import Unavailable
+from stovepipe.storage.errors import LimitExceeded, Unavailable
 from stovepipe.storage.storage import Storage
 
 logger = logging.getLogger(__name__)
@@ -299,8 +299,8 @@ class Guard:
             else:
                 with self.bulkhead.slot():
                     result = function(*args, **kwargs)
-        except (Rejected, DeadlineExceeded):
-            if breaker is not None:
+        except (Rejected, DeadlineExceeded, LimitExceeded):
+            if breaker is not None:  # refused before reaching the dependency: tells nothing
                 breaker.abandoned(probe)
             raise
         except Unavailable:

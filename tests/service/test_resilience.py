@@ -22,7 +22,7 @@ from stovepipe.server import StovepipeServer
 from stovepipe.service import RETRY_PUSHBACK_KEY, SERVICE_NAME
 from stovepipe.sourcecontrol import QueueMap
 from stovepipe.sourcecontrol.fake import FakeSourceControl
-from stovepipe.storage import NotFound, Storage, Unavailable, open_storage
+from stovepipe.storage import LimitExceeded, NotFound, Storage, Unavailable, open_storage
 from stovepipe.v1 import stovepipe_pb2 as pb
 
 TIMEOUT = 10.0
@@ -169,6 +169,18 @@ def test_breaker_an_answer_with_an_error_of_the_backend_is_no_failure() -> None:
         with pytest.raises(NotFound):
             guard.call(not_found)
     assert not breaker.is_open
+
+
+def test_breaker_a_call_refused_before_the_backend_is_neither_failure_nor_answer() -> None:
+    breaker = resilience.CircuitBreaker("storage", failure_threshold=2, clock=Clock())
+    guard = resilience.Guard(None, breaker)
+    with pytest.raises(Unavailable):
+        guard.call(unavailable)
+    with pytest.raises(LimitExceeded):  # checked before the backend: no answer from it
+        guard.call(lambda: open_storage("memory://").requests.get("x" * 10_000))
+    with pytest.raises(Unavailable):
+        guard.call(unavailable)
+    assert breaker.is_open
 
 
 def test_breaker_a_call_refused_by_the_bulkhead_is_no_failure() -> None:
