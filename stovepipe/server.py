@@ -276,7 +276,7 @@ class StovepipeServer:
 
 
 class _ShutdownGate(grpc.ServerInterceptor):
-    """Once :meth:`close` d, answers each new call ``UNAVAILABLE`` at once ("shutting down"),
+    """After :meth:`close`, answers each new call ``UNAVAILABLE`` at once ("shutting down"),
     so a caller retries elsewhere, while the calls already running go on.
 
     Why not leave it to gRPC's own stop: that answers ``CANCELLED`` to the calls it has
@@ -291,6 +291,7 @@ class _ShutdownGate(grpc.ServerInterceptor):
         """Calls refused since :meth:`close` (read without a lock: only compared)."""
 
     def close(self) -> None:
+        """Refuse every call from now on."""
         self._closed = True
 
     def intercept_service(
