@@ -558,6 +558,18 @@ def run(config: configuration.Config) -> bool:
                 logger.info("builds in %s", config.builds_dir)
             logger.info("storage %s", redact(config.storage_url))
             logger.info("messaging queue %s", redact(queue_url_of(config)))
+            logger.info(
+                "under faults: %s; %s; shutdown delay %g s, grace period %g s",
+                f"at most {config.bulkhead_size} of {config.max_workers} threads per backend"
+                if config.bulkhead_size
+                else "no bulkhead",
+                f"a backend failing {config.breaker_failures} times in a row is left alone "
+                f"for {config.breaker_reset:g} s"
+                if config.breaker_failures
+                else "no circuit breaker",
+                config.shutdown_delay,
+                config.grace_period,
+            )
             if server.metrics_port is not None:
                 logger.info(
                     "metrics on http://%s/metrics",
