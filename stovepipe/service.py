@@ -10,7 +10,7 @@ empty id, a request that does not parse
 SourceControl ``NotFound`` (queue, ref), storage        ``NOT_FOUND``
 ``NotFound`` (request)
 storage or SourceControl ``Unavailable``                ``UNAVAILABLE``
-a backend's bulkhead full or breaker open (``Rejected``) ``UNAVAILABLE`` + retry hint
+a bulkhead full or a breaker open (``Rejected``)        ``UNAVAILABLE``, retry hint
 a deadline that expired before the call (or one of its  ``DEADLINE_EXCEEDED``
 backend calls) started
 anything else (``InconsistentState`` included)          ``INTERNAL``, detail logged only
