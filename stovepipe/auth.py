@@ -147,20 +147,20 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
             return continuation(handler_call_details)
         presented = _bearer(handler_call_details.invocation_metadata)
         if presented is None:
-            return _denied(
+            return denied(
                 continuation(handler_call_details),
                 grpc.StatusCode.UNAUTHENTICATED,
                 "missing bearer token (authorization: Bearer TOKEN)",
             )
         scopes = self.scopes_of(presented)
         if scopes is None:
-            return _denied(
+            return denied(
                 continuation(handler_call_details),
                 grpc.StatusCode.UNAUTHENTICATED,
                 "invalid bearer token",
             )
         if scope not in scopes:
-            return _denied(
+            return denied(
                 continuation(handler_call_details),
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"the token lacks the scope {scope!r}",
@@ -180,7 +180,7 @@ def _bearer(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | bytes |
     return None
 
 
-def _denied(
+def denied(
     handler: grpc.RpcMethodHandler[Any, Any] | None, code: grpc.StatusCode, detail: str
 ) -> grpc.RpcMethodHandler[Any, Any]:
     """A handler of ``handler``'s kind that fails every call with ``code`` and ``detail``."""

@@ -143,6 +143,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--tokens-file", metavar="FILE", help="bearer tokens with scopes, one per line"
     )
+    serve.add_argument(
+        "--shutdown-delay",
+        metavar="SECONDS",
+        help="on SIGTERM, report NOT_SERVING and keep serving this long before draining",
+    )
     _build_options(serve)
     serve.set_defaults(handler=_serve)
 
@@ -342,6 +347,7 @@ def _serve(args: argparse.Namespace) -> int:
             "tls_key": args.tls_key,
             "tls_client_ca": args.tls_client_ca,
             "tokens_file": args.tokens_file,
+            "shutdown_delay": args.shutdown_delay,
         },
     )
     _configure_logging(config.log_level)

@@ -10,6 +10,12 @@ file (``--config`` or ``STOVEPIPE_CONFIG``), built-in defaults. A complete file:
     messaging_url = "redis://127.0.0.1:6379/0"  # messaging; default: follows storage_url
     grace_period = 5.0                   # seconds SIGTERM waits for in-flight calls (<= 3600)
     max_workers = 32                     # threads serving RPCs
+    shutdown_delay = 2.0                 # seconds SIGTERM keeps serving, health NOT_SERVING
+    bulkhead_size = 10                   # RPC threads storage, and messaging, may each hold
+                                         # (default: a third of max_workers; 0: no limit)
+    breaker_failures = 5                 # transient failures in a row that open a breaker
+                                         # (0: no breaker)
+    breaker_reset = 5.0                  # seconds a breaker fails calls before a probe
     log_level = "info"
     reflection = true                    # serve gRPC server reflection
 
@@ -78,6 +84,20 @@ BUILDS_DIR_NAME = "builds"
 DEFAULT_BUILD_TIMEOUT = 1800.0
 """Seconds a ``command`` build may take, checkout included, before it is ended."""
 FAKE_OUTCOMES = ("succeeded", "failed")
+# Serving under faults (see stovepipe.resilience and the README's "Running in production").
+DEFAULT_SHUTDOWN_DELAY = 2.0
+"""Seconds SIGTERM keeps serving with health NOT_SERVING, so load balancers stop routing."""
+DEFAULT_BREAKER_FAILURES = 5
+DEFAULT_BREAKER_RESET = 5.0
+
+
+def default_bulkhead_size(max_workers: int) -> int:
+    """A third of ``max_workers`` (at least 1) for each of storage and messaging, so at least
+    a third of the threads always stays free for Ping, health and reflection; 0 (no limit)
+    for a single thread, which nothing can keep free."""
+    return max(1, max_workers // 3) if max_workers > 1 else 0
+
+
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -153,6 +173,10 @@ class Config:
     tokens_file: pathlib.Path | None = None
     tokens: tuple[auth.Token, ...] = ()
     """From ``tokens_file`` and ``$STOVEPIPE_TOKENS``; empty: every call is allowed."""
+    shutdown_delay: float = DEFAULT_SHUTDOWN_DELAY
+    bulkhead_size: int = default_bulkhead_size(DEFAULT_MAX_WORKERS)
+    breaker_failures: int = DEFAULT_BREAKER_FAILURES
+    breaker_reset: float = DEFAULT_BREAKER_RESET
 
 
 # Setting name -> the environment variable overriding it. Queues come only from the file.
@@ -171,6 +195,10 @@ _SCALARS: dict[str, str] = {
     "tls_key": "STOVEPIPE_TLS_KEY",
     "tls_client_ca": "STOVEPIPE_TLS_CLIENT_CA",
     "tokens_file": "STOVEPIPE_TOKENS_FILE",
+    "shutdown_delay": "STOVEPIPE_SHUTDOWN_DELAY",
+    "bulkhead_size": "STOVEPIPE_BULKHEAD_SIZE",
+    "breaker_failures": "STOVEPIPE_BREAKER_FAILURES",
+    "breaker_reset": "STOVEPIPE_BREAKER_RESET",
 }
 _PATHS = ("tls_cert", "tls_key", "tls_client_ca", "tokens_file")
 # Former names still read, each with a deprecation warning naming its successor.
@@ -297,6 +325,7 @@ def load(
         tls_client_ca=paths["tls_client_ca"],
         tokens_file=paths["tokens_file"],
         tokens=tokens,
+        **_serving_under_faults(settings, max_workers),
     )
     if config.max_workers < 1:
         raise ConfigError("max_workers must be at least 1")
@@ -331,6 +360,33 @@ def check_queue_name(name: str) -> None:
     except (LimitExceeded, TypeError) as error:
         shown = repr(name) if len(name) <= 40 else repr(name[:40]) + "..."
         raise ConfigError(f"queue {shown}: {error}") from None
+
+
+def _serving_under_faults(settings: Mapping[str, object], max_workers: int) -> dict[str, Any]:
+    """``shutdown_delay``, ``bulkhead_size``, ``breaker_failures`` and ``breaker_reset``."""
+    shutdown_delay = _number(settings, "shutdown_delay", DEFAULT_SHUTDOWN_DELAY, float)
+    if shutdown_delay > MAX_GRACE_PERIOD:
+        raise ConfigError(
+            f"shutdown_delay must be at most {MAX_GRACE_PERIOD:g} seconds, not {shutdown_delay:g}"
+        )
+    default_size = default_bulkhead_size(max_workers)
+    bulkhead_size = int(_number(settings, "bulkhead_size", default_size, int))
+    if bulkhead_size and bulkhead_size >= max_workers:  # 0 turns the bulkheads off
+        raise ConfigError(
+            f"bulkhead_size must be below max_workers ({max_workers}), so Ping and health "
+            f"keep a thread, not {bulkhead_size}"
+        )
+    breaker_reset = _number(settings, "breaker_reset", DEFAULT_BREAKER_RESET, float)
+    if breaker_reset == 0:
+        raise ConfigError("breaker_reset must be a number of seconds above 0, not 0")
+    return {
+        "shutdown_delay": shutdown_delay,
+        "bulkhead_size": bulkhead_size,
+        "breaker_failures": int(
+            _number(settings, "breaker_failures", DEFAULT_BREAKER_FAILURES, int)
+        ),
+        "breaker_reset": breaker_reset,
+    }
 
 
 def _tokens(path: pathlib.Path | None, environ: Mapping[str, str]) -> tuple[auth.Token, ...]:

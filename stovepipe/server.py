@@ -20,6 +20,7 @@ import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent import futures
 from types import FrameType
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
@@ -27,7 +28,7 @@ from grpc_reflection.v1alpha import (  # type: ignore[import-untyped]
     reflection as grpc_reflection,
 )
 
-from stovepipe import auth, buildrunner, service
+from stovepipe import auth, buildrunner, resilience, service
 from stovepipe import config as configuration
 from stovepipe.buildrunner import BuildRunner, BuildRunnerFactory, RunnerMap
 from stovepipe.buildrunner.command import CommandBuildRunner
@@ -58,6 +59,13 @@ logger = logging.getLogger(__name__)
 
 # How long the messaging queue may take to drain after the last RPC, at least.
 _MIN_QUEUE_DRAIN_SECONDS = 0.5
+# Seconds between two looks at the circuit breakers for the readiness status: an open
+# breaker's window ends by the clock, not by an event.
+_READINESS_INTERVAL = 0.2
+# At most this many seconds of a shutdown wait for callers to stop sending new calls, and
+# the gap without a new call that counts as stopped.
+_QUIET_SECONDS = 1.0
+_QUIET_GAP = 0.1
 
 
 class StovepipeServer:
@@ -72,6 +80,14 @@ class StovepipeServer:
     ``tls`` serves TLS (mutual TLS with a client CA) instead of plaintext; with ``tokens``,
     calls need a bearer token with the method's scope (see :mod:`stovepipe.auth`);
     ``reflection`` serves gRPC server reflection.
+
+    Serving under faults (see :mod:`stovepipe.resilience`): the calls RPCs make into storage,
+    and the publishing of Ingest, may each hold at most ``bulkhead_size`` threads at once (0:
+    no limit); after ``breaker_failures`` transient failures in a row (0: never) a dependency's
+    calls fail at once for ``breaker_reset`` seconds, and meanwhile the health service reports
+    the Stovepipe service NOT_SERVING (readiness) while ``""`` stays SERVING (liveness).
+    The pipeline's own consumers are not limited. :meth:`stop` keeps serving for
+    ``shutdown_delay`` seconds with health NOT_SERVING before it stops accepting calls.
     """
 
     def __init__(
@@ -90,6 +106,10 @@ class StovepipeServer:
         tls: auth.ServerTLS | None = None,
         tokens: Sequence[auth.Token] = (),
         reflection: bool = True,
+        shutdown_delay: float = 0.0,
+        bulkhead_size: int = 0,
+        breaker_failures: int = 0,
+        breaker_reset: float = resilience.DEFAULT_RESET_TIMEOUT,
     ) -> None:
         self.metrics = metrics if metrics is not None else Metrics()
         self.storage = self.metrics.instrument(storage)
@@ -105,13 +125,30 @@ class StovepipeServer:
         )
         if isinstance(sourcecontrol, QueueMap):
             self.metrics.watch_queues(self.storage, sourcecontrol, sourcecontrol.queues())
+        self.guards = {
+            name: resilience.Guard(
+                resilience.Bulkhead(name, bulkhead_size) if bulkhead_size > 0 else None,
+                resilience.CircuitBreaker(
+                    name, failure_threshold=breaker_failures, reset_timeout=breaker_reset
+                )
+                if breaker_failures > 0
+                else None,
+            )
+            for name in ("storage", "messaging")
+        }
+        """The guard around each dependency RPCs call: ``storage`` and ``messaging``."""
+        guarded_storage = resilience.guard_storage(self.storage, self.guards["storage"])
+        publisher = resilience.GuardedPublisher(self.messaging, self.guards["messaging"])
         ingest = IngestController(
-            self.storage, sourcecontrol, self.messaging, builds=has_runner(runners)
+            guarded_storage, sourcecontrol, publisher, builds=has_runner(runners)
         )
+        self._shutdown_delay = shutdown_delay
         self._metrics_listen = metrics_listen
         self.metrics_port: int | None = None
 
-        interceptors: list[grpc.ServerInterceptor] = [self.metrics.interceptor()]
+        self._gate = _ShutdownGate()
+        # The gate after metrics, so calls refused while stopping are counted too.
+        interceptors: list[grpc.ServerInterceptor] = [self.metrics.interceptor(), self._gate]
         if tokens:
             # After metrics, so refused calls are counted with their status.
             interceptors.append(auth.TokenAuthInterceptor(tokens))
@@ -122,7 +159,7 @@ class StovepipeServer:
             options=[("grpc.so_reuseport", 0)],
         )
         service.add_to_server(
-            service.StovepipeServicer(ingest, self.storage, sourcecontrol), self._server
+            service.StovepipeServicer(ingest, guarded_storage, sourcecontrol), self._server
         )
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
@@ -148,6 +185,7 @@ class StovepipeServer:
         """Listening beyond this machine with neither TLS nor tokens: anyone who can reach
         the port may call, and everything travels in clear text."""
         self._stopped = threading.Event()
+        self._ready = True
 
     def start(self) -> None:
         """Start delivering messages, serving RPCs and metrics; report SERVING."""
@@ -164,12 +202,34 @@ class StovepipeServer:
         serving = health_pb2.HealthCheckResponse.SERVING
         self.health.set("", serving)
         self.health.set(service.SERVICE_NAME, serving)
+        breakers = [g.breaker for g in self.guards.values() if g.breaker is not None]
+        if breakers:
+            for breaker in breakers:
+                breaker.on_change(lambda is_open: self._update_readiness())
+            threading.Thread(target=self._watch_readiness, name="readiness", daemon=True).start()
+
+    def _update_readiness(self) -> None:
+        """Report the Stovepipe service NOT_SERVING while a breaker refuses calls, SERVING
+        otherwise (the health service ignores both once shutdown has begun)."""
+        ready = not any(
+            guard.breaker is not None and guard.breaker.refusing() for guard in self.guards.values()
+        )
+        if ready != self._ready:
+            self._ready = ready
+            status = health_pb2.HealthCheckResponse
+            self.health.set(service.SERVICE_NAME, status.SERVING if ready else status.NOT_SERVING)
+
+    def _watch_readiness(self) -> None:
+        while not self._stopped.wait(_READINESS_INTERVAL):
+            self._update_readiness()
 
     def stop(self, grace: float = configuration.DEFAULT_GRACE_PERIOD) -> bool:
-        """Report NOT_SERVING, refuse new calls, let in-flight calls finish for up to ``grace``
-        seconds, stop the messaging queue within the rest of ``grace`` (at least
-        half a second; the in-process queue delivers what it holds first), then close metrics
-        and storage.
+        """Report NOT_SERVING and keep serving for ``shutdown_delay`` seconds (so load
+        balancers that watch health stop sending calls), then refuse new calls, let in-flight
+        calls finish for up to ``grace`` seconds, stop the messaging queue within the rest of
+        ``grace`` (at least half a second; the in-process queue delivers what it holds
+        first), then close metrics and storage. The whole takes at most about
+        ``shutdown_delay + grace`` seconds.
 
         Returns whether everything drained. If a call is still running after ``grace`` (stuck
         in a backend, say), its thread keeps the storage it uses open and the caller should
@@ -178,9 +238,18 @@ class StovepipeServer:
         if self._stopped.is_set():
             return True
         self._stopped.set()
-        deadline = time.monotonic() + grace
         self.health.enter_graceful_shutdown()
-        self._server.stop(grace).wait(grace + 1)
+        if self._shutdown_delay > 0:
+            logger.info(
+                "health reports NOT_SERVING; serving %g s more before draining",
+                self._shutdown_delay,
+            )
+            time.sleep(self._shutdown_delay)
+        deadline = time.monotonic() + grace
+        self._gate.close()
+        self._wait_until_quiet(deadline)
+        rest = max(deadline - time.monotonic(), 0.0)
+        self._server.stop(rest).wait(rest + 1)
         drain = max(deadline - time.monotonic(), _MIN_QUEUE_DRAIN_SECONDS)
         self.messaging.stop(timeout=drain)
         self.metrics.close()
@@ -191,9 +260,55 @@ class StovepipeServer:
         self.storage.close()
         return True
 
+    def _wait_until_quiet(self, deadline: float) -> None:
+        """Until ``deadline`` (a :func:`time.monotonic` time): wait for the calls in flight
+        to finish, then, for at most :data:`_QUIET_SECONDS`, for callers to stop sending."""
+        while self.metrics.in_flight() > 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        end = min(deadline, time.monotonic() + _QUIET_SECONDS)
+        refused = self._gate.refused
+        while time.monotonic() < end:
+            time.sleep(_QUIET_GAP)
+            if self._gate.refused == refused and self.metrics.in_flight() == 0:
+                return
+            refused = self._gate.refused
+
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the server has stopped (or ``timeout``); True if it has."""
         return self._server.wait_for_termination(timeout)
+
+
+class _ShutdownGate(grpc.ServerInterceptor):
+    """After :meth:`close`, answers each new call ``UNAVAILABLE`` at once ("shutting down"),
+    so a caller retries elsewhere, while the calls already running go on.
+
+    Why not leave it to gRPC's own stop: that answers ``CANCELLED`` to the calls it has
+    received but not yet handed to a thread, and ``CANCELLED`` means the caller gave up.
+    Refusing them here while the listener is still open, and stopping gRPC once callers
+    have gone quiet, leaves it (almost) none to cancel.
+    """
+
+    def __init__(self) -> None:
+        self._closed = False
+        self.refused = 0
+        """Calls refused since :meth:`close` (read without a lock: only compared)."""
+
+    def close(self) -> None:
+        """Refuse every call from now on."""
+        self._closed = True
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = continuation(handler_call_details)
+        if not self._closed:
+            return handler
+        self.refused += 1  # the interceptors run on gRPC's one serving thread
+        return auth.denied(
+            handler, grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry"
+        )
 
 
 def probe_bind(listen: str, host: str, port: int) -> None:
@@ -359,6 +474,10 @@ def build_server(config: configuration.Config) -> StovepipeServer:
                 tls=tls,
                 tokens=config.tokens,
                 reflection=config.reflection,
+                shutdown_delay=config.shutdown_delay,
+                bulkhead_size=config.bulkhead_size,
+                breaker_failures=config.breaker_failures,
+                breaker_reset=config.breaker_reset,
             )
         except BaseException:
             messaging.stop(timeout=0)
@@ -496,6 +615,18 @@ def run(config: configuration.Config) -> bool:
                 logger.info("builds in %s", config.builds_dir)
             logger.info("storage %s", redact(config.storage_url))
             logger.info("messaging %s", redact(messaging_url_of(config)))
+            logger.info(
+                "under faults: %s; %s; shutdown delay %g s, grace period %g s",
+                f"at most {config.bulkhead_size} of {config.max_workers} threads per backend"
+                if config.bulkhead_size
+                else "no bulkhead",
+                f"a backend failing {config.breaker_failures} times in a row is left alone "
+                f"for {config.breaker_reset:g} s"
+                if config.breaker_failures
+                else "no circuit breaker",
+                config.shutdown_delay,
+                config.grace_period,
+            )
             if server.metrics_port is not None:
                 logger.info(
                     "metrics on http://%s/metrics",

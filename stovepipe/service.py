@@ -10,9 +10,15 @@ empty id, a request that does not parse
 SourceControl ``NotFound`` (queue, ref), storage        ``NOT_FOUND``
 ``NotFound`` (request)
 storage or SourceControl ``Unavailable``                ``UNAVAILABLE``
-a deadline that expired before the call started         ``DEADLINE_EXCEEDED``
+a bulkhead full or a breaker open (``Rejected``)        ``UNAVAILABLE``, retry hint
+a deadline that expired before the call (or one of its  ``DEADLINE_EXCEEDED``
+backend calls) started
 anything else (``InconsistentState`` included)          ``INTERNAL``, detail logged only
 ======================================================  ====================
+
+The caller's deadline is handed on to the backend calls (:func:`stovepipe.resilience.deadline`).
+A rejected call carries its retry hint as the trailing metadata ``grpc-retry-pushback-ms``
+(milliseconds; gRPC clients with a retry policy honour it) and in its message.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 import stovepipe
-from stovepipe import sourcecontrol, storage
+from stovepipe import resilience, sourcecontrol, storage
 from stovepipe.controller import queries
 from stovepipe.controller.ingest import IngestController, InvalidQueue
 from stovepipe.entity import BuildStrategy, Queue, Request, RequestState
@@ -36,6 +42,8 @@ from stovepipe.v1 import stovepipe_pb2_grpc as pb_grpc
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["Stovepipe"].full_name
+RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
+"""Trailing metadata of a rejected call: milliseconds to wait before a retry (gRPC's name)."""
 
 T = TypeVar("T")
 M = TypeVar("M")
@@ -181,11 +189,20 @@ class StovepipeServicer(pb_grpc.StovepipeServicer):
                 grpc.StatusCode.DEADLINE_EXCEEDED, "deadline expired before the call started"
             )
         try:
-            return work()
+            with resilience.deadline(remaining):
+                return work()
         except (InvalidQueue, storage.LimitExceeded, queries.InvalidPage) as error:
             code, detail = grpc.StatusCode.INVALID_ARGUMENT, str(error)
         except (sourcecontrol.NotFound, storage.NotFound) as error:
             code, detail = grpc.StatusCode.NOT_FOUND, str(error)
+        except resilience.DeadlineExceeded as error:
+            code, detail = grpc.StatusCode.DEADLINE_EXCEEDED, str(error)
+        except resilience.Rejected as error:
+            # Expected in numbers while a backend is down: no log line per call.
+            milliseconds = max(1, round(error.retry_after * 1000))
+            context.set_trailing_metadata(((RETRY_PUSHBACK_KEY, str(milliseconds)),))
+            code = grpc.StatusCode.UNAVAILABLE
+            detail = f"{error.dependency} is unavailable; retry in {milliseconds} ms"
         except (storage.Unavailable, sourcecontrol.Unavailable) as error:
             kind = "storage" if isinstance(error, storage.Unavailable) else "source control"
             logger.warning("%s unavailable: %s", kind, error)

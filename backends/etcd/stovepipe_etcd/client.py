@@ -14,6 +14,7 @@ from typing import TypeVar
 import grpc
 from google.protobuf.message import Message
 
+from stovepipe import resilience
 from stovepipe.storage.errors import StorageError, Unavailable
 from stovepipe_etcd.etcdrpc.rpc_pb2 import (
     AuthenticateRequest,
@@ -113,7 +114,8 @@ class EtcdClient:
         request: _Request,
         timeout: float | None,
     ) -> _Response:
-        timeout = self.timeout if timeout is None else timeout
+        # The caller's deadline, if sooner, bounds the call too (DeadlineExceeded if passed).
+        timeout = resilience.bounded(self.timeout if timeout is None else timeout)
         metadata = self._metadata
         if metadata is None:
             metadata = self._authenticated(stale=None, timeout=timeout)
