@@ -38,7 +38,7 @@ def run(backend: str, args: argparse.Namespace, directory: pathlib.Path) -> Free
     with PRIVATE_SERVERS[backend](directory) as server:
         settings = [f'storage_url = "{server.url}"', f"max_workers = {MAX_WORKERS}"]
         if backend == "etcd":  # etcd carries no messaging: a durable queue beside it
-            settings.append(f'queue_url = "sqlite:///{directory / "queue.db"}"')
+            settings.append(f'messaging_url = "sqlite:///{directory / "queue.db"}"')
         if args.unprotected:
             settings += ["bulkhead_size = 0", "breaker_failures = 0"]
         config = directory / "stovepipe.toml"
