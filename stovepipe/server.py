@@ -36,7 +36,7 @@ from stovepipe.controller.ingest import IngestController
 from stovepipe.controller.pipeline import subscribe_pipeline
 from stovepipe.controller.process import one_at_a_time
 from stovepipe.entity import BuildStatus
-from stovepipe.messaging import Messaging
+from stovepipe.messaging import Messaging, MessagingError
 from stovepipe.messaging.inprocess import InProcessMessaging
 from stovepipe.messaging.registry import default_queue_url, open_messaging
 from stovepipe.metrics import Metrics
@@ -375,7 +375,7 @@ def build_messaging(config: configuration.Config, metrics: Metrics) -> Messaging
     register_url(url)
     try:
         return open_messaging(url, registry=metrics.registry)
-    except (ValueError, StorageError) as error:
+    except (ValueError, MessagingError) as error:
         reason = redact_text(str(error), [url])
         raise configuration.ConfigError(f"messaging queue {redact(url)}: {reason}") from None
 

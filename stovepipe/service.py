@@ -2,17 +2,18 @@
 
 It holds no business logic. Status codes:
 
-======================================================  ====================
+======================================================  ============================
 error                                                   status
-======================================================  ====================
+======================================================  ============================
 ``InvalidQueue``, ``LimitExceeded``, ``InvalidPage``,   ``INVALID_ARGUMENT``
 empty id, a request that does not parse
 SourceControl ``NotFound`` (queue, ref), storage        ``NOT_FOUND``
 ``NotFound`` (request)
-storage or SourceControl ``Unavailable``                ``UNAVAILABLE``
+a transient error of :mod:`stovepipe.errors` (storage,  ``UNAVAILABLE``, naming the
+messaging, SourceControl or BuildRunner ``Unavailable``) dependency that is down
 a deadline that expired before the call started         ``DEADLINE_EXCEEDED``
 anything else (``InconsistentState`` included)          ``INTERNAL``, detail logged only
-======================================================  ====================
+======================================================  ============================
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from stovepipe import sourcecontrol, storage
 from stovepipe.controller import queries
 from stovepipe.controller.ingest import IngestController, InvalidQueue
 from stovepipe.entity import BuildStrategy, Queue, Request, RequestState
+from stovepipe.errors import StovepipeError
 from stovepipe.v1 import stovepipe_pb2 as pb
 from stovepipe.v1 import stovepipe_pb2_grpc as pb_grpc
 
@@ -186,15 +188,24 @@ class StovepipeServicer(pb_grpc.StovepipeServicer):
             code, detail = grpc.StatusCode.INVALID_ARGUMENT, str(error)
         except (sourcecontrol.NotFound, storage.NotFound) as error:
             code, detail = grpc.StatusCode.NOT_FOUND, str(error)
-        except (storage.Unavailable, sourcecontrol.Unavailable) as error:
-            kind = "storage" if isinstance(error, storage.Unavailable) else "source control"
-            logger.warning("%s unavailable: %s", kind, error)
-            code, detail = grpc.StatusCode.UNAVAILABLE, f"{kind} is unavailable; retry later"
-        except Exception:
-            incident = uuid.uuid4().hex[:12]
-            logger.exception("internal error (incident %s)", incident)
-            code, detail = grpc.StatusCode.INTERNAL, f"internal error (incident {incident})"
+        except StovepipeError as error:
+            if not error.transient:
+                code, detail = _internal(error)
+            else:
+                # Which dependency: "storage", "messaging", "source control", "build runner".
+                kind = error.dependency
+                logger.warning("%s unavailable: %s", kind, error)
+                code, detail = grpc.StatusCode.UNAVAILABLE, f"{kind} is unavailable; retry later"
+        except Exception as error:
+            code, detail = _internal(error)
         _abort(context, code, detail)
+
+
+def _internal(error: BaseException) -> tuple[grpc.StatusCode, str]:
+    """``INTERNAL`` with an incident number; the detail goes to the log only."""
+    incident = uuid.uuid4().hex[:12]
+    logger.error("internal error (incident %s)", incident, exc_info=error)
+    return grpc.StatusCode.INTERNAL, f"internal error (incident {incident})"
 
 
 def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, detail: str) -> NoReturn:

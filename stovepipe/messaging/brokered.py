@@ -27,9 +27,10 @@ from stovepipe.messaging.contract import (
     PermanentFailure,
     dead_letter_topic,
 )
+from stovepipe.messaging.contract import MessagingError as MessagingError
+from stovepipe.messaging.contract import MessagingUnavailable as MessagingUnavailable
 from stovepipe.messaging.inprocess import DeadLetter
 from stovepipe.messaging.metrics import MessagingMetrics
-from stovepipe.storage.errors import StorageError, Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -39,22 +40,6 @@ DEFAULT_MAX_BACKOFF_SECONDS: Final = 30.0
 DEFAULT_VISIBILITY_TIMEOUT: Final = 30.0
 DEFAULT_WORKERS: Final = 4
 DEFAULT_POLL_INTERVAL: Final = 0.1
-
-
-class MessagingUnavailable(Unavailable):
-    """The messaging queue's server could not be reached in time (transient).
-
-    A storage ``Unavailable`` too, so callers that already treat an unreachable backend as
-    retryable (the ingest RPC answers ``UNAVAILABLE``) treat this one alike.
-    """
-
-
-class MessagingError(StorageError):
-    """The messaging queue's server refused an operation for a reason retrying will not fix:
-    access denied, a missing table, a file that is not a database, data it does not accept.
-
-    A storage ``StorageError`` but not ``Unavailable``: an operator has to act.
-    """
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

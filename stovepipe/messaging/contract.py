@@ -14,6 +14,10 @@ and dead-letter, at least once.
 * **Dead-letter consumers.** A handler subscribed to :func:`dead_letter_topic` of a topic
   receives that topic's messages as they fail for good (at least once, with the same key and
   payload), besides their being kept as dead letters.
+* **Errors.** An implementation raises :class:`MessagingUnavailable` for a transient fault
+  of its engine (unreachable, timed out, cannot take writes for now) and a plain
+  :class:`MessagingError` for one an operator must fix; never a driver's exception, and never
+  a storage error (the tree is :mod:`stovepipe.errors`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from typing import Final, Protocol
+
+from stovepipe.errors import MessagingError as MessagingError
+from stovepipe.errors import Transient
 
 TOPIC_PROCESS: Final = "process"
 """Requests admitted by ingest, payload ``ProcessRequest``, partitioned by queue."""
@@ -48,6 +55,16 @@ class Message:
     key: str
     payload: bytes
     attempt: int
+
+
+class MessagingUnavailable(Transient, MessagingError):
+    """The messaging engine could not be reached in time, or cannot take writes for now
+    (transient: retry later).
+
+    A :class:`MessagingError`, not a storage error (:mod:`stovepipe.errors`): the servicer
+    says "messaging is unavailable". A :class:`MessagingError` that is not this one is
+    permanent: an operator has to act.
+    """
 
 
 class PermanentFailure(Exception):
