@@ -1,6 +1,7 @@
 """Messaging between pipeline stages: the contract, an in-process queue and payload codecs."""
 
 from stovepipe.messaging.contract import (
+    MAX_MESSAGE_ID_BYTES,
     TOPIC_BUILD,
     TOPIC_BUILDSIGNAL,
     TOPIC_PROCESS,
@@ -17,6 +18,7 @@ from stovepipe.messaging.contract import (
 )
 
 __all__ = [
+    "MAX_MESSAGE_ID_BYTES",
     "TOPIC_BUILD",
     "TOPIC_BUILDSIGNAL",
     "TOPIC_PROCESS",

@@ -25,7 +25,9 @@ from stovepipe.messaging.contract import (
     Hold,
     Message,
     PermanentFailure,
+    checked_message_id,
     dead_letter_topic,
+    new_message_id,
 )
 from stovepipe.messaging.contract import MessagingError as MessagingError
 from stovepipe.messaging.contract import MessagingUnavailable as MessagingUnavailable
@@ -57,8 +59,10 @@ class Broker(Protocol):
     :class:`MessagingError` (permanent), never a driver's exception. Thread-safe.
     """
 
-    def publish(self, topic: str, key: str, payload: bytes) -> None:
-        """Store a message behind the earlier messages of ``(topic, key)``."""
+    def publish(self, topic: str, key: str, payload: bytes, message_id: str) -> None:
+        """Store a message behind the earlier messages of ``(topic, key)``, unless a message
+        of ``message_id`` is pending on ``topic`` (stored, not acknowledged or dead-lettered):
+        then do nothing. Atomic: of racing publishers of one id, one stores the message."""
         ...
 
     def claim(self, topics: Sequence[str]) -> Delivery | None:
@@ -152,20 +156,25 @@ class BrokeredMessaging:
         # keeps its lease renewed until it settles.
         self._heartbeat_stop = threading.Event()
 
-    def publish(self, topic: str, key: str, payload: bytes) -> None:
-        """Store ``payload`` durably on ``topic`` behind the earlier messages of ``key``.
+    def publish(
+        self, topic: str, key: str, payload: bytes, *, message_id: str | None = None
+    ) -> None:
+        """Store ``payload`` durably on ``topic`` behind the earlier messages of ``key``,
+        unless a message of ``message_id`` is pending on ``topic`` (see the contract).
 
-        Raises :class:`MessagingUnavailable` if the broker did not take it, and
-        ``RuntimeError`` once the queue is stopped.
+        Raises ``ValueError`` for an id the contract does not take,
+        :class:`MessagingUnavailable` if the broker did not take it, and ``RuntimeError``
+        once the queue is stopped.
         """
         if not isinstance(topic, str) or not isinstance(key, str):
             raise TypeError("topic and key must be str")
         if not isinstance(payload, bytes):
             raise TypeError(f"payload must be bytes, not {type(payload).__name__}")
+        message_id = checked_message_id(message_id)
         with self._condition:
             if self._stopping:
                 raise RuntimeError("the message queue is stopped")
-        self.broker.publish(topic, key, payload)
+        self.broker.publish(topic, key, payload, message_id)
         self._metrics.published.labels(topic).inc()
         with self._condition:
             self._published += 1
@@ -334,7 +343,14 @@ class BrokeredMessaging:
                 if consumed:
                     # Published before the move, so a crash between the two repeats the
                     # delivery rather than losing the dead-letter consumer's message.
-                    self.broker.publish(forward, message.key, message.payload)
+                    # The same id: a crash between the two repeats the delivery, and its
+                    # forward is then a no-op if the first one is still pending.
+                    self.broker.publish(
+                        forward,
+                        message.key,
+                        message.payload,
+                        message.message_id or new_message_id(),
+                    )
                 self.broker.dead_letter(delivery, reason)
                 self._metrics.dead_letters.labels(message.topic).inc()
         except Exception as error:

@@ -30,6 +30,7 @@ from stovepipe.messaging.contract import (
     Hold,
     Message,
     PermanentFailure,
+    checked_message_id,
     dead_letter_topic,
 )
 
@@ -57,6 +58,7 @@ class DeadLetter:
 @dataclasses.dataclass(slots=True)
 class _Pending:
     payload: bytes
+    message_id: str
     attempt: int = 1
 
 
@@ -107,24 +109,33 @@ class InProcessMessaging:
             lambda: collections.deque(maxlen=max_dead_letters)
         )
         self._dead_letters_dropped: collections.Counter[str] = collections.Counter()
+        # The ids of every topic's pending messages (queued, in flight or backing off).
+        self._pending_ids: dict[str, set[str]] = collections.defaultdict(set)
         self._threads: list[threading.Thread] = []
 
-    def publish(self, topic: str, key: str, payload: bytes) -> None:
-        """Queue ``payload`` on ``topic`` behind the earlier messages of ``key``.
+    def publish(
+        self, topic: str, key: str, payload: bytes, *, message_id: str | None = None
+    ) -> None:
+        """Queue ``payload`` on ``topic`` behind the earlier messages of ``key``, unless a
+        message of ``message_id`` is pending on ``topic`` (see the contract).
 
-        Raises ``RuntimeError`` once the queue is stopped: the message would never be
-        delivered.
+        Raises ``ValueError`` for an id the contract does not take, and ``RuntimeError``
+        once the queue is stopped: the message would never be delivered.
         """
         if not isinstance(topic, str) or not isinstance(key, str):
             raise TypeError("topic and key must be str")
         if not isinstance(payload, bytes):
             raise TypeError(f"payload must be bytes, not {type(payload).__name__}")
-        partition = (topic, key)
+        message_id = checked_message_id(message_id)
         with self._condition:
             if self._state == _STOPPED:
                 raise RuntimeError("the message queue is stopped")
-            self._partitions.setdefault(partition, collections.deque()).append(_Pending(payload))
-            self._schedule(partition)
+            self._enqueue(topic, key, payload, message_id)
+
+    def backlog(self, topic: str) -> int:
+        """Messages of ``topic`` published and not yet acknowledged or dead-lettered."""
+        with self._condition:
+            return len(self._pending_ids.get(topic, ()))
 
     def subscribe(self, topic: str, handler: Handler) -> None:
         """Deliver ``topic``'s messages, earlier ones included, to ``handler``.
@@ -207,6 +218,18 @@ class InProcessMessaging:
             partition[0] in self._handlers for partition in self._partitions
         )
 
+    def _enqueue(self, topic: str, key: str, payload: bytes, message_id: str) -> None:
+        """Queue a message unless its id is pending on ``topic``. Hold the lock."""
+        pending = self._pending_ids[topic]
+        if message_id in pending:
+            return
+        pending.add(message_id)
+        partition = (topic, key)
+        self._partitions.setdefault(partition, collections.deque()).append(
+            _Pending(payload, message_id)
+        )
+        self._schedule(partition)
+
     def _schedule(self, partition: _Partition) -> None:
         """Put an idle, non-empty, handled partition on the ready queue. Hold the lock."""
         if (
@@ -230,7 +253,9 @@ class InProcessMessaging:
                 partition = self._ready.popleft()
                 pending = self._partitions[partition][0]
                 self._in_flight += 1
-                message = Message(partition[0], partition[1], pending.payload, pending.attempt)
+                message = Message(
+                    partition[0], partition[1], pending.payload, pending.attempt, pending.message_id
+                )
                 return partition, message, self._handlers[partition[0]]
             wait = self._backing_off[0][0] - now if self._backing_off else None
             self._condition.wait(wait)
@@ -291,7 +316,11 @@ class InProcessMessaging:
             )
             self._back_off(partition, delay)
             return
-        pending.popleft()
+        settled = pending.popleft()
+        ids = self._pending_ids[message.topic]
+        ids.discard(settled.message_id)
+        if not ids:
+            del self._pending_ids[message.topic]
         if failure is not None:
             logger.error(
                 "dead-lettering a %r message for key %r after %d deliveries: %s",
@@ -304,12 +333,11 @@ class InProcessMessaging:
             if len(letters) == letters.maxlen:
                 self._dead_letters_dropped[dead_letter_topic(message.topic)] += 1
             letters.append(DeadLetter(message, failure))  # a full deque drops its oldest
-            dead_letter_partition = (dead_letter_topic(message.topic), message.key)
-            if dead_letter_partition[0] in self._handlers:
-                self._partitions.setdefault(dead_letter_partition, collections.deque()).append(
-                    _Pending(message.payload)
-                )
-                self._schedule(dead_letter_partition)
+            forward = dead_letter_topic(message.topic)
+            if forward in self._handlers:
+                # The same id: a message dead-lettered again before its dead-letter consumer
+                # got the first copy is one notice, not two.
+                self._enqueue(forward, message.key, message.payload, settled.message_id)
         self._scheduled.discard(partition)
         if pending:
             self._schedule(partition)

@@ -5,10 +5,14 @@ topics that contain ``:`` apart)::
 
     stovepipe:mq:<n>:T:s<i>        stream of shard i (0 <= i < shards); entries {key, payload}
     stovepipe:mq:<n>:T:o<i>        the consumer owning shard i, with a TTL (the lease)
-    stovepipe:mq:<n>:T:dead-letter stream of dead letters {key, payload, attempt, reason}
+    stovepipe:mq:<n>:T:dead-letter stream of dead letters {key, payload, attempt, reason, id}
+    stovepipe:mq:<n>:T:ids         set of the ids of T's pending messages
 
 (``stovepipe:mq:`` is the default of the URL option ``prefix``.) A message goes to shard
-``crc32(key) % shards``: all messages of a key share one stream, in ``XADD`` order. Every stream
+``crc32(key) % shards``: all messages of a key share one stream, in ``XADD`` order. Its entry
+is ``{key, payload, id}``; a script adds the id to the topic's ``ids`` set and the entry to
+the stream only if the id was not in the set (an idempotent publish), and settling the entry
+removes the id in the same ``MULTI``. Every stream
 has the consumer group ``stovepipe``. Per-key order and one delivery at a time come from shard
 ownership: a consumer delivers from a shard only while it holds the shard's lease, and only one
 message of the shard at a time. One Lua script claims, atomically, the first free or own shard
@@ -99,6 +103,16 @@ end
 return false
 """
 
+# KEYS: stream, ids set. ARGV: message id, key, payload. Returns 1 if added, 0 if the id was
+# pending already.
+_PUBLISH: Final = """
+if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then
+  return 0
+end
+redis.call('XADD', KEYS[1], '*', 'key', ARGV[2], 'payload', ARGV[3], 'id', ARGV[1])
+return 1
+"""
+
 # KEYS: owner keys. ARGV: consumer, lease in ms (0 = give the lease up). Returns a list of
 # 1/0, whether each lease was still this consumer's.
 _RENEW: Final = """
@@ -142,6 +156,7 @@ class RedisStreamsBroker:
         self._shards = shards
         self._consumer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}".encode()
         self._claim_script = client.register_script(_CLAIM)
+        self._publish_script = client.register_script(_PUBLISH)
         self._renew_script = client.register_script(_RENEW)
         self._lock = threading.Lock()
         self._groups: set[bytes] = set()  # streams known to have the group
@@ -152,11 +167,14 @@ class RedisStreamsBroker:
         self._backing_off: dict[_Shard, float] = {}  # shard -> monotonic time it may resume
         self._closed = False
 
-    def publish(self, topic: str, key: str, payload: bytes) -> None:
-        """``XADD`` to the key's shard stream."""
+    def publish(self, topic: str, key: str, payload: bytes, message_id: str) -> None:
+        """``XADD`` to the key's shard stream, unless ``message_id`` is in the topic's set of
+        pending ids (one script: of racing publishers, one adds the entry)."""
         stream = self._stream(topic, self._shard_of(key))
         self._ensure_group(stream)
-        self._call(lambda: self._client.xadd(stream, {b"key": _encode(key), b"payload": payload}))
+        keys = [stream, self._ids(topic)]
+        args = [_encode(message_id), _encode(key), payload]
+        self._call(lambda: self._publish_script(keys=keys, args=args))
 
     def claim(self, topics: Sequence[str]) -> Delivery | None:
         """Claim from the first shard of ``topics`` that is not busy here and has work."""
@@ -202,7 +220,13 @@ class RedisStreamsBroker:
         _, entry_id, raw_fields, count = claimed
         fields = dict(zip(raw_fields[::2], raw_fields[1::2], strict=False))
         try:
-            message = Message(topic, _decode(fields[b"key"]), bytes(fields[b"payload"]), int(count))
+            message = Message(
+                topic,
+                _decode(fields[b"key"]),
+                bytes(fields[b"payload"]),
+                int(count),
+                _decode(fields.get(b"id", b"")),
+            )
         except (KeyError, UnicodeDecodeError) as error:
             # Written by something else than this module: no delivery can ever succeed, and
             # keeping the shard would strand every key behind it.
@@ -236,33 +260,43 @@ class RedisStreamsBroker:
         }
 
         def move_and_release() -> None:
-            self._move_to_dead_letters(topic, index, entry_id, letter)
+            self._move_to_dead_letters(topic, index, entry_id, letter, fields.get(b"id"))
             self._renew_script(keys=[self._owner(topic, index)], args=[self._consumer, 0])
 
         with self._settling(topic, index):
             self._call(move_and_release)
 
     def _move_to_dead_letters(
-        self, topic: str, index: int, entry_id: bytes, letter: dict[bytes, bytes]
+        self,
+        topic: str,
+        index: int,
+        entry_id: bytes,
+        letter: dict[bytes, bytes],
+        message_id: bytes | None,
     ) -> None:
-        """Add ``letter`` to the topic's dead letters and ``XACK``/``XDEL`` the entry, in one
-        ``MULTI``."""
+        """Add ``letter`` to the topic's dead letters, ``XACK``/``XDEL`` the entry and drop
+        its id from the pending ids, in one ``MULTI``."""
         stream = self._stream(topic, index)
         with self._client.pipeline(transaction=True) as pipe:
             pipe.xadd(self._dead_letter_stream(topic), letter)  # type: ignore[arg-type]
             pipe.xack(stream, GROUP, entry_id)
             pipe.xdel(stream, entry_id)
+            if message_id:
+                pipe.srem(self._ids(topic), message_id)
             pipe.execute()
 
     def ack(self, delivery: Delivery) -> None:
-        """``XACK`` and ``XDEL`` the entry, atomically."""
+        """``XACK`` and ``XDEL`` the entry and drop its id from the pending ids, atomically."""
         topic, index, entry_id = self._receipt(delivery)
         stream = self._stream(topic, index)
+        message_id = _encode(delivery.message.message_id)
 
         def acknowledge() -> None:
             with self._client.pipeline(transaction=True) as pipe:
                 pipe.xack(stream, GROUP, entry_id)
                 pipe.xdel(stream, entry_id)
+                if message_id:
+                    pipe.srem(self._ids(topic), message_id)
                 pipe.execute()
 
         with self._settling(topic, index):
@@ -303,9 +337,13 @@ class RedisStreamsBroker:
             b"payload": message.payload,
             b"attempt": str(message.attempt).encode(),
             b"reason": reason.encode("utf-8", "surrogatepass"),
+            b"id": _encode(message.message_id),
         }
+        message_id = _encode(message.message_id)
         with self._settling(topic, index):
-            self._call(lambda: self._move_to_dead_letters(topic, index, entry_id, letter))
+            self._call(
+                lambda: self._move_to_dead_letters(topic, index, entry_id, letter, message_id)
+            )
 
     def renew(self) -> None:
         """Extend the leases of the shards delivering or backing off here."""
@@ -345,6 +383,7 @@ class RedisStreamsBroker:
                 _decode_lax(fields.get(b"key", b"")),
                 bytes(fields.get(b"payload", b"")),
                 int(fields.get(b"attempt", 0)),
+                _decode_lax(fields.get(b"id", b"")),
             )
             letters.append(DeadLetter(message, _decode_lax(fields.get(b"reason", b""))))
         return letters
@@ -403,6 +442,9 @@ class RedisStreamsBroker:
     def _owner(self, topic: str, index: int) -> bytes:
         return self._base(topic) + b":o" + str(index).encode()
 
+    def _ids(self, topic: str) -> bytes:
+        return self._base(topic) + b":ids"
+
     def _dead_letter_stream(self, topic: str) -> bytes:
         return self._base(topic) + b":dead-letter"
 
@@ -426,7 +468,7 @@ class RedisStreamsBroker:
         try:
             return operation()
         except redis.exceptions.RedisError as error:
-            raise _mapped_error(error) from None
+            raise _mapped_error(error) from error
 
 
 # Error replies of a server that cannot take writes for now: loading its data set, busy with

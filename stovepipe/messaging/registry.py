@@ -45,6 +45,10 @@ class InspectableMessaging(Messaging, Protocol):
         """The messages of ``topic`` that failed for good, oldest first."""
         ...
 
+    def backlog(self, topic: str) -> int:
+        """Messages of ``topic`` published and not yet acknowledged or dead-lettered."""
+        ...
+
 
 def open_messaging(
     url: str | None, *, registry: CollectorRegistry | None = None

@@ -40,6 +40,8 @@ import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final, Protocol
 
+import tenacity
+
 from stovepipe.messaging.brokered import Delivery, MessagingError, MessagingUnavailable
 from stovepipe.messaging.contract import Message
 from stovepipe.messaging.inprocess import DeadLetter
@@ -49,6 +51,8 @@ from stovepipe.storage.sqlite import create_tables, use_wal
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT: Final = 5.0
+# Runs of a publish that InnoDB chose as a deadlock victim (see SQLBroker.publish).
+_PUBLISH_ATTEMPTS: Final = 5
 # Heads examined per claim: enough to get past heads that racing consumers just took.
 _CANDIDATES: Final = 8
 
@@ -63,7 +67,8 @@ CREATE TABLE IF NOT EXISTS stovepipe_queue_message (
     lease_token   BLOB,
     lease_until   REAL,
     last_error    TEXT,
-    published_at  REAL NOT NULL
+    published_at  REAL NOT NULL,
+    message_id    BLOB
 );
 CREATE INDEX IF NOT EXISTS stovepipe_queue_message_partition
     ON stovepipe_queue_message (topic, partition_key, id);
@@ -75,7 +80,8 @@ CREATE TABLE IF NOT EXISTS stovepipe_queue_dead_letter (
     attempt       INTEGER NOT NULL,
     reason        TEXT NOT NULL,
     published_at  REAL NOT NULL,
-    dead_at       REAL NOT NULL
+    dead_at       REAL NOT NULL,
+    message_id    BLOB
 );
 CREATE INDEX IF NOT EXISTS stovepipe_queue_dead_letter_topic
     ON stovepipe_queue_dead_letter (topic, id);
@@ -87,6 +93,26 @@ CREATE TABLE IF NOT EXISTS stovepipe_queue_key_lease (
     PRIMARY KEY (topic, partition_key)
 );
 """
+# Tables made before messages had ids get the column (NULL in their rows: no id to repeat):
+# the query counting it (parameter: the table), and the statement adding it, per table.
+_SQLITE_HAS_MESSAGE_ID: Final = (
+    "SELECT COUNT(*) FROM pragma_table_info(?) WHERE name = 'message_id'"
+)
+_SQLITE_UPGRADES: Final = (
+    (
+        "stovepipe_queue_message",
+        "ALTER TABLE stovepipe_queue_message ADD COLUMN message_id BLOB",
+    ),
+    (
+        "stovepipe_queue_dead_letter",
+        "ALTER TABLE stovepipe_queue_dead_letter ADD COLUMN message_id BLOB",
+    ),
+)
+# A message id is pending on its topic at most once (NULLs never collide).
+_SQLITE_MESSAGE_ID_INDEX: Final = (
+    "CREATE UNIQUE INDEX IF NOT EXISTS stovepipe_queue_message_id"
+    " ON stovepipe_queue_message (topic, message_id)"
+)
 
 # Binary columns: no PAD SPACE, no case folding; a key is its exact UTF-8 bytes.
 _MYSQL_SCHEMA: Final = (
@@ -102,7 +128,9 @@ CREATE TABLE IF NOT EXISTS stovepipe_queue_message (
     lease_until   DOUBLE NULL,
     last_error    TEXT NULL,
     published_at  DOUBLE NOT NULL,
-    KEY stovepipe_queue_message_partition (topic, partition_key, id)
+    message_id    VARBINARY(255) NULL,
+    KEY stovepipe_queue_message_partition (topic, partition_key, id),
+    UNIQUE KEY stovepipe_queue_message_id (topic, message_id)
 ) ENGINE=InnoDB
 """,
     """
@@ -115,6 +143,7 @@ CREATE TABLE IF NOT EXISTS stovepipe_queue_dead_letter (
     reason        TEXT NOT NULL,
     published_at  DOUBLE NOT NULL,
     dead_at       DOUBLE NOT NULL,
+    message_id    VARBINARY(255) NULL,
     KEY stovepipe_queue_dead_letter_topic (topic, id)
 ) ENGINE=InnoDB
 """,
@@ -128,6 +157,27 @@ CREATE TABLE IF NOT EXISTS stovepipe_queue_key_lease (
 ) ENGINE=InnoDB
 """,
 )
+
+
+_MYSQL_HAS_MESSAGE_ID: Final = (
+    "SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE()"
+    " AND TABLE_NAME = ? AND COLUMN_NAME = 'message_id'"
+)
+_MYSQL_UPGRADES: Final = (
+    (
+        "stovepipe_queue_message",
+        "ALTER TABLE stovepipe_queue_message ADD COLUMN message_id VARBINARY(255) NULL,"
+        " ADD UNIQUE KEY stovepipe_queue_message_id (topic, message_id)",
+    ),
+    (
+        "stovepipe_queue_dead_letter",
+        "ALTER TABLE stovepipe_queue_dead_letter ADD COLUMN message_id VARBINARY(255) NULL",
+    ),
+)
+
+
+class _Deadlock(MessagingUnavailable):
+    """The engine rolled the statement back to break a deadlock: running it again is right."""
 
 
 class _Connection(Protocol):
@@ -151,6 +201,8 @@ class _Dialect:
     # an exclusive one, would deadlock racing claims).
     lease_key: str
     # Every exception the driver raises, and which of them are transient (worth a retry).
+    # Ends a publish's INSERT: store nothing if the (topic, message_id) pair is pending.
+    on_pending_id: str
     errors: tuple[type[BaseException], ...]
     is_transient: Callable[[BaseException], bool]
     # Run every write in an explicit ``begin`` transaction: SQLite in WAL mode fails a lone
@@ -183,18 +235,43 @@ class SQLBroker:
         self._held: dict[int, _Receipt] = {}  # row id -> receipt, for renewals
         self._closed = False
 
-    def create_schema(self, statements: Sequence[str]) -> None:
-        """Create the tables if missing (idempotent, safe to race)."""
+    def create_schema(
+        self,
+        statements: Sequence[str],
+        has_column: str,
+        upgrades: Sequence[tuple[str, str]],
+    ) -> None:
+        """Create the tables if missing (idempotent, safe to race), and add the
+        ``message_id`` column to the tables made before it (``upgrades``: each table and the
+        statement adding its column, run where ``has_column`` counts none)."""
         for statement in statements:
             self._execute(statement)
+        for table, add_column in upgrades:
+            if not self._query(has_column, (table,))[0][0]:
+                self._execute(add_column)
 
-    def publish(self, topic: str, key: str, payload: bytes) -> None:
-        """Insert the message; its id orders it after every message committed before."""
+    @tenacity.retry(
+        retry=tenacity.retry_if_exception_type(_Deadlock),
+        stop=tenacity.stop_after_attempt(_PUBLISH_ATTEMPTS),
+        wait=tenacity.wait_random_exponential(multiplier=0.01, max=0.2),
+        reraise=True,
+    )
+    def publish(self, topic: str, key: str, payload: bytes, message_id: str) -> None:
+        """Insert the message unless its id is pending on ``topic`` (the unique index on
+        ``(topic, message_id)`` decides between racers); its row id orders it after every
+        message committed before.
+
+        On MySQL a duplicate's check locks the unique index entry, an acknowledgement of the
+        pending message its row first: InnoDB may pick the publish as a deadlock victim. The
+        statement is then run again (a few times, after a short random wait): it is one
+        autocommitted statement, and idempotent by its id.
+        """
         self._execute(
             "INSERT INTO stovepipe_queue_message"
-            " (topic, partition_key, payload, attempt, available_at, published_at)"
-            f" VALUES (?, ?, ?, 0, {self._dialect.now}, {self._dialect.now})",
-            (_encode(topic), _encode(key), payload),
+            " (topic, partition_key, payload, attempt, available_at, published_at, message_id)"
+            f" VALUES (?, ?, ?, 0, {self._dialect.now}, {self._dialect.now}, ?)"
+            f" {self._dialect.on_pending_id}",
+            (_encode(topic), _encode(key), payload, _encode(message_id)),
         )
 
     def claim(self, topics: Sequence[str]) -> Delivery | None:
@@ -219,9 +296,11 @@ class SQLBroker:
             leased = self._lease_key_head(receipt)
             if leased is None:
                 continue
-            receipt, payload, attempt = leased
+            receipt, payload, attempt, message_id = leased
             try:
-                message = Message(_decode(topic), _decode(key), payload, attempt)
+                message = Message(
+                    _decode(topic), _decode(key), payload, attempt, _decode(message_id or b"")
+                )
             except UnicodeDecodeError as error:
                 # Written by something else than this module: no delivery can ever succeed,
                 # and holding the lease would strand the key.
@@ -236,10 +315,12 @@ class SQLBroker:
             return Delivery(message, receipt)
         return None
 
-    def _lease_key_head(self, receipt: _Receipt) -> tuple[_Receipt, bytes, int] | None:
+    def _lease_key_head(
+        self, receipt: _Receipt
+    ) -> tuple[_Receipt, bytes, int, bytes | None] | None:
         """Lease the key of ``receipt``, then its head if deliverable, in one transaction: the
-        receipt with the head's id, its payload and its ``attempt``; ``None`` if either lease
-        was not to be had.
+        receipt with the head's id, its payload, its ``attempt`` and its message id;
+        ``None`` if either lease was not to be had.
 
         The key is leased, not only its head row: MySQL assigns an auto-increment id when a
         row is inserted, not when it is committed, so a publish committed late can become
@@ -260,7 +341,7 @@ class SQLBroker:
                 return None
             cursor.execute(
                 self._sql(
-                    f"SELECT id, payload, attempt, available_at <= {now}"
+                    f"SELECT id, payload, attempt, available_at <= {now}, message_id"
                     " FROM stovepipe_queue_message WHERE topic = ? AND partition_key = ?"
                     " ORDER BY id LIMIT 1"
                 ),
@@ -280,7 +361,9 @@ class SQLBroker:
             if claimed != 1:  # no message, backing off, or leased before the key leases
                 self._release_key(cursor, receipt)
                 return None
-        return dataclasses.replace(receipt, row_id=int(head[0])), bytes(head[1]), head[2] + 1
+        leased = dataclasses.replace(receipt, row_id=int(head[0]))
+        message_id = None if head[4] is None else bytes(head[4])
+        return leased, bytes(head[1]), head[2] + 1, message_id
 
     def _release_key(self, cursor: Any, receipt: _Receipt) -> None:
         self._run(
@@ -339,10 +422,10 @@ class SQLBroker:
             self._release_key(cursor, receipt)
             moved = self._run(
                 cursor,
-                "INSERT INTO stovepipe_queue_dead_letter"
-                " (topic, partition_key, payload, attempt, reason, published_at, dead_at)"
-                f" SELECT topic, partition_key, payload, attempt, ?, published_at,"
-                f" {self._dialect.now}"
+                "INSERT INTO stovepipe_queue_dead_letter (topic, partition_key, payload,"
+                " attempt, reason, published_at, dead_at, message_id)"
+                " SELECT topic, partition_key, payload, attempt, ?, published_at,"
+                f" {self._dialect.now}, message_id"
                 " FROM stovepipe_queue_message WHERE id = ? AND lease_token = ?",
                 (reason, receipt.row_id, receipt.token),
             )
@@ -383,13 +466,22 @@ class SQLBroker:
     def dead_letters(self, topic: str) -> list[DeadLetter]:
         """The dead letters of ``topic``, oldest first."""
         rows = self._query(
-            "SELECT partition_key, payload, attempt, reason FROM stovepipe_queue_dead_letter"
-            " WHERE topic = ? ORDER BY id",
+            "SELECT partition_key, payload, attempt, reason, message_id"
+            " FROM stovepipe_queue_dead_letter WHERE topic = ? ORDER BY id",
             (_encode(topic),),
         )
         return [
-            DeadLetter(Message(topic, _decode_lax(key), bytes(payload), int(attempt)), str(reason))
-            for key, payload, attempt, reason in rows
+            DeadLetter(
+                Message(
+                    topic,
+                    _decode_lax(key),
+                    bytes(payload),
+                    int(attempt),
+                    _decode_lax(message_id or b""),
+                ),
+                str(reason),
+            )
+            for key, payload, attempt, reason, message_id in rows
         ]
 
     def close(self) -> None:
@@ -419,7 +511,7 @@ class SQLBroker:
             try:
                 connection = self._dialect.connect()
             except self._dialect.errors as error:
-                raise self._mapped(error) from None
+                raise self._mapped(error) from error
             with self._lock:
                 self._connections.append(connection)
             self._local.connection = connection
@@ -467,7 +559,7 @@ class SQLBroker:
             mapped = self._mapped(error)
             if isinstance(mapped, MessagingUnavailable):
                 self._discard_connection()  # it may be broken; the next call reconnects
-            raise mapped from None
+            raise mapped from error
         finally:
             with contextlib.suppress(Exception):
                 cursor.close()
@@ -495,6 +587,8 @@ def _decode(data: bytes) -> str:
 
 def _mapped_error(dialect: _Dialect, error: BaseException) -> MessagingError | MessagingUnavailable:
     if dialect.is_transient(error):
+        if getattr(error, "args", None) and error.args[0] == _MYSQL_DEADLOCK:
+            return _Deadlock(f"{dialect.name} queue: {error}")
         return MessagingUnavailable(f"{dialect.name} queue: {error}")
     return MessagingError(f"{dialect.name} queue: {type(error).__name__}: {error}")
 
@@ -504,6 +598,8 @@ def _sqlite_is_transient(error: BaseException) -> bool:
     code = getattr(error, "sqlite_errorcode", None)
     return code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
+
+_MYSQL_DEADLOCK: Final = 1213
 
 # Connection refused, lost or timed out; server gone away or shutting down; too many
 # connections; lock wait timeout and deadlock (the transaction was rolled back).
@@ -570,6 +666,7 @@ def sqlite_broker(url: str, *, visibility_timeout: float) -> SQLBroker:
             " SET lease_token = excluded.lease_token, lease_until = excluded.lease_until"
             " WHERE stovepipe_queue_key_lease.lease_until <= {now}"
         ),
+        on_pending_id="ON CONFLICT (topic, message_id) DO NOTHING",
         errors=(sqlite3.Error,),
         is_transient=_sqlite_is_transient,
         explicit_writes=True,
@@ -581,8 +678,16 @@ def sqlite_broker(url: str, *, visibility_timeout: float) -> SQLBroker:
         ) as connection:
             use_wal(connection, timeout)
             create_tables(connection, _SQLITE_SCHEMA)
+            for table, add_column in _SQLITE_UPGRADES:
+                if connection.execute(_SQLITE_HAS_MESSAGE_ID, (table,)).fetchone()[0]:
+                    continue
+                with connection:  # another process may be adding the column too: look again
+                    connection.execute("BEGIN IMMEDIATE")
+                    if not connection.execute(_SQLITE_HAS_MESSAGE_ID, (table,)).fetchone()[0]:
+                        connection.execute(add_column)
+            create_tables(connection, _SQLITE_MESSAGE_ID_INDEX + ";")
     except sqlite3.Error as error:
-        raise _mapped_error(dialect, error) from None
+        raise _mapped_error(dialect, error) from error
     return broker
 
 
@@ -634,12 +739,14 @@ def mysql_broker(url: str, *, visibility_timeout: float) -> SQLBroker:
             " lease_token = IF(lease_until <= {now}, VALUES(lease_token), lease_token),"
             " lease_until = IF(lease_until <= {now}, VALUES(lease_until), lease_until)"
         ),
+        # Not INSERT IGNORE: that would also turn other errors (a key too long) into warnings.
+        on_pending_id="ON DUPLICATE KEY UPDATE id = id",
         errors=(pymysql.err.MySQLError,),
         is_transient=_mysql_is_transient,
     )
     broker = SQLBroker(dialect, visibility_timeout=visibility_timeout)
     try:
-        broker.create_schema(_MYSQL_SCHEMA)
+        broker.create_schema(_MYSQL_SCHEMA, _MYSQL_HAS_MESSAGE_ID, _MYSQL_UPGRADES)
     except BaseException:
         broker.close()
         raise
