@@ -34,7 +34,7 @@ from collections.abc import Callable
 from typing import Final, Protocol
 
 from stovepipe.errors import MessagingError as MessagingError
-from stovepipe.errors import Transient
+from stovepipe.errors import StovepipeError, Transient
 
 TOPIC_PROCESS: Final = "process"
 """Requests admitted by ingest, payload ``ProcessRequest``, partitioned by queue."""
@@ -99,6 +99,14 @@ class MessagingUnavailable(Transient, MessagingError):
     says "messaging is unavailable". A :class:`MessagingError` that is not this one is
     permanent: an operator has to act.
     """
+
+
+def as_messaging_error(error: StovepipeError) -> MessagingError:
+    """``error``, from the mapping an engine's storage backend shares with its messaging
+    queue, as the messaging contract's error: the same message and transient marker. The
+    caller chains it (``raise as_messaging_error(error) from error``)."""
+    kind = MessagingUnavailable if error.transient else MessagingError
+    return kind(str(error))
 
 
 class PermanentFailure(Exception):

@@ -5,10 +5,15 @@ URL                                queue
 =================================  ====================================================
 ``memory://`` (or none)            in this process only (:mod:`.inprocess`)
 ``sqlite:///path/to/file.db``      SQL tables in a SQLite file (:mod:`.sqlqueue`)
-``mysql://user:pw@host:port/db``   SQL tables in MySQL or MariaDB (:mod:`.sqlqueue`, PyMySQL)
+``mysql://user:pw@host:port/db``   SQL tables in MySQL or MariaDB (``stovepipe_mysql.messaging``,
+                                   the MySQL backend's distribution; its URL options)
 ``redis://host:port/db``           Redis Streams (:mod:`.redis_streams`, redis-py)
 ``rediss://host:port/db``          the same over TLS (redis-py's ``ssl_*`` options apply)
 =================================  ====================================================
+
+Every scheme but ``memory`` is an engine registered under the entry-point group
+:data:`ENTRY_POINT_GROUP` (``stovepipe.messaging``), named by the scheme: a third party adds
+one by registering a :class:`BrokerOpener` there.
 
 Every URL takes these query options: ``max_attempts`` (deliveries of one message before it is
 dead-lettered, default 5), ``backoff`` (seconds before the first retry, doubling after each,
@@ -22,6 +27,7 @@ default ``stovepipe:mq:``).
 
 from __future__ import annotations
 
+import importlib.metadata
 import urllib.parse
 from typing import Final, Protocol
 
@@ -34,7 +40,9 @@ from stovepipe.messaging.metrics import MessagingMetrics
 from stovepipe.redaction import redact
 
 QUEUE_URL_ENV: Final = "STOVEPIPE_QUEUE_URL"
-SCHEMES: Final = ("memory", "sqlite", "mysql", "redis", "rediss")
+ENTRY_POINT_GROUP: Final = "stovepipe.messaging"
+"""Where messaging engines register a :class:`BrokerOpener`, named by URL scheme, as storage
+backends register under ``stovepipe.storage``."""
 _DURABLE_OPTIONS: Final = ("visibility_timeout", "poll_interval")
 
 
@@ -63,10 +71,10 @@ def open_messaging(
     url = url or "memory://"
     parts = urllib.parse.urlsplit(url)
     scheme = parts.scheme
-    if scheme not in SCHEMES:
+    if scheme != "memory" and not _entry_points(scheme):
         raise ValueError(
             f"unknown messaging queue URL scheme {scheme!r} in {redact(url)!r}: use one of "
-            + ", ".join(f"{s}://" for s in SCHEMES)
+            + ", ".join(f"{s}://" for s in installed_schemes())
         )
     options = dict(urllib.parse.parse_qsl(parts.query, strict_parsing=bool(parts.query)))
     max_attempts = _number(options.pop("max_attempts", "5"), "max_attempts", int)
@@ -93,24 +101,7 @@ def open_messaging(
     if visibility_timeout <= 0 or poll_interval <= 0:
         raise ValueError("visibility_timeout and poll_interval must be positive")
     broker_url = with_query(url, urllib.parse.urlencode(options))
-    broker: brokered.Broker
-    if scheme in ("redis", "rediss"):
-        try:
-            from stovepipe.messaging.redis_streams import redis_broker
-        except ImportError:
-            raise ValueError(
-                f"{scheme}:// queues need redis-py: "
-                "pip install 'stovepipe[redis]' (or stovepipe-redis)"
-            ) from None
-        broker = redis_broker(broker_url, visibility_timeout=visibility_timeout)
-    elif scheme == "mysql":
-        from stovepipe.messaging.sqlqueue import mysql_broker
-
-        broker = mysql_broker(broker_url, visibility_timeout=visibility_timeout)
-    else:
-        from stovepipe.messaging.sqlqueue import sqlite_broker
-
-        broker = sqlite_broker(broker_url, visibility_timeout=visibility_timeout)
+    broker = open_broker(broker_url, visibility_timeout=visibility_timeout)
     try:
         return brokered.BrokeredMessaging(
             broker,
@@ -127,24 +118,61 @@ def open_messaging(
         raise
 
 
+class BrokerOpener(Protocol):
+    """What a messaging engine registers under :data:`ENTRY_POINT_GROUP`, named by its URL
+    scheme: opens its broker for the URL (its own options only; the consumer's are taken
+    out), raising ``ValueError`` for a malformed URL and the messaging contract's errors."""
+
+    def __call__(self, url: str, *, visibility_timeout: float) -> brokered.Broker: ...
+
+
+def installed_schemes() -> list[str]:
+    """The URL schemes of every messaging engine: ``memory`` and the registered ones."""
+    registered = {ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    return sorted(registered | {"memory"})
+
+
+def _entry_points(scheme: str) -> importlib.metadata.EntryPoints:
+    return importlib.metadata.entry_points(group=ENTRY_POINT_GROUP, name=scheme)
+
+
+def open_broker(url: str, *, visibility_timeout: float) -> brokered.Broker:
+    """The broker of the engine registered for ``url``'s scheme, opened on ``url``.
+
+    Raises ``ValueError`` for a scheme no installed engine serves (or whose driver is
+    missing), else what the engine's opener raises.
+    """
+    scheme = urllib.parse.urlsplit(url).scheme
+    matches = _entry_points(scheme)
+    if not matches:
+        raise ValueError(f"no messaging engine serves {scheme}://")
+    try:
+        opener: BrokerOpener = next(iter(matches)).load()
+    except ImportError as error:
+        raise ValueError(
+            f"the {scheme}:// messaging engine cannot be loaded ({error}): install its "
+            f"distribution (stovepipe-{scheme.removesuffix('s')})"
+        ) from error
+    return opener(url, visibility_timeout=visibility_timeout)
+
+
 def default_queue_url(storage_url: str) -> str:
     """The messaging queue that goes with a storage backend: the same SQLite file, MySQL
-    database or Redis server (over TLS for ``rediss://``) where the backend is one of those,
-    else in-process."""
+    database or Redis server where the backend is one of those, else in-process.
+
+    Every connection option of the storage URL carries over (credentials, TLS, timeouts, and
+    for MySQL the pool and ``migrate``), so the queue talks to the database exactly as the
+    storage does. On Redis the storage's ``prefix`` P, when given, becomes the queue's
+    ``P`` + ``mq:``: deployments that share a database with different prefixes share no
+    queue either.
+    """
     parts = urllib.parse.urlsplit(storage_url)
     if parts.scheme not in ("sqlite", "mysql", "redis", "rediss"):
         return "memory://"
-    # Only the connection's options carry over (its timeout and, for rediss://, its TLS
-    # settings); the others are the backend's own.
-    options = urllib.parse.parse_qsl(parts.query)
-    kept = urllib.parse.urlencode(
-        [
-            (name, value)
-            for name, value in options
-            if name == "timeout" or (parts.scheme == "rediss" and name.startswith("ssl_"))
-        ]
-    )
-    return with_query(storage_url, kept)
+    options = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    if parts.scheme in ("redis", "rediss"):
+        options = [(name, value + "mq:" if name == "prefix" else value) for name, value in options]
+    return with_query(storage_url, urllib.parse.urlencode(options))
 
 
 def with_query(url: str, query: str) -> str:

@@ -1,4 +1,8 @@
-"""A messaging queue in three SQL tables, on SQLite (stdlib) or MySQL/MariaDB (PyMySQL).
+"""A messaging queue in three SQL tables: the engine-neutral broker, and SQLite (stdlib).
+
+Another SQL engine plugs in with a :class:`Dialect` and its :class:`Connections` (MySQL and
+MariaDB: ``stovepipe_mysql.messaging``, in the MySQL backend's distribution, which brings its
+connection pool, options and error mapping; its tables are in that backend's schema files).
 
 Layout::
 
@@ -114,70 +118,27 @@ _SQLITE_MESSAGE_ID_INDEX: Final = (
     " ON stovepipe_queue_message (topic, message_id)"
 )
 
-# Binary columns: no PAD SPACE, no case folding; a key is its exact UTF-8 bytes.
-_MYSQL_SCHEMA: Final = (
-    """
-CREATE TABLE IF NOT EXISTS stovepipe_queue_message (
-    id            BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
-    topic         VARBINARY(255) NOT NULL,
-    partition_key VARBINARY(1024) NOT NULL,
-    payload       LONGBLOB NOT NULL,
-    attempt       INT NOT NULL DEFAULT 0,
-    available_at  DOUBLE NOT NULL,
-    lease_token   VARBINARY(32) NULL,
-    lease_until   DOUBLE NULL,
-    last_error    TEXT NULL,
-    published_at  DOUBLE NOT NULL,
-    message_id    VARBINARY(255) NULL,
-    KEY stovepipe_queue_message_partition (topic, partition_key, id),
-    UNIQUE KEY stovepipe_queue_message_id (topic, message_id)
-) ENGINE=InnoDB
-""",
-    """
-CREATE TABLE IF NOT EXISTS stovepipe_queue_dead_letter (
-    id            BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
-    topic         VARBINARY(255) NOT NULL,
-    partition_key VARBINARY(1024) NOT NULL,
-    payload       LONGBLOB NOT NULL,
-    attempt       INT NOT NULL,
-    reason        TEXT NOT NULL,
-    published_at  DOUBLE NOT NULL,
-    dead_at       DOUBLE NOT NULL,
-    message_id    VARBINARY(255) NULL,
-    KEY stovepipe_queue_dead_letter_topic (topic, id)
-) ENGINE=InnoDB
-""",
-    """
-CREATE TABLE IF NOT EXISTS stovepipe_queue_key_lease (
-    topic         VARBINARY(255) NOT NULL,
-    partition_key VARBINARY(1024) NOT NULL,
-    lease_token   VARBINARY(32) NOT NULL,
-    lease_until   DOUBLE NOT NULL,
-    PRIMARY KEY (topic, partition_key)
-) ENGINE=InnoDB
-""",
-)
+
+class Deadlock(MessagingUnavailable):
+    """The engine rolled the statement back to break a deadlock: running it again is right.
+    An engine's error mapping raises it; :meth:`SQLBroker.publish` runs the INSERT again."""
 
 
-_MYSQL_HAS_MESSAGE_ID: Final = (
-    "SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE()"
-    " AND TABLE_NAME = ? AND COLUMN_NAME = 'message_id'"
-)
-_MYSQL_UPGRADES: Final = (
-    (
-        "stovepipe_queue_message",
-        "ALTER TABLE stovepipe_queue_message ADD COLUMN message_id VARBINARY(255) NULL,"
-        " ADD UNIQUE KEY stovepipe_queue_message_id (topic, message_id)",
-    ),
-    (
-        "stovepipe_queue_dead_letter",
-        "ALTER TABLE stovepipe_queue_dead_letter ADD COLUMN message_id VARBINARY(255) NULL",
-    ),
-)
+class Connections(Protocol):
+    """Where an :class:`SQLBroker` gets its connections: an engine's pool or per-thread
+    connections, with that engine's error mapping."""
 
+    def cursor(self) -> contextlib.AbstractContextManager[Any]:
+        """A DB-API cursor for one block, on a connection no other thread uses meanwhile
+        (autocommit on). A driver error raised in the block leaves it as the messaging
+        contract's error (:class:`MessagingUnavailable`, :class:`Deadlock` or
+        :class:`MessagingError`), chained; a connection that failed is not reused."""
+        ...
 
-class _Deadlock(MessagingUnavailable):
-    """The engine rolled the statement back to break a deadlock: running it again is right."""
+    def close(self) -> None:
+        """Close every connection; a cursor asked for afterwards raises
+        :class:`MessagingUnavailable`. Idempotent."""
+        ...
 
 
 class _Connection(Protocol):
@@ -187,11 +148,10 @@ class _Connection(Protocol):
 
 
 @dataclasses.dataclass(frozen=True)
-class _Dialect:
-    """What differs between the engines: connecting, placeholders, the clock, errors."""
+class Dialect:
+    """What differs between the engines' SQL: placeholders, the clock, transactions."""
 
     name: str
-    connect: Callable[[], _Connection]
     placeholder: str
     # The server's clock in seconds since the epoch, as an SQL expression.
     now: str
@@ -200,11 +160,8 @@ class _Dialect:
     # over one that ran out, and locks the row exclusively at once (a shared lock first, then
     # an exclusive one, would deadlock racing claims).
     lease_key: str
-    # Every exception the driver raises, and which of them are transient (worth a retry).
     # Ends a publish's INSERT: store nothing if the (topic, message_id) pair is pending.
     on_pending_id: str
-    errors: tuple[type[BaseException], ...]
-    is_transient: Callable[[BaseException], bool]
     # Run every write in an explicit ``begin`` transaction: SQLite in WAL mode fails a lone
     # statement that reads, then writes after another writer, without waiting (BUSY_SNAPSHOT);
     # BEGIN IMMEDIATE takes the write lock first, waiting up to the busy timeout.
@@ -222,36 +179,21 @@ class _Receipt:
 class SQLBroker:
     """The :class:`~stovepipe.messaging.brokered.Broker` over the two tables.
 
-    One connection per thread, opened on first use. ``visibility_timeout`` is how long a
-    delivery stays leased without a renewal.
+    ``connections`` hands out the engine's connections (see :class:`Connections`);
+    ``visibility_timeout`` is how long a delivery stays leased without a renewal.
     """
 
-    def __init__(self, dialect: _Dialect, *, visibility_timeout: float) -> None:
-        self._dialect = dialect
-        self._visibility_timeout = visibility_timeout
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._connections: list[_Connection] = []
-        self._held: dict[int, _Receipt] = {}  # row id -> receipt, for renewals
-        self._closed = False
-
-    def create_schema(
-        self,
-        statements: Sequence[str],
-        has_column: str,
-        upgrades: Sequence[tuple[str, str]],
+    def __init__(
+        self, dialect: Dialect, connections: Connections, *, visibility_timeout: float
     ) -> None:
-        """Create the tables if missing (idempotent, safe to race), and add the
-        ``message_id`` column to the tables made before it (``upgrades``: each table and the
-        statement adding its column, run where ``has_column`` counts none)."""
-        for statement in statements:
-            self._execute(statement)
-        for table, add_column in upgrades:
-            if not self._query(has_column, (table,))[0][0]:
-                self._execute(add_column)
+        self._dialect = dialect
+        self._connections = connections
+        self._visibility_timeout = visibility_timeout
+        self._lock = threading.Lock()
+        self._held: dict[int, _Receipt] = {}  # row id -> receipt, for renewals
 
     @tenacity.retry(
-        retry=tenacity.retry_if_exception_type(_Deadlock),
+        retry=tenacity.retry_if_exception_type(Deadlock),
         stop=tenacity.stop_after_attempt(_PUBLISH_ATTEMPTS),
         wait=tenacity.wait_random_exponential(multiplier=0.01, max=0.2),
         reraise=True,
@@ -488,12 +430,8 @@ class SQLBroker:
         """Close the connections. Leases of deliveries still running are left to run out:
         handing them back would let another consumer start the same key alongside."""
         with self._lock:
-            self._closed = True
             self._held = {}
-            connections, self._connections = self._connections, []
-        for connection in connections:
-            with contextlib.suppress(Exception):
-                connection.close()
+        self._connections.close()
 
     def _release(self, delivery: Delivery) -> _Receipt:
         receipt = delivery.receipt
@@ -501,34 +439,6 @@ class SQLBroker:
         with self._lock:
             self._held.pop(receipt.row_id, None)
         return receipt
-
-    def _connection(self) -> _Connection:
-        connection: _Connection | None = getattr(self._local, "connection", None)
-        if connection is None:
-            with self._lock:
-                if self._closed:
-                    raise MessagingUnavailable("the messaging queue is closed")
-            try:
-                connection = self._dialect.connect()
-            except self._dialect.errors as error:
-                raise self._mapped(error) from error
-            with self._lock:
-                self._connections.append(connection)
-            self._local.connection = connection
-        return connection
-
-    def _discard_connection(self) -> None:
-        connection = getattr(self._local, "connection", None)
-        self._local.connection = None
-        if connection is not None:
-            with self._lock, contextlib.suppress(ValueError):
-                self._connections.remove(connection)
-            with contextlib.suppress(Exception):
-                connection.close()
-
-    def _mapped(self, error: BaseException) -> MessagingError | MessagingUnavailable:
-        """The contract's error for a driver's ``error``."""
-        return _mapped_error(self._dialect, error)
 
     def _sql(self, statement: str) -> str:
         return statement.replace("?", self._dialect.placeholder)
@@ -550,19 +460,8 @@ class SQLBroker:
             cursor.execute(self._sql(statement), parameters)
             return list(cursor.fetchall())
 
-    @contextlib.contextmanager
-    def _cursor(self) -> Iterator[Any]:
-        cursor = self._connection().cursor()
-        try:
-            yield cursor
-        except self._dialect.errors as error:
-            mapped = self._mapped(error)
-            if isinstance(mapped, MessagingUnavailable):
-                self._discard_connection()  # it may be broken; the next call reconnects
-            raise mapped from error
-        finally:
-            with contextlib.suppress(Exception):
-                cursor.close()
+    def _cursor(self) -> contextlib.AbstractContextManager[Any]:
+        return self._connections.cursor()
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[Any]:
@@ -585,36 +484,13 @@ def _decode(data: bytes) -> str:
     return bytes(data).decode("utf-8", "surrogatepass")
 
 
-def _mapped_error(dialect: _Dialect, error: BaseException) -> MessagingError | MessagingUnavailable:
-    if dialect.is_transient(error):
-        if getattr(error, "args", None) and error.args[0] == _MYSQL_DEADLOCK:
-            return _Deadlock(f"{dialect.name} queue: {error}")
-        return MessagingUnavailable(f"{dialect.name} queue: {error}")
-    return MessagingError(f"{dialect.name} queue: {type(error).__name__}: {error}")
-
-
-def _sqlite_is_transient(error: BaseException) -> bool:
-    """Only a lock held by another connection past the busy timeout passes on its own."""
+def _sqlite_error(error: sqlite3.Error) -> MessagingError:
+    """The messaging contract's error for a ``sqlite3`` error: only a lock held by another
+    connection past the busy timeout passes on its own."""
     code = getattr(error, "sqlite_errorcode", None)
-    return code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
-
-
-_MYSQL_DEADLOCK: Final = 1213
-
-# Connection refused, lost or timed out; server gone away or shutting down; too many
-# connections; lock wait timeout and deadlock (the transaction was rolled back).
-_MYSQL_TRANSIENT_CODES: Final = frozenset(
-    {1040, 1053, 1205, 1213, 1927, 2002, 2003, 2006, 2013, 2055}
-)
-
-
-def _mysql_is_transient(error: BaseException) -> bool:
-    import pymysql
-
-    if isinstance(error, pymysql.err.InterfaceError):  # the connection is closed or broken
-        return True
-    code = error.args[0] if error.args else None
-    return isinstance(error, pymysql.err.OperationalError) and code in _MYSQL_TRANSIENT_CODES
+    if code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return MessagingUnavailable(f"sqlite queue: {error}")
+    return MessagingError(f"sqlite queue: {type(error).__name__}: {error}")
 
 
 def _decode_lax(data: bytes) -> str:
@@ -629,11 +505,91 @@ def _topic(delivery: Delivery) -> str:
     return delivery.message.topic
 
 
-def sqlite_broker(url: str, *, visibility_timeout: float) -> SQLBroker:
-    """A broker in the SQLite file of ``sqlite:///path[?timeout=S]``.
+class _ThreadConnections:
+    """One SQLite connection per thread, opened on first use (a SQLite connection is cheap,
+    and a thread's own stays warm)."""
 
-    The tables may share the file with the SQLite storage backend. WAL mode lets consumers in
-    several processes on this host share the file; ``timeout`` bounds the wait for its lock.
+    def __init__(self, connect: Callable[[], _Connection]) -> None:
+        self._connect = connect
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._open: list[_Connection] = []
+        self._closed = False
+
+    @contextlib.contextmanager
+    def cursor(self) -> Iterator[Any]:
+        """A cursor on this thread's connection; a transient failure closes the connection
+        (it may be broken: the next call reconnects)."""
+        cursor = self._connection().cursor()
+        try:
+            yield cursor
+        except sqlite3.Error as error:
+            mapped = _sqlite_error(error)
+            if mapped.transient:
+                self._discard()
+            raise mapped from error
+        finally:
+            with contextlib.suppress(Exception):
+                cursor.close()
+
+    def _connection(self) -> _Connection:
+        connection: _Connection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            with self._lock:
+                if self._closed:
+                    raise MessagingUnavailable("the messaging queue is closed")
+            try:
+                connection = self._connect()
+            except sqlite3.Error as error:
+                raise _sqlite_error(error) from error
+            with self._lock:
+                self._open.append(connection)
+            self._local.connection = connection
+        return connection
+
+    def _discard(self) -> None:
+        connection = getattr(self._local, "connection", None)
+        self._local.connection = None
+        if connection is not None:
+            with self._lock, contextlib.suppress(ValueError):
+                self._open.remove(connection)
+            with contextlib.suppress(Exception):
+                connection.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            connections, self._open = self._open, []
+        for connection in connections:
+            with contextlib.suppress(Exception):
+                connection.close()
+
+
+SQLITE_DIALECT: Final = Dialect(
+    name="sqlite",
+    placeholder="?",
+    now="((julianday('now') - 2440587.5) * 86400.0)",
+    # IMMEDIATE takes the write lock up front: no deadlock upgrading a read lock.
+    begin="BEGIN IMMEDIATE",
+    lease_key=(
+        "INSERT INTO stovepipe_queue_key_lease"
+        " (lease_token, lease_until, topic, partition_key) VALUES (?, {now} + ?, ?, ?)"
+        " ON CONFLICT (topic, partition_key) DO UPDATE"
+        " SET lease_token = excluded.lease_token, lease_until = excluded.lease_until"
+        " WHERE stovepipe_queue_key_lease.lease_until <= {now}"
+    ),
+    on_pending_id="ON CONFLICT (topic, message_id) DO NOTHING",
+    explicit_writes=True,
+)
+
+
+def sqlite_broker(url: str, *, visibility_timeout: float) -> SQLBroker:
+    """A broker in the SQLite file of ``sqlite:///path[?timeout=S&synchronous=MODE]``.
+
+    The tables may share the file with the SQLite storage backend, and the URL takes the
+    storage's options. WAL mode lets consumers in several processes on this host share the
+    file; ``timeout`` bounds the wait for its lock; ``synchronous`` is ``full`` (the default:
+    every acknowledged publish survives power loss) or ``normal``.
     """
     parts = urllib.parse.urlsplit(url)
     if parts.netloc:
@@ -641,37 +597,20 @@ def sqlite_broker(url: str, *, visibility_timeout: float) -> SQLBroker:
     path = urllib.parse.unquote(parts.path[1:])
     if not path:
         raise ValueError("sqlite URL needs a file path: sqlite:///path/to/file.db")
-    options = _options(parts.query, {"timeout"}, "sqlite")
+    options = _options(parts.query, {"timeout", "synchronous"}, "sqlite")
     timeout = float(options.get("timeout", DEFAULT_TIMEOUT))
+    synchronous = options.get("synchronous", "full").upper()
+    if synchronous not in ("FULL", "NORMAL"):
+        raise ValueError(f"sqlite URL option synchronous must be full or normal, not {synchronous}")
 
     def connect() -> _Connection:
         connection = sqlite3.connect(
             path, timeout=timeout, isolation_level=None, check_same_thread=False
         )
         use_wal(connection, timeout)
-        connection.execute("PRAGMA synchronous=FULL")
+        connection.execute(f"PRAGMA synchronous={synchronous}")
         return connection
 
-    dialect = _Dialect(
-        name="sqlite",
-        connect=connect,
-        placeholder="?",
-        now="((julianday('now') - 2440587.5) * 86400.0)",
-        # IMMEDIATE takes the write lock up front: no deadlock upgrading a read lock.
-        begin="BEGIN IMMEDIATE",
-        lease_key=(
-            "INSERT INTO stovepipe_queue_key_lease"
-            " (lease_token, lease_until, topic, partition_key) VALUES (?, {now} + ?, ?, ?)"
-            " ON CONFLICT (topic, partition_key) DO UPDATE"
-            " SET lease_token = excluded.lease_token, lease_until = excluded.lease_until"
-            " WHERE stovepipe_queue_key_lease.lease_until <= {now}"
-        ),
-        on_pending_id="ON CONFLICT (topic, message_id) DO NOTHING",
-        errors=(sqlite3.Error,),
-        is_transient=_sqlite_is_transient,
-        explicit_writes=True,
-    )
-    broker = SQLBroker(dialect, visibility_timeout=visibility_timeout)
     try:
         with contextlib.closing(
             sqlite3.connect(path, timeout=timeout, isolation_level=None)
@@ -687,70 +626,10 @@ def sqlite_broker(url: str, *, visibility_timeout: float) -> SQLBroker:
                         connection.execute(add_column)
             create_tables(connection, _SQLITE_MESSAGE_ID_INDEX + ";")
     except sqlite3.Error as error:
-        raise _mapped_error(dialect, error) from error
-    return broker
-
-
-def mysql_broker(url: str, *, visibility_timeout: float) -> SQLBroker:
-    """A broker in the MySQL/MariaDB database of ``mysql://user:password@host:port/db``.
-
-    ``timeout`` (seconds, default 5) bounds connecting, every read and every write. Needs
-    PyMySQL (installed with the MySQL backend, ``stovepipe-mysql``).
-    """
-    try:
-        import pymysql
-    except ImportError:
-        raise ValueError(
-            "mysql:// queues need PyMySQL: pip install 'stovepipe[mysql]' (or stovepipe-mysql)"
-        ) from None
-    parts = urllib.parse.urlsplit(url)
-    database = urllib.parse.unquote(parts.path.lstrip("/"))
-    if not parts.hostname or not database:
-        raise ValueError("mysql queue URL needs a host and a database: mysql://host/db")
-    options = _options(parts.query, {"timeout"}, "mysql")
-    timeout = float(options.get("timeout", DEFAULT_TIMEOUT))
-
-    def connect() -> _Connection:
-        return pymysql.connect(
-            host=parts.hostname,
-            port=parts.port or 3306,
-            user=urllib.parse.unquote(parts.username or "root"),
-            password=urllib.parse.unquote(parts.password or ""),
-            database=database,
-            autocommit=True,
-            connect_timeout=max(1, round(timeout)),
-            read_timeout=timeout,
-            write_timeout=timeout,
-            # UTC: UNIX_TIMESTAMP(NOW(6)) is then unambiguous across daylight-saving changes.
-            init_command="SET time_zone = '+00:00'",
-        )
-
-    dialect = _Dialect(
-        name="mysql",
-        connect=connect,
-        placeholder="%s",
-        now="UNIX_TIMESTAMP(NOW(6))",
-        begin="START TRANSACTION",
-        # The token is assigned first, while lease_until still holds the old deadline.
-        lease_key=(
-            "INSERT INTO stovepipe_queue_key_lease"
-            " (lease_token, lease_until, topic, partition_key) VALUES (%s, {now} + %s, %s, %s)"
-            " ON DUPLICATE KEY UPDATE"
-            " lease_token = IF(lease_until <= {now}, VALUES(lease_token), lease_token),"
-            " lease_until = IF(lease_until <= {now}, VALUES(lease_until), lease_until)"
-        ),
-        # Not INSERT IGNORE: that would also turn other errors (a key too long) into warnings.
-        on_pending_id="ON DUPLICATE KEY UPDATE id = id",
-        errors=(pymysql.err.MySQLError,),
-        is_transient=_mysql_is_transient,
+        raise _sqlite_error(error) from error
+    return SQLBroker(
+        SQLITE_DIALECT, _ThreadConnections(connect), visibility_timeout=visibility_timeout
     )
-    broker = SQLBroker(dialect, visibility_timeout=visibility_timeout)
-    try:
-        broker.create_schema(_MYSQL_SCHEMA, _MYSQL_HAS_MESSAGE_ID, _MYSQL_UPGRADES)
-    except BaseException:
-        broker.close()
-        raise
-    return broker
 
 
 def _options(query: str, allowed: set[str], scheme: str) -> dict[str, str]:
