@@ -12,9 +12,11 @@ import urllib.parse
 import pytest
 from redis._parsers.base import BaseParser
 from redis.exceptions import RedisError
+from stovepipe_redis.backend import mapped_error
+from stovepipe_redis.messaging import RedisStreamsBroker
 
 from stovepipe.messaging.brokered import MessagingError, MessagingUnavailable
-from stovepipe.messaging.redis_streams import RedisStreamsBroker, _mapped_error
+from stovepipe.messaging.contract import as_messaging_error
 from stovepipe.messaging.registry import open_messaging
 from stovepipe.storage import StorageError
 
@@ -149,11 +151,11 @@ def reply_error(reply: str) -> RedisError:
     ],
 )
 def test_redis_a_server_that_cannot_write_for_now_is_transient(reply: str) -> None:
-    mapped = _mapped_error(reply_error(reply))
+    mapped = as_messaging_error(mapped_error(reply_error(reply)))
     assert isinstance(mapped, MessagingUnavailable)
     assert reply.split()[0] in str(mapped)
 
 
 def test_redis_other_reply_errors_are_permanent() -> None:
     for reply in ("NOPERM this user has no permissions", "ERR unknown command 'XADD'"):
-        assert_permanent(_mapped_error(reply_error(reply)))
+        assert_permanent(as_messaging_error(mapped_error(reply_error(reply))))

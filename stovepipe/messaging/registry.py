@@ -7,8 +7,9 @@ URL                                queue
 ``sqlite:///path/to/file.db``      SQL tables in a SQLite file (:mod:`.sqlqueue`)
 ``mysql://user:pw@host:port/db``   SQL tables in MySQL or MariaDB (``stovepipe_mysql.messaging``,
                                    the MySQL backend's distribution; its URL options)
-``redis://host:port/db``           Redis Streams (:mod:`.redis_streams`, redis-py)
-``rediss://host:port/db``          the same over TLS (redis-py's ``ssl_*`` options apply)
+``redis://host:port/db``           Redis Streams (``stovepipe_redis.messaging``, the Redis
+                                   backend's distribution; its URL options)
+``rediss://host:port/db``          the same over TLS (its ``ssl_*`` options apply)
 =================================  ====================================================
 
 Every scheme but ``memory`` is an engine registered under the entry-point group

@@ -1,4 +1,6 @@
-"""A messaging queue on Redis Streams, with consumer groups and leased shards.
+"""The ``redis://`` messaging queue: Redis Streams, with consumer groups and leased shards, on
+the storage's options (:mod:`stovepipe_redis.options`), connection pool construction and error
+mapping (:func:`stovepipe_redis.backend.mapped_error`).
 
 Layout, for a topic ``T`` whose UTF-8 encoding is ``n`` bytes long (the length prefix keeps
 topics that contain ``:`` apart)::
@@ -39,7 +41,6 @@ import os
 import socket
 import threading
 import time
-import urllib.parse
 import uuid
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -49,13 +50,14 @@ import redis
 import redis.exceptions
 
 from stovepipe.messaging.brokered import Delivery, MessagingError, MessagingUnavailable
-from stovepipe.messaging.contract import Message
+from stovepipe.messaging.contract import Message, as_messaging_error
 from stovepipe.messaging.inprocess import DeadLetter
+from stovepipe_redis.backend import mapped_error
+from stovepipe_redis.options import parse_url
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_SHARDS: Final = 16
-DEFAULT_TIMEOUT: Final = 5.0
 GROUP: Final = b"stovepipe"
 PREFIX: Final = b"stovepipe:mq:"
 
@@ -468,32 +470,7 @@ class RedisStreamsBroker:
         try:
             return operation()
         except redis.exceptions.RedisError as error:
-            raise _mapped_error(error) from error
-
-
-# Error replies of a server that cannot take writes for now: loading its data set, busy with
-# a script, a replica or a primary without its replicas, out of memory, failing to persist.
-_TRANSIENT_REPLIES: Final = frozenset(
-    {"BUSY", "LOADING", "MASTERDOWN", "MISCONF", "NOREPLICAS", "OOM", "READONLY", "TRYAGAIN"}
-)
-
-
-def _mapped_error(
-    error: redis.exceptions.RedisError,
-) -> MessagingError | MessagingUnavailable:
-    """The contract's error for a redis-py ``error``: transient or not."""
-    exceptions = redis.exceptions
-    # redis-py strips the reply's code from the errors it has a class for; put it back.
-    code: str | None = getattr(error, "status_code", None)
-    text = f"{code} {error}" if code else str(error)
-    if isinstance(error, exceptions.AuthenticationError | exceptions.AuthorizationError):
-        return MessagingError(f"redis queue: access denied: {text}")
-    if (
-        isinstance(error, exceptions.ConnectionError | exceptions.TimeoutError)
-        or text.split(" ", 1)[0] in _TRANSIENT_REPLIES
-    ):
-        return MessagingUnavailable(f"redis queue: {text}")
-    return MessagingError(f"redis queue: {type(error).__name__}: {text}")
+            raise as_messaging_error(mapped_error(error)) from error
 
 
 def _encode(text: str) -> bytes:
@@ -512,46 +489,25 @@ def _decode_lax(data: bytes) -> str:
         return bytes(data).decode("utf-8", "backslashreplace")
 
 
-TLS_OPTIONS: Final[tuple[str, ...]] = (
-    "ssl_cert_reqs",
-    "ssl_ca_certs",
-    "ssl_ca_path",
-    "ssl_certfile",
-    "ssl_keyfile",
-    "ssl_password",
-    "ssl_check_hostname",
-    "ssl_min_version",
-)
-"""Query options of a ``rediss://`` URL that redis-py applies to its TLS connections."""
-
-
 def redis_broker(url: str, *, visibility_timeout: float) -> RedisStreamsBroker:
-    """A broker on the Redis of
-    ``redis://[:password@]host:port/db[?timeout=S&shards=N&prefix=P]``, or over TLS with
-    ``rediss://``, which also takes redis-py's :data:`TLS_OPTIONS`.
+    """Entry point (``stovepipe.messaging``) for ``redis://`` and ``rediss://``: a broker on
+    the storage's URL and options (:mod:`stovepipe_redis.options`: TLS, ``timeout``,
+    ``prefix``, redis-py's), plus ``shards`` (default 16, the same in every process).
 
-    ``timeout`` (seconds, default 5) bounds connecting and every command. ``prefix`` (default
-    ``stovepipe:mq:``) starts every key name: deployments sharing one Redis database give
-    each its own.
+    ``prefix`` (default ``stovepipe:mq:``) starts every key name: deployments sharing one
+    Redis database give each its own (the default messaging URL of a storage URL with
+    ``prefix=P`` has ``P`` + ``mq:``). Connects lazily: an unreachable server shows at the
+    first call, as :class:`MessagingUnavailable`.
     """
-    parts = urllib.parse.urlsplit(url)
-    options = dict(urllib.parse.parse_qsl(parts.query, strict_parsing=bool(parts.query)))
-    tls_options: dict[str, str] = {n: options.pop(n) for n in TLS_OPTIONS if n in options}
-    unknown = set(options) - {"timeout", "shards", "prefix"}
-    if tls_options and parts.scheme != "rediss":
-        unknown |= set(tls_options)
-    if unknown:
-        raise ValueError(f"unknown redis queue URL options: {', '.join(sorted(unknown))}")
-    timeout = float(options.get("timeout", DEFAULT_TIMEOUT))
-    client = redis.Redis.from_url(
-        # redis-py reads TLS from the scheme and the ssl_* options from the query.
-        urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(tls_options))),
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-    )
+    options = parse_url(url, extra=("shards",))
+    shards = options.extra.get("shards", str(DEFAULT_SHARDS))
+    try:
+        shard_count = int(shards)
+    except ValueError:
+        raise ValueError(f"redis URL option shards must be an integer, not {shards!r}") from None
     return RedisStreamsBroker(
-        client,
+        redis.Redis(connection_pool=options.connection_pool()),
         visibility_timeout=visibility_timeout,
-        shards=int(options.get("shards", DEFAULT_SHARDS)),
-        prefix=options["prefix"].encode() if "prefix" in options else PREFIX,
+        shards=shard_count,
+        prefix=PREFIX if options.prefix is None else options.prefix.encode(),
     )
