@@ -250,7 +250,10 @@ def broker_operations(
         broker.ack(delivery)
         return None
 
-    return publish, claim_ack, lambda: queue.stop(timeout=5)
+    def close() -> None:
+        queue.stop(timeout=5)
+
+    return publish, claim_ack, close
 
 
 @contextlib.contextmanager

@@ -179,11 +179,14 @@ class StovepipeServer:
         self.health.enter_graceful_shutdown()
         self._server.stop(grace).wait(grace + 1)
         drain = max(deadline - time.monotonic(), _MIN_QUEUE_DRAIN_SECONDS)
-        self.messaging.stop(timeout=drain)
+        drained = self.messaging.stop(timeout=drain)
         self.metrics.close()
         stuck = self.metrics.in_flight()
         if stuck:
             logger.warning("%d call(s) did not finish within the %gs grace period", stuck, grace)
+        if stuck or not drained:
+            # A thread still uses the storage: closing its connections under it can crash
+            # the process (SQLite). The caller exits instead.
             return False
         self.storage.close()
         return True
@@ -388,7 +391,10 @@ def run_worker(config: configuration.Config) -> int:
     runners = build_runners(config, sourcecontrol)
     metrics = Metrics()
     storage = metrics.instrument(_open_configured_storage(config))
-    with contextlib.closing(storage), _stop_requested_by_signals() as stop_requested:
+    # Closed at the end unless a delivery outlived the grace period: it still uses the storage.
+    drained = [True]
+    with contextlib.ExitStack() as closing, _stop_requested_by_signals() as stop_requested:
+        closing.callback(lambda: storage.close() if drained[0] else None)
         messaging = build_messaging(config, metrics)
         if isinstance(messaging, InProcessMessaging):
             raise configuration.ConfigError(
@@ -416,7 +422,7 @@ def run_worker(config: configuration.Config) -> int:
             while not stop_requested.wait(1.0):
                 pass
         finally:
-            messaging.stop(timeout=config.grace_period)
+            drained[0] = messaging.stop(timeout=config.grace_period)
             metrics.close()
     logger.info("stopped")
     return 0

@@ -17,7 +17,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final, Protocol
 
 from stovepipe.messaging.contract import (
@@ -152,6 +152,10 @@ class BrokeredMessaging:
         self._stopping = False
         self._threads: list[threading.Thread] = []
         self._heartbeat: threading.Thread | None = None
+        self._running = 0  # threads using the broker (workers, heartbeat) not yet ended
+        # Set once stop() gave up waiting for a worker: the last worker to end closes the
+        # broker.
+        self._close_when_done = False
         # Set only once the workers are joined: a delivery draining during a graceful stop
         # keeps its lease renewed until it settles.
         self._heartbeat_stop = threading.Event()
@@ -208,32 +212,42 @@ class BrokeredMessaging:
             thread.start()
         self._heartbeat.start()
 
-    def stop(self, timeout: float | None = None) -> None:
+    def stop(self, timeout: float | None = None) -> bool:
         """Claim nothing more, wait up to ``timeout`` seconds for running deliveries, then give
-        back the leases and close the broker. Idempotent.
+        back the leases and close the broker. Idempotent. Returns whether every worker ended.
 
         A delivery still running when the wait ends is not acknowledged by this process: its
-        message is delivered again after the visibility timeout.
+        message is delivered again after the visibility timeout. Its worker still uses the
+        broker's connections, so they are closed only when the last such worker ends, never
+        under it.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._condition:
             if self._stopping and not self._threads and self._heartbeat is None:
-                return
+                return self._running == 0
             self._stopping = True
             self._condition.notify_all()
             threads, self._threads = self._threads, []
             heartbeat, self._heartbeat = self._heartbeat, None
         for thread in threads:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        running = sum(thread.is_alive() for thread in threads)
-        if running:
-            logger.warning(
-                "stopped with %d deliveries still running; they will be redelivered", running
-            )
+        # The leases of deliveries still running lapse: their messages go to other consumers.
         self._heartbeat_stop.set()
         if heartbeat is not None:
             heartbeat.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        with self._condition:
+            running = self._running
+            # Else the last worker to end closes the broker (see _work).
+            self._close_when_done = bool(running)
+        if running:
+            logger.warning(
+                "stopped with %d threads still using the messaging engine (running deliveries "
+                "are redelivered); its connections are closed when they end",
+                running,
+            )
+            return False
         self.broker.close()
+        return True
 
     def dead_letters(self, topic: str) -> list[DeadLetter]:
         """The messages of ``topic`` that failed for good, oldest first."""
@@ -244,6 +258,23 @@ class BrokeredMessaging:
         return self.broker.backlog(topic)
 
     def _work(self) -> None:
+        self._using_broker(self._consume)
+
+    def _using_broker(self, run: Callable[[], None]) -> None:
+        """Run a thread's loop, counted as a user of the broker's connections: the last user to
+        end after a :meth:`stop` that gave up waiting closes the broker."""
+        with self._condition:
+            self._running += 1
+        try:
+            run()
+        finally:
+            with self._condition:
+                self._running -= 1
+                last = self._running == 0 and self._close_when_done
+            if last:
+                self.broker.close()
+
+    def _consume(self) -> None:
         seen = -1
         while True:
             with self._condition:
@@ -363,6 +394,9 @@ class BrokeredMessaging:
             )
 
     def _beat(self) -> None:
+        self._using_broker(self._renew_until_stopped)
+
+    def _renew_until_stopped(self) -> None:
         """Refresh the backlog gauge (at once, then every ``renew_interval``) and renew
         leases, until :meth:`stop` has joined the workers."""
         while True:

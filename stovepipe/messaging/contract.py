@@ -156,10 +156,13 @@ class Messaging(Publisher, Protocol):
         """Start delivering. Messages published earlier are delivered too."""
         ...
 
-    def stop(self, timeout: float | None = None) -> None:
+    def stop(self, timeout: float | None = None) -> bool:
         """Stop delivering within ``timeout`` seconds, letting in-flight deliveries finish.
 
         A durable queue leaves unclaimed messages stored for the next consumer; a queue whose
         messages do not outlive the process delivers what it holds first, within the timeout.
+        Returns whether every delivery ended in time. If one did not, its worker thread keeps
+        the connections it uses open until it ends (closing them under it can crash the
+        process), and so must the caller keep open what the handlers use (the storage).
         """
         ...

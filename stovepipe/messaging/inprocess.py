@@ -164,8 +164,9 @@ class InProcessMessaging:
                 thread.start()
             self._condition.notify_all()
 
-    def stop(self, timeout: float | None = None) -> None:
-        """Drain, then stop: within ``timeout`` seconds in all.
+    def stop(self, timeout: float | None = None) -> bool:
+        """Drain, then stop: within ``timeout`` seconds in all. Returns whether every delivery
+        ended in time.
 
         While the budget lasts, queued messages are delivered and failed ones retried after
         their backoff, as when running, until the queue is idle (see :meth:`wait_until_idle`).
@@ -187,6 +188,7 @@ class InProcessMessaging:
             undelivered = sum(len(pending) for pending in self._partitions.values())
             if undelivered:
                 logger.warning("stopped with %d messages undelivered", undelivered)
+            return self._in_flight == 0
 
     def wait_until_idle(self, timeout: float | None = None) -> bool:
         """Wait until every deliverable message is acknowledged or dead-lettered.
