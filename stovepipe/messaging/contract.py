@@ -101,6 +101,14 @@ class MessagingUnavailable(Transient, MessagingError):
     """
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message that failed for good: its last delivery and why it failed."""
+
+    message: Message
+    reason: str
+
+
 def as_messaging_error(error: StovepipeError) -> MessagingError:
     """``error``, from the mapping an engine's storage backend shares with its messaging
     queue, as the messaging contract's error: the same message and transient marker. The

@@ -18,7 +18,9 @@ one by registering a :class:`BrokerOpener` there.
 
 Every URL takes these query options: ``max_attempts`` (deliveries of one message before it is
 dead-lettered, default 5), ``backoff`` (seconds before the first retry, doubling after each,
-default 0.1), ``max_backoff`` (default 30), ``workers`` (handler threads, default 4). The
+default 0.1), ``max_backoff`` (default 30), ``workers`` (handler threads, default 4),
+``transient_retry`` (seconds a message whose handler meets transient faults is retried without
+counting attempts, default 3600). The
 durable queues also take ``visibility_timeout`` (seconds a delivery stays leased without a
 renewal, default 30), ``poll_interval`` (seconds an idle worker waits before asking again,
 default 0.1) and ``timeout`` (seconds bounding every call to the server, default 5); Redis
@@ -82,6 +84,11 @@ def open_messaging(
     backoff = _number(options.pop("backoff", "0.1"), "backoff", float)
     max_backoff = _number(options.pop("max_backoff", "30"), "max_backoff", float)
     workers = _number(options.pop("workers", "4"), "workers", int)
+    transient_retry = _number(
+        options.pop("transient_retry", str(brokered.DEFAULT_TRANSIENT_RETRY_SECONDS)),
+        "transient_retry",
+        float,
+    )
     if scheme == "memory":
         if options or parts.netloc or parts.path:
             raise ValueError(f"memory:// takes no host, path or option but these: {redact(url)!r}")
@@ -90,6 +97,8 @@ def open_messaging(
             backoff_seconds=backoff,
             max_backoff_seconds=max_backoff,
             workers=int(workers),
+            metrics=MessagingMetrics(registry),
+            transient_retry_seconds=transient_retry,
         )
     visibility_timeout = _number(
         options.pop("visibility_timeout", str(brokered.DEFAULT_VISIBILITY_TIMEOUT)),
@@ -113,6 +122,7 @@ def open_messaging(
             poll_interval=poll_interval,
             renew_interval=visibility_timeout / 3,
             metrics=MessagingMetrics(registry),
+            transient_retry_seconds=transient_retry,
         )
     except BaseException:
         broker.close()
