@@ -273,7 +273,9 @@ def mapped_error(error: redis.exceptions.RedisError) -> StorageError:
     text = f"{code} {error}" if code else str(error)
     if isinstance(
         error, redis.exceptions.AuthenticationError | redis.exceptions.AuthorizationError
-    ) or isinstance(error.__context__, ssl.SSLCertVerificationError):
+    ):
+        return StorageError(f"redis: access denied: {text}")
+    if isinstance(error.__context__, ssl.SSLCertVerificationError):
         return StorageError(f"redis: {text}")
     if (
         isinstance(error, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError)

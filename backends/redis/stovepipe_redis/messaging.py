@@ -134,6 +134,32 @@ end
 return held
 """
 
+# KEYS: streams. ARGV: group, this consumer, idle threshold in ms ('' = only this consumer).
+# Deletes from each stream's group the consumers with no pending entry: this consumer (when it
+# stops), or any idle longer than the threshold (stale: their process went away). A consumer
+# with pending entries is kept: deleting it would drop them from the group's pending list.
+# Returns how many consumers it deleted.
+_REMOVE_CONSUMERS: Final = """
+local group, me, idle_ms = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local removed = 0
+for i = 1, #KEYS do
+  local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[i], group)
+  if ok then
+    for _, consumer in ipairs(consumers) do
+      local info = {}
+      for j = 1, #consumer, 2 do info[consumer[j]] = consumer[j + 1] end
+      local stale = idle_ms and info['name'] ~= me and tonumber(info['idle']) > idle_ms
+      local leaving = (not idle_ms) and info['name'] == me
+      if tonumber(info['pending']) == 0 and (stale or leaving) then
+        redis.call('XGROUP', 'DELCONSUMER', KEYS[i], group, info['name'])
+        removed = removed + 1
+      end
+    end
+  end
+end
+return removed
+"""
+
 _T = TypeVar("_T")
 _Shard = tuple[str, int]
 """``(topic, shard index)``."""
@@ -160,6 +186,7 @@ class RedisStreamsBroker:
         self._claim_script = client.register_script(_CLAIM)
         self._publish_script = client.register_script(_PUBLISH)
         self._renew_script = client.register_script(_RENEW)
+        self._remove_consumers_script = client.register_script(_REMOVE_CONSUMERS)
         self._lock = threading.Lock()
         self._groups: set[bytes] = set()  # streams known to have the group
         self._in_flight: set[_Shard] = set()
@@ -348,7 +375,9 @@ class RedisStreamsBroker:
             )
 
     def renew(self) -> None:
-        """Extend the leases of the shards delivering or backing off here."""
+        """Extend the leases of the shards delivering or backing off here, and remove the
+        stale consumers of the streams used here (see :meth:`remove_stale_consumers`)."""
+        self.remove_stale_consumers()
         with self._lock:
             shards = sorted(self._in_flight | set(self._backing_off))
         if not shards:
@@ -363,6 +392,34 @@ class RedisStreamsBroker:
             for shard, still_held in zip(shards, held, strict=True):
                 if not still_held and self._backing_off.pop(shard, None) is not None:
                     logger.warning("lost the lease of a backing-off %r shard", shard[0])
+
+    def remove_stale_consumers(self) -> int:
+        """Delete from the groups of the streams used here the consumers with no pending
+        entry that were idle longer than the visibility timeout (their process went away
+        without leaving); how many. Consumers with pending entries stay: their entries are
+        reclaimed through the lease."""
+        with self._lock:
+            streams = sorted(self._groups)
+        if not streams:
+            return 0
+        removed: Any = self._call(
+            lambda: self._remove_consumers_script(
+                keys=streams, args=[GROUP, self._consumer, self._lease_ms]
+            )
+        )
+        return int(removed)
+
+    def _leave_groups(self) -> None:
+        """Delete this consumer from the groups of the streams used here, where it holds no
+        pending entry (one that it does is reclaimed by the next owner of the shard)."""
+        with self._lock:
+            streams = sorted(self._groups)
+        if streams:
+            self._call(
+                lambda: self._remove_consumers_script(
+                    keys=streams, args=[GROUP, self._consumer, ""]
+                )
+            )
 
     def backlog(self, topic: str) -> int:
         """Entries left in ``topic``'s shard streams (acknowledged ones are deleted)."""
@@ -392,7 +449,8 @@ class RedisStreamsBroker:
 
     def close(self) -> None:
         """Give up every shard lease held here with no delivery running (idle or backing
-        off), so that other consumers take the shards at once; disconnect.
+        off), so that other consumers take the shards at once; leave the consumer groups
+        (where this consumer has no pending entry); disconnect.
 
         Shards with a delivery still running keep their lease until it runs out: handing
         them back would let another consumer start the same key alongside.
@@ -412,6 +470,8 @@ class RedisStreamsBroker:
                         args=[self._consumer, 0],
                     )
                 )
+        with contextlib.suppress(MessagingUnavailable, MessagingError):
+            self._leave_groups()
         self._client.close()
 
     @staticmethod

@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -91,3 +93,55 @@ def test_an_unreachable_redis_is_messaging_unavailable_with_the_cause_chained() 
         assert isinstance(raised.value.__cause__, redis.exceptions.RedisError)
     finally:
         queue.stop(timeout=0)
+
+
+def consumers(raw: redis.Redis, stream: bytes) -> dict[bytes, int]:
+    """The consumers of the stream's group: name -> pending entries."""
+    listed: Any = raw.xinfo_consumers(stream, b"stovepipe")
+    found: dict[bytes, int] = {}
+    for entry in listed:
+        name = entry["name"]
+        found[name.encode() if isinstance(name, str) else bytes(name)] = int(entry["pending"])
+    return found
+
+
+def test_a_consumer_leaves_its_groups_when_it_stops(
+    url_with: object, raw: redis.Redis, prefix: str
+) -> None:
+    assert callable(url_with)
+    queue = open_messaging(url_with(prefix=f"{prefix}mq:", shards=2))
+    assert isinstance(queue, BrokeredMessaging)
+    broker = queue.broker
+    assert isinstance(broker, RedisStreamsBroker)
+    topic = f"leave-{uuid.uuid4().hex[:8]}"
+    done = threading.Event()
+    queue.subscribe(topic, lambda message: done.set())
+    queue.start()
+    queue.publish(topic, "k", b"x")
+    assert done.wait(TIMEOUT)
+    streams = [broker._stream(topic, index) for index in range(2)]
+    assert any(broker._consumer in consumers(raw, stream) for stream in streams)
+    queue.stop(timeout=5)
+    for stream in streams:
+        assert broker._consumer not in consumers(raw, stream), "left behind in the group"
+
+
+def test_stale_consumers_without_pending_entries_are_removed(
+    url_with: object, raw: redis.Redis, prefix: str
+) -> None:
+    assert callable(url_with)
+    broker = redis_broker(url_with(prefix=f"{prefix}mq:", shards=1), visibility_timeout=0.2)
+    try:
+        topic = f"stale-{uuid.uuid4().hex[:8]}"
+        broker.publish(topic, "k", b"x", "m-1")
+        stream = broker._stream(topic, 0)
+        # Two consumers of processes gone: one idle with nothing pending, one holding an entry.
+        raw.xgroup_createconsumer(stream, "stovepipe", "gone-idle")
+        raw.xreadgroup("stovepipe", "gone-holding", {stream: ">"}, count=1)
+        time.sleep(0.3)  # longer than the visibility timeout
+        assert broker.remove_stale_consumers() >= 1
+        left = consumers(raw, stream)
+        assert b"gone-idle" not in left
+        assert left.get(b"gone-holding") == 1, "a consumer with a pending entry must stay"
+    finally:
+        broker.close()
