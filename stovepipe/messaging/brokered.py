@@ -457,20 +457,12 @@ class BrokeredMessaging:
             with self._condition:
                 self._transient.pop(self._identity(delivery.message), None)
         try:
-            for attempt in tenacity.Retrying(
-                retry=tenacity.retry_if_exception(is_transient),
-                wait=tenacity.wait_exponential(
-                    multiplier=self._backoff_seconds or 0.01, max=self._max_backoff_seconds
-                ),
-                stop=tenacity.stop_any(
-                    tenacity.stop_after_delay(self._transient_retry_seconds),
-                    _StopWhenSet(self._abandon),
-                ),
-                sleep=self._pause,
-                reraise=True,
-            ):
-                with attempt:
-                    self._settle_once(outcome, delivery, reason, delay)
+            try:
+                self._settle_once(outcome, delivery, reason, delay)
+            except Exception as error:
+                if not is_transient(error):
+                    raise
+                self._settle_retrying(outcome, delivery, reason, delay)
         except Exception as error:
             self._metrics.broker_errors.labels(outcome).inc()
             logger.warning(
@@ -480,6 +472,24 @@ class BrokeredMessaging:
                 error,
             )
         self._wake_one()
+
+    def _settle_retrying(self, outcome: str, delivery: Delivery, reason: str, delay: float) -> None:
+        """Retry a settlement that met a transient fault (the first try's), with capped
+        exponential backoff."""
+        for attempt in tenacity.Retrying(
+            retry=tenacity.retry_if_exception(is_transient),
+            wait=tenacity.wait_exponential(
+                multiplier=self._backoff_seconds or 0.01, max=self._max_backoff_seconds
+            ),
+            stop=tenacity.stop_any(
+                tenacity.stop_after_delay(self._transient_retry_seconds),
+                _StopWhenSet(self._abandon),
+            ),
+            sleep=self._pause,
+            reraise=True,
+        ):
+            with attempt:
+                self._settle_once(outcome, delivery, reason, delay)
 
     def _pause(self, seconds: float) -> None:
         """Sleep between retries of a broker call; cut short once :meth:`stop` gives up."""

@@ -113,8 +113,9 @@ class MemoryBroker:
                     self._leased.add(partition)
                     head = self._partitions[partition][0]
                     head.attempt += 1
-                    message = Message(topic, partition[1], head.payload, head.attempt)
-                    message = dataclasses.replace(message, message_id=head.message_id)
+                    message = Message(
+                        topic, partition[1], head.payload, head.attempt, head.message_id
+                    )
                     return Delivery(message, partition)
             return None
 
