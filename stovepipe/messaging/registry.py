@@ -66,10 +66,10 @@ def open_messaging(
 ) -> InspectableMessaging:
     """Open (not start) the messaging queue ``url`` names; ``None`` or ``""`` is in-process.
 
-    The durable queues register their metrics in ``registry`` (see :mod:`.metrics`). Raises
-    ``ValueError`` for a malformed URL or an unknown scheme or option, and
-    :class:`~stovepipe.messaging.brokered.MessagingUnavailable` if the server cannot be
-    reached.
+    Every queue, the in-process one included, registers its metrics in ``registry`` (see
+    :mod:`.metrics`). Raises ``ValueError`` for a malformed URL or an unknown scheme or option,
+    :class:`~stovepipe.messaging.MessagingUnavailable` if the engine cannot be reached and
+    :class:`~stovepipe.messaging.MessagingError` if it refuses.
     """
     url = url or "memory://"
     parts = urllib.parse.urlsplit(url)
