@@ -13,6 +13,9 @@ fresh topic, so a shared server is fine.
 * publish -> handler: one message at a time, the consumer in this process (a consumer in
   another process sees it within its ``poll_interval`` instead).
 * drain: messages already queued on 16 keys, consumed by 4 workers, messages per second.
+* duplicates: 10,000 publishes of 100 ids (4 publisher threads, consumers running, as
+  polling ingest does), until the topic's backlog is empty: publishes per second and the
+  messages the handler saw; next to the same publishes each with a fresh id.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from collections.abc import Callable, Iterator
 from benchmarks.timing import Latency, measure, print_comparison
 from stovepipe.messaging import Message
 from stovepipe.messaging.brokered import Broker, BrokeredMessaging
+from stovepipe.messaging.contract import new_message_id
 from stovepipe.messaging.registry import open_messaging
 
 
@@ -44,9 +48,9 @@ def raw_sqlite(url: str, topic: str) -> tuple[Callable[[int], object], Callable[
     def publish(i: int) -> object:
         return connection.execute(
             "INSERT INTO stovepipe_queue_message"
-            " (topic, partition_key, payload, attempt, available_at, published_at)"
-            f" VALUES (?, ?, ?, 0, {now}, {now})",
-            (topic_bytes, b"k", b"x" * 64),
+            " (topic, partition_key, payload, attempt, available_at, published_at, message_id)"
+            f" VALUES (?, ?, ?, 0, {now}, {now}, ?)",
+            (topic_bytes, b"k", b"x" * 64, uuid.uuid4().hex.encode()),
         )
 
     def claim_ack(i: int) -> object:
@@ -85,9 +89,9 @@ def raw_mysql(url: str, topic: str) -> tuple[Callable[[int], object], Callable[[
     def publish(i: int) -> object:
         return cursor.execute(
             "INSERT INTO stovepipe_queue_message"
-            " (topic, partition_key, payload, attempt, available_at, published_at)"
-            f" VALUES (%s, %s, %s, 0, {now}, {now})",
-            (topic_bytes, b"k", b"x" * 64),
+            " (topic, partition_key, payload, attempt, available_at, published_at, message_id)"
+            f" VALUES (%s, %s, %s, 0, {now}, {now}, %s)",
+            (topic_bytes, b"k", b"x" * 64, uuid.uuid4().hex.encode()),
         )
 
     def claim_ack(i: int) -> object:
@@ -186,6 +190,46 @@ def drain_rate(url: str, count: int) -> float:
         queue.stop(timeout=5)
 
 
+def duplicate_drain(
+    url: str, publishes: int = 10_000, ids: int = 100, *, fresh_ids: bool = False
+) -> tuple[float, int]:
+    """Publish ``publishes`` messages cycling over ``ids`` ids (or each with a fresh id) from 4
+    threads while 4 workers consume; wait until the backlog is empty. Returns publishes per
+    second over the whole run and how many deliveries the handler saw."""
+    queue = open_messaging(url + ("&" if "?" in url else "?") + "workers=4")
+    topic = f"bench-{uuid.uuid4().hex[:8]}"
+    handled = 0
+    lock = threading.Lock()
+
+    def handle(message: Message) -> None:
+        nonlocal handled
+        with lock:
+            handled += 1
+
+    def publish(first: int) -> None:
+        for n in range(first, publishes, 4):
+            message_id = None if fresh_ids else f"request/q/{n % ids}"
+            queue.publish(topic, f"key-{n % ids % 16}", b"x" * 64, message_id=message_id)
+
+    queue.subscribe(topic, handle)
+    queue.start()
+    start = time.perf_counter()
+    try:
+        threads = [threading.Thread(target=publish, args=(n,)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(300)
+        deadline = time.monotonic() + 300
+        while queue.backlog(topic):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"backlog {queue.backlog(topic)} left after 300 s")
+            time.sleep(0.005)
+        return publishes / (time.perf_counter() - start), handled
+    finally:
+        queue.stop(timeout=5)
+
+
 def broker_operations(
     url: str, count: int
 ) -> tuple[Callable[[int], object], Callable[[int], object], Callable[[], None]]:
@@ -196,7 +240,7 @@ def broker_operations(
     topic = f"bench-{uuid.uuid4().hex[:8]}"
 
     def publish(i: int) -> object:
-        broker.publish(topic, "k", b"x" * 64)
+        broker.publish(topic, "k", b"x" * 64, new_message_id())
         return None
 
     def claim_ack(i: int) -> object:
@@ -206,7 +250,10 @@ def broker_operations(
         broker.ack(delivery)
         return None
 
-    return publish, claim_ack, lambda: queue.stop(timeout=5)
+    def close() -> None:
+        queue.stop(timeout=5)
+
+    return publish, claim_ack, close
 
 
 @contextlib.contextmanager
@@ -232,6 +279,7 @@ def main() -> int:
     args = parser.parse_args()
     count: int = args.count
     summary: list[tuple[str, Latency, float]] = []
+    duplicates: list[tuple[str, float, int, float, int]] = []
     with targets(args.url) as urls:
         for url in urls:
             scheme = url.split("://", 1)[0]
@@ -247,12 +295,22 @@ def main() -> int:
             summary.append(
                 (scheme, publish_to_handler(url, count), drain_rate(url, max(count, 1000)))
             )
+            same_rate, same_handled = duplicate_drain(url)
+            fresh_rate, fresh_handled = duplicate_drain(url, fresh_ids=True)
+            duplicates.append((scheme, same_rate, same_handled, fresh_rate, fresh_handled))
     print("\npublish -> handler (consumer in this process), and drain rate (4 workers, 16 keys)")
     print(f"{'queue':<10}{'p50 us':>10}{'p99 us':>10}{'mean us':>10}{'msgs/s':>10}")
     for scheme, latency, rate in summary:
         print(
             f"{scheme:<10}{latency.p50_us:>10.1f}{latency.p99_us:>10.1f}"
             f"{latency.mean_us:>10.1f}{rate:>10.0f}"
+        )
+    print("\n10,000 publishes of 100 ids until drained (4 publishers, 4 workers)")
+    print(f"{'queue':<10}{'ids/s':>10}{'handled':>10}{'fresh/s':>10}{'handled':>10}")
+    for scheme, same_rate, same_handled, fresh_rate, fresh_handled in duplicates:
+        print(
+            f"{scheme:<10}{same_rate:>10.0f}{same_handled:>10}"
+            f"{fresh_rate:>10.0f}{fresh_handled:>10}"
         )
     return 0
 

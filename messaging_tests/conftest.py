@@ -34,10 +34,10 @@ QueueFactory = Callable[..., InspectableMessaging]
 collect_ignore = [
     module
     for module, driver in (
-        ("test_errors.py", "redis"),
-        ("test_errors.py", "pymysql"),
-        ("test_redis.py", "redis"),
-        ("test_mysql.py", "pymysql"),
+        ("test_errors.py", "stovepipe_redis"),
+        ("test_errors.py", "stovepipe_mysql"),
+        ("test_redis.py", "stovepipe_redis"),
+        ("test_mysql.py", "stovepipe_mysql"),
     )
     if importlib.util.find_spec(driver) is None
 ]

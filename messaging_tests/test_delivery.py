@@ -45,10 +45,11 @@ def test_published_message_is_delivered_with_its_topic_key_payload_and_attempt_o
     recorder = Recorder()
     queue.subscribe(topic, recorder)
     queue.start()
-    queue.publish(topic, "monorepo/main", b'{"id":"request/monorepo/main/1"}')
+    payload = b'{"id":"request/monorepo/main/1"}'
+    queue.publish(topic, "monorepo/main", payload, message_id="request/monorepo/main/1")
 
     (seen,) = recorder.wait_for(1)
-    assert seen.message == Message(topic, "monorepo/main", b'{"id":"request/monorepo/main/1"}', 1)
+    assert seen.message == Message(topic, "monorepo/main", payload, 1, "request/monorepo/main/1")
 
 
 def test_messages_published_before_start_are_delivered_after_start(
@@ -89,7 +90,7 @@ def test_failed_delivery_is_retried_with_backoff_up_to_max_attempts_then_dead_le
     recorder = Recorder(failing(times=99))
     queue.subscribe(topic, recorder)
     queue.start()
-    queue.publish(topic, "k", b"doomed")
+    queue.publish(topic, "k", b"doomed", message_id="doomed-1")
 
     (letter,) = dead_letters_of(queue, topic)
     seen = recorder.wait_for(3)
@@ -97,7 +98,7 @@ def test_failed_delivery_is_retried_with_backoff_up_to_max_attempts_then_dead_le
     # The n-th retry waits backoff * 2**(n-1): 0.2 s, then 0.4 s.
     assert seen[1].started - seen[0].ended >= backoff * 0.9
     assert seen[2].started - seen[1].ended >= 2 * backoff * 0.9
-    assert letter.message == Message(topic, "k", b"doomed", 3)
+    assert letter.message == Message(topic, "k", b"doomed", 3, "doomed-1")
     assert "RuntimeError: boom on attempt 3" in letter.reason
     time.sleep(4 * backoff)
     assert len(recorder.seen) == 3, "a dead letter is never delivered again"
@@ -135,10 +136,10 @@ def test_permanent_failure_dead_letters_at_once_with_the_reason(
     recorder = Recorder(refuse)
     queue.subscribe(topic, recorder)
     queue.start()
-    queue.publish(topic, "k", b"{}")
+    queue.publish(topic, "k", b"{}", message_id="refused-1")
 
     (letter,) = dead_letters_of(queue, topic)
-    assert letter.message == Message(topic, "k", b"{}", 1)
+    assert letter.message == Message(topic, "k", b"{}", 1, "refused-1")
     assert letter.reason == "PermanentFailure: malformed payload: no id"
     time.sleep(0.3)
     assert len(recorder.seen) == 1

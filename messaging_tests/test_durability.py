@@ -41,7 +41,9 @@ def test_a_message_survives_a_consumer_killed_before_ack_and_is_redelivered(
     (first,) = children.events("start")
     assert (first["payload"], first["attempt"]) == ("survivor", 1)
     (seen,) = recorder.wait_for(1)
-    assert seen.message == Message(topic, "k", b"survivor", 2)
+    # Published by a child: its id is a fresh one, the same on every delivery.
+    assert seen.message == Message(topic, "k", b"survivor", 2, seen.message.message_id)
+    assert seen.message.message_id
 
 
 def test_a_message_whose_consumers_keep_dying_is_dead_lettered_after_max_attempts(
@@ -62,7 +64,8 @@ def test_a_message_whose_consumers_keep_dying_is_dead_lettered_after_max_attempt
 
     (letter,) = dead_letters_of(queue, topic)
     assert [e["attempt"] for e in children.events("start")] == [1, 2]
-    assert letter.message == Message(topic, "k", b"poison", 3)
+    assert letter.message == Message(topic, "k", b"poison", 3, letter.message.message_id)
+    assert letter.message.message_id
     assert "without an outcome" in letter.reason
     assert recorder.seen == [], "the handler never sees a message past its last attempt"
 
@@ -131,7 +134,7 @@ def test_a_delivery_still_running_when_stop_times_out_keeps_its_lease_until_it_r
     first = make_durable_queue(visibility_timeout=LEASE)
     first.subscribe(topic, stuck)
     first.start()
-    first.publish(topic, "k", b"slow")
+    first.publish(topic, "k", b"slow", message_id="slow-1")
     assert entered.wait(30)
     stopped_at = time.monotonic()
     first.stop(timeout=0.1)
@@ -144,5 +147,5 @@ def test_a_delivery_still_running_when_stop_times_out_keeps_its_lease_until_it_r
         (seen,) = recorder.wait_for(1)
     finally:
         release.set()
-    assert seen.message == Message(topic, "k", b"slow", 2)
+    assert seen.message == Message(topic, "k", b"slow", 2, "slow-1")
     assert seen.started - stopped_at >= LEASE * 0.5, "no other consumer starts the key alongside"

@@ -1,7 +1,6 @@
 """Every failure of a durable queue's server is the contract's error, classified: transient
-ones are ``MessagingUnavailable`` (a storage ``Unavailable``: retry later), permanent ones
-``MessagingError`` (a ``StorageError``, not ``Unavailable``: an operator has to act). No
-driver exception leaks."""
+ones are ``MessagingUnavailable`` (retry later), permanent ones a plain ``MessagingError`` (an
+operator has to act). Neither is a storage error. No driver exception leaks."""
 
 from __future__ import annotations
 
@@ -13,11 +12,13 @@ import urllib.parse
 import pytest
 from redis._parsers.base import BaseParser
 from redis.exceptions import RedisError
+from stovepipe_redis.backend import mapped_error
+from stovepipe_redis.messaging import RedisStreamsBroker
 
 from stovepipe.messaging.brokered import MessagingError, MessagingUnavailable
-from stovepipe.messaging.redis_streams import RedisStreamsBroker, _mapped_error
+from stovepipe.messaging.contract import as_messaging_error
 from stovepipe.messaging.registry import open_messaging
-from stovepipe.storage import StorageError, Unavailable
+from stovepipe.storage import StorageError
 
 from .conftest import engine_url, url_with
 
@@ -33,8 +34,9 @@ def redis_url(request: pytest.FixtureRequest) -> str:
 
 
 def assert_permanent(error: BaseException) -> None:
-    assert isinstance(error, MessagingError) and isinstance(error, StorageError)
-    assert not isinstance(error, Unavailable), "retrying would not help"
+    assert isinstance(error, MessagingError) and not isinstance(error, StorageError)
+    assert not error.transient, "retrying would not help"
+    assert not isinstance(error, MessagingUnavailable)
 
 
 def test_sqlite_a_lock_held_past_the_timeout_is_transient(tmp_path: pathlib.Path) -> None:
@@ -149,11 +151,11 @@ def reply_error(reply: str) -> RedisError:
     ],
 )
 def test_redis_a_server_that_cannot_write_for_now_is_transient(reply: str) -> None:
-    mapped = _mapped_error(reply_error(reply))
+    mapped = as_messaging_error(mapped_error(reply_error(reply)))
     assert isinstance(mapped, MessagingUnavailable)
     assert reply.split()[0] in str(mapped)
 
 
 def test_redis_other_reply_errors_are_permanent() -> None:
     for reply in ("NOPERM this user has no permissions", "ERR unknown command 'XADD'"):
-        assert_permanent(_mapped_error(reply_error(reply)))
+        assert_permanent(as_messaging_error(mapped_error(reply_error(reply))))

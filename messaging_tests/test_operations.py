@@ -15,7 +15,6 @@ from stovepipe.messaging.brokered import BrokeredMessaging, MessagingUnavailable
 from stovepipe.messaging.inprocess import InProcessMessaging
 from stovepipe.messaging.registry import default_messaging_url, open_messaging
 from stovepipe.redaction import redact
-from stovepipe.storage import Unavailable
 
 from .conftest import url_with
 from .recorder import Recorder
@@ -92,7 +91,7 @@ def test_an_unreachable_server_is_unavailable_within_the_timeout(
         queue = open_messaging(url)  # MySQL connects at once, to create its tables
         queue.publish(topic, "k", b"lost")  # Redis connects on first use
     assert time.monotonic() - start < 5
-    assert isinstance(raised.value, Unavailable), "the ingest RPC maps it to UNAVAILABLE"
+    assert raised.value.transient, "the ingest RPC maps it to UNAVAILABLE"
 
 
 def test_the_url_scheme_picks_the_queue(tmp_path: object) -> None:
@@ -107,17 +106,32 @@ def test_the_url_scheme_picks_the_queue(tmp_path: object) -> None:
 
 
 def test_the_default_queue_follows_the_storage_backend() -> None:
-    assert default_messaging_url("sqlite:////var/lib/s.db?synchronous=normal&timeout=3") == (
-        "sqlite:////var/lib/s.db?timeout=3"
-    )
     assert default_messaging_url("mysql://u:p@db:3306/stovepipe") == "mysql://u:p@db:3306/stovepipe"
     assert default_messaging_url("redis://cache:6379/2") == "redis://cache:6379/2"
+    assert default_messaging_url("etcd://127.0.0.1:2379") == "memory://"
+    assert default_messaging_url("memory://") == "memory://"
+
+
+def test_the_default_messaging_url_keeps_every_storage_option() -> None:
+    assert default_messaging_url("sqlite:////var/lib/s.db?synchronous=normal&timeout=3") == (
+        "sqlite:////var/lib/s.db?synchronous=normal&timeout=3"
+    )
+    tls = "ssl_ca=%2Fetc%2Fca.pem&ssl_cert=c.pem&ssl_key=k.pem&ssl_verify=true"
+    mysql = f"mysql://u:p@db:3306/stovepipe?{tls}&timeout=2&pool_size=4&migrate=true"
+    assert default_messaging_url(mysql) == mysql
     assert default_messaging_url("rediss://:pw@cache:6380/2?ssl_ca_certs=ca.pem&timeout=3") == (
         "rediss://:pw@cache:6380/2?ssl_ca_certs=ca.pem&timeout=3"
     )
-    assert default_messaging_url("rediss://cache:6380/0?prefix=a%3A") == "rediss://cache:6380/0"
-    assert default_messaging_url("etcd://127.0.0.1:2379") == "memory://"
-    assert default_messaging_url("memory://") == "memory://"
+
+
+def test_the_default_redis_queue_carries_the_storage_prefix() -> None:
+    # Two deployments sharing a database with different prefixes share no queue.
+    assert default_messaging_url("rediss://cache:6380/0?prefix=a%3A") == (
+        "rediss://cache:6380/0?prefix=a%3Amq%3A"
+    )
+    assert (
+        default_messaging_url("redis://cache/0?prefix=b%3A") == "redis://cache/0?prefix=b%3Amq%3A"
+    )
 
 
 def test_a_rediss_url_opens_the_redis_streams_queue_over_tls() -> None:

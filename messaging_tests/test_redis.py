@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from stovepipe_redis.messaging import RedisStreamsBroker
 
-from stovepipe.messaging.redis_streams import RedisStreamsBroker
 from stovepipe.messaging.registry import open_messaging
 
 from .conftest import engine_url, url_with

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 from stovepipe.messaging import Message
-from stovepipe.messaging.redis_streams import RedisStreamsBroker
 from stovepipe.messaging.registry import InspectableMessaging
 from stovepipe.messaging.sqlqueue import SQLBroker
 
@@ -27,6 +26,8 @@ def store_raw(queue: InspectableMessaging, topic: str, fields: dict[bytes, bytes
             (topic.encode(), fields[b"key"], fields.get(b"payload", b"")),
         )
     else:
+        from stovepipe_redis.messaging import RedisStreamsBroker
+
         assert isinstance(broker, RedisStreamsBroker)
         stream = broker._stream(topic, 0)
         broker._ensure_group(stream)

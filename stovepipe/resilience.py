@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, cast
 
+from stovepipe.errors import is_transient
 from stovepipe.messaging.contract import Publisher
 from stovepipe.storage.errors import LimitExceeded, Unavailable
 from stovepipe.storage.storage import Storage
@@ -59,7 +60,8 @@ class Rejected(Unavailable):
 
     def __init__(self, message: str, *, dependency: str, retry_after: float) -> None:
         super().__init__(message)
-        self.dependency = dependency
+        self.dependency_name = dependency
+        """The dependency the call was refused for (``"storage"``, ``"messaging"``)."""
         self.retry_after = retry_after
 
 
@@ -303,13 +305,12 @@ class Guard:
             if breaker is not None:  # refused before reaching the dependency: tells nothing
                 breaker.abandoned(probe)
             raise
-        except Unavailable:
+        except BaseException as error:
             if breaker is not None:
-                breaker.failed(probe)
-            raise
-        except BaseException:
-            if breaker is not None:
-                breaker.succeeded(probe)  # the dependency answered, with an error of its own
+                if is_transient(error):  # unreachable, timed out: the dependency failed
+                    breaker.failed(probe)
+                else:  # the dependency answered, with an error of its own
+                    breaker.succeeded(probe)
             raise
         if breaker is not None:
             breaker.succeeded(probe)
@@ -352,6 +353,8 @@ class GuardedPublisher:
         self._publisher = publisher
         self._guard = guard
 
-    def publish(self, topic: str, key: str, payload: bytes) -> None:
+    def publish(
+        self, topic: str, key: str, payload: bytes, *, message_id: str | None = None
+    ) -> None:
         """As ``publisher.publish``, refused as :meth:`Guard.call` says."""
-        self._guard.call(self._publisher.publish, topic, key, payload)
+        self._guard.call(self._publisher.publish, topic, key, payload, message_id=message_id)

@@ -38,8 +38,8 @@ from stovepipe.controller.ingest import IngestController
 from stovepipe.controller.pipeline import subscribe_pipeline
 from stovepipe.controller.process import one_at_a_time
 from stovepipe.entity import BuildStatus
-from stovepipe.messaging import TOPIC_PROCESS, Messaging
-from stovepipe.messaging.brokered import BrokeredMessaging, MessagingError
+from stovepipe.messaging import TOPIC_PROCESS, Messaging, MessagingError
+from stovepipe.messaging.brokered import BrokeredMessaging
 from stovepipe.messaging.inprocess import InProcessMessaging
 from stovepipe.messaging.registry import default_messaging_url, open_messaging
 from stovepipe.metrics import Metrics
@@ -251,11 +251,14 @@ class StovepipeServer:
         rest = max(deadline - time.monotonic(), 0.0)
         self._server.stop(rest).wait(rest + 1)
         drain = max(deadline - time.monotonic(), _MIN_QUEUE_DRAIN_SECONDS)
-        self.messaging.stop(timeout=drain)
+        drained = self.messaging.stop(timeout=drain)
         self.metrics.close()
         stuck = self.metrics.in_flight()
         if stuck:
             logger.warning("%d call(s) did not finish within the %gs grace period", stuck, grace)
+        if stuck or not drained:
+            # A thread still uses the storage: closing its connections under it can crash
+            # the process (SQLite). The caller exits instead.
             return False
         self.storage.close()
         return True
@@ -564,7 +567,10 @@ def run_worker(config: configuration.Config) -> int:
     runners = build_runners(config, sourcecontrol)
     metrics = Metrics()
     storage = metrics.instrument(_open_configured_storage(config))
-    with contextlib.closing(storage), _stop_requested_by_signals() as stop_requested:
+    # Closed at the end unless a delivery outlived the grace period: it still uses the storage.
+    drained = [True]
+    with contextlib.ExitStack() as closing, _stop_requested_by_signals() as stop_requested:
+        closing.callback(lambda: storage.close() if drained[0] else None)
         messaging = build_messaging(config, metrics)
         if isinstance(messaging, InProcessMessaging):
             raise configuration.ConfigError(
@@ -592,7 +598,7 @@ def run_worker(config: configuration.Config) -> int:
             while not stop_requested.wait(1.0):
                 pass
         finally:
-            messaging.stop(timeout=config.grace_period)
+            drained[0] = messaging.stop(timeout=config.grace_period)
             metrics.close()
     logger.info("stopped")
     return 0

@@ -2,19 +2,20 @@
 
 It holds no business logic. Status codes:
 
-======================================================  ====================
+======================================================  ============================
 error                                                   status
-======================================================  ====================
+======================================================  ============================
 ``InvalidQueue``, ``LimitExceeded``, ``InvalidPage``,   ``INVALID_ARGUMENT``
 empty id, a request that does not parse
 SourceControl ``NotFound`` (queue, ref), storage        ``NOT_FOUND``
 ``NotFound`` (request)
-storage or SourceControl ``Unavailable``                ``UNAVAILABLE``
+a transient error of :mod:`stovepipe.errors` (storage,  ``UNAVAILABLE``, naming the
+messaging, SourceControl or BuildRunner ``Unavailable``) dependency that is down
 a bulkhead full or a breaker open (``Rejected``)        ``UNAVAILABLE``, retry hint
 a deadline that expired before the call (or one of its  ``DEADLINE_EXCEEDED``
 backend calls) started
 anything else (``InconsistentState`` included)          ``INTERNAL``, detail logged only
-======================================================  ====================
+======================================================  ============================
 
 The caller's deadline is handed on to the backend calls (:func:`stovepipe.resilience.deadline`).
 A rejected call carries its retry hint as the trailing metadata ``grpc-retry-pushback-ms``
@@ -36,6 +37,7 @@ from stovepipe import resilience, sourcecontrol, storage
 from stovepipe.controller import queries
 from stovepipe.controller.ingest import IngestController, InvalidQueue
 from stovepipe.entity import BuildStrategy, Queue, Request, RequestState
+from stovepipe.errors import StovepipeError
 from stovepipe.v1 import stovepipe_pb2 as pb
 from stovepipe.v1 import stovepipe_pb2_grpc as pb_grpc
 
@@ -202,16 +204,25 @@ class StovepipeServicer(pb_grpc.StovepipeServicer):
             milliseconds = max(1, round(error.retry_after * 1000))
             context.set_trailing_metadata(((RETRY_PUSHBACK_KEY, str(milliseconds)),))
             code = grpc.StatusCode.UNAVAILABLE
-            detail = f"{error.dependency} is unavailable; retry in {milliseconds} ms"
-        except (storage.Unavailable, sourcecontrol.Unavailable) as error:
-            kind = "storage" if isinstance(error, storage.Unavailable) else "source control"
-            logger.warning("%s unavailable: %s", kind, error)
-            code, detail = grpc.StatusCode.UNAVAILABLE, f"{kind} is unavailable; retry later"
-        except Exception:
-            incident = uuid.uuid4().hex[:12]
-            logger.exception("internal error (incident %s)", incident)
-            code, detail = grpc.StatusCode.INTERNAL, f"internal error (incident {incident})"
+            detail = f"{error.dependency_name} is unavailable; retry in {milliseconds} ms"
+        except StovepipeError as error:
+            if not error.transient:
+                code, detail = _internal(error)
+            else:
+                # Which dependency: "storage", "messaging", "source control", "build runner".
+                kind = error.dependency
+                logger.warning("%s unavailable: %s", kind, error)
+                code, detail = grpc.StatusCode.UNAVAILABLE, f"{kind} is unavailable; retry later"
+        except Exception as error:
+            code, detail = _internal(error)
         _abort(context, code, detail)
+
+
+def _internal(error: BaseException) -> tuple[grpc.StatusCode, str]:
+    """``INTERNAL`` with an incident number; the detail goes to the log only."""
+    incident = uuid.uuid4().hex[:12]
+    logger.error("internal error (incident %s)", incident, exc_info=error)
+    return grpc.StatusCode.INTERNAL, f"internal error (incident {incident})"
 
 
 def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, detail: str) -> NoReturn:

@@ -5,7 +5,7 @@ A :class:`BuildRunner` is bound to one queue by a :class:`BuildRunnerFactory`, l
 SourceControl, so its methods take no queue. Build ids are minted by the runner and opaque:
 nothing outside the runner that minted one parses it.
 
-Errors, all under :class:`BuildRunnerError`:
+Errors, all under :class:`BuildRunnerError` (in the tree of :mod:`stovepipe.errors`):
 
 * :class:`NotFound`: a build id this runner never minted, or a queue without a runner.
 * :class:`Unavailable`: a transient fault (the runner's state cannot be read or written, the
@@ -18,17 +18,15 @@ import dataclasses
 from typing import Protocol
 
 from stovepipe.entity import BuildStatus
-
-
-class BuildRunnerError(Exception):
-    """Base of every error the BuildRunner contract defines."""
+from stovepipe.errors import BuildRunnerError as BuildRunnerError
+from stovepipe.errors import Transient
 
 
 class NotFound(BuildRunnerError):
     """An unknown build id, or a queue without a runner."""
 
 
-class Unavailable(BuildRunnerError):
+class Unavailable(Transient, BuildRunnerError):
     """A transient fault; retry later."""
 
 

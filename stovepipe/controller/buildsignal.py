@@ -97,6 +97,8 @@ def wake_newest(storage: Storage, publisher: Publisher, queue: str) -> None:
     except NotFound:
         return
     if waiting:
+        # A fresh message id, not the request id: a delivery of the request's message may be
+        # running right now and find the slot still taken; this wake-up must come after it.
         publisher.publish(TOPIC_PROCESS, queue, encode(ProcessRequest(id=newest, queue=queue)))
 
 

@@ -90,7 +90,9 @@ class IngestController:
             stamp_latest(self._storage, queue, request.id)
         if request.state == RequestState.ACCEPTED and self._builds(queue):
             payload = encode_process_request(ProcessRequest(id=request.id, queue=queue))
-            self._publisher.publish(TOPIC_PROCESS, queue, payload)
+            # The request id names the message: while one is pending, republishing the same
+            # head (every poll of an unchanged ref) adds nothing to the topic.
+            self._publisher.publish(TOPIC_PROCESS, queue, payload, message_id=request.id)
         return request
 
     def _claim_id(self, queue: str, uri: str) -> str:

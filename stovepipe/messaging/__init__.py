@@ -1,6 +1,7 @@
 """Messaging between pipeline stages: the contract, an in-process queue and payload codecs."""
 
 from stovepipe.messaging.contract import (
+    MAX_MESSAGE_ID_BYTES,
     TOPIC_BUILD,
     TOPIC_BUILDSIGNAL,
     TOPIC_PROCESS,
@@ -9,12 +10,15 @@ from stovepipe.messaging.contract import (
     Hold,
     Message,
     Messaging,
+    MessagingError,
+    MessagingUnavailable,
     PermanentFailure,
     Publisher,
     dead_letter_topic,
 )
 
 __all__ = [
+    "MAX_MESSAGE_ID_BYTES",
     "TOPIC_BUILD",
     "TOPIC_BUILDSIGNAL",
     "TOPIC_PROCESS",
@@ -23,6 +27,8 @@ __all__ = [
     "Hold",
     "Message",
     "Messaging",
+    "MessagingError",
+    "MessagingUnavailable",
     "PermanentFailure",
     "Publisher",
     "dead_letter_topic",

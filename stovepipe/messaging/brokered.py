@@ -17,19 +17,25 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final, Protocol
 
+import tenacity
+
+from stovepipe.errors import is_transient
 from stovepipe.messaging.contract import (
+    DeadLetter,
     Handler,
     Hold,
     Message,
     PermanentFailure,
+    checked_message_id,
     dead_letter_topic,
+    new_message_id,
 )
-from stovepipe.messaging.inprocess import DeadLetter
+from stovepipe.messaging.contract import MessagingError as MessagingError
+from stovepipe.messaging.contract import MessagingUnavailable as MessagingUnavailable
 from stovepipe.messaging.metrics import MessagingMetrics
-from stovepipe.storage.errors import StorageError, Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -39,22 +45,22 @@ DEFAULT_MAX_BACKOFF_SECONDS: Final = 30.0
 DEFAULT_VISIBILITY_TIMEOUT: Final = 30.0
 DEFAULT_WORKERS: Final = 4
 DEFAULT_POLL_INTERVAL: Final = 0.1
+IDLE_REQUESTS_PER_SECOND: Final = 5.0
+"""The most claims per second the workers of an idle consumer send their engine together, once
+their poll interval has doubled up to its cap (a publish in this process wakes one at once)."""
+DEFAULT_TRANSIENT_RETRY_SECONDS: Final = 3600.0
+"""How long a message whose handler meets transient faults (an engine unreachable) is retried
+without counting attempts, and how long a settlement is retried, from the first fault."""
 
 
-class MessagingUnavailable(Unavailable):
-    """The messaging queue's server could not be reached in time (transient).
+class _StopWhenSet(tenacity.stop.stop_base):
+    """A tenacity stop condition: stop once ``event`` is set."""
 
-    A storage ``Unavailable`` too, so callers that already treat an unreachable backend as
-    retryable (the ingest RPC answers ``UNAVAILABLE``) treat this one alike.
-    """
+    def __init__(self, event: threading.Event) -> None:
+        self._event = event
 
-
-class MessagingError(StorageError):
-    """The messaging queue's server refused an operation for a reason retrying will not fix:
-    access denied, a missing table, a file that is not a database, data it does not accept.
-
-    A storage ``StorageError`` but not ``Unavailable``: an operator has to act.
-    """
+    def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
+        return self._event.is_set()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -72,8 +78,10 @@ class Broker(Protocol):
     :class:`MessagingError` (permanent), never a driver's exception. Thread-safe.
     """
 
-    def publish(self, topic: str, key: str, payload: bytes) -> None:
-        """Store a message behind the earlier messages of ``(topic, key)``."""
+    def publish(self, topic: str, key: str, payload: bytes, message_id: str) -> None:
+        """Store a message behind the earlier messages of ``(topic, key)``, unless a message
+        of ``message_id`` is pending on ``topic`` (stored, not acknowledged or dead-lettered):
+        then do nothing. Atomic: of racing publishers of one id, one stores the message."""
         ...
 
     def claim(self, topics: Sequence[str]) -> Delivery | None:
@@ -121,10 +129,16 @@ class Broker(Protocol):
 class BrokeredMessaging:
     """A :class:`~stovepipe.messaging.Messaging` whose messages live in a broker.
 
-    ``max_attempts`` bounds the deliveries of one message; the n-th retry waits
-    ``backoff_seconds * 2**(n-1)``, at most ``max_backoff_seconds``. ``workers`` threads each
-    run one delivery at a time; an idle worker asks the broker again after ``poll_interval``
-    seconds, or at once when this process publishes. Leases are renewed every
+    ``max_attempts`` bounds the deliveries of one message whose handler fails; the n-th retry
+    waits ``backoff_seconds * 2**(n-1)``, at most ``max_backoff_seconds``. A handler failing
+    with a transient error (:func:`stovepipe.errors.is_transient`: storage or messaging
+    unavailable) is retried with the same capped backoff without counting attempts, for
+    ``transient_retry_seconds`` (default an hour, by ``clock``) from the message's first such
+    failure; after that its failures count. Broker calls that settle a delivery are retried
+    likewise (tenacity). ``workers`` threads each run one delivery at a time; an idle worker
+    asks the broker again after ``poll_interval`` seconds, doubling while it finds nothing up to
+    ``workers /`` :data:`IDLE_REQUESTS_PER_SECOND`, and at once when this process publishes or
+    settles a delivery. Leases are renewed every
     ``renew_interval`` seconds (a third of the broker's visibility timeout).
     """
 
@@ -139,6 +153,8 @@ class BrokeredMessaging:
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         renew_interval: float = DEFAULT_VISIBILITY_TIMEOUT / 3,
         metrics: MessagingMetrics | None = None,
+        transient_retry_seconds: float = DEFAULT_TRANSIENT_RETRY_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, not {max_attempts}")
@@ -148,6 +164,8 @@ class BrokeredMessaging:
             raise ValueError(f"workers must be at least 1, not {workers}")
         if poll_interval <= 0 or renew_interval <= 0:
             raise ValueError("poll_interval and renew_interval must be positive")
+        if not transient_retry_seconds >= 0:
+            raise ValueError("transient_retry_seconds must not be negative")
         self.broker = broker
         self._max_attempts = max_attempts
         self._backoff_seconds = backoff_seconds
@@ -156,6 +174,13 @@ class BrokeredMessaging:
         self._poll_interval = poll_interval
         self._renew_interval = renew_interval
         self._metrics = metrics if metrics is not None else MessagingMetrics()
+        self._transient_retry_seconds = transient_retry_seconds
+        self._idle_wait = max(poll_interval, workers / IDLE_REQUESTS_PER_SECOND)
+        self._clock = clock
+        # (topic, key, message id) -> (first transient failure, transient failures so far)
+        self._transient: dict[tuple[str, str, str], tuple[float, int]] = {}
+        # Set once stop() gave up waiting: workers stop retrying their broker calls.
+        self._abandon = threading.Event()
         self._handlers: dict[str, Handler] = {}
         self._condition = threading.Condition()
         self._published = 0  # wakes idle workers when this process publishes
@@ -163,28 +188,35 @@ class BrokeredMessaging:
         self._stopping = False
         self._threads: list[threading.Thread] = []
         self._heartbeat: threading.Thread | None = None
+        self._running = 0  # threads using the broker (workers, heartbeat) not yet ended
+        # Set once stop() gave up waiting for a worker: the last worker to end closes the
+        # broker.
+        self._close_when_done = False
         # Set only once the workers are joined: a delivery draining during a graceful stop
         # keeps its lease renewed until it settles.
         self._heartbeat_stop = threading.Event()
 
-    def publish(self, topic: str, key: str, payload: bytes) -> None:
-        """Store ``payload`` durably on ``topic`` behind the earlier messages of ``key``.
+    def publish(
+        self, topic: str, key: str, payload: bytes, *, message_id: str | None = None
+    ) -> None:
+        """Store ``payload`` durably on ``topic`` behind the earlier messages of ``key``,
+        unless a message of ``message_id`` is pending on ``topic`` (see the contract).
 
-        Raises :class:`MessagingUnavailable` if the broker did not take it, and
-        ``RuntimeError`` once the queue is stopped.
+        Raises ``ValueError`` for an id the contract does not take,
+        :class:`MessagingUnavailable` if the broker did not take it, and ``RuntimeError``
+        once the queue is stopped.
         """
         if not isinstance(topic, str) or not isinstance(key, str):
             raise TypeError("topic and key must be str")
         if not isinstance(payload, bytes):
             raise TypeError(f"payload must be bytes, not {type(payload).__name__}")
+        message_id = checked_message_id(message_id)
         with self._condition:
             if self._stopping:
                 raise RuntimeError("the message queue is stopped")
-        self.broker.publish(topic, key, payload)
+        self.broker.publish(topic, key, payload, message_id)
         self._metrics.published.labels(topic).inc()
-        with self._condition:
-            self._published += 1
-            self._condition.notify_all()
+        self._wake_one()
 
     def subscribe(self, topic: str, handler: Handler) -> None:
         """Deliver ``topic``'s messages, earlier ones included, to ``handler``.
@@ -214,32 +246,43 @@ class BrokeredMessaging:
             thread.start()
         self._heartbeat.start()
 
-    def stop(self, timeout: float | None = None) -> None:
+    def stop(self, timeout: float | None = None) -> bool:
         """Claim nothing more, wait up to ``timeout`` seconds for running deliveries, then give
-        back the leases and close the broker. Idempotent.
+        back the leases and close the broker. Idempotent. Returns whether every worker ended.
 
         A delivery still running when the wait ends is not acknowledged by this process: its
-        message is delivered again after the visibility timeout.
+        message is delivered again after the visibility timeout. Its worker still uses the
+        broker's connections, so they are closed only when the last such worker ends, never
+        under it.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._condition:
             if self._stopping and not self._threads and self._heartbeat is None:
-                return
+                return self._running == 0
             self._stopping = True
             self._condition.notify_all()
             threads, self._threads = self._threads, []
             heartbeat, self._heartbeat = self._heartbeat, None
         for thread in threads:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        running = sum(thread.is_alive() for thread in threads)
-        if running:
-            logger.warning(
-                "stopped with %d deliveries still running; they will be redelivered", running
-            )
+        self._abandon.set()
+        # The leases of deliveries still running lapse: their messages go to other consumers.
         self._heartbeat_stop.set()
         if heartbeat is not None:
             heartbeat.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        with self._condition:
+            running = self._running
+            # Else the last worker to end closes the broker (see _work).
+            self._close_when_done = bool(running)
+        if running:
+            logger.warning(
+                "stopped with %d threads still using the messaging engine (running deliveries "
+                "are redelivered); its connections are closed when they end",
+                running,
+            )
+            return False
         self.broker.close()
+        return True
 
     def dead_letters(self, topic: str) -> list[DeadLetter]:
         """The messages of ``topic`` that failed for good, oldest first."""
@@ -250,7 +293,26 @@ class BrokeredMessaging:
         return self.broker.backlog(topic)
 
     def _work(self) -> None:
+        self._using_broker(self._consume)
+
+    def _using_broker(self, run: Callable[[], None]) -> None:
+        """Run a thread's loop, counted as a user of the broker's connections: the last user to
+        end after a :meth:`stop` that gave up waiting closes the broker."""
+        with self._condition:
+            self._running += 1
+        try:
+            run()
+        finally:
+            with self._condition:
+                self._running -= 1
+                last = self._running == 0 and self._close_when_done
+            if last:
+                self.broker.close()
+
+    def _consume(self) -> None:
         seen = -1
+        failures = 0  # claims failed in a row
+        empty = 0  # claims that found nothing in a row
         while True:
             with self._condition:
                 if self._stopping:
@@ -258,23 +320,53 @@ class BrokeredMessaging:
                 topics = list(self._handlers)
                 seen = self._published
             delivery = None
+            wait = self._poll_interval
             if topics:
                 try:
                     delivery = self.broker.claim(topics)
+                    failures = 0
+                    # Idle: ask less and less often, so that the workers together send at
+                    # most IDLE_REQUESTS_PER_SECOND claims; a publish here wakes one at once.
+                    empty = 0 if delivery is not None else empty + 1
+                    wait = min(self._poll_interval * 2 ** max(0, empty - 1), self._idle_wait)
                 except Exception as error:
                     self._metrics.broker_errors.labels("claim").inc()
-                    logger.warning("claiming a message failed: %s", error)
+                    failures += 1
+                    # Back off, capped; one warning per doubling, not one per poll.
+                    wait = min(self._poll_interval * 2**failures, self._max_backoff_seconds)
+                    if failures & (failures - 1) == 0:
+                        logger.warning(
+                            "claiming a message failed %d times in a row, next try in %.1f s: %s",
+                            failures,
+                            wait,
+                            error,
+                        )
             if delivery is None:
-                self._idle(seen)
+                self._idle(seen, wait)
                 continue
             self._deliver(delivery)
 
-    def _idle(self, seen: int) -> None:
-        """Wait a poll interval, or less if stopping or if this process published since."""
+    def _idle(self, seen: int, wait: float) -> None:
+        """Wait ``wait`` seconds, or less if stopping, if this process published or settled
+        since, or if the broker says a backoff ends sooner."""
+        due = getattr(self.broker, "seconds_until_due", None)
+        if due is not None:
+            sooner = due()
+            if sooner is not None:
+                wait = min(wait, sooner)
         with self._condition:
-            self._condition.wait_for(
-                lambda: self._stopping or self._published != seen, self._poll_interval
-            )
+            self._condition.wait_for(lambda: self._stopping or self._published != seen, wait)
+
+    def _wake_one(self) -> None:
+        """Wake one idle worker: there may be a message to claim."""
+        with self._condition:
+            self._published += 1
+            self._condition.notify()
+
+    def subscribed(self) -> list[str]:
+        """The topics that have a handler."""
+        with self._condition:
+            return list(self._handlers)
 
     def _deliver(self, delivery: Delivery) -> None:
         message = delivery.message
@@ -303,6 +395,10 @@ class BrokeredMessaging:
         except BaseException as error:
             self._observe(topic, started)
             reason = f"{type(error).__name__}: {error}"
+            if is_transient(error) and self._transient_budget_left(message):
+                self._settle("hold", delivery, reason, self._transient_delay(message))
+                self._metrics.retries.labels(topic).inc()
+                return
             if message.attempt >= self._max_attempts:
                 self._settle("dead_letter", delivery, reason)
                 return
@@ -318,50 +414,128 @@ class BrokeredMessaging:
             self._observe(topic, started)
             self._settle("ack", delivery, "")
 
+    def _transient_budget_left(self, message: Message) -> bool:
+        """Whether ``message`` failed transiently for less than ``transient_retry_seconds``
+        (counted from its first transient failure here); records this failure."""
+        now = self._clock()
+        with self._condition:
+            first, count = self._transient.get(self._identity(message), (now, 0))
+            if now - first >= self._transient_retry_seconds:
+                return False
+            self._transient[self._identity(message)] = (first, count + 1)
+            if count == 0 or count & (count - 1) == 0:
+                logger.warning(
+                    "a %r message for key %r met a transient fault %d times in %.0f s, "
+                    "retrying without counting attempts",
+                    message.topic,
+                    message.key,
+                    count + 1,
+                    now - first,
+                )
+        return True
+
+    def _transient_delay(self, message: Message) -> float:
+        """The capped exponential backoff after the n-th transient failure of ``message``."""
+        with self._condition:
+            count: int = self._transient[self._identity(message)][1]
+        delay: float = self._backoff_seconds * 2.0 ** (count - 1)
+        return min(delay, self._max_backoff_seconds)
+
+    @staticmethod
+    def _identity(message: Message) -> tuple[str, str, str]:
+        return message.topic, message.key, message.message_id
+
     def _observe(self, topic: str, started: float) -> None:
         self._metrics.handling_seconds.labels(topic).observe(time.perf_counter() - started)
 
     def _settle(self, outcome: str, delivery: Delivery, reason: str, delay: float = 0.0) -> None:
-        """Ack, hold, retry or dead-letter; a broker failure here leaves the lease to run out."""
-        message = delivery.message
+        """Ack, hold, retry or dead-letter. A transient broker failure is retried with capped
+        exponential backoff (an ack across an engine restart is not lost), for up to
+        ``transient_retry_seconds`` or until :meth:`stop` gives up on this worker; any other,
+        or one past that, leaves the lease to run out."""
+        if outcome in ("ack", "dead_letter"):
+            with self._condition:
+                self._transient.pop(self._identity(delivery.message), None)
         try:
-            if outcome == "ack":
-                self.broker.ack(delivery)
-            elif outcome == "hold":
-                self.broker.hold(delivery, delay)
-            elif outcome == "retry":
-                delay = min(
-                    self._backoff_seconds * 2 ** (message.attempt - 1), self._max_backoff_seconds
-                )
-                self.broker.retry(delivery, delay, reason)
-                self._metrics.retries.labels(message.topic).inc()
-            else:
-                logger.error(
-                    "dead-lettering a %r message for key %r after %d deliveries: %s",
-                    message.topic,
-                    message.key,
-                    message.attempt,
-                    reason,
-                )
-                forward = dead_letter_topic(message.topic)
-                with self._condition:
-                    consumed = forward in self._handlers
-                if consumed:
-                    # Published before the move, so a crash between the two repeats the
-                    # delivery rather than losing the dead-letter consumer's message.
-                    self.broker.publish(forward, message.key, message.payload)
-                self.broker.dead_letter(delivery, reason)
-                self._metrics.dead_letters.labels(message.topic).inc()
+            try:
+                self._settle_once(outcome, delivery, reason, delay)
+            except Exception as error:
+                if not is_transient(error):
+                    raise
+                self._settle_retrying(outcome, delivery, reason, delay)
         except Exception as error:
             self._metrics.broker_errors.labels(outcome).inc()
             logger.warning(
                 "could not %s a %r message (it will be delivered again): %s",
                 outcome.replace("_", "-"),
-                message.topic,
+                delivery.message.topic,
                 error,
             )
+        self._wake_one()
+
+    def _settle_retrying(self, outcome: str, delivery: Delivery, reason: str, delay: float) -> None:
+        """Retry a settlement that met a transient fault (the first try's), with capped
+        exponential backoff."""
+        for attempt in tenacity.Retrying(
+            retry=tenacity.retry_if_exception(is_transient),
+            wait=tenacity.wait_exponential(
+                multiplier=self._backoff_seconds or 0.01, max=self._max_backoff_seconds
+            ),
+            stop=tenacity.stop_any(
+                tenacity.stop_after_delay(self._transient_retry_seconds),
+                _StopWhenSet(self._abandon),
+            ),
+            sleep=self._pause,
+            reraise=True,
+        ):
+            with attempt:
+                self._settle_once(outcome, delivery, reason, delay)
+
+    def _pause(self, seconds: float) -> None:
+        """Sleep between retries of a broker call; cut short once :meth:`stop` gives up."""
+        self._abandon.wait(seconds)
+
+    def _settle_once(self, outcome: str, delivery: Delivery, reason: str, delay: float) -> None:
+        message = delivery.message
+        if outcome == "ack":
+            self.broker.ack(delivery)
+        elif outcome == "hold":
+            self.broker.hold(delivery, delay)
+        elif outcome == "retry":
+            delay = min(
+                self._backoff_seconds * 2 ** (message.attempt - 1), self._max_backoff_seconds
+            )
+            self.broker.retry(delivery, delay, reason)
+            self._metrics.retries.labels(message.topic).inc()
+        else:
+            logger.error(
+                "dead-lettering a %r message for key %r after %d deliveries: %s",
+                message.topic,
+                message.key,
+                message.attempt,
+                reason,
+            )
+            forward = dead_letter_topic(message.topic)
+            with self._condition:
+                consumed = forward in self._handlers
+            if consumed:
+                # Published before the move, so a crash between the two repeats the
+                # delivery rather than losing the dead-letter consumer's message.
+                # The same id: a crash between the two repeats the delivery, and its
+                # forward is then a no-op if the first one is still pending.
+                self.broker.publish(
+                    forward,
+                    message.key,
+                    message.payload,
+                    message.message_id or new_message_id(),
+                )
+            self.broker.dead_letter(delivery, reason)
+            self._metrics.dead_letters.labels(message.topic).inc()
 
     def _beat(self) -> None:
+        self._using_broker(self._renew_until_stopped)
+
+    def _renew_until_stopped(self) -> None:
         """Refresh the backlog gauge (at once, then every ``renew_interval``) and renew
         leases, until :meth:`stop` has joined the workers."""
         while True:

@@ -1,17 +1,16 @@
 """A messaging queue inside one process, for the embedded default deployment.
 
-Messages live in memory: delivery is at least once for as long as the process runs;
-:meth:`InProcessMessaging.stop` delivers what is queued within its timeout, and what is
-still queued after that is lost. That is safe for the ``process`` topic because
-ingest republishes a request for as long as it is ``accepted``.
+It is the shared consumer engine (:class:`~stovepipe.messaging.brokered.BrokeredMessaging`:
+the same retries, transient-fault handling, dead letters and metrics as the durable queues)
+over :class:`MemoryBroker`, a broker in this process's memory. Delivery is at least once for as
+long as the process runs: :meth:`InProcessMessaging.stop` delivers what is queued within its
+timeout, and what is still queued after that is lost. That is safe for the ``process`` topic
+because ingest republishes a request for as long as it is ``accepted``.
 
-Each ``(topic, key)`` is a partition: a FIFO delivered one message at a time by a pool of
-worker threads, so one key's messages are handled in publish order while different keys
-proceed in parallel. A failed delivery is retried after an exponential backoff during which
-its partition waits (later messages of that key stay behind it); after ``max_attempts``
-deliveries, or at once on :class:`PermanentFailure`, the message moves to the dead-letter
-topic with its failure reason, and the partition moves on. Each dead-letter topic keeps its
-newest ``max_dead_letters`` (default 1000) letters; older ones are dropped and counted.
+Each ``(topic, key)`` is a partition: one key's messages are handed out one at a time in
+publish order, while a failed head backs off its key waits; different keys proceed in
+parallel. Each dead-letter topic keeps its newest ``max_dead_letters`` (default 1000) letters;
+older ones are dropped and counted.
 """
 
 from __future__ import annotations
@@ -23,138 +22,259 @@ import itertools
 import logging
 import threading
 import time
+from collections.abc import Callable, Sequence
 from typing import Final
 
-from stovepipe.messaging.contract import (
-    Handler,
-    Hold,
-    Message,
-    PermanentFailure,
-    dead_letter_topic,
+from stovepipe.messaging.brokered import (
+    DEFAULT_BACKOFF_SECONDS,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_BACKOFF_SECONDS,
+    DEFAULT_TRANSIENT_RETRY_SECONDS,
+    DEFAULT_WORKERS,
+    BrokeredMessaging,
+    Delivery,
 )
+from stovepipe.messaging.contract import DeadLetter as DeadLetter
+from stovepipe.messaging.contract import Message, dead_letter_topic
+from stovepipe.messaging.metrics import MessagingMetrics
 
 logger = logging.getLogger(__name__)
 
 _Partition = tuple[str, str]
 """``(topic, key)``."""
 
-_NEW: Final = "new"
-_RUNNING: Final = "running"
-_STOPPED: Final = "stopped"
-
 DEFAULT_MAX_DEAD_LETTERS: Final = 1000
 """Dead letters kept per topic: memory stays bounded however long a poison stream runs."""
 
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """A message that failed for good: its last delivery and why it failed."""
-
-    message: Message
-    reason: str
+# Nothing to poll in memory: a publish or a settlement here wakes the workers, and a backoff
+# that ends wakes them through MemoryBroker.seconds_until_due. This only bounds a missed wake-up.
+_POLL_INTERVAL: Final = 1.0
 
 
 @dataclasses.dataclass(slots=True)
-class _Pending:
+class _Entry:
     payload: bytes
-    attempt: int = 1
+    message_id: str
+    attempt: int = 0  # deliveries so far
 
 
-class InProcessMessaging:
-    """Delivers published messages to subscribed handlers on ``workers`` threads.
+class MemoryBroker:
+    """A :class:`~stovepipe.messaging.brokered.Broker` in memory, for one process.
 
-    ``max_attempts`` bounds the deliveries of one message; the n-th retry waits
-    ``backoff_seconds * 2**(n-1)``, at most ``max_backoff_seconds``. Messages published
-    before :meth:`start`, or to a topic nobody subscribed to yet, wait until they can be
-    delivered. Each topic keeps its newest ``max_dead_letters`` dead letters; older ones are
-    dropped and counted (:meth:`dead_letters_dropped`). Thread-safe.
+    Leases never run out (a consumer dying dies with the process), so :meth:`renew` does
+    nothing. Thread-safe.
+    """
+
+    def __init__(self, max_dead_letters: int = DEFAULT_MAX_DEAD_LETTERS) -> None:
+        if max_dead_letters < 1:
+            raise ValueError(f"max_dead_letters must be at least 1, not {max_dead_letters}")
+        self.max_dead_letters = max_dead_letters
+        self._condition = threading.Condition()
+        self._partitions: dict[_Partition, collections.deque[_Entry]] = {}
+        # Partitions whose head may be claimed now, per topic; a partition is in at most one
+        # of ready, backing off or leased, so one key never has two deliveries.
+        self._ready: dict[str, collections.deque[_Partition]] = collections.defaultdict(
+            collections.deque
+        )
+        self._backing_off: list[tuple[float, int, _Partition]] = []
+        self._leased: set[_Partition] = set()
+        self._sequence = itertools.count()
+        self._pending_ids: dict[str, set[str]] = collections.defaultdict(set)
+        self._dead_letters: dict[str, collections.deque[DeadLetter]] = collections.defaultdict(
+            lambda: collections.deque(maxlen=max_dead_letters)
+        )
+        self._dropped: collections.Counter[str] = collections.Counter()
+        self._rotation = itertools.count()
+
+    def publish(self, topic: str, key: str, payload: bytes, message_id: str) -> None:
+        """Queue the message behind ``key``'s, unless ``message_id`` is pending on ``topic``."""
+        with self._condition:
+            ids = self._pending_ids[topic]
+            if message_id in ids:
+                return
+            ids.add(message_id)
+            partition = (topic, key)
+            entries = self._partitions.setdefault(partition, collections.deque())
+            entries.append(_Entry(payload, message_id))
+            if len(entries) == 1:
+                self._ready[topic].append(partition)
+
+    def claim(self, topics: Sequence[str]) -> Delivery | None:
+        """Lease the head of the next ready partition of ``topics`` (taken in turn)."""
+        with self._condition:
+            self._release_due()
+            if not topics:
+                return None
+            start = next(self._rotation) % len(topics)
+            for topic in [*topics[start:], *topics[:start]]:
+                ready = self._ready.get(topic)
+                if ready:
+                    partition = ready.popleft()
+                    self._leased.add(partition)
+                    head = self._partitions[partition][0]
+                    head.attempt += 1
+                    message = Message(
+                        topic, partition[1], head.payload, head.attempt, head.message_id
+                    )
+                    return Delivery(message, partition)
+            return None
+
+    def seconds_until_due(self) -> float | None:
+        """Seconds until the next backoff ends, ``None`` if nothing backs off."""
+        with self._condition:
+            if not self._backing_off:
+                return None
+            return max(0.0, self._backing_off[0][0] - time.monotonic())
+
+    def ack(self, delivery: Delivery) -> None:
+        """Remove the head of the delivery's partition."""
+        with self._condition:
+            self._pop(delivery)
+
+    def retry(self, delivery: Delivery, delay: float, reason: str) -> None:
+        """Back the partition off for ``delay`` seconds; its head goes first after."""
+        with self._condition:
+            partition = self._partition(delivery)
+            self._leased.discard(partition)
+            due = time.monotonic() + delay
+            heapq.heappush(self._backing_off, (due, next(self._sequence), partition))
+
+    def hold(self, delivery: Delivery, delay: float) -> None:
+        """Like :meth:`retry`, taking back the delivery the claim counted."""
+        with self._condition:
+            self._partitions[self._partition(delivery)][0].attempt -= 1
+        self.retry(delivery, delay, "")
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Move the head to the topic's dead letters (the newest ``max_dead_letters`` kept)."""
+        with self._condition:
+            self._pop(delivery)
+            topic = dead_letter_topic(delivery.message.topic)
+            letters = self._dead_letters[topic]
+            if len(letters) == letters.maxlen:
+                self._dropped[topic] += 1
+            letters.append(DeadLetter(delivery.message, reason))  # a full deque drops its oldest
+
+    def renew(self) -> None:
+        """Nothing to renew: leases in memory never run out."""
+
+    def backlog(self, topic: str) -> int:
+        """Messages of ``topic`` not yet acknowledged or dead-lettered."""
+        with self._condition:
+            return len(self._pending_ids.get(topic, ()))
+
+    def dead_letters(self, topic: str) -> list[DeadLetter]:
+        """The newest ``max_dead_letters`` dead letters of ``topic``, oldest first."""
+        with self._condition:
+            return list(self._dead_letters.get(dead_letter_topic(topic), ()))
+
+    def dead_letters_dropped(self, topic: str) -> int:
+        """How many dead letters of ``topic`` were dropped to keep the newest."""
+        with self._condition:
+            return self._dropped[dead_letter_topic(topic)]
+
+    def settled(self, topics: Sequence[str]) -> bool:
+        """Whether ``topics`` have no message left: queued, backing off or in delivery."""
+        with self._condition:
+            return not any(self._pending_ids.get(topic) for topic in topics)
+
+    def undelivered(self) -> int:
+        """Messages still held, of every topic."""
+        with self._condition:
+            return sum(len(entries) for entries in self._partitions.values())
+
+    def close(self) -> None:
+        """Nothing to close; what is still held is lost with the process."""
+
+    def _partition(self, delivery: Delivery) -> _Partition:
+        partition = delivery.receipt
+        assert isinstance(partition, tuple)
+        return partition
+
+    def _pop(self, delivery: Delivery) -> None:
+        """Remove the leased head; the partition is ready again if it holds more. Hold the
+        lock."""
+        partition = self._partition(delivery)
+        self._leased.discard(partition)
+        entries = self._partitions[partition]
+        settled = entries.popleft()
+        ids = self._pending_ids[partition[0]]
+        ids.discard(settled.message_id)
+        if not ids:
+            del self._pending_ids[partition[0]]
+        if entries:
+            self._ready[partition[0]].append(partition)
+        else:
+            del self._partitions[partition]
+        self._condition.notify_all()
+
+    def _release_due(self) -> None:
+        now = time.monotonic()
+        while self._backing_off and self._backing_off[0][0] <= now:
+            _, _, partition = heapq.heappop(self._backing_off)
+            self._ready[partition[0]].append(partition)
+
+    def wait_settled(self, topics: Sequence[str], timeout: float | None) -> bool:
+        """Wait until :meth:`settled`; whether it was within ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._condition:
+            while any(self._pending_ids.get(topic) for topic in topics):
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                # Bounded wait: a settlement notifies, but a topic subscribed meanwhile may
+                # change what counts.
+                self._condition.wait(0.05 if left is None else min(left, 0.05))
+            return True
+
+
+class InProcessMessaging(BrokeredMessaging):
+    """Delivers published messages to subscribed handlers on ``workers`` threads: the shared
+    consumer engine over a :class:`MemoryBroker`.
+
+    ``max_attempts``, ``backoff_seconds``, ``max_backoff_seconds`` and
+    ``transient_retry_seconds`` are the engine's (see
+    :class:`~stovepipe.messaging.brokered.BrokeredMessaging`). Messages published before
+    :meth:`start`, or to a topic nobody subscribed to yet, wait until they can be delivered.
+    Each topic keeps its newest ``max_dead_letters`` dead letters; older ones are dropped and
+    counted (:meth:`dead_letters_dropped`). Thread-safe.
     """
 
     def __init__(
         self,
         *,
-        max_attempts: int = 5,
-        backoff_seconds: float = 0.1,
-        max_backoff_seconds: float = 30.0,
-        workers: int = 4,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        backoff_seconds: float = DEFAULT_BACKOFF_SECONDS,
+        max_backoff_seconds: float = DEFAULT_MAX_BACKOFF_SECONDS,
+        workers: int = DEFAULT_WORKERS,
         max_dead_letters: int = DEFAULT_MAX_DEAD_LETTERS,
+        metrics: MessagingMetrics | None = None,
+        transient_retry_seconds: float = DEFAULT_TRANSIENT_RETRY_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if max_attempts < 1:
-            raise ValueError(f"max_attempts must be at least 1, not {max_attempts}")
-        if backoff_seconds < 0 or max_backoff_seconds < 0:
-            raise ValueError("backoff must not be negative")
-        if workers < 1:
-            raise ValueError(f"workers must be at least 1, not {workers}")
-        if max_dead_letters < 1:
-            raise ValueError(f"max_dead_letters must be at least 1, not {max_dead_letters}")
-        self.max_dead_letters = max_dead_letters
-        self._max_attempts = max_attempts
-        self._backoff_seconds = backoff_seconds
-        self._max_backoff_seconds = max_backoff_seconds
-        self._worker_count = workers
-        self._condition = threading.Condition()
-        self._state = _NEW
-        self._handlers: dict[str, Handler] = {}
-        self._partitions: dict[_Partition, collections.deque[_Pending]] = {}
-        # A partition is "scheduled" while it is ready, in flight or backing off; only
-        # unscheduled partitions are put on the ready queue, so one key never runs twice.
-        self._scheduled: set[_Partition] = set()
-        self._ready: collections.deque[_Partition] = collections.deque()
-        self._backing_off: list[tuple[float, int, _Partition]] = []
-        self._sequence = itertools.count()
-        self._in_flight = 0
-        self._dead_letters: dict[str, collections.deque[DeadLetter]] = collections.defaultdict(
-            lambda: collections.deque(maxlen=max_dead_letters)
+        self.memory = MemoryBroker(max_dead_letters)
+        super().__init__(
+            self.memory,
+            max_attempts=max_attempts,
+            backoff_seconds=backoff_seconds,
+            max_backoff_seconds=max_backoff_seconds,
+            workers=workers,
+            poll_interval=_POLL_INTERVAL,
+            metrics=metrics,
+            transient_retry_seconds=transient_retry_seconds,
+            clock=clock,
         )
-        self._dead_letters_dropped: collections.Counter[str] = collections.Counter()
-        self._threads: list[threading.Thread] = []
-
-    def publish(self, topic: str, key: str, payload: bytes) -> None:
-        """Queue ``payload`` on ``topic`` behind the earlier messages of ``key``.
-
-        Raises ``RuntimeError`` once the queue is stopped: the message would never be
-        delivered.
-        """
-        if not isinstance(topic, str) or not isinstance(key, str):
-            raise TypeError("topic and key must be str")
-        if not isinstance(payload, bytes):
-            raise TypeError(f"payload must be bytes, not {type(payload).__name__}")
-        partition = (topic, key)
-        with self._condition:
-            if self._state == _STOPPED:
-                raise RuntimeError("the message queue is stopped")
-            self._partitions.setdefault(partition, collections.deque()).append(_Pending(payload))
-            self._schedule(partition)
-
-    def subscribe(self, topic: str, handler: Handler) -> None:
-        """Deliver ``topic``'s messages, earlier ones included, to ``handler``.
-
-        Raises ``ValueError`` if the topic already has a handler.
-        """
-        with self._condition:
-            if topic in self._handlers:
-                raise ValueError(f"topic {topic!r} already has a handler")
-            self._handlers[topic] = handler
-            for partition in self._partitions:
-                if partition[0] == topic:
-                    self._schedule(partition)
+        self.max_dead_letters = max_dead_letters
+        self._began = False
 
     def start(self) -> None:
         """Start the worker threads. Raises ``RuntimeError`` if started before."""
-        with self._condition:
-            if self._state != _NEW:
-                raise RuntimeError(f"the message queue is {self._state}; it starts only once")
-            self._state = _RUNNING
-            self._threads = [
-                threading.Thread(target=self._work, name=f"messaging-{n}", daemon=True)
-                for n in range(self._worker_count)
-            ]
-            for thread in self._threads:
-                thread.start()
-            self._condition.notify_all()
+        super().start()
+        self._began = True
 
-    def stop(self, timeout: float | None = None) -> None:
-        """Drain, then stop: within ``timeout`` seconds in all.
+    def stop(self, timeout: float | None = None) -> bool:
+        """Drain, then stop: within ``timeout`` seconds in all. Returns whether every delivery
+        ended in time.
 
         While the budget lasts, queued messages are delivered and failed ones retried after
         their backoff, as when running, until the queue is idle (see :meth:`wait_until_idle`).
@@ -162,20 +282,14 @@ class InProcessMessaging:
         still undelivered is lost (logged). Publishes are refused from then on. Idempotent.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._condition:
-            if self._state == _RUNNING:
-                self._condition.wait_for(self._idle, timeout)
-            self._state = _STOPPED
-            self._condition.notify_all()
-            threads, self._threads = self._threads, []
-        for thread in threads:
-            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        with self._condition:
-            if self._in_flight:
-                logger.warning("stopped with %d deliveries still running", self._in_flight)
-            undelivered = sum(len(pending) for pending in self._partitions.values())
-            if undelivered:
-                logger.warning("stopped with %d messages undelivered", undelivered)
+        if self._began:
+            self.wait_until_idle(timeout)
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        drained = super().stop(left)
+        undelivered = self.memory.undelivered()
+        if undelivered:
+            logger.warning("stopped with %d messages undelivered", undelivered)
+        return drained
 
     def wait_until_idle(self, timeout: float | None = None) -> bool:
         """Wait until every deliverable message is acknowledged or dead-lettered.
@@ -183,135 +297,9 @@ class InProcessMessaging:
         Messages of topics without a handler do not count. Returns whether the queue became
         idle within ``timeout`` seconds.
         """
-        with self._condition:
-            return self._condition.wait_for(self._idle, timeout)
-
-    def dead_letters(self, topic: str) -> list[DeadLetter]:
-        """The newest ``max_dead_letters`` messages of ``topic`` that failed for good, oldest
-        first.
-
-        ``topic`` is the original topic; the letters are kept under
-        ``dead_letter_topic(topic)``.
-        """
-        with self._condition:
-            return list(self._dead_letters.get(dead_letter_topic(topic), ()))
+        return self.memory.wait_settled(self.subscribed(), timeout)
 
     def dead_letters_dropped(self, topic: str) -> int:
         """How many dead letters of ``topic`` were dropped to keep the newest
         ``max_dead_letters``."""
-        with self._condition:
-            return self._dead_letters_dropped[dead_letter_topic(topic)]
-
-    def _idle(self) -> bool:
-        return self._in_flight == 0 and not any(
-            partition[0] in self._handlers for partition in self._partitions
-        )
-
-    def _schedule(self, partition: _Partition) -> None:
-        """Put an idle, non-empty, handled partition on the ready queue. Hold the lock."""
-        if (
-            partition not in self._scheduled
-            and partition[0] in self._handlers
-            and self._partitions.get(partition)
-        ):
-            self._scheduled.add(partition)
-            self._ready.append(partition)
-            # notify_all: idle waiters share the condition, and must not absorb the wake-up.
-            self._condition.notify_all()
-
-    def _next_delivery(self) -> tuple[_Partition, Message, Handler] | None:
-        """Block until a partition is ready; ``None`` once stopped. Hold the lock."""
-        while self._state == _RUNNING:
-            now = time.monotonic()
-            while self._backing_off and self._backing_off[0][0] <= now:
-                _, _, partition = heapq.heappop(self._backing_off)
-                self._ready.append(partition)
-            if self._ready:
-                partition = self._ready.popleft()
-                pending = self._partitions[partition][0]
-                self._in_flight += 1
-                message = Message(partition[0], partition[1], pending.payload, pending.attempt)
-                return partition, message, self._handlers[partition[0]]
-            wait = self._backing_off[0][0] - now if self._backing_off else None
-            self._condition.wait(wait)
-        return None
-
-    def _work(self) -> None:
-        while True:
-            with self._condition:
-                delivery = self._next_delivery()
-            if delivery is None:
-                return
-            partition, message, handler = delivery
-            failure: str | None = None
-            permanent = False
-            hold: float | None = None
-            try:
-                handler(message)
-            except Hold as held:
-                hold = held.delay
-            except PermanentFailure as error:
-                failure, permanent = f"{type(error).__name__}: {error}", True
-            # BaseException too: a handler's SystemExit must not kill the worker and strand
-            # its key with the delivery never settled.
-            except BaseException as error:
-                failure = f"{type(error).__name__}: {error}"
-                if message.attempt < self._max_attempts:
-                    logger.warning(
-                        "delivery %d of a %r message for key %r failed, will retry: %s",
-                        message.attempt,
-                        message.topic,
-                        message.key,
-                        failure,
-                    )
-                else:
-                    permanent = True
-            with self._condition:
-                self._in_flight -= 1
-                if hold is not None:
-                    self._back_off(partition, hold)
-                else:
-                    self._settle(partition, message, failure, permanent)
-                self._condition.notify_all()
-
-    def _back_off(self, partition: _Partition, delay: float) -> None:
-        """Make the head of ``partition`` deliverable again in ``delay`` seconds. Hold the lock."""
-        due = time.monotonic() + delay
-        heapq.heappush(self._backing_off, (due, next(self._sequence), partition))
-
-    def _settle(
-        self, partition: _Partition, message: Message, failure: str | None, permanent: bool
-    ) -> None:
-        """Ack, dead-letter or back off the head of ``partition``. Hold the lock."""
-        pending = self._partitions[partition]
-        if failure is not None and not permanent:
-            pending[0].attempt += 1
-            delay = min(
-                self._backoff_seconds * 2 ** (message.attempt - 1), self._max_backoff_seconds
-            )
-            self._back_off(partition, delay)
-            return
-        pending.popleft()
-        if failure is not None:
-            logger.error(
-                "dead-lettering a %r message for key %r after %d deliveries: %s",
-                message.topic,
-                message.key,
-                message.attempt,
-                failure,
-            )
-            letters = self._dead_letters[dead_letter_topic(message.topic)]
-            if len(letters) == letters.maxlen:
-                self._dead_letters_dropped[dead_letter_topic(message.topic)] += 1
-            letters.append(DeadLetter(message, failure))  # a full deque drops its oldest
-            dead_letter_partition = (dead_letter_topic(message.topic), message.key)
-            if dead_letter_partition[0] in self._handlers:
-                self._partitions.setdefault(dead_letter_partition, collections.deque()).append(
-                    _Pending(message.payload)
-                )
-                self._schedule(dead_letter_partition)
-        self._scheduled.discard(partition)
-        if pending:
-            self._schedule(partition)
-        else:
-            del self._partitions[partition]
+        return self.memory.dead_letters_dropped(topic)

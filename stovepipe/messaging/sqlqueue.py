@@ -1,4 +1,8 @@
-"""A messaging queue in three SQL tables, on SQLite (stdlib) or MySQL/MariaDB (PyMySQL).
+"""A messaging queue in three SQL tables: the engine-neutral broker, and SQLite (stdlib).
+
+Another SQL engine plugs in with a :class:`Dialect` and its :class:`Connections` (MySQL and
+MariaDB: ``stovepipe_mysql.messaging``, in the MySQL backend's distribution, which brings its
+connection pool, options and error mapping; its tables are in that backend's schema files).
 
 Layout::
 
@@ -40,16 +44,19 @@ import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final, Protocol
 
+import tenacity
+
 from stovepipe.messaging.brokered import Delivery, MessagingError, MessagingUnavailable
 from stovepipe.messaging.contract import Message
 from stovepipe.messaging.inprocess import DeadLetter
-from stovepipe.redaction import redact
 from stovepipe.storage import sqlite as sqlite_url
 from stovepipe.storage.sqlite import create_tables, use_wal
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT: Final = 5.0
+# Runs of a publish that InnoDB chose as a deadlock victim (see SQLBroker.publish).
+_PUBLISH_ATTEMPTS: Final = 5
 # Heads examined per claim: enough to get past heads that racing consumers just took.
 _CANDIDATES: Final = 8
 
@@ -64,7 +71,8 @@ CREATE TABLE IF NOT EXISTS stovepipe_queue_message (
     lease_token   BLOB,
     lease_until   REAL,
     last_error    TEXT,
-    published_at  REAL NOT NULL
+    published_at  REAL NOT NULL,
+    message_id    BLOB
 );
 CREATE INDEX IF NOT EXISTS stovepipe_queue_message_partition
     ON stovepipe_queue_message (topic, partition_key, id);
@@ -76,7 +84,8 @@ CREATE TABLE IF NOT EXISTS stovepipe_queue_dead_letter (
     attempt       INTEGER NOT NULL,
     reason        TEXT NOT NULL,
     published_at  REAL NOT NULL,
-    dead_at       REAL NOT NULL
+    dead_at       REAL NOT NULL,
+    message_id    BLOB
 );
 CREATE INDEX IF NOT EXISTS stovepipe_queue_dead_letter_topic
     ON stovepipe_queue_dead_letter (topic, id);
@@ -88,47 +97,48 @@ CREATE TABLE IF NOT EXISTS stovepipe_queue_key_lease (
     PRIMARY KEY (topic, partition_key)
 );
 """
-
-# Binary columns: no PAD SPACE, no case folding; a key is its exact UTF-8 bytes.
-_MYSQL_SCHEMA: Final = (
-    """
-CREATE TABLE IF NOT EXISTS stovepipe_queue_message (
-    id            BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
-    topic         VARBINARY(255) NOT NULL,
-    partition_key VARBINARY(1024) NOT NULL,
-    payload       LONGBLOB NOT NULL,
-    attempt       INT NOT NULL DEFAULT 0,
-    available_at  DOUBLE NOT NULL,
-    lease_token   VARBINARY(32) NULL,
-    lease_until   DOUBLE NULL,
-    last_error    TEXT NULL,
-    published_at  DOUBLE NOT NULL,
-    KEY stovepipe_queue_message_partition (topic, partition_key, id)
-) ENGINE=InnoDB
-""",
-    """
-CREATE TABLE IF NOT EXISTS stovepipe_queue_dead_letter (
-    id            BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
-    topic         VARBINARY(255) NOT NULL,
-    partition_key VARBINARY(1024) NOT NULL,
-    payload       LONGBLOB NOT NULL,
-    attempt       INT NOT NULL,
-    reason        TEXT NOT NULL,
-    published_at  DOUBLE NOT NULL,
-    dead_at       DOUBLE NOT NULL,
-    KEY stovepipe_queue_dead_letter_topic (topic, id)
-) ENGINE=InnoDB
-""",
-    """
-CREATE TABLE IF NOT EXISTS stovepipe_queue_key_lease (
-    topic         VARBINARY(255) NOT NULL,
-    partition_key VARBINARY(1024) NOT NULL,
-    lease_token   VARBINARY(32) NOT NULL,
-    lease_until   DOUBLE NOT NULL,
-    PRIMARY KEY (topic, partition_key)
-) ENGINE=InnoDB
-""",
+# Tables made before messages had ids get the column (NULL in their rows: no id to repeat):
+# the query counting it (parameter: the table), and the statement adding it, per table.
+_SQLITE_HAS_MESSAGE_ID: Final = (
+    "SELECT COUNT(*) FROM pragma_table_info(?) WHERE name = 'message_id'"
 )
+_SQLITE_UPGRADES: Final = (
+    (
+        "stovepipe_queue_message",
+        "ALTER TABLE stovepipe_queue_message ADD COLUMN message_id BLOB",
+    ),
+    (
+        "stovepipe_queue_dead_letter",
+        "ALTER TABLE stovepipe_queue_dead_letter ADD COLUMN message_id BLOB",
+    ),
+)
+# A message id is pending on its topic at most once (NULLs never collide).
+_SQLITE_MESSAGE_ID_INDEX: Final = (
+    "CREATE UNIQUE INDEX IF NOT EXISTS stovepipe_queue_message_id"
+    " ON stovepipe_queue_message (topic, message_id)"
+)
+
+
+class Deadlock(MessagingUnavailable):
+    """The engine rolled the statement back to break a deadlock: running it again is right.
+    An engine's error mapping raises it; :meth:`SQLBroker.publish` runs the INSERT again."""
+
+
+class Connections(Protocol):
+    """Where an :class:`SQLBroker` gets its connections: an engine's pool or per-thread
+    connections, with that engine's error mapping."""
+
+    def cursor(self) -> contextlib.AbstractContextManager[Any]:
+        """A DB-API cursor for one block, on a connection no other thread uses meanwhile
+        (autocommit on). A driver error raised in the block leaves it as the messaging
+        contract's error (:class:`MessagingUnavailable`, :class:`Deadlock` or
+        :class:`MessagingError`), chained; a connection that failed is not reused."""
+        ...
+
+    def close(self) -> None:
+        """Close every connection; a cursor asked for afterwards raises
+        :class:`MessagingUnavailable`. Idempotent."""
+        ...
 
 
 class _Connection(Protocol):
@@ -138,11 +148,10 @@ class _Connection(Protocol):
 
 
 @dataclasses.dataclass(frozen=True)
-class _Dialect:
-    """What differs between the engines: connecting, placeholders, the clock, errors."""
+class Dialect:
+    """What differs between the engines' SQL: placeholders, the clock, transactions."""
 
     name: str
-    connect: Callable[[], _Connection]
     placeholder: str
     # The server's clock in seconds since the epoch, as an SQL expression.
     now: str
@@ -151,9 +160,8 @@ class _Dialect:
     # over one that ran out, and locks the row exclusively at once (a shared lock first, then
     # an exclusive one, would deadlock racing claims).
     lease_key: str
-    # Every exception the driver raises, and which of them are transient (worth a retry).
-    errors: tuple[type[BaseException], ...]
-    is_transient: Callable[[BaseException], bool]
+    # Ends a publish's INSERT: store nothing if the (topic, message_id) pair is pending.
+    on_pending_id: str
     # Run every write in an explicit ``begin`` transaction: SQLite in WAL mode fails a lone
     # statement that reads, then writes after another writer, without waiting (BUSY_SNAPSHOT);
     # BEGIN IMMEDIATE takes the write lock first, waiting up to the busy timeout.
@@ -171,31 +179,41 @@ class _Receipt:
 class SQLBroker:
     """The :class:`~stovepipe.messaging.brokered.Broker` over the two tables.
 
-    One connection per thread, opened on first use. ``visibility_timeout`` is how long a
-    delivery stays leased without a renewal.
+    ``connections`` hands out the engine's connections (see :class:`Connections`);
+    ``visibility_timeout`` is how long a delivery stays leased without a renewal.
     """
 
-    def __init__(self, dialect: _Dialect, *, visibility_timeout: float) -> None:
+    def __init__(
+        self, dialect: Dialect, connections: Connections, *, visibility_timeout: float
+    ) -> None:
         self._dialect = dialect
+        self._connections = connections
         self._visibility_timeout = visibility_timeout
-        self._local = threading.local()
         self._lock = threading.Lock()
-        self._connections: list[_Connection] = []
         self._held: dict[int, _Receipt] = {}  # row id -> receipt, for renewals
-        self._closed = False
 
-    def create_schema(self, statements: Sequence[str]) -> None:
-        """Create the tables if missing (idempotent, safe to race)."""
-        for statement in statements:
-            self._execute(statement)
+    @tenacity.retry(
+        retry=tenacity.retry_if_exception_type(Deadlock),
+        stop=tenacity.stop_after_attempt(_PUBLISH_ATTEMPTS),
+        wait=tenacity.wait_random_exponential(multiplier=0.01, max=0.2),
+        reraise=True,
+    )
+    def publish(self, topic: str, key: str, payload: bytes, message_id: str) -> None:
+        """Insert the message unless its id is pending on ``topic`` (the unique index on
+        ``(topic, message_id)`` decides between racers); its row id orders it after every
+        message committed before.
 
-    def publish(self, topic: str, key: str, payload: bytes) -> None:
-        """Insert the message; its id orders it after every message committed before."""
+        On MySQL a duplicate's check locks the unique index entry, an acknowledgement of the
+        pending message its row first: InnoDB may pick the publish as a deadlock victim. The
+        statement is then run again (a few times, after a short random wait): it is one
+        autocommitted statement, and idempotent by its id.
+        """
         self._execute(
             "INSERT INTO stovepipe_queue_message"
-            " (topic, partition_key, payload, attempt, available_at, published_at)"
-            f" VALUES (?, ?, ?, 0, {self._dialect.now}, {self._dialect.now})",
-            (_encode(topic), _encode(key), payload),
+            " (topic, partition_key, payload, attempt, available_at, published_at, message_id)"
+            f" VALUES (?, ?, ?, 0, {self._dialect.now}, {self._dialect.now}, ?)"
+            f" {self._dialect.on_pending_id}",
+            (_encode(topic), _encode(key), payload, _encode(message_id)),
         )
 
     def claim(self, topics: Sequence[str]) -> Delivery | None:
@@ -220,9 +238,11 @@ class SQLBroker:
             leased = self._lease_key_head(receipt)
             if leased is None:
                 continue
-            receipt, payload, attempt = leased
+            receipt, payload, attempt, message_id = leased
             try:
-                message = Message(_decode(topic), _decode(key), payload, attempt)
+                message = Message(
+                    _decode(topic), _decode(key), payload, attempt, _decode(message_id or b"")
+                )
             except UnicodeDecodeError as error:
                 # Written by something else than this module: no delivery can ever succeed,
                 # and holding the lease would strand the key.
@@ -237,10 +257,12 @@ class SQLBroker:
             return Delivery(message, receipt)
         return None
 
-    def _lease_key_head(self, receipt: _Receipt) -> tuple[_Receipt, bytes, int] | None:
+    def _lease_key_head(
+        self, receipt: _Receipt
+    ) -> tuple[_Receipt, bytes, int, bytes | None] | None:
         """Lease the key of ``receipt``, then its head if deliverable, in one transaction: the
-        receipt with the head's id, its payload and its ``attempt``; ``None`` if either lease
-        was not to be had.
+        receipt with the head's id, its payload, its ``attempt`` and its message id;
+        ``None`` if either lease was not to be had.
 
         The key is leased, not only its head row: MySQL assigns an auto-increment id when a
         row is inserted, not when it is committed, so a publish committed late can become
@@ -261,7 +283,7 @@ class SQLBroker:
                 return None
             cursor.execute(
                 self._sql(
-                    f"SELECT id, payload, attempt, available_at <= {now}"
+                    f"SELECT id, payload, attempt, available_at <= {now}, message_id"
                     " FROM stovepipe_queue_message WHERE topic = ? AND partition_key = ?"
                     " ORDER BY id LIMIT 1"
                 ),
@@ -281,7 +303,9 @@ class SQLBroker:
             if claimed != 1:  # no message, backing off, or leased before the key leases
                 self._release_key(cursor, receipt)
                 return None
-        return dataclasses.replace(receipt, row_id=int(head[0])), bytes(head[1]), head[2] + 1
+        leased = dataclasses.replace(receipt, row_id=int(head[0]))
+        message_id = None if head[4] is None else bytes(head[4])
+        return leased, bytes(head[1]), head[2] + 1, message_id
 
     def _release_key(self, cursor: Any, receipt: _Receipt) -> None:
         self._run(
@@ -340,10 +364,10 @@ class SQLBroker:
             self._release_key(cursor, receipt)
             moved = self._run(
                 cursor,
-                "INSERT INTO stovepipe_queue_dead_letter"
-                " (topic, partition_key, payload, attempt, reason, published_at, dead_at)"
-                f" SELECT topic, partition_key, payload, attempt, ?, published_at,"
-                f" {self._dialect.now}"
+                "INSERT INTO stovepipe_queue_dead_letter (topic, partition_key, payload,"
+                " attempt, reason, published_at, dead_at, message_id)"
+                " SELECT topic, partition_key, payload, attempt, ?, published_at,"
+                f" {self._dialect.now}, message_id"
                 " FROM stovepipe_queue_message WHERE id = ? AND lease_token = ?",
                 (reason, receipt.row_id, receipt.token),
             )
@@ -384,25 +408,30 @@ class SQLBroker:
     def dead_letters(self, topic: str) -> list[DeadLetter]:
         """The dead letters of ``topic``, oldest first."""
         rows = self._query(
-            "SELECT partition_key, payload, attempt, reason FROM stovepipe_queue_dead_letter"
-            " WHERE topic = ? ORDER BY id",
+            "SELECT partition_key, payload, attempt, reason, message_id"
+            " FROM stovepipe_queue_dead_letter WHERE topic = ? ORDER BY id",
             (_encode(topic),),
         )
         return [
-            DeadLetter(Message(topic, _decode_lax(key), bytes(payload), int(attempt)), str(reason))
-            for key, payload, attempt, reason in rows
+            DeadLetter(
+                Message(
+                    topic,
+                    _decode_lax(key),
+                    bytes(payload),
+                    int(attempt),
+                    _decode_lax(message_id or b""),
+                ),
+                str(reason),
+            )
+            for key, payload, attempt, reason, message_id in rows
         ]
 
     def close(self) -> None:
         """Close the connections. Leases of deliveries still running are left to run out:
         handing them back would let another consumer start the same key alongside."""
         with self._lock:
-            self._closed = True
             self._held = {}
-            connections, self._connections = self._connections, []
-        for connection in connections:
-            with contextlib.suppress(Exception):
-                connection.close()
+        self._connections.close()
 
     def _release(self, delivery: Delivery) -> _Receipt:
         receipt = delivery.receipt
@@ -410,34 +439,6 @@ class SQLBroker:
         with self._lock:
             self._held.pop(receipt.row_id, None)
         return receipt
-
-    def _connection(self) -> _Connection:
-        connection: _Connection | None = getattr(self._local, "connection", None)
-        if connection is None:
-            with self._lock:
-                if self._closed:
-                    raise MessagingUnavailable("the messaging queue is closed")
-            try:
-                connection = self._dialect.connect()
-            except self._dialect.errors as error:
-                raise self._mapped(error) from None
-            with self._lock:
-                self._connections.append(connection)
-            self._local.connection = connection
-        return connection
-
-    def _discard_connection(self) -> None:
-        connection = getattr(self._local, "connection", None)
-        self._local.connection = None
-        if connection is not None:
-            with self._lock, contextlib.suppress(ValueError):
-                self._connections.remove(connection)
-            with contextlib.suppress(Exception):
-                connection.close()
-
-    def _mapped(self, error: BaseException) -> MessagingError | MessagingUnavailable:
-        """The contract's error for a driver's ``error``."""
-        return _mapped_error(self._dialect, error)
 
     def _sql(self, statement: str) -> str:
         return statement.replace("?", self._dialect.placeholder)
@@ -459,19 +460,8 @@ class SQLBroker:
             cursor.execute(self._sql(statement), parameters)
             return list(cursor.fetchall())
 
-    @contextlib.contextmanager
-    def _cursor(self) -> Iterator[Any]:
-        cursor = self._connection().cursor()
-        try:
-            yield cursor
-        except self._dialect.errors as error:
-            mapped = self._mapped(error)
-            if isinstance(mapped, MessagingUnavailable):
-                self._discard_connection()  # it may be broken; the next call reconnects
-            raise mapped from None
-        finally:
-            with contextlib.suppress(Exception):
-                cursor.close()
+    def _cursor(self) -> contextlib.AbstractContextManager[Any]:
+        return self._connections.cursor()
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[Any]:
@@ -494,32 +484,13 @@ def _decode(data: bytes) -> str:
     return bytes(data).decode("utf-8", "surrogatepass")
 
 
-def _mapped_error(dialect: _Dialect, error: BaseException) -> MessagingError | MessagingUnavailable:
-    if dialect.is_transient(error):
-        return MessagingUnavailable(f"{dialect.name} queue: {error}")
-    return MessagingError(f"{dialect.name} queue: {type(error).__name__}: {error}")
-
-
-def _sqlite_is_transient(error: BaseException) -> bool:
-    """Only a lock held by another connection past the busy timeout passes on its own."""
+def _sqlite_error(error: sqlite3.Error) -> MessagingError:
+    """The messaging contract's error for a ``sqlite3`` error: only a lock held by another
+    connection past the busy timeout passes on its own."""
     code = getattr(error, "sqlite_errorcode", None)
-    return code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
-
-
-# Connection refused, lost or timed out; server gone away or shutting down; too many
-# connections; lock wait timeout and deadlock (the transaction was rolled back).
-_MYSQL_TRANSIENT_CODES: Final = frozenset(
-    {1040, 1053, 1205, 1213, 1927, 2002, 2003, 2006, 2013, 2055}
-)
-
-
-def _mysql_is_transient(error: BaseException) -> bool:
-    import pymysql
-
-    if isinstance(error, pymysql.err.InterfaceError):  # the connection is closed or broken
-        return True
-    code = error.args[0] if error.args else None
-    return isinstance(error, pymysql.err.OperationalError) and code in _MYSQL_TRANSIENT_CODES
+    if code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return MessagingUnavailable(f"sqlite queue: {error}")
+    return MessagingError(f"sqlite queue: {type(error).__name__}: {error}")
 
 
 def _decode_lax(data: bytes) -> str:
@@ -534,114 +505,124 @@ def _topic(delivery: Delivery) -> str:
     return delivery.message.topic
 
 
-def sqlite_broker(url: str, *, visibility_timeout: float) -> SQLBroker:
-    """A broker in the SQLite file of ``sqlite:///path[?timeout=S]``.
+class _ThreadConnections:
+    """One SQLite connection per thread, opened on first use (a SQLite connection is cheap,
+    and a thread's own stays warm)."""
 
-    The tables may share the file with the SQLite storage backend. WAL mode lets consumers in
-    several processes on this host share the file; ``timeout`` bounds the wait for its lock.
+    def __init__(self, connect: Callable[[], _Connection]) -> None:
+        self._connect = connect
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._open: list[_Connection] = []
+        self._closed = False
+
+    @contextlib.contextmanager
+    def cursor(self) -> Iterator[Any]:
+        """A cursor on this thread's connection; a transient failure closes the connection
+        (it may be broken: the next call reconnects)."""
+        cursor = self._connection().cursor()
+        try:
+            yield cursor
+        except sqlite3.Error as error:
+            mapped = _sqlite_error(error)
+            if mapped.transient:
+                self._discard()
+            raise mapped from error
+        finally:
+            with contextlib.suppress(Exception):
+                cursor.close()
+
+    def _connection(self) -> _Connection:
+        connection: _Connection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            with self._lock:
+                if self._closed:
+                    raise MessagingUnavailable("the messaging queue is closed")
+            try:
+                connection = self._connect()
+            except sqlite3.Error as error:
+                raise _sqlite_error(error) from error
+            with self._lock:
+                self._open.append(connection)
+            self._local.connection = connection
+        return connection
+
+    def _discard(self) -> None:
+        connection = getattr(self._local, "connection", None)
+        self._local.connection = None
+        if connection is not None:
+            with self._lock, contextlib.suppress(ValueError):
+                self._open.remove(connection)
+            with contextlib.suppress(Exception):
+                connection.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            connections, self._open = self._open, []
+        for connection in connections:
+            with contextlib.suppress(Exception):
+                connection.close()
+
+
+SQLITE_DIALECT: Final = Dialect(
+    name="sqlite",
+    placeholder="?",
+    now="((julianday('now') - 2440587.5) * 86400.0)",
+    # IMMEDIATE takes the write lock up front: no deadlock upgrading a read lock.
+    begin="BEGIN IMMEDIATE",
+    lease_key=(
+        "INSERT INTO stovepipe_queue_key_lease"
+        " (lease_token, lease_until, topic, partition_key) VALUES (?, {now} + ?, ?, ?)"
+        " ON CONFLICT (topic, partition_key) DO UPDATE"
+        " SET lease_token = excluded.lease_token, lease_until = excluded.lease_until"
+        " WHERE stovepipe_queue_key_lease.lease_until <= {now}"
+    ),
+    on_pending_id="ON CONFLICT (topic, message_id) DO NOTHING",
+    explicit_writes=True,
+)
+
+
+def sqlite_broker(url: str, *, visibility_timeout: float) -> SQLBroker:
+    """A broker in the SQLite file of ``sqlite:///path[?timeout=S&synchronous=MODE]``.
+
+    The tables may share the file with the SQLite storage backend, and the URL takes the
+    storage's options. WAL mode lets consumers in several processes on this host share the
+    file; ``timeout`` bounds the wait for its lock; ``synchronous`` is ``full`` (the default:
+    every acknowledged publish survives power loss) or ``normal``.
     """
     # The storage's parser: one form of sqlite: URL, one set of option rules.
     options = sqlite_url.parse_url(url)
-    if options.synchronous != "full":
-        raise ValueError(f"sqlite queue URL {redact(url)}: the queue takes no synchronous option")
     path, timeout = options.path, options.timeout
+    synchronous = options.synchronous.upper()
 
     def connect() -> _Connection:
         connection = sqlite3.connect(
             path, timeout=timeout, isolation_level=None, check_same_thread=False
         )
         use_wal(connection, timeout)
-        connection.execute("PRAGMA synchronous=FULL")
+        connection.execute(f"PRAGMA synchronous={synchronous}")
         return connection
 
-    dialect = _Dialect(
-        name="sqlite",
-        connect=connect,
-        placeholder="?",
-        now="((julianday('now') - 2440587.5) * 86400.0)",
-        # IMMEDIATE takes the write lock up front: no deadlock upgrading a read lock.
-        begin="BEGIN IMMEDIATE",
-        lease_key=(
-            "INSERT INTO stovepipe_queue_key_lease"
-            " (lease_token, lease_until, topic, partition_key) VALUES (?, {now} + ?, ?, ?)"
-            " ON CONFLICT (topic, partition_key) DO UPDATE"
-            " SET lease_token = excluded.lease_token, lease_until = excluded.lease_until"
-            " WHERE stovepipe_queue_key_lease.lease_until <= {now}"
-        ),
-        errors=(sqlite3.Error,),
-        is_transient=_sqlite_is_transient,
-        explicit_writes=True,
-    )
-    broker = SQLBroker(dialect, visibility_timeout=visibility_timeout)
     try:
         with contextlib.closing(
             sqlite3.connect(path, timeout=timeout, isolation_level=None)
         ) as connection:
             use_wal(connection, timeout)
             create_tables(connection, _SQLITE_SCHEMA)
+            for table, add_column in _SQLITE_UPGRADES:
+                if connection.execute(_SQLITE_HAS_MESSAGE_ID, (table,)).fetchone()[0]:
+                    continue
+                with connection:  # another process may be adding the column too: look again
+                    connection.execute("BEGIN IMMEDIATE")
+                    if not connection.execute(_SQLITE_HAS_MESSAGE_ID, (table,)).fetchone()[0]:
+                        connection.execute(add_column)
+            create_tables(connection, _SQLITE_MESSAGE_ID_INDEX + ";")
     except sqlite3.Error as error:
-        raise _mapped_error(dialect, error) from None
-    return broker
-
-
-def mysql_broker(url: str, *, visibility_timeout: float) -> SQLBroker:
-    """A broker in the MySQL/MariaDB database of ``mysql://user:password@host:port/db``.
-
-    ``timeout`` (seconds, default 5) bounds connecting, every read and every write. Needs
-    PyMySQL (installed with the MySQL backend, ``stovepipe-mysql``).
-    """
-    try:
-        import pymysql
-    except ImportError:
-        raise ValueError(
-            "mysql:// queues need PyMySQL: pip install 'stovepipe[mysql]' (or stovepipe-mysql)"
-        ) from None
-    parts = urllib.parse.urlsplit(url)
-    database = urllib.parse.unquote(parts.path.lstrip("/"))
-    if not parts.hostname or not database:
-        raise ValueError("mysql queue URL needs a host and a database: mysql://host/db")
-    options = _options(parts.query, {"timeout"}, "mysql")
-    timeout = float(options.get("timeout", DEFAULT_TIMEOUT))
-
-    def connect() -> _Connection:
-        return pymysql.connect(
-            host=parts.hostname,
-            port=parts.port or 3306,
-            user=urllib.parse.unquote(parts.username or "root"),
-            password=urllib.parse.unquote(parts.password or ""),
-            database=database,
-            autocommit=True,
-            connect_timeout=max(1, round(timeout)),
-            read_timeout=timeout,
-            write_timeout=timeout,
-            # UTC: UNIX_TIMESTAMP(NOW(6)) is then unambiguous across daylight-saving changes.
-            init_command="SET time_zone = '+00:00'",
-        )
-
-    dialect = _Dialect(
-        name="mysql",
-        connect=connect,
-        placeholder="%s",
-        now="UNIX_TIMESTAMP(NOW(6))",
-        begin="START TRANSACTION",
-        # The token is assigned first, while lease_until still holds the old deadline.
-        lease_key=(
-            "INSERT INTO stovepipe_queue_key_lease"
-            " (lease_token, lease_until, topic, partition_key) VALUES (%s, {now} + %s, %s, %s)"
-            " ON DUPLICATE KEY UPDATE"
-            " lease_token = IF(lease_until <= {now}, VALUES(lease_token), lease_token),"
-            " lease_until = IF(lease_until <= {now}, VALUES(lease_until), lease_until)"
-        ),
-        errors=(pymysql.err.MySQLError,),
-        is_transient=_mysql_is_transient,
+        raise _sqlite_error(error) from error
+    return SQLBroker(
+        SQLITE_DIALECT, _ThreadConnections(connect), visibility_timeout=visibility_timeout
     )
-    broker = SQLBroker(dialect, visibility_timeout=visibility_timeout)
-    try:
-        broker.create_schema(_MYSQL_SCHEMA)
-    except BaseException:
-        broker.close()
-        raise
-    return broker
 
 
 def _options(query: str, allowed: set[str], scheme: str) -> dict[str, str]:

@@ -4,7 +4,7 @@ A :class:`SourceControl` is bound to one queue (a repository and ref) by a
 :class:`SourceControlFactory`, so its methods take no queue. URIs and history cursors are
 opaque: nothing outside the implementation that minted them parses them.
 
-Errors, all under :class:`SourceControlError`:
+Errors, all under :class:`SourceControlError` (in the tree of :mod:`stovepipe.errors`):
 
 * :class:`NotFound`: an unknown queue, a missing ref, or a URI this source did not mint or no
   longer knows.
@@ -21,19 +21,18 @@ import dataclasses
 import pathlib
 from typing import Final, Protocol
 
+from stovepipe.errors import SourceControlError as SourceControlError
+from stovepipe.errors import Transient
+
 MAX_PAGE_LIMIT: Final = 1000
 """The largest ``limit`` :meth:`SourceControl.history` accepts: pages stay cheap to serve."""
-
-
-class SourceControlError(Exception):
-    """Base of every error the SourceControl contract defines."""
 
 
 class NotFound(SourceControlError):
     """An unknown queue, ref or URI."""
 
 
-class Unavailable(SourceControlError):
+class Unavailable(Transient, SourceControlError):
     """A transient fault: the repository is unreadable or the remote is down."""
 
 

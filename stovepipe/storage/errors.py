@@ -1,14 +1,22 @@
 """The errors every storage backend raises, all under :class:`StorageError`.
 
 Backends map their driver's exceptions onto these; a driver exception never leaks past a
-backend.
+backend. The tree they belong to is :mod:`stovepipe.errors`.
 """
 
 from __future__ import annotations
 
+from stovepipe.errors import StorageError, Transient
 
-class StorageError(Exception):
-    """Base of every error the storage contract defines."""
+__all__ = [
+    "AlreadyExists",
+    "LimitExceeded",
+    "NotFound",
+    "StorageError",
+    "Unavailable",
+    "UnknownBackend",
+    "VersionMismatch",
+]
 
 
 class NotFound(StorageError):
@@ -23,7 +31,7 @@ class VersionMismatch(StorageError):
     """A conditional update found another version stored, or no row at all."""
 
 
-class Unavailable(StorageError):
+class Unavailable(Transient, StorageError):
     """A transient infrastructure fault: refused, reset, timed out. Safe to retry later."""
 
 

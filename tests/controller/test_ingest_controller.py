@@ -47,10 +47,14 @@ class RecordingPublisher:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.published: list[tuple[str, str, ProcessRequest]] = []
+        self.message_ids: list[str | None] = []
 
-    def publish(self, topic: str, key: str, payload: bytes) -> None:
+    def publish(
+        self, topic: str, key: str, payload: bytes, *, message_id: str | None = None
+    ) -> None:
         with self._lock:
             self.published.append((topic, key, decode_process_request(payload)))
+            self.message_ids.append(message_id)
 
 
 @dataclasses.dataclass
@@ -423,7 +427,9 @@ def test_ingest_stored_request_differing_from_its_mapping_raises_inconsistent_st
 
 def test_ingest_publish_failure_propagates_and_the_next_ingest_republishes(world: World) -> None:
     class DownPublisher:
-        def publish(self, topic: str, key: str, payload: bytes) -> None:
+        def publish(
+            self, topic: str, key: str, payload: bytes, *, message_id: str | None = None
+        ) -> None:
             raise ConnectionError("broker down")
 
     sources = QueueMap({QUEUE: world.source})
@@ -486,3 +492,10 @@ def test_ingest_row_that_exists_by_create_but_not_by_read_raises_inconsistent_st
     with pytest.raises(InconsistentState, match="exists by create but not by read"):
         world.controller.ingest(QUEUE)
     assert world.publisher.published == []
+
+
+def test_ingest_publishes_with_the_request_id_as_message_id(world: World) -> None:
+    first = world.controller.ingest(QUEUE)
+    again = world.controller.ingest(QUEUE)
+    assert first.id == again.id
+    assert world.publisher.message_ids == [first.id, first.id]

@@ -69,9 +69,17 @@ class Pipeline:
 
 @contextlib.contextmanager
 def make_pipeline(
-    runner: FakeBuildRunner, *, max_concurrent: int = 1, max_attempts: int = 3
+    runner: FakeBuildRunner,
+    *,
+    max_concurrent: int = 1,
+    max_attempts: int = 3,
+    transient_retry_seconds: float = 3600,
 ) -> Iterator[Pipeline]:
-    messaging = InProcessMessaging(max_attempts=max_attempts, backoff_seconds=0.01)
+    messaging = InProcessMessaging(
+        max_attempts=max_attempts,
+        backoff_seconds=0.01,
+        transient_retry_seconds=transient_retry_seconds,
+    )
     source = FakeSourceControl(["c1"], name="monorepo")
     sources = QueueMap({QUEUE: source})
     with open_storage("memory://") as storage:
@@ -271,7 +279,10 @@ class _RunnerWhoseStatusFails(FakeBuildRunner):
 
 
 def test_dead_lettered_buildsignal_fails_the_request_frees_its_slot_and_records_no_fact() -> None:
-    with make_pipeline(_RunnerWhoseStatusFails(), max_attempts=2) as pipeline:
+    # The runner stays unavailable past the queue's budget for transient faults (none here).
+    with make_pipeline(
+        _RunnerWhoseStatusFails(), max_attempts=2, transient_retry_seconds=0
+    ) as pipeline:
         request = pipeline.ingest.ingest(QUEUE)
         pipeline.wait_for(pipeline.settled(request.id))
         pipeline.idle()

@@ -30,9 +30,9 @@ def test_published_message_is_delivered_once_acknowledged(queue: InProcessMessag
     delivered: list[Message] = []
     queue.subscribe("t", delivered.append)
     queue.start()
-    queue.publish("t", "k", b"payload")
+    queue.publish("t", "k", b"payload", message_id="m-1")
     assert queue.wait_until_idle(TIMEOUT)
-    assert delivered == [Message("t", "k", b"payload", 1)]
+    assert delivered == [Message("t", "k", b"payload", 1, "m-1")]
     assert queue.dead_letters("t") == []
 
 
@@ -154,13 +154,13 @@ def test_after_max_attempts_the_message_is_dead_lettered_with_its_reason_and_the
 
     queue.subscribe("t", handle)
     queue.start()
-    queue.publish("t", "k", b"poison")
+    queue.publish("t", "k", b"poison", message_id="poison-1")
     queue.publish("t", "k", b"next")
     assert queue.wait_until_idle(TIMEOUT)
     assert attempts == [1, 2, 3]
     assert delivered == [b"next"]
     [letter] = queue.dead_letters("t")
-    assert letter.message == Message("t", "k", b"poison", 3)
+    assert letter.message == Message("t", "k", b"poison", 3, "poison-1")
     assert letter.reason == "ConnectionError: still down"
 
 

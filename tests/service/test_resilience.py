@@ -89,7 +89,7 @@ def test_bulkhead_refuses_the_call_beyond_its_limit_without_waiting() -> None:
     for holder in holders:
         holder.join(timeout=TIMEOUT)
     assert not called  # refused before it ran, not after waiting for a slot
-    assert refused.value.dependency == "storage"
+    assert refused.value.dependency_name == "storage"
     assert refused.value.retry_after > 0
     assert isinstance(refused.value, Unavailable)  # transient, as callers already expect
     guard.call(lambda: called.append(True))  # the slots are free again

@@ -12,8 +12,14 @@ import grpc
 import pytest
 
 from stovepipe import sourcecontrol
+from stovepipe.buildrunner import RunnerMap
+from stovepipe.buildrunner.fake import FakeBuildRunner
+from stovepipe.client import StovepipeClient
 from stovepipe.entity import Request, RequestState
-from stovepipe.sourcecontrol import Page
+from stovepipe.messaging.registry import open_messaging
+from stovepipe.metrics import Metrics
+from stovepipe.server import StovepipeServer
+from stovepipe.sourcecontrol import Page, QueueMap
 from stovepipe.sourcecontrol.fake import FakeSourceControl
 from stovepipe.storage import limits, open_storage
 from stovepipe.testing import StartServer
@@ -150,6 +156,34 @@ def test_storage_unavailable_is_unavailable(
     error = status_of(lambda: running.client.Ingest(pb.IngestRequest(queue="q"), timeout=TIMEOUT))
     assert error.code() == grpc.StatusCode.UNAVAILABLE
     assert error.details() == "storage is unavailable; retry later"
+
+
+def test_messaging_outage_on_ingest_says_messaging(tmp_path: pathlib.Path) -> None:
+    # Storage answers; the messaging queue (another SQLite file, write-locked) does not.
+    queue_path = tmp_path / "queue.db"
+    queue_url = f"sqlite:///{queue_path}?timeout=0.2"
+    open_messaging(queue_url).stop()  # create the tables
+    server = StovepipeServer(
+        open_storage(f"sqlite:///{tmp_path / 'storage.db'}"),
+        QueueMap({"q": FakeSourceControl(["c1"])}),
+        runners=RunnerMap({"q": FakeBuildRunner()}),
+        listen="127.0.0.1:0",
+        messaging=open_messaging(queue_url),
+        metrics=Metrics(process_metrics=False),
+    )
+    server.start()
+    holder = sqlite3.connect(queue_path, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        with grpc.insecure_channel(server.address) as channel:
+            client = StovepipeClient(channel)
+            error = status_of(lambda: client.Ingest(pb.IngestRequest(queue="q"), timeout=TIMEOUT))
+        assert error.code() == grpc.StatusCode.UNAVAILABLE
+        assert error.details() == "messaging is unavailable; retry later"
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        server.stop(grace=1)
 
 
 def test_source_control_unavailable_is_unavailable(start_server: StartServer) -> None:

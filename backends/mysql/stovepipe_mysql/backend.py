@@ -155,6 +155,34 @@ def connect_failure(error: Exception, address: str) -> StorageError:
     return Unavailable(f"mysql {address} unreachable: {_reason(error)}")
 
 
+def connection_lost(error: BaseException) -> bool:
+    """True if ``error`` (a PyMySQL error) means the connection is gone: discard it."""
+    code = error.args[0] if error.args else 0
+    return code in _CONNECTION_LOST or isinstance(error, pymysql.InterfaceError)
+
+
+def statement_failure(error: BaseException, address: str) -> StorageError:
+    """The contract's error for a statement that failed with PyMySQL's ``error`` on the
+    database at ``address``: ``Unavailable`` for a lost connection or a transient refusal (a
+    deadlock, a lock wait timeout, too many connections), else ``StorageError``, naming
+    ``stovepipe migrate`` when the schema lacks a table or column.
+
+    The one mapping of this engine: the storage and the MySQL messaging queue both use it.
+    """
+    code = error.args[0] if error.args else 0
+    if connection_lost(error):
+        what = "timed out" if _timed_out(error) else "lost the connection"
+        return Unavailable(f"mysql {address} {what}: {_reason(error)}")
+    if code in _TRANSIENT:
+        return Unavailable(f"mysql {address}: {_reason(error)}")
+    if code in _SCHEMA_MISSING:
+        return StorageError(
+            f"mysql {address}: {_reason(error)}; apply the schema with "
+            "`stovepipe migrate URL` (or open the URL with ?migrate=true)"
+        )
+    return StorageError(f"mysql {address}: {_reason(error)}")
+
+
 def _certificate_rejection(error: BaseException) -> ssl.SSLCertVerificationError | None:
     """The certificate verification failure behind ``error``, if there is one.
 
@@ -273,14 +301,7 @@ class _Database:
         return Unavailable(f"mysql {self._address} {what}: {_reason(error)}{outcome}")
 
     def _failed(self, error: BaseException, code: int) -> StorageError:
-        if code in _TRANSIENT:
-            return Unavailable(f"mysql {self._address}: {_reason(error)}")
-        if code in _SCHEMA_MISSING:
-            return StorageError(
-                f"mysql {self._address}: {_reason(error)}; apply the schema with "
-                "`stovepipe migrate URL` (or open the URL with ?migrate=true)"
-            )
-        return StorageError(f"mysql {self._address}: {_reason(error)}")
+        return statement_failure(error, self._address)
 
     def close(self) -> None:
         self._pool.close()

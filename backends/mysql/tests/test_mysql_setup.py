@@ -32,7 +32,18 @@ from stovepipe.storage import StorageError, open_storage
 from stovepipe.testing import run_cli
 
 SCHEMA_DIRECTORY = pathlib.Path(__file__).parents[1] / "schema"
-TABLES = {"request", "request_uri", "counter", "queue", "build", "fact"}
+# The storage's tables and the messaging queue's (0003_messaging.sql).
+TABLES = {
+    "request",
+    "request_uri",
+    "counter",
+    "queue",
+    "build",
+    "fact",
+    "stovepipe_queue_message",
+    "stovepipe_queue_dead_letter",
+    "stovepipe_queue_key_lease",
+}
 
 
 def tables(admin: Any, database: str) -> set[str]:

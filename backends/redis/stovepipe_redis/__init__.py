@@ -1,25 +1,15 @@
 """``redis://`` and ``rediss://`` (TLS): Stovepipe's storage contract on Redis.
 
-URL: ``redis://[[user]:password@]host[:port][/db][?option=value&...]``, parsed by
-:mod:`stovepipe_redis.options`. Options:
-
-* ``timeout``: seconds (float, default 5) bounding connecting, each read and write, and the
-  wait for a free pooled connection; past it an operation raises ``Unavailable``.
-* ``prefix``: prepended to every key (default ``stovepipe:``), so one database can hold
-  several deployments or other data. The key layout is in :mod:`stovepipe_redis.keys`.
-* passed on to redis-py: ``db``, ``max_connections`` (pool size, default 50),
-  ``health_check_interval``, ``socket_keepalive``, ``client_name``, and for ``rediss``
-  ``ssl_cert_reqs``, ``ssl_ca_certs``, ``ssl_ca_path``, ``ssl_certfile``, ``ssl_keyfile``,
-  ``ssl_password``, ``ssl_check_hostname``, ``ssl_min_version``.
+URL: ``redis://[[user]:password@]host[:port][/db][?option=value&...]``; its options are in
+:mod:`stovepipe_redis.options` (``timeout``, ``prefix``, TLS and redis-py's), shared with the
+messaging queue (:mod:`stovepipe_redis.messaging`). Past ``timeout`` an operation raises
+``Unavailable``. The key layout is in :mod:`stovepipe_redis.keys` (default prefix
+``stovepipe:``).
 
 Opening pings the server, so a wrong address fails at once with ``Unavailable``.
 """
 
 from __future__ import annotations
-
-import redis
-import redis.retry
-from redis.backoff import NoBackoff
 
 from stovepipe_redis.backend import (
     MAX_UPDATE_ATTEMPTS,
@@ -57,17 +47,8 @@ def open_backend(url: str) -> RedisBackend:
     server does not answer within the timeout.
     """
     options = parse_url(url)
-    keys = KeyLayout(options.prefix)
-    timeout = options.timeout
-    pool = redis.BlockingConnectionPool.from_url(
-        options.driver_url,
-        timeout=timeout,  # waiting for a free connection
-        socket_connect_timeout=timeout,
-        socket_timeout=timeout,
-        # No driver retries: a retried SET NX or INCR whose first try landed answers wrongly.
-        retry=redis.retry.Retry(NoBackoff(), 0),
-    )
-    backend = RedisBackend(pool, keys)
+    keys = KeyLayout(DEFAULT_PREFIX if options.prefix is None else options.prefix)
+    backend = RedisBackend(options.connection_pool(), keys)
     try:
         backend.ping()
     except BaseException:

@@ -253,19 +253,36 @@ def _pause_after_conflict(attempt: int) -> None:
     time.sleep(random.uniform(0, cap))
 
 
-def _mapped(error: redis.exceptions.RedisError) -> StorageError:
-    """Translate a redis-py error: connection trouble and timeouts are transient, the rest not.
+# Error replies of a server that cannot take writes for now: loading its data set, busy with
+# a script, a replica or a primary without its replicas, out of memory, failing to persist.
+_TRANSIENT_REPLIES: Final = frozenset(
+    {"BUSY", "LOADING", "MASTERDOWN", "MISCONF", "NOREPLICAS", "OOM", "READONLY", "TRYAGAIN"}
+)
+
+
+def mapped_error(error: redis.exceptions.RedisError) -> StorageError:
+    """Translate a redis-py error: connection trouble, timeouts and the replies of a server
+    that cannot write for now are transient (``Unavailable``), the rest not.
 
     A refused password or a server certificate that fails verification arrive as connection
-    errors too, but waiting will not fix them: they are plain ``StorageError``.
+    errors too, but waiting will not fix them: they are plain ``StorageError``. The one
+    mapping of this engine: the storage and the messaging queue both use it.
     """
+    # redis-py strips the reply's code from the errors it has a class for; put it back.
+    code: str | None = getattr(error, "status_code", None)
+    text = f"{code} {error}" if code else str(error)
     if isinstance(
         error, redis.exceptions.AuthenticationError | redis.exceptions.AuthorizationError
-    ) or isinstance(error.__context__, ssl.SSLCertVerificationError):
-        return StorageError(f"redis: {error}")
-    if isinstance(error, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
-        return Unavailable(f"redis: {error}")
-    return StorageError(f"redis: {error}")
+    ):
+        return StorageError(f"redis: access denied: {text}")
+    if isinstance(error.__context__, ssl.SSLCertVerificationError):
+        return StorageError(f"redis: {text}")
+    if (
+        isinstance(error, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError)
+        or text.split(" ", 1)[0] in _TRANSIENT_REPLIES
+    ):
+        return Unavailable(f"redis: {text}")
+    return StorageError(f"redis: {text}")
 
 
 class _Commands:
@@ -288,7 +305,7 @@ class _Commands:
         try:
             pooled = pool.get_connection()
         except redis.exceptions.RedisError as error:
-            raise _mapped(error) from None
+            raise mapped_error(error) from error
         connection: _Connection = pooled
         try:
             connection.send_command(*command)
@@ -302,7 +319,7 @@ class _Commands:
         except redis.exceptions.RedisError as error:
             # read_response already dropped the socket on I/O errors; an error reply
             # leaves the connection in step with the server, fit for reuse.
-            raise _mapped(error) from None
+            raise mapped_error(error) from error
         finally:
             pool.release(pooled)
 
@@ -390,7 +407,7 @@ class RedisRequestStore:
         try:
             pooled = pool.get_connection()
         except redis.exceptions.RedisError as error:
-            raise _mapped(error) from None
+            raise mapped_error(error) from error
         connection: _Connection = pooled
         try:
             watch_and_get = connection.pack_commands((("WATCH", key), ("GET", key)))
@@ -430,7 +447,7 @@ class RedisRequestStore:
             )
         except redis.exceptions.RedisError as error:
             connection.disconnect()
-            raise _mapped(error) from None
+            raise mapped_error(error) from error
         except (VersionMismatch, Unavailable):
             raise  # raised here, after UNWATCH or an aborted EXEC: no WATCH is left behind
         except BaseException:

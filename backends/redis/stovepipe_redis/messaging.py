@@ -1,14 +1,20 @@
-"""A messaging queue on Redis Streams, with consumer groups and leased shards.
+"""The ``redis://`` messaging queue: Redis Streams, with consumer groups and leased shards, on
+the storage's options (:mod:`stovepipe_redis.options`), connection pool construction and error
+mapping (:func:`stovepipe_redis.backend.mapped_error`).
 
 Layout, for a topic ``T`` whose UTF-8 encoding is ``n`` bytes long (the length prefix keeps
 topics that contain ``:`` apart)::
 
     stovepipe:mq:<n>:T:s<i>        stream of shard i (0 <= i < shards); entries {key, payload}
     stovepipe:mq:<n>:T:o<i>        the consumer owning shard i, with a TTL (the lease)
-    stovepipe:mq:<n>:T:dead-letter stream of dead letters {key, payload, attempt, reason}
+    stovepipe:mq:<n>:T:dead-letter stream of dead letters {key, payload, attempt, reason, id}
+    stovepipe:mq:<n>:T:ids         set of the ids of T's pending messages
 
 (``stovepipe:mq:`` is the default of the URL option ``prefix``.) A message goes to shard
-``crc32(key) % shards``: all messages of a key share one stream, in ``XADD`` order. Every stream
+``crc32(key) % shards``: all messages of a key share one stream, in ``XADD`` order. Its entry
+is ``{key, payload, id}``; a script adds the id to the topic's ``ids`` set and the entry to
+the stream only if the id was not in the set (an idempotent publish), and settling the entry
+removes the id in the same ``MULTI``. Every stream
 has the consumer group ``stovepipe``. Per-key order and one delivery at a time come from shard
 ownership: a consumer delivers from a shard only while it holds the shard's lease, and only one
 message of the shard at a time. One Lua script claims, atomically, the first free or own shard
@@ -35,7 +41,6 @@ import os
 import socket
 import threading
 import time
-import urllib.parse
 import uuid
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -45,13 +50,14 @@ import redis
 import redis.exceptions
 
 from stovepipe.messaging.brokered import Delivery, MessagingError, MessagingUnavailable
-from stovepipe.messaging.contract import Message
+from stovepipe.messaging.contract import Message, as_messaging_error
 from stovepipe.messaging.inprocess import DeadLetter
+from stovepipe_redis.backend import mapped_error
+from stovepipe_redis.options import parse_url
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_SHARDS: Final = 16
-DEFAULT_TIMEOUT: Final = 5.0
 GROUP: Final = b"stovepipe"
 PREFIX: Final = b"stovepipe:mq:"
 
@@ -99,6 +105,16 @@ end
 return false
 """
 
+# KEYS: stream, ids set. ARGV: message id, key, payload. Returns 1 if added, 0 if the id was
+# pending already.
+_PUBLISH: Final = """
+if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then
+  return 0
+end
+redis.call('XADD', KEYS[1], '*', 'key', ARGV[2], 'payload', ARGV[3], 'id', ARGV[1])
+return 1
+"""
+
 # KEYS: owner keys. ARGV: consumer, lease in ms (0 = give the lease up). Returns a list of
 # 1/0, whether each lease was still this consumer's.
 _RENEW: Final = """
@@ -116,6 +132,32 @@ for i = 1, #KEYS do
   end
 end
 return held
+"""
+
+# KEYS: streams. ARGV: group, this consumer, idle threshold in ms ('' = only this consumer).
+# Deletes from each stream's group the consumers with no pending entry: this consumer (when it
+# stops), or any idle longer than the threshold (stale: their process went away). A consumer
+# with pending entries is kept: deleting it would drop them from the group's pending list.
+# Returns how many consumers it deleted.
+_REMOVE_CONSUMERS: Final = """
+local group, me, idle_ms = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local removed = 0
+for i = 1, #KEYS do
+  local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[i], group)
+  if ok then
+    for _, consumer in ipairs(consumers) do
+      local info = {}
+      for j = 1, #consumer, 2 do info[consumer[j]] = consumer[j + 1] end
+      local stale = idle_ms and info['name'] ~= me and tonumber(info['idle']) > idle_ms
+      local leaving = (not idle_ms) and info['name'] == me
+      if tonumber(info['pending']) == 0 and (stale or leaving) then
+        redis.call('XGROUP', 'DELCONSUMER', KEYS[i], group, info['name'])
+        removed = removed + 1
+      end
+    end
+  end
+end
+return removed
 """
 
 _T = TypeVar("_T")
@@ -142,7 +184,9 @@ class RedisStreamsBroker:
         self._shards = shards
         self._consumer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}".encode()
         self._claim_script = client.register_script(_CLAIM)
+        self._publish_script = client.register_script(_PUBLISH)
         self._renew_script = client.register_script(_RENEW)
+        self._remove_consumers_script = client.register_script(_REMOVE_CONSUMERS)
         self._lock = threading.Lock()
         self._groups: set[bytes] = set()  # streams known to have the group
         self._in_flight: set[_Shard] = set()
@@ -152,11 +196,14 @@ class RedisStreamsBroker:
         self._backing_off: dict[_Shard, float] = {}  # shard -> monotonic time it may resume
         self._closed = False
 
-    def publish(self, topic: str, key: str, payload: bytes) -> None:
-        """``XADD`` to the key's shard stream."""
+    def publish(self, topic: str, key: str, payload: bytes, message_id: str) -> None:
+        """``XADD`` to the key's shard stream, unless ``message_id`` is in the topic's set of
+        pending ids (one script: of racing publishers, one adds the entry)."""
         stream = self._stream(topic, self._shard_of(key))
         self._ensure_group(stream)
-        self._call(lambda: self._client.xadd(stream, {b"key": _encode(key), b"payload": payload}))
+        keys = [stream, self._ids(topic)]
+        args = [_encode(message_id), _encode(key), payload]
+        self._call(lambda: self._publish_script(keys=keys, args=args))
 
     def claim(self, topics: Sequence[str]) -> Delivery | None:
         """Claim from the first shard of ``topics`` that is not busy here and has work."""
@@ -202,7 +249,13 @@ class RedisStreamsBroker:
         _, entry_id, raw_fields, count = claimed
         fields = dict(zip(raw_fields[::2], raw_fields[1::2], strict=False))
         try:
-            message = Message(topic, _decode(fields[b"key"]), bytes(fields[b"payload"]), int(count))
+            message = Message(
+                topic,
+                _decode(fields[b"key"]),
+                bytes(fields[b"payload"]),
+                int(count),
+                _decode(fields.get(b"id", b"")),
+            )
         except (KeyError, UnicodeDecodeError) as error:
             # Written by something else than this module: no delivery can ever succeed, and
             # keeping the shard would strand every key behind it.
@@ -236,33 +289,43 @@ class RedisStreamsBroker:
         }
 
         def move_and_release() -> None:
-            self._move_to_dead_letters(topic, index, entry_id, letter)
+            self._move_to_dead_letters(topic, index, entry_id, letter, fields.get(b"id"))
             self._renew_script(keys=[self._owner(topic, index)], args=[self._consumer, 0])
 
         with self._settling(topic, index):
             self._call(move_and_release)
 
     def _move_to_dead_letters(
-        self, topic: str, index: int, entry_id: bytes, letter: dict[bytes, bytes]
+        self,
+        topic: str,
+        index: int,
+        entry_id: bytes,
+        letter: dict[bytes, bytes],
+        message_id: bytes | None,
     ) -> None:
-        """Add ``letter`` to the topic's dead letters and ``XACK``/``XDEL`` the entry, in one
-        ``MULTI``."""
+        """Add ``letter`` to the topic's dead letters, ``XACK``/``XDEL`` the entry and drop
+        its id from the pending ids, in one ``MULTI``."""
         stream = self._stream(topic, index)
         with self._client.pipeline(transaction=True) as pipe:
             pipe.xadd(self._dead_letter_stream(topic), letter)  # type: ignore[arg-type]
             pipe.xack(stream, GROUP, entry_id)
             pipe.xdel(stream, entry_id)
+            if message_id:
+                pipe.srem(self._ids(topic), message_id)
             pipe.execute()
 
     def ack(self, delivery: Delivery) -> None:
-        """``XACK`` and ``XDEL`` the entry, atomically."""
+        """``XACK`` and ``XDEL`` the entry and drop its id from the pending ids, atomically."""
         topic, index, entry_id = self._receipt(delivery)
         stream = self._stream(topic, index)
+        message_id = _encode(delivery.message.message_id)
 
         def acknowledge() -> None:
             with self._client.pipeline(transaction=True) as pipe:
                 pipe.xack(stream, GROUP, entry_id)
                 pipe.xdel(stream, entry_id)
+                if message_id:
+                    pipe.srem(self._ids(topic), message_id)
                 pipe.execute()
 
         with self._settling(topic, index):
@@ -303,12 +366,18 @@ class RedisStreamsBroker:
             b"payload": message.payload,
             b"attempt": str(message.attempt).encode(),
             b"reason": reason.encode("utf-8", "surrogatepass"),
+            b"id": _encode(message.message_id),
         }
+        message_id = _encode(message.message_id)
         with self._settling(topic, index):
-            self._call(lambda: self._move_to_dead_letters(topic, index, entry_id, letter))
+            self._call(
+                lambda: self._move_to_dead_letters(topic, index, entry_id, letter, message_id)
+            )
 
     def renew(self) -> None:
-        """Extend the leases of the shards delivering or backing off here."""
+        """Extend the leases of the shards delivering or backing off here, and remove the
+        stale consumers of the streams used here (see :meth:`remove_stale_consumers`)."""
+        self.remove_stale_consumers()
         with self._lock:
             shards = sorted(self._in_flight | set(self._backing_off))
         if not shards:
@@ -323,6 +392,34 @@ class RedisStreamsBroker:
             for shard, still_held in zip(shards, held, strict=True):
                 if not still_held and self._backing_off.pop(shard, None) is not None:
                     logger.warning("lost the lease of a backing-off %r shard", shard[0])
+
+    def remove_stale_consumers(self) -> int:
+        """Delete from the groups of the streams used here the consumers with no pending
+        entry that were idle longer than the visibility timeout (their process went away
+        without leaving); how many. Consumers with pending entries stay: their entries are
+        reclaimed through the lease."""
+        with self._lock:
+            streams = sorted(self._groups)
+        if not streams:
+            return 0
+        removed: Any = self._call(
+            lambda: self._remove_consumers_script(
+                keys=streams, args=[GROUP, self._consumer, self._lease_ms]
+            )
+        )
+        return int(removed)
+
+    def _leave_groups(self) -> None:
+        """Delete this consumer from the groups of the streams used here, where it holds no
+        pending entry (one that it does is reclaimed by the next owner of the shard)."""
+        with self._lock:
+            streams = sorted(self._groups)
+        if streams:
+            self._call(
+                lambda: self._remove_consumers_script(
+                    keys=streams, args=[GROUP, self._consumer, ""]
+                )
+            )
 
     def backlog(self, topic: str) -> int:
         """Entries left in ``topic``'s shard streams (acknowledged ones are deleted)."""
@@ -345,13 +442,15 @@ class RedisStreamsBroker:
                 _decode_lax(fields.get(b"key", b"")),
                 bytes(fields.get(b"payload", b"")),
                 int(fields.get(b"attempt", 0)),
+                _decode_lax(fields.get(b"id", b"")),
             )
             letters.append(DeadLetter(message, _decode_lax(fields.get(b"reason", b""))))
         return letters
 
     def close(self) -> None:
         """Give up every shard lease held here with no delivery running (idle or backing
-        off), so that other consumers take the shards at once; disconnect.
+        off), so that other consumers take the shards at once; leave the consumer groups
+        (where this consumer has no pending entry); disconnect.
 
         Shards with a delivery still running keep their lease until it runs out: handing
         them back would let another consumer start the same key alongside.
@@ -371,6 +470,8 @@ class RedisStreamsBroker:
                         args=[self._consumer, 0],
                     )
                 )
+        with contextlib.suppress(MessagingUnavailable, MessagingError):
+            self._leave_groups()
         self._client.close()
 
     @staticmethod
@@ -403,6 +504,9 @@ class RedisStreamsBroker:
     def _owner(self, topic: str, index: int) -> bytes:
         return self._base(topic) + b":o" + str(index).encode()
 
+    def _ids(self, topic: str) -> bytes:
+        return self._base(topic) + b":ids"
+
     def _dead_letter_stream(self, topic: str) -> bytes:
         return self._base(topic) + b":dead-letter"
 
@@ -426,32 +530,7 @@ class RedisStreamsBroker:
         try:
             return operation()
         except redis.exceptions.RedisError as error:
-            raise _mapped_error(error) from None
-
-
-# Error replies of a server that cannot take writes for now: loading its data set, busy with
-# a script, a replica or a primary without its replicas, out of memory, failing to persist.
-_TRANSIENT_REPLIES: Final = frozenset(
-    {"BUSY", "LOADING", "MASTERDOWN", "MISCONF", "NOREPLICAS", "OOM", "READONLY", "TRYAGAIN"}
-)
-
-
-def _mapped_error(
-    error: redis.exceptions.RedisError,
-) -> MessagingError | MessagingUnavailable:
-    """The contract's error for a redis-py ``error``: transient or not."""
-    exceptions = redis.exceptions
-    # redis-py strips the reply's code from the errors it has a class for; put it back.
-    code: str | None = getattr(error, "status_code", None)
-    text = f"{code} {error}" if code else str(error)
-    if isinstance(error, exceptions.AuthenticationError | exceptions.AuthorizationError):
-        return MessagingError(f"redis queue: access denied: {text}")
-    if (
-        isinstance(error, exceptions.ConnectionError | exceptions.TimeoutError)
-        or text.split(" ", 1)[0] in _TRANSIENT_REPLIES
-    ):
-        return MessagingUnavailable(f"redis queue: {text}")
-    return MessagingError(f"redis queue: {type(error).__name__}: {text}")
+            raise as_messaging_error(mapped_error(error)) from error
 
 
 def _encode(text: str) -> bytes:
@@ -470,46 +549,25 @@ def _decode_lax(data: bytes) -> str:
         return bytes(data).decode("utf-8", "backslashreplace")
 
 
-TLS_OPTIONS: Final[tuple[str, ...]] = (
-    "ssl_cert_reqs",
-    "ssl_ca_certs",
-    "ssl_ca_path",
-    "ssl_certfile",
-    "ssl_keyfile",
-    "ssl_password",
-    "ssl_check_hostname",
-    "ssl_min_version",
-)
-"""Query options of a ``rediss://`` URL that redis-py applies to its TLS connections."""
-
-
 def redis_broker(url: str, *, visibility_timeout: float) -> RedisStreamsBroker:
-    """A broker on the Redis of
-    ``redis://[:password@]host:port/db[?timeout=S&shards=N&prefix=P]``, or over TLS with
-    ``rediss://``, which also takes redis-py's :data:`TLS_OPTIONS`.
+    """Entry point (``stovepipe.messaging``) for ``redis://`` and ``rediss://``: a broker on
+    the storage's URL and options (:mod:`stovepipe_redis.options`: TLS, ``timeout``,
+    ``prefix``, redis-py's), plus ``shards`` (default 16, the same in every process).
 
-    ``timeout`` (seconds, default 5) bounds connecting and every command. ``prefix`` (default
-    ``stovepipe:mq:``) starts every key name: deployments sharing one Redis database give
-    each its own.
+    ``prefix`` (default ``stovepipe:mq:``) starts every key name: deployments sharing one
+    Redis database give each its own (the default messaging URL of a storage URL with
+    ``prefix=P`` has ``P`` + ``mq:``). Connects lazily: an unreachable server shows at the
+    first call, as :class:`MessagingUnavailable`.
     """
-    parts = urllib.parse.urlsplit(url)
-    options = dict(urllib.parse.parse_qsl(parts.query, strict_parsing=bool(parts.query)))
-    tls_options: dict[str, str] = {n: options.pop(n) for n in TLS_OPTIONS if n in options}
-    unknown = set(options) - {"timeout", "shards", "prefix"}
-    if tls_options and parts.scheme != "rediss":
-        unknown |= set(tls_options)
-    if unknown:
-        raise ValueError(f"unknown redis queue URL options: {', '.join(sorted(unknown))}")
-    timeout = float(options.get("timeout", DEFAULT_TIMEOUT))
-    client = redis.Redis.from_url(
-        # redis-py reads TLS from the scheme and the ssl_* options from the query.
-        urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(tls_options))),
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-    )
+    options = parse_url(url, extra=("shards",))
+    shards = options.extra.get("shards", str(DEFAULT_SHARDS))
+    try:
+        shard_count = int(shards)
+    except ValueError:
+        raise ValueError(f"redis URL option shards must be an integer, not {shards!r}") from None
     return RedisStreamsBroker(
-        client,
+        redis.Redis(connection_pool=options.connection_pool()),
         visibility_timeout=visibility_timeout,
-        shards=int(options.get("shards", DEFAULT_SHARDS)),
-        prefix=options["prefix"].encode() if "prefix" in options else PREFIX,
+        shards=shard_count,
+        prefix=PREFIX if options.prefix is None else options.prefix.encode(),
     )

@@ -1,0 +1,149 @@
+"""The redis:// messaging queue lives with the Redis backend: its URL options (TLS,
+``prefix``), its pool construction and its error mapping. One test per fault it fixes."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+import redis.exceptions
+from stovepipe_redis.backend import mapped_error
+from stovepipe_redis.messaging import RedisStreamsBroker, redis_broker
+
+from stovepipe.messaging import Message
+from stovepipe.messaging.brokered import BrokeredMessaging
+from stovepipe.messaging.registry import InspectableMessaging, default_messaging_url, open_messaging
+from stovepipe.storage import Unavailable
+
+TIMEOUT = 20.0
+
+
+@pytest.fixture
+def deployments(url_with: object, raw: redis.Redis, prefix: str) -> Iterator[list[str]]:
+    """The storage URLs of two deployments sharing one database with different prefixes (both
+    under the test's prefix, so the test's keys are deleted afterwards)."""
+    build = url_with
+    assert callable(build)
+    yield [build(prefix=f"{prefix}{name}:") for name in ("one", "two")]
+
+
+def test_deployments_with_different_prefixes_share_no_queue(deployments: list[str]) -> None:
+    queues: list[InspectableMessaging] = [
+        open_messaging(default_messaging_url(url) + "&shards=2") for url in deployments
+    ]
+    try:
+        topic = f"prefix-{uuid.uuid4().hex[:8]}"
+        taken = threading.Event()
+        wrong: list[Message] = []
+        first, second = queues
+        second.subscribe(topic, wrong.append)
+        second.start()
+        first.subscribe(topic, lambda message: taken.set())
+        first.publish(topic, "k", b"for deployment one")
+        assert second.backlog(topic) == 0
+        first.start()
+        assert taken.wait(TIMEOUT)
+        assert wrong == [], "one deployment's worker took the other's message"
+    finally:
+        for queue in queues:
+            queue.stop(timeout=5)
+
+
+def test_the_queue_prefix_follows_the_storage_prefix(url_with: object, prefix: str) -> None:
+    assert callable(url_with)
+    broker = redis_broker(
+        default_messaging_url(url_with(prefix=f"{prefix}x:")), visibility_timeout=1
+    )
+    try:
+        assert broker._prefix == f"{prefix}x:mq:".encode()
+    finally:
+        broker.close()
+
+
+def test_a_rediss_queue_takes_the_storage_tls_options() -> None:
+    broker = redis_broker(
+        default_messaging_url("rediss://127.0.0.1:1/0?ssl_cert_reqs=none&timeout=0.5"),
+        visibility_timeout=1,
+    )
+    try:
+        pool = broker._client.connection_pool
+        assert pool.connection_class is redis.SSLConnection
+        assert pool.connection_kwargs["ssl_cert_reqs"] == "none"
+    finally:
+        broker.close()
+
+
+@pytest.mark.parametrize("reply", ["READONLY You can't write", "LOADING Redis is loading"])
+def test_storage_and_messaging_share_one_mapping(reply: str) -> None:
+    error = redis.exceptions.ResponseError(reply)
+    assert isinstance(mapped_error(error), Unavailable)
+
+
+def test_an_unreachable_redis_is_messaging_unavailable_with_the_cause_chained() -> None:
+    queue = open_messaging("redis://127.0.0.1:1/0?timeout=0.5")
+    assert isinstance(queue, BrokeredMessaging)
+    assert isinstance(queue.broker, RedisStreamsBroker)
+    try:
+        with pytest.raises(Exception) as raised:
+            queue.publish("t", "k", b"x")
+        assert raised.value.transient  # type: ignore[attr-defined]
+        assert isinstance(raised.value.__cause__, redis.exceptions.RedisError)
+    finally:
+        queue.stop(timeout=0)
+
+
+def consumers(raw: redis.Redis, stream: bytes) -> dict[bytes, int]:
+    """The consumers of the stream's group: name -> pending entries."""
+    listed: Any = raw.xinfo_consumers(stream, b"stovepipe")
+    found: dict[bytes, int] = {}
+    for entry in listed:
+        name = entry["name"]
+        found[name.encode() if isinstance(name, str) else bytes(name)] = int(entry["pending"])
+    return found
+
+
+def test_a_consumer_leaves_its_groups_when_it_stops(
+    url_with: object, raw: redis.Redis, prefix: str
+) -> None:
+    assert callable(url_with)
+    queue = open_messaging(url_with(prefix=f"{prefix}mq:", shards=2))
+    assert isinstance(queue, BrokeredMessaging)
+    broker = queue.broker
+    assert isinstance(broker, RedisStreamsBroker)
+    topic = f"leave-{uuid.uuid4().hex[:8]}"
+    done = threading.Event()
+    queue.subscribe(topic, lambda message: done.set())
+    queue.start()
+    queue.publish(topic, "k", b"x")
+    assert done.wait(TIMEOUT)
+    streams = [broker._stream(topic, index) for index in range(2)]
+    assert any(broker._consumer in consumers(raw, stream) for stream in streams)
+    queue.stop(timeout=5)
+    for stream in streams:
+        assert broker._consumer not in consumers(raw, stream), "left behind in the group"
+
+
+def test_stale_consumers_without_pending_entries_are_removed(
+    url_with: object, raw: redis.Redis, prefix: str
+) -> None:
+    assert callable(url_with)
+    broker = redis_broker(url_with(prefix=f"{prefix}mq:", shards=1), visibility_timeout=0.2)
+    try:
+        topic = f"stale-{uuid.uuid4().hex[:8]}"
+        broker.publish(topic, "k", b"x", "m-1")
+        stream = broker._stream(topic, 0)
+        # Two consumers of processes gone: one idle with nothing pending, one holding an entry.
+        raw.xgroup_createconsumer(stream, "stovepipe", "gone-idle")
+        raw.xreadgroup("stovepipe", "gone-holding", {stream: ">"}, count=1)
+        time.sleep(0.3)  # longer than the visibility timeout
+        assert broker.remove_stale_consumers() >= 1
+        left = consumers(raw, stream)
+        assert b"gone-idle" not in left
+        assert left.get(b"gone-holding") == 1, "a consumer with a pending entry must stay"
+    finally:
+        broker.close()
