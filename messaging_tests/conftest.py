@@ -46,8 +46,9 @@ _targets = queue_targets
 _target_id = target_id
 
 
-def _resolve(target: str, tmp_path_factory: pytest.TempPathFactory) -> str:
-    return resolve_queue_url(target, tmp_path_factory.mktemp("queue"))
+def _resolve(target: str, request: pytest.FixtureRequest) -> str:
+    tmp_path_factory: pytest.TempPathFactory = request.getfixturevalue("tmp_path_factory")
+    return resolve_queue_url(request.config, target, tmp_path_factory.mktemp("queue"))
 
 
 def engine_url(engine: str, request: pytest.FixtureRequest) -> str:
@@ -58,20 +59,19 @@ def engine_url(engine: str, request: pytest.FixtureRequest) -> str:
     covered = [t for t in queue_targets(request.config) if target_id(t) == engine]
     if not covered:
         pytest.skip(f"the run covers no {engine} queue")
-    tmp_path_factory: pytest.TempPathFactory = request.getfixturevalue("tmp_path_factory")
-    return _resolve(covered[0], tmp_path_factory)
+    return _resolve(covered[0], request)
 
 
 @pytest.fixture(scope="session")
-def queue_url(queue_target: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+def queue_url(queue_target: str, request: pytest.FixtureRequest) -> str:
     """The URL of the queue under test."""
-    return _resolve(queue_target, tmp_path_factory)
+    return _resolve(queue_target, request)
 
 
 @pytest.fixture(scope="session")
-def durable_queue_url(durable_queue_target: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+def durable_queue_url(durable_queue_target: str, request: pytest.FixtureRequest) -> str:
     """The URL of a durable queue under test."""
-    return _resolve(durable_queue_target, tmp_path_factory)
+    return _resolve(durable_queue_target, request)
 
 
 def url_with(url: str, **options: object) -> str:

@@ -71,9 +71,9 @@ class Backend:
 
 
 @pytest.fixture
-def backend(engine_target: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+def backend(engine_target: str, request: pytest.FixtureRequest) -> Iterator[Backend]:
     """A namespace of this test's own on the engine under test, removed at the end."""
-    url = _resolve(engine_target, tmp_path_factory)
+    url = _resolve(engine_target, request)
     parts = urllib.parse.urlsplit(url)
     if parts.scheme == "mysql":
         import pymysql

@@ -176,6 +176,7 @@ def test_the_wheel_ships_both_suites_under_stovepipe_and_no_top_level_test_packa
     assert (
         "pytest==" in requires
         and "hypothesis==" in requires
+        and "mirakuru==" in requires
         and "extra == 'testing'" in (requires.replace('"', "'"))
     )
 

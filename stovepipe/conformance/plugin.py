@@ -96,6 +96,52 @@ def target_id(target: str) -> str:
     return target.split("://", 1)[0] if is_explicit(target) else target
 
 
+class _Servers:
+    """The session's test servers: URLs found or started, and why the others could not be."""
+
+    def __init__(self) -> None:
+        self.stack = contextlib.ExitStack()
+        self.urls: dict[str, str] = {}
+        self.missing: dict[str, str] = {}
+
+
+_SERVERS = pytest.StashKey[_Servers]()
+
+
+def url_variable(engine: str) -> str:
+    """The environment variable naming ``engine``'s test server: ``STOVEPIPE_TEST_<ENGINE>_URL``."""
+    return f"STOVEPIPE_TEST_{engine.upper()}_URL"
+
+
+def server_url(config: pytest.Config, engine: str) -> str:
+    """The URL of a test server of ``engine`` (``mysql``, ``redis``, ``etcd``, ...).
+
+    The URL in ``STOVEPIPE_TEST_<ENGINE>_URL`` wins. Otherwise the backend's hook in the
+    ``stovepipe.storage.test_servers`` entry-point group starts a throwaway server, once per
+    session, stopped when the run ends. When neither gives a server the current test is
+    skipped (failed under ``CI``) with the hook's reason, which names what to install, and
+    the run ends with one line listing every engine that could not run.
+    """
+    if url := os.environ.get(url_variable(engine)):
+        return url
+    servers = config.stash.setdefault(_SERVERS, _Servers())
+    if engine not in servers.urls and engine not in servers.missing:
+        hooks = importlib.metadata.entry_points(group=TEST_SERVERS_GROUP, name=engine)
+        if not hooks:
+            servers.missing[engine] = (
+                f"set {url_variable(engine)}: no installed backend starts a {engine} test server"
+            )
+        else:
+            start: Callable[[], contextlib.AbstractContextManager[str]] = next(iter(hooks)).load()
+            try:
+                servers.urls[engine] = servers.stack.enter_context(start())
+            except Exception as error:  # the hook says what to install
+                servers.missing[engine] = f"{error} (or set {url_variable(engine)})"
+    if engine in servers.missing:
+        unreachable(f"no {engine} test server: {servers.missing[engine]}")
+    return servers.urls[engine]
+
+
 def storage_targets(config: pytest.Config) -> list[str]:
     """The storage URLs given, else the embedded backends and every discoverable server."""
     given: list[str] = config.getoption("storage_url")
@@ -108,40 +154,30 @@ def storage_targets(config: pytest.Config) -> list[str]:
         scheme
         for scheme in installed_schemes()
         if scheme not in EMBEDDED_TARGETS
-        and (scheme in hooks or f"STOVEPIPE_TEST_{scheme.upper()}_URL" in os.environ)
+        and (scheme in hooks or url_variable(scheme) in os.environ)
     ]
     return [*EMBEDDED_TARGETS, *network]
 
 
 def queue_targets(config: pytest.Config) -> list[str]:
-    """The queue URLs given, else the embedded queues and the servers named by the env."""
+    """The messaging URLs given, else the embedded ones and the network servers."""
     given: list[str] = config.getoption("queue_url")
     return given or [*EMBEDDED_TARGETS, *QUEUE_NETWORK_TARGETS]
 
 
-def resolve_storage_url(target: str, scratch: pathlib.Path, servers: contextlib.ExitStack) -> str:
-    """The URL of a storage target; a throwaway server it starts is closed by ``servers``."""
+def resolve_storage_url(config: pytest.Config, target: str, scratch: pathlib.Path) -> str:
+    """The URL of a storage target: as given, embedded, or a test server's."""
     if is_explicit(target):
         return target
     if target == "memory":
         return "memory://"
     if target == "sqlite":
         return f"sqlite:///{scratch}/contract.db"
-    env_name = f"STOVEPIPE_TEST_{target.upper()}_URL"
-    if url := os.environ.get(env_name):
-        return url
-    hooks = importlib.metadata.entry_points(group=TEST_SERVERS_GROUP, name=target)
-    if not hooks:
-        unreachable(f"{target}: set {env_name} to a server URL")
-    start_server: Callable[[], contextlib.AbstractContextManager[str]] = next(iter(hooks)).load()
-    try:
-        return servers.enter_context(start_server())
-    except Exception as error:  # the hook says why: no Docker, no testcontainers, ...
-        unreachable(f"{target}: set {env_name}, or make its test server start: {error}")
+    return server_url(config, target)
 
 
-def resolve_queue_url(target: str, scratch: pathlib.Path) -> str:
-    """The URL of a queue target, opened once so a missing server or driver says so."""
+def resolve_queue_url(config: pytest.Config, target: str, scratch: pathlib.Path) -> str:
+    """The URL of a messaging target, opened once so a missing server or driver says so."""
     from stovepipe.messaging.registry import open_messaging
 
     if is_explicit(target):
@@ -151,10 +187,7 @@ def resolve_queue_url(target: str, scratch: pathlib.Path) -> str:
     elif target == "sqlite":
         url = f"sqlite:///{scratch}/queue.db"
     else:
-        env_name = f"STOVEPIPE_TEST_{target.upper()}_URL"
-        url = os.environ.get(env_name, "")
-        if not url:
-            unreachable(f"{target}: set {env_name} to a server URL")
+        url = server_url(config, target)
     try:
         open_messaging(url).stop()
     except Exception as error:
@@ -163,6 +196,32 @@ def resolve_queue_url(target: str, scratch: pathlib.Path) -> str:
             explicit=is_explicit(target),
         )
     return url
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """One line naming every engine whose tests could not run, and what to install."""
+    servers = terminalreporter.config.stash.get(_SERVERS, None)
+    if servers is not None and servers.missing:
+        # One line: of a long reason (a server's log) only its first line.
+        listed = "; ".join(
+            f"{engine}: {why.splitlines()[0]}" for engine, why in sorted(servers.missing.items())
+        )
+        verdict = "failed (CI is set)" if in_ci() else "skipped"
+        terminalreporter.write_line(
+            f"stovepipe: the tests of {', '.join(sorted(servers.missing))} {verdict}, "
+            f"no test server: {listed}",
+            red=in_ci(),
+            yellow=not in_ci(),
+        )
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    servers = session.config.stash.get(_SERVERS, None)
+    if servers is None:
+        return
+    servers.stack.close()
+    if servers.missing and in_ci() and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
