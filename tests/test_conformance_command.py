@@ -19,6 +19,7 @@ import zipfile
 
 import pytest
 
+from stovepipe.conformance.plugin import messaging_capabilities
 from stovepipe.testing import run_cli
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -117,6 +118,36 @@ def test_conformance_an_explicit_url_that_cannot_be_opened_fails_naming_the_erro
     assert result.returncode == 1, result.stdout + result.stderr
     assert "no storage backend serves nosuch://" in result.stdout
     assert "skipped" not in result.stdout
+
+
+def test_messaging_suite_selects_the_durable_tests_by_declared_capability(
+    tmp_path: pathlib.Path,
+) -> None:
+    assert messaging_capabilities("memory://") == frozenset()
+    sqlite = f"sqlite:///{tmp_path}/queue.db"
+    assert messaging_capabilities(sqlite) >= {"durable", "shared"}
+    memory = _conformance("messaging", "memory://", "-q", "-rs", "-k", "test_leases", cwd=tmp_path)
+    assert memory.returncode == 0, memory.stdout + memory.stderr
+    assert "does not declare the capability 'durable'" in memory.stdout
+    assert " passed" not in memory.stdout
+    durable = _conformance("messaging", sqlite, "-q", "-rs", "-k", "test_leases", cwd=tmp_path)
+    assert durable.returncode == 0, durable.stdout + durable.stderr
+    assert " passed" in durable.stdout and "skipped" not in durable.stdout
+
+
+def test_queue_url_still_selects_the_messaging_url_and_warns_that_it_is_deprecated(
+    tmp_path: pathlib.Path,
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "--pyargs", "stovepipe.conformance.messaging",
+         "-c", os.devnull, "-p", "no:cacheprovider", "--import-mode=importlib", "-v",
+         "--queue-url=memory://", "-k", "test_delivery and dead_letter"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "--queue-url is deprecated: use --messaging-url" in result.stdout + result.stderr
+    assert "[memory] PASSED" in result.stdout
+    assert "[sqlite]" not in result.stdout
 
 
 def test_conformance_of_an_unknown_suite_is_a_usage_error() -> None:

@@ -2,11 +2,13 @@
 
 It holds, once for both suites:
 
-* the options: ``--storage-url URL`` and ``--queue-url URL`` (each repeatable);
+* the options: ``--storage-url URL`` and ``--messaging-url URL`` (each repeatable;
+  ``--queue-url`` is a deprecated alias of the latter, since "queue" names a repository and
+  ref in Stovepipe);
 * which backends a run covers: exactly the URLs given, else ``memory://``, a fresh SQLite file
-  and every network backend whose server can be found (the URL in
-  ``STOVEPIPE_TEST_<SCHEME>_URL``, else, for storage, a throwaway server from the backend's
-  hook in the ``stovepipe.storage.test_servers`` entry-point group);
+  and every network backend whose server can be found (:func:`server_url`: the URL in
+  ``STOVEPIPE_TEST_<SCHEME>_URL``, else a throwaway server from the backend's hook in the
+  ``stovepipe.storage.test_servers`` entry-point group, started once for the session);
 * a time limit on each test of the suites (``--conformance-timeout``, default
   :data:`DEFAULT_TIMEOUT` seconds for each of setup, call and teardown): a test that hangs
   fails with the stacks of every thread, instead of holding the run forever;
@@ -37,7 +39,7 @@ import pytest
 
 TEST_SERVERS_GROUP = "stovepipe.storage.test_servers"
 EMBEDDED_TARGETS = ("memory", "sqlite")
-QUEUE_NETWORK_TARGETS = ("mysql", "redis")
+MESSAGING_NETWORK_TARGETS = ("mysql", "redis")
 SUITE_PACKAGES = ("stovepipe.conformance.storage", "stovepipe.conformance.messaging")
 DEFAULT_TIMEOUT = 180.0
 
@@ -52,11 +54,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="run the storage conformance suite against this URL only (repeatable)",
     )
     group.addoption(
+        "--messaging-url",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="run the messaging conformance suite against this messaging URL only (repeatable)",
+    )
+    group.addoption(
         "--queue-url",
         action="append",
         default=[],
         metavar="URL",
-        help="run the messaging conformance suite against this queue URL only (repeatable)",
+        help="deprecated: the old name of --messaging-url",
     )
     group.addoption(
         "--conformance-timeout",
@@ -66,6 +75,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="fail a conformance test whose setup, call or teardown takes longer "
         f"(default {DEFAULT_TIMEOUT:.0f}; 0 for no limit)",
     )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("queue_url", None):
+        # "queue" names a repository and ref in Stovepipe, never the transport.
+        config.issue_config_time_warning(
+            DeprecationWarning("--queue-url is deprecated: use --messaging-url"), stacklevel=2
+        )
 
 
 def in_ci() -> bool:
@@ -159,10 +176,11 @@ def storage_targets(config: pytest.Config) -> list[str]:
     return [*EMBEDDED_TARGETS, *network]
 
 
-def queue_targets(config: pytest.Config) -> list[str]:
-    """The messaging URLs given, else the embedded ones and the network servers."""
-    given: list[str] = config.getoption("queue_url")
-    return given or [*EMBEDDED_TARGETS, *QUEUE_NETWORK_TARGETS]
+def messaging_targets(config: pytest.Config) -> list[str]:
+    """The messaging URLs given (``--messaging-url``, or the deprecated ``--queue-url``),
+    else the embedded ones and the network servers."""
+    given: list[str] = [*config.getoption("messaging_url"), *config.getoption("queue_url")]
+    return given or [*EMBEDDED_TARGETS, *MESSAGING_NETWORK_TARGETS]
 
 
 def resolve_storage_url(config: pytest.Config, target: str, scratch: pathlib.Path) -> str:
@@ -176,7 +194,7 @@ def resolve_storage_url(config: pytest.Config, target: str, scratch: pathlib.Pat
     return server_url(config, target)
 
 
-def resolve_queue_url(config: pytest.Config, target: str, scratch: pathlib.Path) -> str:
+def resolve_messaging_url(config: pytest.Config, target: str, scratch: pathlib.Path) -> str:
     """The URL of a messaging target, opened once so a missing server or driver says so."""
     from stovepipe.messaging.registry import open_messaging
 
@@ -196,6 +214,21 @@ def resolve_queue_url(config: pytest.Config, target: str, scratch: pathlib.Path)
             explicit=is_explicit(target),
         )
     return url
+
+
+def messaging_capabilities(url: str) -> frozenset[str]:
+    """What the messaging implementation at ``url`` declares it is (its ``capabilities``
+    attribute, as a storage backend declares them; durable and shared when it declares
+    none). Opens it, without starting it, and stops it again."""
+    from stovepipe.messaging.registry import open_messaging
+    from stovepipe.storage.contract import DEFAULT_CAPABILITIES
+
+    messaging = open_messaging(url)
+    try:
+        declared = getattr(messaging, "capabilities", DEFAULT_CAPABILITIES)
+        return frozenset(str(capability) for capability in declared)
+    finally:
+        messaging.stop()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -227,11 +260,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     wanted: dict[str, Callable[[], list[str]]] = {
         "storage_target": lambda: storage_targets(metafunc.config),
-        "queue_target": lambda: queue_targets(metafunc.config),
-        # memory:// keeps its messages in its process, by design.
-        "durable_queue_target": lambda: [
-            t for t in queue_targets(metafunc.config) if target_id(t) != "memory"
-        ],
+        "queue_target": lambda: messaging_targets(metafunc.config),
+        # Every target: the fixture skips those that do not declare what the tests need.
+        "durable_queue_target": lambda: messaging_targets(metafunc.config),
     }
     for fixture, targets_of in wanted.items():
         if fixture in metafunc.fixturenames:

@@ -29,6 +29,7 @@ from stovepipe.messaging.contract import (
 )
 from stovepipe.messaging.inprocess import DeadLetter
 from stovepipe.messaging.metrics import MessagingMetrics
+from stovepipe.storage.contract import Capability
 from stovepipe.storage.errors import StorageError, Unavailable
 
 logger = logging.getLogger(__name__)
@@ -127,6 +128,9 @@ class BrokeredMessaging:
     seconds, or at once when this process publishes. Leases are renewed every
     ``renew_interval`` seconds (a third of the broker's visibility timeout).
     """
+
+    # Messages live in the broker: they outlive this process, and every process reaches them.
+    capabilities: frozenset[Capability] = frozenset({Capability.DURABLE, Capability.SHARED})
 
     def __init__(
         self,

@@ -32,6 +32,7 @@ from stovepipe.messaging.contract import (
     PermanentFailure,
     dead_letter_topic,
 )
+from stovepipe.storage.contract import Capability
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,9 @@ class InProcessMessaging:
     delivered. Each topic keeps its newest ``max_dead_letters`` dead letters; older ones are
     dropped and counted (:meth:`dead_letters_dropped`). Thread-safe.
     """
+
+    # Neither durable nor shared: its messages live and die with this object, in one process.
+    capabilities: frozenset[Capability] = frozenset()
 
     def __init__(
         self,
