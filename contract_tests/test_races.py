@@ -224,7 +224,7 @@ def test_race_concurrent_counter_increments_never_repeat_or_skip(storage: Storag
 PROCESSES = 4
 
 
-CHILD_TIMEOUT = 120.0
+CHILD_TIMEOUT = 60.0
 """Seconds the racing processes have, all together, to report."""
 
 

@@ -98,6 +98,22 @@ def test_conformance_fails_a_test_that_hangs_at_its_time_limit_showing_where_it_
     assert time.monotonic() - started < 60
 
 
+def test_conformance_a_backend_that_hung_once_fails_its_other_tests_at_once(
+    tmp_path: pathlib.Path,
+) -> None:
+    env = _register_broken_backends(tmp_path / "site")
+    started = time.monotonic()
+    result = _conformance(
+        "storage", "retries-forever://", "-q", "-k", "test_request_store",
+        "--conformance-timeout=3", cwd=tmp_path, env=env, timeout=120,
+    )  # fmt: skip
+    elapsed = time.monotonic() - started
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stdout.count("took longer than the limit of 3 s") == 1, result.stdout
+    assert "hung past the time limit against the same retries-forever target" in result.stdout
+    assert elapsed < 60, f"{elapsed:.0f} s: one time limit, not one per test"
+
+
 def test_conformance_catches_reads_served_from_a_per_instance_cache(
     tmp_path: pathlib.Path,
 ) -> None:

@@ -41,7 +41,7 @@ TEST_SERVERS_GROUP = "stovepipe.storage.test_servers"
 EMBEDDED_TARGETS = ("memory", "sqlite")
 MESSAGING_NETWORK_TARGETS = ("mysql", "redis")
 SUITE_PACKAGES = ("stovepipe.conformance.storage", "stovepipe.conformance.messaging")
-DEFAULT_TIMEOUT = 180.0
+DEFAULT_TIMEOUT = 120.0
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -273,6 +273,18 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 _DIRECTORIES = pytest.StashKey[list[pathlib.Path]]()
+_HUNG = pytest.StashKey[dict[str, str]]()
+"""Per target that a test hung on: that test's node id."""
+TARGET_FIXTURES = ("storage_target", "queue_target", "durable_queue_target")
+
+
+def _target_of(item: pytest.Item) -> str | None:
+    """The backend target a suite test runs against, ``None`` for any other test."""
+    params: dict[str, object] = getattr(getattr(item, "callspec", None), "params", {})
+    for name in TARGET_FIXTURES:
+        if name in params:
+            return str(params[name])
+    return None
 
 
 def _suite_directories() -> list[pathlib.Path]:
@@ -314,6 +326,8 @@ def _time_limit(item: pytest.Item, phase: str) -> Generator[None]:
         return
 
     def expire(signum: int, frame: FrameType | None) -> None:
+        if (target := _target_of(item)) is not None:
+            item.config.stash.setdefault(_HUNG, {}).setdefault(target, item.nodeid)
         pytest.fail(
             f"{phase} took longer than the limit of {seconds:g} s (--conformance-timeout); "
             f"every thread's stack:\n{_stacks()}",
@@ -331,6 +345,16 @@ def _time_limit(item: pytest.Item, phase: str) -> Generator[None]:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_setup(item: pytest.Item) -> Generator[None]:
+    target = _target_of(item)
+    hung = item.config.stash.get(_HUNG, {})
+    if target is not None and target in hung:
+        # Its calls would most likely hang as well: fail at once, so that a backend that
+        # hangs costs the run one time limit, not one per test.
+        pytest.fail(
+            f"not run: {hung[target]} hung past the time limit against the same "
+            f"{target_id(target)} target",
+            pytrace=False,
+        )
     with _time_limit(item, "setup"):
         return (yield)
 
