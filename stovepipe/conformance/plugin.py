@@ -11,10 +11,12 @@ It holds, once for both suites:
   ``stovepipe.storage.test_servers`` entry-point group, started once for the session);
 * a time limit on each test of the suites (``--conformance-timeout``, default
   :data:`DEFAULT_TIMEOUT` seconds for each of setup, call and teardown): a test that hangs
-  fails with the stacks of every thread, instead of holding the run forever;
+  fails with the stacks of every thread, instead of holding the run forever, and the other
+  tests of the same target then fail at once;
 * what a run does about a backend it cannot have: a URL given explicitly that cannot be opened
-  is a failure naming the error; a server found by discovery that cannot be reached is
-  skipped with the reason, or fails when the ``CI`` environment variable is set.
+  is a failure naming the error; a server found by discovery that cannot be had or reached is
+  skipped with the reason, or fails when the ``CI`` environment variable is set, and the run
+  ends with one line naming every engine that could not run and what to install.
 
 Importing it costs only pytest and the standard library, since pytest loads it in every run
 of an environment where Stovepipe is installed.
