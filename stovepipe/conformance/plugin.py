@@ -311,6 +311,16 @@ def _limit(item: pytest.Item) -> float:
     return seconds if any(path.is_relative_to(d) for d in directories) else 0.0
 
 
+def _generating(frame: FrameType | None) -> bool:
+    """True when ``frame`` runs under hypothesis: a property-based test makes many calls, and
+    running out of time there (shrinking a failure, say) is slowness, not a hung backend."""
+    while frame is not None:
+        if str(frame.f_globals.get("__name__", "")).startswith("hypothesis."):
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _stacks() -> str:
     """The stack of every thread, where a hang shows where it waits."""
     names = {thread.ident: thread.name for thread in threading.enumerate()}
@@ -328,7 +338,8 @@ def _time_limit(item: pytest.Item, phase: str) -> Generator[None]:
         return
 
     def expire(signum: int, frame: FrameType | None) -> None:
-        if (target := _target_of(item)) is not None:
+        target = _target_of(item)
+        if target is not None and not _generating(frame):
             item.config.stash.setdefault(_HUNG, {}).setdefault(target, item.nodeid)
         pytest.fail(
             f"{phase} took longer than the limit of {seconds:g} s (--conformance-timeout); "
