@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import socket
 import threading
+import urllib.parse
+from collections.abc import Iterator
 
 from stovepipe.entity import Build, Fact, Queue, Request
 from stovepipe.storage.contract import RequestStore
-from stovepipe.storage.errors import AlreadyExists, NotFound, VersionMismatch
+from stovepipe.storage.errors import AlreadyExists, NotFound, Unavailable, VersionMismatch
 from stovepipe.storage.memory import (
     MemoryBackend,
     MemoryBuildStore,
@@ -40,6 +43,17 @@ class _UpdateIgnoresVersion(MemoryRequestStore):
                 base_uri=request.base_uri,
                 version=new_version,
             )
+
+
+class _UpdateChecksWithoutLock(MemoryRequestStore):
+    """Compares the version, then writes, with nothing held between: a lost update waiting
+    for two racers to pass the comparison together."""
+
+    def update(self, request: Request, *, old_version: int, new_version: int) -> None:
+        stored = self._requests.get(request.id)
+        if stored is None or stored.version != old_version:
+            raise VersionMismatch(request.id)
+        self._requests[request.id] = dataclasses.replace(request, version=new_version)
 
 
 class _QueueUpdateIgnoresVersion(MemoryQueueStore):
@@ -181,6 +195,12 @@ class _LowercaseFactStore(MemoryFactStore):
 def open_update_ignores_version(url: str) -> MemoryBackend:
     backend = MemoryBackend()
     backend.requests = _UpdateIgnoresVersion()
+    return backend
+
+
+def open_update_checks_without_lock(url: str) -> MemoryBackend:
+    backend = MemoryBackend()
+    backend.requests = _UpdateChecksWithoutLock()
     return backend
 
 
@@ -368,3 +388,131 @@ def open_uri_key_cut_to_a_prefix(url: str) -> MemoryBackend:
     backend = MemoryBackend()
     backend.request_uris = _URIKeyJoined("/", escaping="both", keep=255)
     return backend
+
+
+class _Wire:
+    """One TCP connection to a line echo server, on which every call makes a round trip, as a
+    driver's statement does. ``bound_calls``: the URL's ``timeout`` (seconds, default 5)
+    bounds each call as well as the connect and handshake. ``map_call_errors``: a socket
+    error in a call is raised as ``Unavailable``, as it is on connect."""
+
+    def __init__(self, url: str, *, bound_calls: bool, map_call_errors: bool) -> None:
+        parts = urllib.parse.urlsplit(url)
+        self._address = (parts.hostname or "127.0.0.1", parts.port or 0)
+        timeout = float(dict(urllib.parse.parse_qsl(parts.query)).get("timeout", "5"))
+        self._map_call_errors = map_call_errors
+        self._lock = threading.Lock()
+        try:
+            self._socket = socket.create_connection(self._address, timeout=timeout)
+            self._reader = self._socket.makefile("rb")
+            self._exchange()  # the handshake, under the timeout as the connect is
+        except OSError as error:
+            raise Unavailable(f"wire {self._address}: {error}") from error
+        self._socket.settimeout(timeout if bound_calls else None)
+
+    def _exchange(self) -> None:
+        self._socket.sendall(b"ping\n")
+        if self._reader.readline() != b"ping\n":
+            raise ConnectionResetError("the server closed the connection")
+
+    def round_trip(self) -> None:
+        with self._lock:
+            try:
+                self._exchange()
+            except OSError as error:
+                if not self._map_call_errors:
+                    raise
+                raise Unavailable(f"wire {self._address}: {error}") from error
+
+    def close(self) -> None:
+        # Shut the socket down rather than close the reader: a call blocked reading holds the
+        # reader's lock, and the shutdown is what wakes it.
+        with contextlib.suppress(OSError):
+            self._socket.shutdown(socket.SHUT_RDWR)
+        self._socket.close()
+
+
+class _OverWire:
+    """A store whose every method makes a round trip on the wire before the in-memory work."""
+
+    def __init__(self, wire: _Wire, inner: object) -> None:
+        self._wire = wire
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> object:
+        method = getattr(self._inner, name)
+
+        def call(*args: object, **kwargs: object) -> object:
+            self._wire.round_trip()
+            return method(*args, **kwargs)
+
+        return call
+
+
+class _WireBackend:
+    """The memory stores behind a network round trip: declares ``network`` only."""
+
+    capabilities = frozenset({"network"})
+
+    def __init__(self, url: str, *, bound_calls: bool, map_call_errors: bool) -> None:
+        self._wire = _Wire(url, bound_calls=bound_calls, map_call_errors=map_call_errors)
+        memory = MemoryBackend()
+        self.requests = _OverWire(self._wire, memory.requests)
+        self.request_uris = _OverWire(self._wire, memory.request_uris)
+        self.counter = _OverWire(self._wire, memory.counter)
+        self.queues = _OverWire(self._wire, memory.queues)
+        self.builds = _OverWire(self._wire, memory.builds)
+        self.facts = _OverWire(self._wire, memory.facts)
+
+    def close(self) -> None:
+        self._wire.close()
+
+
+def open_timeout_bounds_only_connect(url: str) -> _WireBackend:
+    """``timeout-bounds-only-connect://127.0.0.1:PORT`` (a :func:`line_echo_server`): the
+    timeout bounds connecting and the handshake, and no call after them."""
+    return _WireBackend(url, bound_calls=False, map_call_errors=True)
+
+
+def open_statement_errors_leak(url: str) -> _WireBackend:
+    """``statement-errors-leak://127.0.0.1:PORT`` (a :func:`line_echo_server`): a socket
+    error while connecting becomes ``Unavailable``; one in a call leaks as it is."""
+    return _WireBackend(url, bound_calls=True, map_call_errors=False)
+
+
+@contextlib.contextmanager
+def line_echo_server() -> Iterator[int]:
+    """A server on 127.0.0.1 that answers each line with the same line; yields its port."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    stop = threading.Event()
+    connections: list[socket.socket] = []
+
+    def echo(connection: socket.socket) -> None:
+        with contextlib.suppress(OSError), connection.makefile("rb") as lines:
+            for line in lines:
+                connection.sendall(line)
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            connection.settimeout(None)
+            connections.append(connection)
+            threading.Thread(target=echo, args=(connection,), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        listener.close()
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.close()

@@ -10,7 +10,6 @@ hook and the suite can share a server with anything else.
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from collections.abc import Iterator
 
@@ -30,19 +29,11 @@ settings.register_profile("no-shrink", phases=[Phase.explicit, Phase.reuse, Phas
 
 
 @pytest.fixture(scope="session")
-def _server_stack() -> Iterator[contextlib.ExitStack]:
-    with contextlib.ExitStack() as stack:
-        yield stack
-
-
-@pytest.fixture(scope="session")
 def storage_url(
-    storage_target: str,
-    tmp_path_factory: pytest.TempPathFactory,
-    _server_stack: contextlib.ExitStack,
+    storage_target: str, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> str:
     """The URL of the backend under test, resolved from its target."""
-    return resolve_storage_url(storage_target, tmp_path_factory.mktemp("sqlite"), _server_stack)
+    return resolve_storage_url(request.config, storage_target, tmp_path_factory.mktemp("sqlite"))
 
 
 @pytest.fixture(scope="session")

@@ -5,8 +5,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
+from hypothesis.internal.conjecture import engine
 from hypothesis.stateful import (
     Bundle,
     RuleBasedStateMachine,
@@ -39,7 +41,18 @@ def outcome(call: Callable[[], object]) -> object:
         return ("error", type(error).__name__)
 
 
-def test_model_random_operation_sequences_match_the_memory_model(storage: Storage) -> None:
+SHRINKING_SECONDS = 30
+"""How long hypothesis may shrink a failing sequence before it reports the smallest found: a
+slow backend's shrinking must end well within the suite's time limit per test, or the limit
+would cut it off and hide the failure itself."""
+
+
+def test_model_random_operation_sequences_match_the_memory_model(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # hypothesis has no setting for it: its engine's module constant (300 s) is the budget.
+    monkeypatch.setattr(engine, "MAX_SHRINKING_SECONDS", SHRINKING_SECONDS)
+
     class Machine(RuleBasedStateMachine):
         def __init__(self) -> None:
             super().__init__()

@@ -99,6 +99,37 @@ def _server_address(parts: urllib.parse.SplitResult) -> tuple[str, int]:
     return parts.hostname or "127.0.0.1", parts.port or DEFAULT_PORTS[parts.scheme]
 
 
+HUNG_SECONDS = 2 * PROMPTLY_SECONDS
+"""How long a mid-session call may block before the test calls it hung (and fails)."""
+
+
+def _bounded_call(call: Callable[[], object]) -> tuple[BaseException | None, float]:
+    """Run ``call`` in a thread for at most :data:`HUNG_SECONDS`: what it raised (``None`` if
+    it returned) and how long it took; fails the test, naming the rule, when it is still
+    blocked then."""
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as error:
+            outcome.append(error)
+        else:
+            outcome.append(None)
+
+    started = time.monotonic()
+    thread = threading.Thread(target=run, daemon=True)  # a hung call must not hold the run
+    thread.start()
+    thread.join(HUNG_SECONDS)
+    elapsed = time.monotonic() - started
+    if thread.is_alive():
+        pytest.fail(
+            f"still blocked after {elapsed:.0f} s: the backend's timeout must bound every call "
+            "on an open session, not only the connect (rule: every call has a timeout)"
+        )
+    return outcome[0], elapsed
+
+
 def _mid_session(
     storage: Storage, storage_url: str, ns: str, fault: Callable[[Proxy], None]
 ) -> None:
@@ -117,10 +148,14 @@ def _mid_session(
             "counter": lambda: through.counter.next(f"{ns}/c"),
         }
         for name, call in calls.items():
-            started = time.monotonic()
-            with pytest.raises(Unavailable):
-                call()
-            elapsed = time.monotonic() - started
+            raised, elapsed = _bounded_call(call)
+            if not isinstance(raised, Unavailable):
+                what = "returned" if raised is None else f"raised {raised!r}"
+                pytest.fail(
+                    f"{name} {what} once the server failed mid-session: it must raise "
+                    "Unavailable (rule: driver exceptions are mapped on every statement, "
+                    "not only on connect)"
+                )
             assert elapsed < PROMPTLY_SECONDS, f"{name} took {elapsed:.1f}s to be Unavailable"
 
 

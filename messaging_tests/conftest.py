@@ -1,10 +1,11 @@
 """The fixtures the messaging conformance tests share.
 
-Which queues a run covers, the ``--queue-url`` option and what happens to a queue that cannot
-be had live in the plugin :mod:`stovepipe.conformance.plugin`. The rules about processes
-dying run only on the durable queues (every URL but ``memory://``, whose messages live and die
-with its process by design). Tests isolate themselves with unique topics, so a shared server
-needs no reset.
+Which messaging URLs a run covers, the ``--messaging-url`` option and what happens to one that
+cannot be had live in the plugin :mod:`stovepipe.conformance.plugin`. The rules about
+processes dying run only on the implementations that declare themselves durable and shared (a
+``capabilities`` attribute, as storage backends have: ``memory://`` declares neither, since its
+messages live and die with its process by design). Tests isolate themselves with unique
+topics, so a shared server needs no reset.
 """
 
 from __future__ import annotations
@@ -18,16 +19,18 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from stovepipe.conformance.plugin import (
-    QUEUE_NETWORK_TARGETS,
-    queue_targets,
-    resolve_queue_url,
+    MESSAGING_NETWORK_TARGETS,
+    messaging_capabilities,
+    messaging_targets,
+    resolve_messaging_url,
     target_id,
 )
 from stovepipe.messaging.registry import InspectableMessaging, open_messaging, with_query
+from stovepipe.storage import Capability
 
 from .processes import Children, spawned
 
-NETWORK_TARGETS = QUEUE_NETWORK_TARGETS
+NETWORK_TARGETS = MESSAGING_NETWORK_TARGETS
 QueueFactory = Callable[..., InspectableMessaging]
 
 # The modules about one engine's queue need its driver; without it they are not collected.
@@ -42,36 +45,43 @@ collect_ignore = [
     if importlib.util.find_spec(driver) is None
 ]
 
-_targets = queue_targets
+_targets = messaging_targets
 _target_id = target_id
 
 
-def _resolve(target: str, tmp_path_factory: pytest.TempPathFactory) -> str:
-    return resolve_queue_url(target, tmp_path_factory.mktemp("queue"))
+def _resolve(target: str, request: pytest.FixtureRequest) -> str:
+    tmp_path_factory: pytest.TempPathFactory = request.getfixturevalue("tmp_path_factory")
+    return resolve_messaging_url(request.config, target, tmp_path_factory.mktemp("queue"))
 
 
 def engine_url(engine: str, request: pytest.FixtureRequest) -> str:
     """The ``engine`` queue's URL for the tests of that engine alone: the one the run names.
 
-    Skipped when the run's ``--queue-url`` names only other queues.
+    Skipped when the run's ``--messaging-url`` names only other queues.
     """
-    covered = [t for t in queue_targets(request.config) if target_id(t) == engine]
+    covered = [t for t in messaging_targets(request.config) if target_id(t) == engine]
     if not covered:
         pytest.skip(f"the run covers no {engine} queue")
-    tmp_path_factory: pytest.TempPathFactory = request.getfixturevalue("tmp_path_factory")
-    return _resolve(covered[0], tmp_path_factory)
+    return _resolve(covered[0], request)
 
 
 @pytest.fixture(scope="session")
-def queue_url(queue_target: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+def queue_url(queue_target: str, request: pytest.FixtureRequest) -> str:
     """The URL of the queue under test."""
-    return _resolve(queue_target, tmp_path_factory)
+    return _resolve(queue_target, request)
 
 
 @pytest.fixture(scope="session")
-def durable_queue_url(durable_queue_target: str, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The URL of a durable queue under test."""
-    return _resolve(durable_queue_target, tmp_path_factory)
+def durable_queue_url(durable_queue_target: str, request: pytest.FixtureRequest) -> str:
+    """The URL of a queue under test that declares itself durable and shared (messages
+    outlive the process that published them and reach every process on the URL); the test
+    is skipped, naming the capability, for one that does not."""
+    url = _resolve(durable_queue_target, request)
+    declared = messaging_capabilities(url)
+    for needed in (Capability.DURABLE, Capability.SHARED):
+        if needed not in declared:
+            pytest.skip(f"the messaging queue does not declare the capability {needed.value!r}")
+    return url
 
 
 def url_with(url: str, **options: object) -> str:

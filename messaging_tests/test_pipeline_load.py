@@ -56,7 +56,7 @@ BUILD_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """The network engines the run covers (``--queue-url`` narrows them, as for the suite)."""
+    """The network engines the run covers (``--messaging-url`` narrows them, as for the suite)."""
     if "engine_target" in metafunc.fixturenames:
         targets = [t for t in _targets(metafunc.config) if _target_id(t) in NETWORK_TARGETS]
         metafunc.parametrize("engine_target", targets, ids=[_target_id(t) for t in targets])
@@ -71,9 +71,9 @@ class Backend:
 
 
 @pytest.fixture
-def backend(engine_target: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+def backend(engine_target: str, request: pytest.FixtureRequest) -> Iterator[Backend]:
     """A namespace of this test's own on the engine under test, removed at the end."""
-    url = _resolve(engine_target, tmp_path_factory)
+    url = _resolve(engine_target, request)
     parts = urllib.parse.urlsplit(url)
     if parts.scheme == "mysql":
         import pymysql

@@ -19,6 +19,7 @@ import zipfile
 
 import pytest
 
+from stovepipe.conformance.plugin import messaging_capabilities
 from stovepipe.testing import run_cli
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -97,6 +98,22 @@ def test_conformance_fails_a_test_that_hangs_at_its_time_limit_showing_where_it_
     assert time.monotonic() - started < 60
 
 
+def test_conformance_a_backend_that_hung_once_fails_its_other_tests_at_once(
+    tmp_path: pathlib.Path,
+) -> None:
+    env = _register_broken_backends(tmp_path / "site")
+    started = time.monotonic()
+    result = _conformance(
+        "storage", "retries-forever://", "-q", "-k", "test_request_store",
+        "--conformance-timeout=3", cwd=tmp_path, env=env, timeout=120,
+    )  # fmt: skip
+    elapsed = time.monotonic() - started
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stdout.count("took longer than the limit of 3 s") == 1, result.stdout
+    assert "hung past the time limit against the same retries-forever target" in result.stdout
+    assert elapsed < 60, f"{elapsed:.0f} s: one time limit, not one per test"
+
+
 def test_conformance_catches_reads_served_from_a_per_instance_cache(
     tmp_path: pathlib.Path,
 ) -> None:
@@ -117,6 +134,36 @@ def test_conformance_an_explicit_url_that_cannot_be_opened_fails_naming_the_erro
     assert result.returncode == 1, result.stdout + result.stderr
     assert "no storage backend serves nosuch://" in result.stdout
     assert "skipped" not in result.stdout
+
+
+def test_messaging_suite_selects_the_durable_tests_by_declared_capability(
+    tmp_path: pathlib.Path,
+) -> None:
+    assert messaging_capabilities("memory://") == frozenset()
+    sqlite = f"sqlite:///{tmp_path}/queue.db"
+    assert messaging_capabilities(sqlite) >= {"durable", "shared"}
+    memory = _conformance("messaging", "memory://", "-q", "-rs", "-k", "test_leases", cwd=tmp_path)
+    assert memory.returncode == 0, memory.stdout + memory.stderr
+    assert "does not declare the capability 'durable'" in memory.stdout
+    assert " passed" not in memory.stdout
+    durable = _conformance("messaging", sqlite, "-q", "-rs", "-k", "test_leases", cwd=tmp_path)
+    assert durable.returncode == 0, durable.stdout + durable.stderr
+    assert " passed" in durable.stdout and "skipped" not in durable.stdout
+
+
+def test_queue_url_still_selects_the_messaging_url_and_warns_that_it_is_deprecated(
+    tmp_path: pathlib.Path,
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "--pyargs", "stovepipe.conformance.messaging",
+         "-c", os.devnull, "-p", "no:cacheprovider", "--import-mode=importlib", "-v",
+         "--queue-url=memory://", "-k", "test_delivery and dead_letter"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "--queue-url is deprecated: use --messaging-url" in result.stdout + result.stderr
+    assert "[memory] PASSED" in result.stdout
+    assert "[sqlite]" not in result.stdout
 
 
 def test_conformance_of_an_unknown_suite_is_a_usage_error() -> None:
@@ -176,6 +223,7 @@ def test_the_wheel_ships_both_suites_under_stovepipe_and_no_top_level_test_packa
     assert (
         "pytest==" in requires
         and "hypothesis==" in requires
+        and "mirakuru==" in requires
         and "extra == 'testing'" in (requires.replace('"', "'"))
     )
 

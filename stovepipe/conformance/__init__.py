@@ -5,10 +5,10 @@
 * ``stovepipe.conformance.messaging``: the rules every messaging queue obeys
   (``messaging_tests/`` in the repository).
 * ``stovepipe.conformance.plugin``: the pytest plugin both suites run under (the
-  ``--storage-url`` and ``--queue-url`` options, which servers a run covers, and whether one it
-  cannot reach is skipped or fails). Installed as a pytest entry point.
+  ``--storage-url`` and ``--messaging-url`` options, which servers a run covers, and whether one
+  it cannot reach is skipped or fails). Installed as a pytest entry point.
 
-Install with ``pip install 'stovepipe[testing]'`` (it adds pytest and hypothesis), then::
+Install with ``pip install 'stovepipe[testing]'`` (it adds pytest, hypothesis and mirakuru), then::
 
     stovepipe conformance storage URL [PYTEST ARGUMENTS...]
     stovepipe conformance messaging URL [PYTEST ARGUMENTS...]
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-SUITES = {"storage": "--storage-url", "messaging": "--queue-url"}
+SUITES = {"storage": "--storage-url", "messaging": "--messaging-url"}
 
 
 def pytest_arguments(suite: str, url: str, extra: Sequence[str] = ()) -> list[str]:

@@ -36,6 +36,7 @@ from stovepipe.messaging.contract import (
 from stovepipe.messaging.contract import MessagingError as MessagingError
 from stovepipe.messaging.contract import MessagingUnavailable as MessagingUnavailable
 from stovepipe.messaging.metrics import MessagingMetrics
+from stovepipe.storage.contract import Capability
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +142,9 @@ class BrokeredMessaging:
     settles a delivery. Leases are renewed every
     ``renew_interval`` seconds (a third of the broker's visibility timeout).
     """
+
+    # Messages live in the broker: they outlive this process, and every process reaches them.
+    capabilities: frozenset[Capability] = frozenset({Capability.DURABLE, Capability.SHARED})
 
     def __init__(
         self,

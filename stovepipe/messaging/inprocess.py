@@ -37,6 +37,7 @@ from stovepipe.messaging.brokered import (
 from stovepipe.messaging.contract import DeadLetter as DeadLetter
 from stovepipe.messaging.contract import Message, dead_letter_topic
 from stovepipe.messaging.metrics import MessagingMetrics
+from stovepipe.storage.contract import Capability
 
 logger = logging.getLogger(__name__)
 
@@ -239,6 +240,9 @@ class InProcessMessaging(BrokeredMessaging):
     Each topic keeps its newest ``max_dead_letters`` dead letters; older ones are dropped and
     counted (:meth:`dead_letters_dropped`). Thread-safe.
     """
+
+    # Neither durable nor shared: its messages live and die with this object, in one process.
+    capabilities: frozenset[Capability] = frozenset()
 
     def __init__(
         self,

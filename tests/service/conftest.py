@@ -3,16 +3,16 @@
 
 Tests that take ``storage_backend_url`` run once per storage backend: ``memory://``, a fresh
 SQLite file, and the MySQL, Redis and etcd servers named by ``STOVEPIPE_TEST_MYSQL_URL``,
-``STOVEPIPE_TEST_REDIS_URL`` and ``STOVEPIPE_TEST_ETCD_URL``. A server that is not named or
-cannot be reached is skipped with the reason, or, when the ``CI`` environment variable is set,
-fails. Such tests share those servers with anything else, so they write under keys of their
-own (a queue name from ``unique_queue``).
+``STOVEPIPE_TEST_REDIS_URL`` and ``STOVEPIPE_TEST_ETCD_URL``, else throwaway ones the
+conformance plugin starts from the installed binaries. A server that cannot be had or reached
+is skipped with the reason, or, when the ``CI`` environment variable is set, fails. Such tests
+share those servers with anything else, so they write under keys of their own (a queue name
+from ``unique_queue``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import pathlib
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -22,6 +22,7 @@ import pytest
 
 from stovepipe.buildrunner import BuildRunner, RunnerMap
 from stovepipe.client import StovepipeClient
+from stovepipe.conformance.plugin import server_url as plugin_server_url
 from stovepipe.conformance.plugin import unreachable
 from stovepipe.metrics import Metrics
 from stovepipe.server import StovepipeServer
@@ -131,16 +132,14 @@ def _reached() -> dict[str, str]:
 
 
 @pytest.fixture
-def server_url(_reached: dict[str, str]) -> Callable[[str], str]:
+def server_url(_reached: dict[str, str], request: pytest.FixtureRequest) -> Callable[[str], str]:
     """``url(backend)``: the test server's storage URL for a network backend (``mysql``,
-    ``redis``, ``etcd``) from ``STOVEPIPE_TEST_<BACKEND>_URL``, probed once per session;
-    skips the test (fails it under ``CI``) when it is not set or cannot be reached."""
+    ``redis``, ``etcd``): ``STOVEPIPE_TEST_<BACKEND>_URL``, else a throwaway server the
+    conformance plugin starts for the session; probed once per session; skips the test (fails
+    it under ``CI``) when there is none or it cannot be reached."""
 
     def url(backend: str) -> str:
-        env_name = f"STOVEPIPE_TEST_{backend.upper()}_URL"
-        found = os.environ.get(env_name, "")
-        if not found:
-            unreachable(f"{backend}: set {env_name} to a server URL")
+        found = plugin_server_url(request.config, backend)
         if backend not in _reached:
             _reached[backend] = _probe(backend, found)
         if _reached[backend]:

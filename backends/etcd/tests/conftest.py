@@ -1,13 +1,13 @@
 """Where the etcd backend's own tests find a server.
 
-``STOVEPIPE_TEST_ETCD_URL`` names it (``.ci/run`` starts one and sets it). Without it the tests
-that need a server are skipped, or fail when the ``CI`` environment variable is set. Each test
-writes under a prefix of its own, so a shared server is fine.
+``STOVEPIPE_TEST_ETCD_URL`` names it; without it the conformance plugin starts a throwaway etcd
+for the session (``stovepipe_etcd.testing``). With neither, the tests that need a server are
+skipped, or fail when the ``CI`` environment variable is set. Each test writes under a prefix
+of its own, so a shared server is fine.
 """
 
 from __future__ import annotations
 
-import os
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
@@ -15,9 +15,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from stovepipe_etcd import EtcdBackend, open_backend
 
-from stovepipe.conformance.plugin import in_ci
-
-URL_VARIABLE = "STOVEPIPE_TEST_ETCD_URL"
+from stovepipe.conformance.plugin import server_url
 
 
 def with_options(url: str, **options: str) -> str:
@@ -30,15 +28,9 @@ def with_options(url: str, **options: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def etcd_url() -> str:
-    """The server's URL as configured."""
-    url = os.environ.get(URL_VARIABLE)
-    if not url:
-        reason = f"set {URL_VARIABLE} to an etcd server, e.g. etcd://127.0.0.1:2379"
-        if in_ci():
-            pytest.fail(f"{reason} (CI is set: the etcd backend's tests must run)")
-        pytest.skip(reason)
-    return url
+def etcd_url(request: pytest.FixtureRequest) -> str:
+    """The test server's URL."""
+    return server_url(request.config, "etcd")
 
 
 @pytest.fixture

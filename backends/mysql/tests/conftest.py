@@ -1,13 +1,13 @@
 """Fixtures for the MySQL backend's own tests: the server URL, scratch databases, a TCP proxy.
 
-The server comes from ``STOVEPIPE_TEST_MYSQL_URL``. Without it the tests skip, except under
-``CI=true``, where a missing server is a failure.
+The server comes from ``STOVEPIPE_TEST_MYSQL_URL``, else the conformance plugin starts a
+throwaway one for the session (``stovepipe_mysql.throwaway_server``). With neither the tests
+skip, except under ``CI=true``, where a missing server is a failure.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import struct
 import threading
@@ -21,16 +21,14 @@ from pymysql.constants import CLIENT
 from stovepipe_mysql.migrations import migrate, schema_files
 from stovepipe_mysql.options import parse_url
 
-from stovepipe.conformance.plugin import unreachable
+from stovepipe.conformance.plugin import server_url
 from stovepipe.storage import Storage, open_storage
 
 
 @pytest.fixture(scope="session")
-def mysql_url() -> str:
+def mysql_url(request: pytest.FixtureRequest) -> str:
     """The test server's URL, with the schema applied."""
-    url = os.environ.get("STOVEPIPE_TEST_MYSQL_URL")
-    if not url:
-        unreachable("STOVEPIPE_TEST_MYSQL_URL is not set: no MySQL server to test against")
+    url = server_url(request.config, "mysql")
     migrate(url)
     return url
 

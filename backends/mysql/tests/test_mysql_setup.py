@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import importlib.metadata
-import os
 import pathlib
 import shutil
 import subprocess
 import sys
 import threading
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +19,8 @@ from stovepipe_mysql.migrations import schema_files
 from stovepipe_mysql.options import parse_url
 from stovepipe_mysql.throwaway_server import mysql_test_server
 
+from stovepipe.conformance.plugin import unreachable
+from stovepipe.conformance.servers import ServerUnavailable, find_binary
 from stovepipe.entity import (
     Build,
     BuildStatus,
@@ -360,11 +362,22 @@ def test_ssl_verify_checks_certificate_and_host_name_unless_turned_off() -> None
     assert unverified.verify_mode == ssl.CERT_NONE and not unverified.check_hostname
 
 
-def test_test_server_hook_yields_a_migrated_mysql_8_or_explains_why_it_cannot() -> None:
-    if os.environ.get("DOCKER_HOST") or os.path.exists("/var/run/docker.sock"):
-        with mysql_test_server() as url, open_storage(url) as storage:
-            assert storage.counter.next("request/q") == 1
-    else:
-        # Without testcontainers installed the hook names the extra to install instead.
-        with pytest.raises(RuntimeError, match=r"Docker|testcontainers"), mysql_test_server():
-            pass
+def test_test_server_hook_yields_a_migrated_server_from_the_installed_binaries() -> None:
+    if find_binary("mariadbd", "mysqld") is None:
+        unreachable("no mariadbd or mysqld installed: the hook would fall back to Docker")
+    with mysql_test_server() as url, open_storage(url) as storage:
+        assert urllib.parse.urlsplit(url).hostname == "127.0.0.1"
+        assert storage.counter.next("request/q") == 1
+
+
+def test_test_server_hook_without_binaries_or_docker_names_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("stovepipe_mysql.throwaway_server.find_binary", lambda *names: None)
+    # An import of None raises ImportError: as if testcontainers were not installed.
+    monkeypatch.setitem(sys.modules, "testcontainers.community.mysql", None)
+    with (
+        pytest.raises(ServerUnavailable, match=r"apt-get install mariadb-server"),
+        mysql_test_server(),
+    ):
+        pass

@@ -1,19 +1,17 @@
 """Fixtures for the Redis backend's own tests: a real server, a key prefix per test.
 
 The server's URL comes from ``STOVEPIPE_TEST_REDIS_URL``, else from the backend's
-throwaway-server hook (Docker). With neither, the tests are skipped, except when ``CI`` is
-set (to anything but ``false``, ``0`` or ``no``): then they fail, as CI must cover Redis.
+throwaway-server hook (``redis-server`` if installed, else Docker), through the conformance
+plugin. With neither, the tests are skipped, except when ``CI`` is set (to anything but
+``false``, ``0`` or ``no``): then they fail, as CI must cover Redis.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import pathlib
 import shutil
-import socket
 import subprocess
-import time
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,58 +22,38 @@ import redis
 import redis.connection
 from stovepipe_redis import RedisBackend, open_backend
 
-from stovepipe.conformance.plugin import unreachable
+from stovepipe.conformance.plugin import server_url, unreachable
+from stovepipe.conformance.servers import (
+    ServerUnavailable,
+    find_binary,
+    free_port,
+    local_server,
+)
 from stovepipe.storage import Storage, open_storage
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
+def redis_url(request: pytest.FixtureRequest) -> str:
     """The base URL of a real Redis server (no query options)."""
-    url = os.environ.get("STOVEPIPE_TEST_REDIS_URL")
-    if url:
-        yield url
-        return
-    from stovepipe_redis.testing import redis_server
-
-    with contextlib.ExitStack() as stack:
-        try:
-            server_url = stack.enter_context(redis_server())
-        except Exception as error:
-            unreachable(f"no Redis: STOVEPIPE_TEST_REDIS_URL is unset and {error}")
-        yield server_url
+    return server_url(request.config, "redis")
 
 
 @contextlib.contextmanager
 def _private_redis_server(directory: pathlib.Path, port: int, options: list[str]) -> Iterator[None]:
     """Run ``redis-server`` on 127.0.0.1:``port`` (no persistence) until the block ends."""
-    if shutil.which("redis-server") is None:
+    binary = find_binary("redis-server")
+    if binary is None:
         unreachable("a private Redis needs redis-server on PATH")
     defaults = ["--bind", "127.0.0.1", "--dir", str(directory), "--appendonly", "no", "--save", ""]
-    server = subprocess.Popen(
-        ["redis-server", *defaults, *options],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    unreachable(f"a private redis-server did not start (exit {server.poll()})")
-                time.sleep(0.05)
+    command = [binary, *defaults, *options]
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(
+                local_server("redis-server", command, port=port, directory=directory)
+            )
+        except ServerUnavailable as error:
+            unreachable(f"a private redis-server did not start: {error}")
         yield
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-
-
-def _free_port() -> int:
-    with socket.create_server(("127.0.0.1", 0)) as probe:
-        port: int = probe.getsockname()[1]
-    return port
 
 
 @pytest.fixture(scope="session")
@@ -95,7 +73,7 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
         check=True,
         capture_output=True,
     )
-    port = _free_port()
+    port = free_port()
     paths = {"--tls-cert-file": certificate, "--tls-key-file": key}
     paths["--tls-ca-cert-file"] = certificate
     options = f"--port 0 --tls-port {port} --tls-auth-clients no".split()
@@ -108,7 +86,7 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
 def private_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A plain ``redis-server`` of these tests' own, for what must not touch a shared one
     (flushing its script cache). Yields its ``redis://`` URL (no options)."""
-    port = _free_port()
+    port = free_port()
     with _private_redis_server(tmp_path_factory.mktemp("redis"), port, ["--port", str(port)]):
         yield f"redis://127.0.0.1:{port}/0"
 

@@ -1,0 +1,103 @@
+"""Throwaway servers from installed binaries, for the backends' test-server hooks.
+
+A backend's hook in the ``stovepipe.storage.test_servers`` entry-point group yields the URL of
+a server that lives for one test session. Where the server's binary is installed, the hook
+starts it with :func:`local_server`: on a free loopback port, with its data in a temporary
+directory removed afterwards, and with a bounded startup. Process management is mirakuru's
+(a dependency of the ``testing`` extra), imported only when a server is started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pathlib
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator, Sequence
+
+STARTUP_TIMEOUT = 60.0
+"""Seconds a throwaway server has to start answering before its hook gives up."""
+
+
+class ServerUnavailable(RuntimeError):
+    """No throwaway server could be had; the message says what to install or set."""
+
+
+def find_binary(*names: str) -> str | None:
+    """The path of the first of ``names`` found on ``PATH`` or in the sbin directories.
+
+    Server daemons such as ``mariadbd`` live in ``/usr/sbin``, which an unprivileged user's
+    ``PATH`` often lacks.
+    """
+    for name in names:
+        found = shutil.which(name) or shutil.which(name, path="/usr/local/sbin:/usr/sbin:/sbin")
+        if found:
+            return found
+    return None
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (the kernel's choice)."""
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def _log_tail(log: pathlib.Path, lines: int = 15) -> str:
+    with contextlib.suppress(OSError):
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    return "(no log)"
+
+
+@contextlib.contextmanager
+def local_server(
+    name: str,
+    command: Sequence[str],
+    *,
+    port: int,
+    directory: pathlib.Path,
+    health_path: str | None = None,
+    timeout: float = STARTUP_TIMEOUT,
+) -> Iterator[None]:
+    """Run ``command`` until the block ends, once it accepts connections on 127.0.0.1:``port``.
+
+    ``health_path``, when given, is an HTTP path that must answer 2xx as well. The server's
+    output goes to ``directory/<name>.log``. Raises :class:`ServerUnavailable`, with the log's
+    last lines, when the process exits or does not answer within ``timeout`` seconds; the
+    process is stopped (SIGTERM, then SIGKILL after ``timeout``) when the block ends.
+    """
+    try:
+        from mirakuru import HTTPExecutor, TCPExecutor
+        from mirakuru.base import Executor
+    except ImportError as error:
+        raise ServerUnavailable(
+            f"starting a throwaway {name} needs mirakuru: pip install 'stovepipe[testing]'"
+        ) from error
+    log = directory / f"{name}.log"
+    with log.open("wb") as output:
+        executor: Executor
+        stdin, stderr = subprocess.DEVNULL, subprocess.STDOUT
+        if health_path is None:
+            executor = TCPExecutor(
+                list(command), host="127.0.0.1", port=port, timeout=timeout,
+                stdin=stdin, stdout=output, stderr=stderr,
+            )  # fmt: skip
+        else:
+            executor = HTTPExecutor(
+                list(command), url=f"http://127.0.0.1:{port}{health_path}", method="GET",
+                timeout=timeout, stdin=stdin, stdout=output, stderr=stderr,
+            )  # fmt: skip
+        try:
+            executor.start()
+        except Exception as error:
+            with contextlib.suppress(Exception):
+                executor.stop()
+            raise ServerUnavailable(
+                f"{name} ({command[0]}) did not answer on 127.0.0.1:{port} within {timeout:g} s: "
+                f"{error}; its log ends:\n{_log_tail(log)}"
+            ) from error
+        try:
+            yield
+        finally:
+            executor.stop()
