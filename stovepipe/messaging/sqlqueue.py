@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import secrets
 import sqlite3
@@ -44,7 +45,7 @@ from stovepipe.messaging.brokered import Delivery, MessagingError, MessagingUnav
 from stovepipe.messaging.contract import Message
 from stovepipe.messaging.inprocess import DeadLetter
 from stovepipe.redaction import redact
-from stovepipe.storage.sqlite import create_tables, use_wal
+from stovepipe.storage.sqlite import create_tables, use_wal, writer_lock
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +158,9 @@ class _Dialect:
     # statement that reads, then writes after another writer, without waiting (BUSY_SNAPSHOT);
     # BEGIN IMMEDIATE takes the write lock first, waiting up to the busy timeout.
     explicit_writes: bool = False
+    # Held around every write transaction: SQLite's writers of one file in this process
+    # queue on the lock the storage backend shares, instead of sleeping in the busy handler.
+    writer: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -474,7 +478,7 @@ class SQLBroker:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[Any]:
-        with self._cursor() as cursor:
+        with self._dialect.writer(), self._cursor() as cursor:
             cursor.execute(self._dialect.begin)
             try:
                 yield cursor
@@ -573,6 +577,7 @@ def sqlite_broker(url: str, *, visibility_timeout: float) -> SQLBroker:
         errors=(sqlite3.Error,),
         is_transient=_sqlite_is_transient,
         explicit_writes=True,
+        writer=functools.partial(writer_lock(path).held, timeout),
     )
     broker = SQLBroker(dialect, visibility_timeout=visibility_timeout)
     try:
