@@ -7,8 +7,9 @@ percent-decoded, the port defaults to 3306 and the database is required. Query o
     Seconds (float, default 5) bounding each step of every call: connecting, sending a
     statement, waiting for its answer, and waiting for a free pooled connection.
 ``pool_size``
-    Most connections open at once (default 10). A call that finds them all busy waits up to
-    ``timeout`` for one.
+    Most storage connections open at once; by default the number of threads that call the
+    storage at once (a server's ``max_workers``), else 10. Connections open on demand, so
+    an idle server holds few. A call that finds them all busy waits up to ``timeout``.
 ``ssl_ca``, ``ssl_cert``, ``ssl_key``
     PEM files: the CA that signs the server's certificate, and a client certificate and key.
 ``ssl_verify``
@@ -115,8 +116,10 @@ def _boolean(name: str, value: str) -> bool:
         raise ValueError(f"mysql URL option {name} must be true or false, not {value!r}") from None
 
 
-def parse_url(url: str) -> MySQLOptions:
-    """Parse ``mysql://user:password@host:port/database?options``; raise ValueError if malformed."""
+def parse_url(url: str, *, workers: int | None = None) -> MySQLOptions:
+    """Parse ``mysql://user:password@host:port/database?options``; raise ValueError if malformed.
+
+    ``workers`` (threads that will call the storage at once) is the default ``pool_size``."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme != "mysql":
         raise ValueError(f"not a mysql URL: scheme {parts.scheme!r}")
@@ -137,7 +140,7 @@ def parse_url(url: str) -> MySQLOptions:
     timeout = float(options.get("timeout", DEFAULT_TIMEOUT))
     if not 0 < timeout <= 31_536_000:  # PyMySQL's own bound on connect_timeout
         raise ValueError(f"mysql URL option timeout must be positive seconds, not {timeout}")
-    pool_size = int(options.get("pool_size", DEFAULT_POOL_SIZE))
+    pool_size = int(options.get("pool_size", workers or DEFAULT_POOL_SIZE))
     if pool_size < 1:
         raise ValueError(f"mysql URL option pool_size must be at least 1, not {pool_size}")
     if options.get("ssl_key") and not options.get("ssl_cert"):
