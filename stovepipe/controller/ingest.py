@@ -123,8 +123,12 @@ class _Heads:
             self._entries[key] = (request_id, now + interval)
             return request_id, True
 
-    def put(self, key: tuple[str, str], request_id: str, due: float) -> None:
+    def put(self, key: tuple[str, str], request_id: str, due: float, *, new: bool = False) -> None:
+        """Remember ``key``'s id and when its check is due; with ``new``, only if ``key`` is
+        not remembered yet (a concurrent admission's own entry wins)."""
         with self._lock:
+            if new and key in self._entries:
+                return
             self._entries[key] = (request_id, due)
             self._entries.move_to_end(key)
             while len(self._entries) > self._size:
@@ -183,7 +187,7 @@ class IngestController:
                 request_id = self._storage.request_uris.get_id_by_uri(queue, uri)
             except NotFound:
                 return self._admit(queue, uri)
-            self._heads.put(key, request_id, self._clock() + self._interval)
+            self._heads.put(key, request_id, self._clock() + self._interval, new=True)
             return Admission(request_id, queue, uri, created=False)
         request_id, due = known
         if not due:
