@@ -71,7 +71,7 @@ _REPOSITORY_ENVIRONMENT: Final = frozenset(
 # A promotion retries its compare-and-swap this often when other promoters keep winning.
 _PROMOTE_ATTEMPTS: Final = 20
 
-OBJECT_CACHE_BYTES: Final = 8 * 2**20
+OBJECT_CACHE_BYTES: Final = 2 * 2**20
 """The most parsed git objects libgit2 keeps in memory, in bytes, for the whole process: the
 heads and the history walks around them fit, and it is a few seconds' work to reparse."""
 

@@ -8,8 +8,8 @@ import pygit2
 
 from stovepipe.sourcecontrol.git import OBJECT_CACHE_BYTES, GitSourceControl
 
-COMMITS = 1000
-MESSAGE_BYTES = 24 * 1024  # 1000 commits of 24 KiB: three times the bound, parsed
+COMMITS = 400
+MESSAGE_BYTES = 16 * 1024  # 400 commits of 16 KiB: three times the bound, parsed
 
 
 def test_git_object_cache_stays_within_its_bound_after_many_new_heads(tmp_path: Path) -> None:
