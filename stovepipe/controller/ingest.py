@@ -200,15 +200,18 @@ class IngestController:
 
     def _admit(self, queue: str, uri: str) -> Admission:
         """Claim a new head and write its request (or adopt a racer's)."""
-        return self._settle(queue, uri, self._claim_id(queue, uri), checking=False)
+        request_id, minted = self._claim_id(queue, uri)
+        return self._settle(queue, uri, request_id, checking=False, minted=minted)
 
-    def _settle(self, queue: str, uri: str, request_id: str, *, checking: bool) -> Admission:
-        """Ensure the row of ``request_id``; stamp and publish it if this call wrote it, or
-        (``checking``) republish it while it is still accepted. Remember when to check next;
-        on failure, check at the next call."""
+    def _settle(
+        self, queue: str, uri: str, request_id: str, *, checking: bool, minted: bool = False
+    ) -> Admission:
+        """Ensure the row of ``request_id`` (``minted``: by this call, so no row is expected);
+        stamp and publish it if this call wrote it, or (``checking``) republish it while it is
+        still accepted. Remember when to check next; on failure, check at the next call."""
         key = (queue, uri)
         try:
-            request, created = self._ensure_request(request_id, queue, uri)
+            request, created = self._ensure_request(request_id, queue, uri, minted)
             if created:
                 stamp_latest(self._storage, queue, request.id)
             accepted = request.state == RequestState.ACCEPTED
@@ -224,9 +227,9 @@ class IngestController:
         self._heads.put(key, request_id, due)
         return Admission(request.id, queue, uri, created)
 
-    def _claim_id(self, queue: str, uri: str) -> str:
+    def _claim_id(self, queue: str, uri: str) -> tuple[str, bool]:
         """Mint an id and claim ``(queue, uri)`` with it, after a lookup found no mapping;
-        return the winner's id if a racer claimed it first."""
+        return it and ``True``, or the winner's id and ``False`` if a racer claimed first."""
         uris = self._storage.request_uris
         n = self._storage.counter.next(f"request/{queue}")
         candidate = f"request/{queue}/{n}"
@@ -241,19 +244,28 @@ class IngestController:
                     f"mapping ({queue!r}, {uri!r}) exists by create but not by read"
                 ) from error
             logger.debug("lost the claim on %r %r to %r", queue, uri, winner)
-            return winner
+            return winner, False
         logger.info("claimed %r for queue %r at %r", candidate, queue, uri)
-        return candidate
+        return candidate, True
 
-    def _ensure_request(self, request_id: str, queue: str, uri: str) -> tuple[Request, bool]:
+    def _ensure_request(
+        self, request_id: str, queue: str, uri: str, minted: bool
+    ) -> tuple[Request, bool]:
         """Return the stored request ``request_id``, creating it if the row is missing, and
-        whether this call created it."""
+        whether this call created it. A ``minted`` id (numbers are never drawn twice) has no
+        row yet, so the create is tried first: one round trip fewer for a new head."""
         requests = self._storage.requests
+        fresh = Request(request_id, queue, uri, RequestState.ACCEPTED, 1)
+        if minted:
+            try:
+                requests.create(fresh)
+                return fresh, True
+            except AlreadyExists:
+                pass  # only stored state that contradicts itself: the check below says so
         created = False
         try:
             request = requests.get(request_id)
         except NotFound:
-            fresh = Request(request_id, queue, uri, RequestState.ACCEPTED, 1)
             try:
                 requests.create(fresh)
                 request, created = fresh, True

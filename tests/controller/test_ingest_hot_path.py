@@ -254,3 +254,22 @@ def test_unchanged_head_logs_nothing_above_debug(
     assert len(admitted) == 1 and "claimed" in admitted[0].getMessage()
     assert [record for record in caplog.records if record.levelno >= logging.INFO] == []
     assert any("republishing" in record.getMessage() for record in caplog.records)
+
+
+def test_new_head_writes_its_minted_request_without_reading_it_first(storage: Storage) -> None:
+    source, clock, publisher = (
+        FakeSourceControl(["c1"], name="monorepo"),
+        FakeClock(),
+        RecordingPublisher(),
+    )
+    storage, calls = counting(storage)
+    admitted = controller(storage, source, publisher, clock).ingest(QUEUE)
+    assert admitted.created
+    assert calls[:4] == [
+        ("request_uris", "get_id_by_uri"),
+        ("counter", "next"),
+        ("request_uris", "create"),
+        ("requests", "create"),
+    ]
+    assert ("requests", "get") not in calls
+    assert [message.id for _, _, message in publisher.published] == [admitted.id]

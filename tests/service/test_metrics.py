@@ -76,6 +76,8 @@ def test_every_storage_operation_is_counted_by_outcome_and_timed(start_server: S
     # The same head: answered from the mapping this server remembers, with no storage call.
     running.client.Ingest(pb.IngestRequest(queue="q"), timeout=TIMEOUT)
     running.client.GetRequest(pb.GetRequestRequest(id=admitted.id), timeout=TIMEOUT)
+    with pytest.raises(grpc.RpcError):
+        running.client.GetRequest(pb.GetRequestRequest(id="request/q/99"), timeout=TIMEOUT)
 
     assert running.server.metrics_port is not None
     samples = scrape(running.server.metrics_port)
