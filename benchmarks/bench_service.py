@@ -8,7 +8,10 @@ Each backend runs with its default messaging (``memory://`` and etcd in process,
 MySQL and Redis on the same engine), serving git queues built by a fake runner (so every
 admitted head flows through the whole pipeline): ``bench/steady``, whose head never moves
 (the poller's common case), and one ``bench/new-<n>`` per client, whose head the client moves
-to a fresh commit before each timed call (so every Ingest admits a new head). Operations:
+to a fresh commit before each timed call (so every Ingest admits a new head). The steady
+queue's first head is building (an hour-long fake build holds its one build slot) and its
+head is a second commit, ``accepted`` and waiting for the slot: the case where an ingest of
+an unchanged head may publish it again. Operations:
 
 * ``Ping``, which touches no backend: the floor of any call on this server;
 * ``Ingest (same head)``, ``Ingest (new head)`` and ``GetRequest`` (of the steady head's
@@ -22,7 +25,8 @@ call the table gives p50 and p99 latency, the server process's CPU (user + syste
 on the server's ``/metrics``; the pipeline's own operations during the segment included, so
 a new head's figure is its whole cost). ``errors`` counts failed calls (``UNAVAILABLE``
 included). When the load stops, the messaging backlog (messages published and not yet
-acknowledged) is read, and again until it drains or ``--drain`` seconds pass.
+acknowledged) is read, and again until it drains or ``--drain`` seconds pass; on the durable
+queues the steady queue's running build keeps one message there (its next status check).
 
 ``--rss`` runs a single server with ingest-only queues (the fake runner keeps every build in
 memory) and ingests new heads, printing the server's resident memory after each count given.
@@ -234,6 +238,8 @@ def write_config(
                 f"[queues.{json.dumps(queue)}.build]",
                 'type = "fake"',
                 'outcome = "succeeded"',
+                # The steady queue's first build holds its slot for the whole run.
+                f"duration = {3600 if queue == STEADY else 0}",
             ]
     path.write_text("\n".join(lines) + "\n")
 
@@ -308,9 +314,9 @@ class Server:
 class NewHeads:
     """Moves a client's own branch to a fresh commit before each of its calls."""
 
-    def __init__(self, repository: pathlib.Path, index: int) -> None:
+    def __init__(self, repository: pathlib.Path, index: int, branch: str = "") -> None:
         self._repository = pygit2.Repository(str(repository))
-        self._ref = f"refs/heads/new-{index}"
+        self._ref = f"refs/heads/{branch or f'new-{index}'}"
         self._signature = pygit2.Signature("bench", "bench@example.com")
         self._tree = self._repository.TreeBuilder().write()
         self._count = 0
@@ -408,6 +414,25 @@ def run_segment(
     totals.errors += sum(errors)
 
 
+def waiting_head(address: str, repository: pathlib.Path) -> str:
+    """Admit the steady queue's first head, wait until it is building, then move the queue
+    to a second head, which waits for the build slot; return that request's id."""
+    steady = pb.IngestRequest(queue=STEADY)
+    with grpc.insecure_channel(address) as channel:
+        stub = StovepipeClient(channel)
+        building = stub.Ingest(steady, timeout=CALL_TIMEOUT).id
+        deadline = time.monotonic() + 60
+        while (
+            stub.GetRequest(pb.GetRequestRequest(id=building), timeout=CALL_TIMEOUT).request.state
+            != pb.REQUEST_STATE_PROCESSING
+        ):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{building} did not start building within 60 s")
+            time.sleep(0.05)
+        NewHeads(repository, 0, branch="steady").advance()
+        return stub.Ingest(steady, timeout=CALL_TIMEOUT).id
+
+
 def backlog_reader(queue_url: str, server: Server) -> Callable[[], float | None]:
     """Read the backlog from the engine itself where the messaging is durable (the server's
     gauge refreshes only every few seconds), else from the server's lag gauge."""
@@ -436,12 +461,7 @@ def bench_backend(
         write_config(config, storage_url, queue_url, repository, new_queues, listen, metrics)
         server = Server(config, listen, metrics, directory / "server.log")
         try:
-            with grpc.insecure_channel(listen) as channel:
-                steady_id = (
-                    StovepipeClient(channel)
-                    .Ingest(pb.IngestRequest(queue=STEADY), timeout=CALL_TIMEOUT)
-                    .id
-                )
+            steady_id = waiting_head(listen, repository)
             rows: list[Row] = []
             for clients in clients_list:
                 totals = {name: Totals() for name in OPERATIONS}
