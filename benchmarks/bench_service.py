@@ -1,157 +1,600 @@
-"""Ingest over gRPC on the embedded default (SQLite): latency and throughput by concurrency.
+"""The service's benchmark of record: a real ``stovepipe serve`` per backend, over gRPC.
 
-    python -m benchmarks.bench_service [--calls N] [--storage-url URL]
+    python -m benchmarks.bench_service [--backends memory,sqlite,mysql,redis,etcd]
+        [--clients 1,8,32] [--seconds 2] [--rounds 3] [--drain 30]
+    python -m benchmarks.bench_service --rss 1000,20000 [--backends sqlite]
 
-The server runs in a process of its own (so clients and server do not share an interpreter
-lock) with two queues: ``moving``, whose head advances on every ``latest()`` call, so each
-Ingest admits a real new head (lookup, counter, claim, create, publish); and ``steady``,
-whose head never changes, the poller's common case (one lookup, one read, publish). Each
-client is a thread with a channel of its own. ``Ping``, which touches no backend, is measured
-in the same run at the same concurrency: the floor of any RPC on this server, shown in the
-"raw" columns, with Ingest's median as a multiple of it.
+Each backend runs with its default messaging (``memory://`` and etcd in process, SQLite,
+MySQL and Redis on the same engine), serving git queues built by a fake runner (so every
+admitted head flows through the whole pipeline): ``bench/steady``, whose head never moves
+(the poller's common case), and one ``bench/new-<n>`` per client, whose head the client moves
+to a fresh commit before each timed call (so every Ingest admits a new head). The steady
+queue's first head is building (an hour-long fake build holds its one build slot) and its
+head is a second commit, ``accepted`` and waiting for the slot: the case where an ingest of
+an unchanged head may publish it again. Operations:
+
+* ``Ping``, which touches no backend: the floor of any call on this server;
+* ``Ingest (same head)``, ``Ingest (new head)`` and ``GetRequest`` (of the steady head's
+  request).
+
+Clients are threads of this process, each with a channel of its own. At each client count the
+operations run in rounds, interleaved (Ping, same head, new head, GetRequest, then again), for
+``--seconds`` each; an operation's throughput is divided by Ping's over the same rounds. Per
+call the table gives p50 and p99 latency, the server process's CPU (user + system, from
+``/proc/<pid>/stat``), and storage operations (from ``stovepipe_storage_operations_total``
+on the server's ``/metrics``; the pipeline's own operations during the segment included, so
+a new head's figure is its whole cost). ``errors`` counts failed calls (``UNAVAILABLE``
+included). When the load stops, the messaging backlog (messages published and not yet
+acknowledged) is read, and again until it drains or ``--drain`` seconds pass; on the durable
+queues the steady queue's running build keeps one message there (its next status check).
+
+``--rss`` runs a single server with ingest-only queues (the fake runner keeps every build in
+memory) and ingests new heads, printing the server's resident memory after each count given.
+
+Shared servers are used through names of their own (a MySQL database, key prefixes on Redis
+and etcd), removed afterwards; their addresses come from ``STOVEPIPE_BENCH_MYSQL``,
+``STOVEPIPE_BENCH_REDIS`` and ``STOVEPIPE_BENCH_ETCD`` (defaults: 127.0.0.1 on the usual
+ports). Figures are printed; nothing is asserted.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
-import itertools
-import multiprocessing
-import multiprocessing.connection
+import dataclasses
+import json
+import os
 import pathlib
-import statistics
+import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 
 import grpc
+import pygit2
+from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks.timing import Latency, print_comparison
 from stovepipe.client import StovepipeClient
-from stovepipe.sourcecontrol.fake import FakeSourceControl
+from stovepipe.messaging.contract import TOPIC_BUILD, TOPIC_BUILDSIGNAL, TOPIC_PROCESS, TOPIC_RECORD
 from stovepipe.v1 import stovepipe_pb2 as pb
 
-CONCURRENCY = (1, 8, 32)
-WARMUP = 20
+BACKENDS = ("memory", "sqlite", "mysql", "redis", "etcd")
+OPERATIONS = ("Ping", "Ingest (same head)", "Ingest (new head)", "GetRequest")
+TOPICS = (TOPIC_PROCESS, TOPIC_BUILD, TOPIC_BUILDSIGNAL, TOPIC_RECORD)
+WARMUP = 3
+CALL_TIMEOUT = 30.0
+STEADY = "bench/steady"
+MYSQL = os.environ.get("STOVEPIPE_BENCH_MYSQL", "mysql://root@127.0.0.1:3306")
+REDIS = os.environ.get("STOVEPIPE_BENCH_REDIS", "redis://127.0.0.1:6379/0")
+ETCD = os.environ.get("STOVEPIPE_BENCH_ETCD", "etcd://127.0.0.1:2379")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-class AdvancingSource(FakeSourceControl):
-    """A fake source whose head moves to a new commit on every ``latest()``."""
+@dataclasses.dataclass
+class Totals:
+    """What one operation accumulated over its segments at one client count."""
 
-    def __init__(self) -> None:
-        super().__init__(["c0"], name="moving")
-        self._next = itertools.count(1)
+    latencies_us: list[float] = dataclasses.field(default_factory=list)
+    elapsed: float = 0.0
+    cpu_seconds: float = 0.0
+    storage_operations: float = 0.0
+    errors: int = 0
 
-    def latest(self) -> str:
-        return self.push(f"c{next(self._next)}")
+    @property
+    def rate(self) -> float:
+        return len(self.latencies_us) / self.elapsed if self.elapsed else 0.0
 
-
-def serve(storage_url: str, reply: multiprocessing.connection.Connection) -> None:
-    """The server process: serve both queues until the parent closes the pipe."""
-    import logging
-
-    from stovepipe.server import StovepipeServer
-    from stovepipe.sourcecontrol import QueueMap
-    from stovepipe.storage import open_storage
-
-    logging.basicConfig(level=logging.WARNING)
-    server = StovepipeServer(
-        open_storage(storage_url),
-        QueueMap({"moving": AdvancingSource(), "steady": FakeSourceControl(["c1"], name="s")}),
-        listen="127.0.0.1:0",
-        max_workers=64,
-    )
-    server.start()
-    reply.send(server.address)
-    with contextlib.suppress(EOFError):
-        reply.recv()  # returns (or raises EOFError) when the parent is done
-    server.stop(grace=1)
+    def percentile(self, fraction: float) -> float:
+        ordered = sorted(self.latencies_us)
+        if not ordered:
+            return float("nan")
+        return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
 
 
-def run_clients(
-    address: str, clients: int, calls_per_client: int, call: Callable[[StovepipeClient], object]
-) -> tuple[Latency, float]:
-    """``clients`` threads, each with its own channel, make ``calls_per_client`` calls after a
-    warm-up; return per-call latency over all of them and calls per second."""
-    barrier = threading.Barrier(clients + 1)
+@dataclasses.dataclass
+class Row:
+    backend: str
+    clients: int
+    operation: str
+    totals: Totals
+    ping: Totals
+
+
+# -- the deployments: each backend with its default messaging, under names of our own ------
+
+
+@contextlib.contextmanager
+def deployment(backend: str, directory: pathlib.Path, tag: str) -> Iterator[tuple[str, str]]:
+    """Yield ``(storage_url, messaging_url)`` for ``backend``; remove what it stored afterwards.
+    An empty queue URL means the default that goes with the storage."""
+    if backend == "memory":
+        yield "memory://", ""
+    elif backend == "sqlite":
+        yield f"sqlite:///{directory / 'bench.db'}", ""
+    elif backend == "mysql":
+        import pymysql
+
+        parts = urllib.parse.urlsplit(MYSQL)
+        database = f"stovepipe_bench_{tag}"
+
+        def connect() -> pymysql.Connection[pymysql.cursors.Cursor]:
+            return pymysql.connect(
+                host=parts.hostname or "127.0.0.1",
+                port=parts.port or 3306,
+                user=urllib.parse.unquote(parts.username or "root"),
+                password=urllib.parse.unquote(parts.password or ""),
+            )
+
+        with contextlib.closing(connect()) as connection, connection.cursor() as cursor:
+            cursor.execute(f"CREATE DATABASE `{database}`")
+        try:
+            url = f"{MYSQL.rstrip('/')}/{database}"
+            stovepipe = pathlib.Path(sys.executable).with_name("stovepipe")
+            subprocess.run([str(stovepipe), "migrate", url], check=True, capture_output=True)
+            yield url, ""
+        finally:
+            with contextlib.closing(connect()) as connection, connection.cursor() as cursor:
+                cursor.execute(f"DROP DATABASE IF EXISTS `{database}`")
+    elif backend == "redis":
+        import redis
+
+        prefix = f"stovepipe-bench-{tag}:"
+        storage_url = f"{REDIS}?prefix={urllib.parse.quote(prefix)}"
+        messaging_url = f"{REDIS}?prefix={urllib.parse.quote(prefix + 'mq:')}"
+        try:
+            yield storage_url, messaging_url
+        finally:
+            client = redis.Redis.from_url(REDIS)
+            for key in client.scan_iter(match=f"{prefix}*", count=1000):
+                client.delete(key)
+            client.close()
+    elif backend == "etcd":
+        prefix = f"/stovepipe-bench-{tag}/"
+        try:
+            yield f"{ETCD}?prefix={urllib.parse.quote(prefix)}", ""
+        finally:
+            _etcd_delete_prefix(prefix)
+    else:
+        raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
+
+
+def _etcd_delete_prefix(prefix: str) -> None:
+    """Delete every key under ``prefix`` through etcd's JSON gateway."""
+    parts = urllib.parse.urlsplit(ETCD)
+    end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+    body = json.dumps(
+        {
+            "key": base64.b64encode(prefix.encode()).decode(),
+            "range_end": base64.b64encode(end.encode()).decode(),
+        }
+    ).encode()
+    url = f"http://{parts.hostname}:{parts.port or 2379}/v3/kv/deleterange"
+    with urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=10) as answer:
+        answer.read()
+
+
+# -- the repository and the server -----------------------------------------------------------
+
+
+def make_repository(path: pathlib.Path, new_queues: int) -> None:
+    """A bare repository with one commit and the branches ``steady`` and ``new-<n>``."""
+    repository = pygit2.init_repository(str(path), bare=True)
+    signature = pygit2.Signature("bench", "bench@example.com")
+    tree = repository.TreeBuilder().write()
+    root = repository.create_commit(None, signature, signature, "root", tree, [])
+    for name in ["steady", *(f"new-{n}" for n in range(new_queues))]:
+        repository.create_reference_direct(f"refs/heads/{name}", root, False)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def write_config(
+    path: pathlib.Path,
+    storage_url: str,
+    messaging_url: str,
+    repository: pathlib.Path,
+    new_queues: int,
+    listen: str,
+    metrics_listen: str,
+    builds: bool = True,
+) -> None:
+    """A configuration serving the steady queue and ``new_queues`` moving ones, each built by
+    a fake runner (``builds``) or ingest-only."""
+    lines = [
+        f"listen = {json.dumps(listen)}",
+        f"metrics_listen = {json.dumps(metrics_listen)}",
+        f"storage_url = {json.dumps(storage_url)}",
+        'log_level = "warning"',
+        f"builds_dir = {json.dumps(str(path.parent / 'builds'))}",
+    ]
+    if messaging_url:
+        lines.append(f"messaging_url = {json.dumps(messaging_url)}")
+    for queue, ref in [
+        (STEADY, "steady"),
+        *((f"bench/new-{n}", f"new-{n}") for n in range(new_queues)),
+    ]:
+        lines += [
+            "",
+            f"[queues.{json.dumps(queue)}]",
+            'type = "git"',
+            f"path = {json.dumps(str(repository))}",
+            f"ref = {json.dumps(ref)}",
+        ]
+        if builds:
+            lines += [
+                "",
+                f"[queues.{json.dumps(queue)}.build]",
+                'type = "fake"',
+                'outcome = "succeeded"',
+                # The steady queue's first build holds its slot for the whole run.
+                f"duration = {3600 if queue == STEADY else 0}",
+            ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+class Server:
+    """A ``stovepipe serve`` process and what it exports."""
+
+    def __init__(self, config: pathlib.Path, listen: str, metrics: str, log: pathlib.Path) -> None:
+        self.address = listen
+        self._metrics_url = f"http://{metrics}/metrics"
+        stovepipe = pathlib.Path(sys.executable).with_name("stovepipe")
+        self._log = log.open("wb")
+        self.process = subprocess.Popen(
+            [str(stovepipe), "serve", "--config", str(config)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 60
+        with grpc.insecure_channel(listen) as channel:
+            stub = StovepipeClient(channel)
+            while True:
+                try:
+                    stub.Ping(pb.PingRequest(), timeout=2)
+                    break
+                except grpc.RpcError:
+                    if self.process.poll() is not None or time.monotonic() > deadline:
+                        self.stop()
+                        tail = log.read_text(errors="replace")[-2000:]
+                        raise RuntimeError(f"the server did not start:\n{tail}") from None
+                    time.sleep(0.2)
+
+    def cpu_seconds(self) -> float:
+        """User plus system CPU the server process has used so far."""
+        fields = pathlib.Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1]
+        utime, stime = fields.split()[11:13]
+        return (int(utime) + int(stime)) / CLOCK_TICKS
+
+    def rss_bytes(self) -> int:
+        for line in pathlib.Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS")
+
+    def samples(self, name: str) -> float:
+        """The sum of every sample of metric family ``name`` (without ``_total``)."""
+        with urllib.request.urlopen(self._metrics_url, timeout=10) as answer:
+            text = answer.read().decode()
+        total = 0.0
+        for family in text_string_to_metric_families(text):
+            if family.name == name:
+                total += sum(
+                    sample.value
+                    for sample in family.samples
+                    if not sample.name.endswith("_created")
+                )
+        return total
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self._log.close()
+
+
+# -- the clients -----------------------------------------------------------------------------
+
+
+class NewHeads:
+    """Moves a client's own branch to a fresh commit before each of its calls."""
+
+    def __init__(self, repository: pathlib.Path, index: int, branch: str = "") -> None:
+        self._repository = pygit2.Repository(str(repository))
+        self._ref = f"refs/heads/{branch or f'new-{index}'}"
+        self._signature = pygit2.Signature("bench", "bench@example.com")
+        self._tree = self._repository.TreeBuilder().write()
+        self._count = 0
+
+    def advance(self) -> None:
+        reference = self._repository.references[self._ref]
+        parent = reference.target
+        self._count += 1
+        commit = self._repository.create_commit(
+            None, self._signature, self._signature, f"c{self._count}", self._tree, [parent]
+        )
+        reference.set_target(commit)
+
+
+def operation(
+    name: str, index: int, repository: pathlib.Path, steady_id: str
+) -> tuple[Callable[[StovepipeClient], object], NewHeads | None]:
+    """Client ``index``'s call for operation ``name``, and its new heads if it needs them."""
+    if name == "Ping":
+        ping = pb.PingRequest()
+        return lambda stub: stub.Ping(ping, timeout=CALL_TIMEOUT), None
+    if name == "Ingest (same head)":
+        steady = pb.IngestRequest(queue=STEADY)
+        return lambda stub: stub.Ingest(steady, timeout=CALL_TIMEOUT), None
+    if name == "Ingest (new head)":
+        moving = pb.IngestRequest(queue=f"bench/new-{index}")
+        return lambda stub: stub.Ingest(moving, timeout=CALL_TIMEOUT), NewHeads(repository, index)
+    if name == "GetRequest":
+        get = pb.GetRequestRequest(id=steady_id)
+        return lambda stub: stub.GetRequest(get, timeout=CALL_TIMEOUT), None
+    raise ValueError(f"unknown operation {name!r}")
+
+
+def run_segment(
+    server: Server,
+    clients: int,
+    seconds: float,
+    name: str,
+    repository: pathlib.Path,
+    steady_id: str,
+    totals: Totals,
+) -> None:
+    """``clients`` threads call ``name`` for ``seconds`` after a warm-up; add to ``totals``."""
     samples: list[list[float]] = [[] for _ in range(clients)]
+    errors = [0] * clients
+    deadline = [0.0]
+    before: list[float] = []
+
+    def begin() -> None:
+        # Runs once every client has warmed up, before any is released.
+        before[:] = [server.cpu_seconds(), server.samples("stovepipe_storage_operations")]
+        deadline[0] = time.perf_counter() + seconds
+        before.append(time.perf_counter())
+
+    barrier = threading.Barrier(clients + 1)
+    start_barrier = threading.Barrier(clients + 1, action=begin)
 
     def client(index: int) -> None:
-        with grpc.insecure_channel(address) as channel:
+        with grpc.insecure_channel(server.address) as channel:
             stub = StovepipeClient(channel)
-            for _ in range(WARMUP):
-                call(stub)
-            barrier.wait()
+            call, heads = operation(name, index, repository, steady_id)
             mine = samples[index]
-            for _ in range(calls_per_client):
+            try:
+                for _ in range(WARMUP):
+                    if heads is not None:
+                        heads.advance()
+                    with contextlib.suppress(grpc.RpcError):
+                        call(stub)
+            finally:
+                start_barrier.wait()
+            while time.perf_counter() < deadline[0]:
+                if heads is not None:
+                    heads.advance()
                 start = time.perf_counter_ns()
-                call(stub)
+                try:
+                    call(stub)
+                except grpc.RpcError:
+                    errors[index] += 1
+                    continue
                 mine.append((time.perf_counter_ns() - start) / 1000)
             barrier.wait()
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
     for thread in threads:
         thread.start()
-    barrier.wait()
-    start = time.perf_counter()
-    barrier.wait()
-    elapsed = time.perf_counter() - start
+    start_barrier.wait(timeout=10 * CALL_TIMEOUT)
+    barrier.wait(timeout=seconds + 5 * CALL_TIMEOUT)
+    cpu, operations, start = before
+    totals.elapsed += time.perf_counter() - start
+    totals.cpu_seconds += server.cpu_seconds() - cpu
+    totals.storage_operations += server.samples("stovepipe_storage_operations") - operations
     for thread in threads:
         thread.join()
-    every = sorted(sample for per_client in samples for sample in per_client)
-    latency = Latency(
-        count=len(every),
-        p50_us=every[len(every) // 2],
-        p99_us=every[min(len(every) - 1, int(len(every) * 0.99))],
-        mean_us=statistics.fmean(every),
+    totals.latencies_us.extend(sample for per_client in samples for sample in per_client)
+    totals.errors += sum(errors)
+
+
+def waiting_head(address: str, repository: pathlib.Path) -> str:
+    """Admit the steady queue's first head, wait until it is building, then move the queue
+    to a second head, which waits for the build slot; return that request's id."""
+    steady = pb.IngestRequest(queue=STEADY)
+    with grpc.insecure_channel(address) as channel:
+        stub = StovepipeClient(channel)
+        building = stub.Ingest(steady, timeout=CALL_TIMEOUT).id
+        deadline = time.monotonic() + 60
+        while (
+            stub.GetRequest(pb.GetRequestRequest(id=building), timeout=CALL_TIMEOUT).request.state
+            != pb.REQUEST_STATE_PROCESSING
+        ):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{building} did not start building within 60 s")
+            time.sleep(0.05)
+        NewHeads(repository, 0, branch="steady").advance()
+        return stub.Ingest(steady, timeout=CALL_TIMEOUT).id
+
+
+def backlog_reader(messaging_url: str, server: Server) -> Callable[[], float | None]:
+    """Read the backlog from the engine itself where the messaging is durable (the server's
+    gauge refreshes only every few seconds), else from the server's lag gauge."""
+    if messaging_url and not messaging_url.startswith("memory:"):
+        from stovepipe.messaging.registry import open_messaging
+
+        messaging = open_messaging(messaging_url)
+        broker = getattr(messaging, "broker", None)
+        if broker is not None and hasattr(broker, "backlog"):
+            return lambda: float(sum(broker.backlog(topic) for topic in TOPICS))
+    return lambda: server.samples("stovepipe_messaging_lag") or None
+
+
+def bench_backend(
+    backend: str, clients_list: Sequence[int], seconds: float, rounds: int, drain: float
+) -> tuple[list[Row], str]:
+    tag = uuid.uuid4().hex[:10]
+    new_queues = max(clients_list)
+    with tempfile.TemporaryDirectory() as tmp, deployment(backend, pathlib.Path(tmp), tag) as urls:
+        directory = pathlib.Path(tmp)
+        storage_url, messaging_url = urls
+        repository = directory / "repo.git"
+        make_repository(repository, new_queues)
+        listen, metrics = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+        config = directory / "stovepipe.toml"
+        write_config(config, storage_url, messaging_url, repository, new_queues, listen, metrics)
+        server = Server(config, listen, metrics, directory / "server.log")
+        try:
+            steady_id = waiting_head(listen, repository)
+            rows: list[Row] = []
+            for clients in clients_list:
+                totals = {name: Totals() for name in OPERATIONS}
+                for _ in range(rounds):
+                    for name in OPERATIONS:
+                        run_segment(
+                            server, clients, seconds, name, repository, steady_id, totals[name]
+                        )
+                rows += [
+                    Row(backend, clients, name, totals[name], totals["Ping"]) for name in OPERATIONS
+                ]
+            from stovepipe.messaging.registry import default_messaging_url
+
+            read_backlog = backlog_reader(
+                messaging_url or default_messaging_url(storage_url), server
+            )
+            left = read_backlog()
+            started = time.monotonic()
+            remaining = left
+            while remaining and time.monotonic() - started < drain:
+                time.sleep(0.5)
+                remaining = read_backlog()
+            waited = time.monotonic() - started
+            if left is None:
+                backlog = "no backlog gauge (in-process messaging)"
+            elif not left:
+                backlog = "0 messages"
+            elif not remaining:
+                backlog = f"{left:.0f} messages, drained in {waited:.1f} s"
+            else:
+                backlog = f"{left:.0f} messages, {remaining:.0f} left after {waited:.0f} s"
+        finally:
+            server.stop()
+    return rows, backlog
+
+
+def print_table(rows: Sequence[Row], backlogs: dict[str, str]) -> None:
+    header = (
+        f"{'backend':<8}{'clients':>8}  {'operation':<20}{'calls/s':>9}{'x Ping':>8}"
+        f"{'p50 ms':>9}{'p99 ms':>9}{'CPU ms':>8}{'st.ops':>8}{'errors':>7}"
     )
-    return latency, len(every) / elapsed
+    print("\nPer call: CPU = server CPU, st.ops = storage operations; x Ping = throughput ratio")
+    print(header)
+    print("-" * len(header))
+    last = ""
+    for row in rows:
+        if last and row.backend != last:
+            print(f"{'':<8}{'':>8}  backlog when the load stopped: {backlogs[last]}")
+        last = row.backend
+        totals = row.totals
+        calls = len(totals.latencies_us) or float("nan")
+        ratio = totals.rate / row.ping.rate if row.ping.rate else float("nan")
+        print(
+            f"{row.backend:<8}{row.clients:>8}  {row.operation:<20}{totals.rate:>9.0f}"
+            f"{ratio:>8.2f}{totals.percentile(0.5) / 1000:>9.2f}"
+            f"{totals.percentile(0.99) / 1000:>9.2f}{totals.cpu_seconds / calls * 1000:>8.2f}"
+            f"{totals.storage_operations / calls:>8.2f}{totals.errors:>7}"
+        )
+    if last:
+        print(f"{'':<8}{'':>8}  backlog when the load stopped: {backlogs[last]}")
+
+
+def bench_rss(backend: str, counts: Sequence[int], clients: int) -> None:
+    """Ingest new heads on one server; print its resident memory at each count."""
+    tag = uuid.uuid4().hex[:10]
+    with tempfile.TemporaryDirectory() as tmp, deployment(backend, pathlib.Path(tmp), tag) as urls:
+        directory = pathlib.Path(tmp)
+        repository = directory / "repo.git"
+        make_repository(repository, clients)
+        listen, metrics = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+        config = directory / "stovepipe.toml"
+        # Ingest-only: the fake runner keeps every build in memory, which is not under test.
+        write_config(config, *urls, repository, clients, listen, metrics, builds=False)
+        server = Server(config, listen, metrics, directory / "server.log")
+        try:
+            print(f"\nServer RSS by new heads ingested ({backend}, {clients} clients)")
+            print(f"{'new heads':>10}{'RSS MiB':>10}")
+            print(f"{0:>10}{server.rss_bytes() / 2**20:>10.1f}")
+            done = 0
+            for target in sorted(counts):
+                each = (target - done + clients - 1) // clients
+
+                def client(index: int, calls: int = each) -> None:
+                    heads = NewHeads(repository, index)
+                    request = pb.IngestRequest(queue=f"bench/new-{index}")
+                    with grpc.insecure_channel(listen) as channel:
+                        stub = StovepipeClient(channel)
+                        for _ in range(calls):
+                            heads.advance()
+                            stub.Ingest(request, timeout=CALL_TIMEOUT)
+
+                threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join()
+                done += each * clients
+                print(f"{done:>10}{server.rss_bytes() / 2**20:>10.1f}", flush=True)
+        finally:
+            server.stop()
+
+
+def _numbers(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=1600, help="calls per row (default 1600)")
-    parser.add_argument("--storage-url", help="default: a fresh SQLite file")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated")
+    parser.add_argument("--clients", type=_numbers, default=[1, 8, 32], help="e.g. 1,8,32")
+    parser.add_argument("--seconds", type=float, default=2.0, help="per operation and round")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    parser.add_argument("--drain", type=float, default=30.0, help="seconds to wait for drain")
+    parser.add_argument("--rss", type=_numbers, help="new-head counts: measure memory instead")
     args = parser.parse_args()
-
-    with tempfile.TemporaryDirectory() as tmp:
-        storage_url = args.storage_url or f"sqlite:///{pathlib.Path(tmp) / 'bench.db'}"
-        context = multiprocessing.get_context("spawn")
-        parent, child = context.Pipe()
-        server = context.Process(target=serve, args=(storage_url, child), daemon=True)
-        server.start()
-        address: str = parent.recv()
-        print(f"Stovepipe server on {address}, storage {storage_url}")
-
-        ping: Callable[[StovepipeClient], object] = lambda stub: stub.Ping(  # noqa: E731
-            pb.PingRequest(), timeout=30
+    backends = [name for name in args.backends.split(",") if name]
+    if args.rss:
+        for backend in backends:
+            bench_rss(backend, args.rss, clients=4)
+        return
+    print(
+        f"stovepipe serve per backend; clients {args.clients}, {args.rounds} rounds of "
+        f"{args.seconds:g} s per operation; {os.cpu_count()} CPUs"
+    )
+    rows: list[Row] = []
+    backlogs: dict[str, str] = {}
+    for backend in backends:
+        found, backlogs[backend] = bench_backend(
+            backend, args.clients, args.seconds, args.rounds, args.drain
         )
-        operations: list[tuple[str, Callable[[StovepipeClient], object]]] = [
-            ("Ingest (new head)", lambda s: s.Ingest(pb.IngestRequest(queue="moving"), timeout=30)),
-            (
-                "Ingest (same head)",
-                lambda s: s.Ingest(pb.IngestRequest(queue="steady"), timeout=30),
-            ),
-        ]
-        throughput: list[tuple[int, str, float]] = []
-        for clients in CONCURRENCY:
-            per_client = max(args.calls // clients, 10)
-            floor, floor_rate = run_clients(address, clients, per_client, ping)
-            throughput.append((clients, "Ping", floor_rate))
-            rows = []
-            for name, call in operations:
-                latency, rate = run_clients(address, clients, per_client, call)
-                rows.append((name, latency, floor))
-                throughput.append((clients, name, rate))
-            print_comparison(f"{clients} concurrent client(s); raw = Ping, same run", rows)
-
-        print("\nThroughput (calls per second, all clients together)")
-        print(f"{'clients':>8}  {'operation':<22}{'calls/s':>10}")
-        for clients, name, rate in throughput:
-            print(f"{clients:>8}  {name:<22}{rate:>10.0f}")
-        parent.close()
-        server.join(timeout=10)
+        rows += found
+        print(f"{backend}: done", file=sys.stderr, flush=True)
+    print_table(rows, backlogs)
 
 
 if __name__ == "__main__":

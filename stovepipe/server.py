@@ -432,7 +432,7 @@ def _open_configured_storage(config: configuration.Config) -> Storage:
     register_url(config.storage_url)
     configuration.prepare_default_storage(config.storage_url)
     try:
-        return open_storage(config.storage_url)
+        return open_storage(config.storage_url, workers=config.max_workers)
     except (StorageError, ValueError) as error:  # unreachable, refused, or a malformed URL
         raise configuration.ConfigError(_failed("storage", config.storage_url, error)) from None
 

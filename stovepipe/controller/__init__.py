@@ -5,12 +5,18 @@ consumer fails closed."""
 from stovepipe.controller.build import BuildController
 from stovepipe.controller.buildsignal import BuildSignalController
 from stovepipe.controller.deadletter import DeadLetterController
-from stovepipe.controller.ingest import InconsistentState, IngestController, InvalidQueue
+from stovepipe.controller.ingest import (
+    Admission,
+    InconsistentState,
+    IngestController,
+    InvalidQueue,
+)
 from stovepipe.controller.pipeline import subscribe_pipeline
 from stovepipe.controller.process import ProcessController
 from stovepipe.controller.record import RecordController
 
 __all__ = [
+    "Admission",
     "BuildController",
     "BuildSignalController",
     "DeadLetterController",

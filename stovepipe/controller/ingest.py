@@ -9,15 +9,30 @@ makes ingest safe under races and crashes:
    crashed caller never wrote;
 3. a new request is stamped as its queue's ``latest_request_id`` (the queue is created if
    absent), which moves forward only, by request number;
-4. while the request is ``accepted`` it is (re)published to the process stage, whose
-   consumer is idempotent, so a publish lost to a crash is repeated by the next ingest. A
-   queue without a build runner is ingest-only: nothing is published for it.
+4. the call that wrote the row publishes it to the process stage. A queue without a build
+   runner is ingest-only: nothing is published for it.
+
+A poller asks for the same head again and again, so an unchanged head is answered from the
+mapping alone: one storage read, none once this process has seen the head (the mapping never
+changes once written, so it is kept in a bounded in-process cache), no write and no publish.
+Recovery of a publish lost to a crash is then the job of a periodic check: at most once per
+``republish_interval`` per request, an unchanged head's row is read again (healed if
+missing) and, while the request is still ``accepted``, published again; the process stage's
+consumer is idempotent. A check that finds the request past ``accepted`` ends the checks for
+it, since no request goes back. A call of this process that failed part-way has the next
+call for the same head check at once.
 """
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import logging
+import math
+import threading
+import time
 from collections.abc import Callable
+from typing import Final
 
 from stovepipe.controller.queues import stamp_latest
 from stovepipe.entity import Request, RequestState
@@ -29,6 +44,18 @@ from stovepipe.storage import AlreadyExists, NotFound, Storage, limits
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_CACHE_SIZE: Final = 4096
+"""Heads whose mapping one controller remembers (least recently asked for goes first): a few
+hundred bytes each, so about a megabyte at most."""
+
+DEFAULT_REPUBLISH_INTERVAL: Final = 30.0
+"""Seconds between two checks of one unchanged head whose request may still need publishing."""
+
+_NOW: Final = -math.inf
+"""A check due at once."""
+_NEVER: Final = math.inf
+"""No check due ever again: the request is past ``accepted``."""
+
 
 class InvalidQueue(ValueError):
     """The queue name is empty, longer than the storage limit, or not valid Unicode text."""
@@ -36,6 +63,17 @@ class InvalidQueue(ValueError):
 
 class InconsistentState(RuntimeError):
     """Stored state contradicts itself, e.g. a request whose uri differs from its mapping."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Admission:
+    """The request a queue's head maps to: its ``id``, ``queue`` and ``uri``, and whether this
+    call ``created`` its row (admitted it)."""
+
+    id: str
+    queue: str
+    uri: str
+    created: bool
 
 
 def check_queue(queue: object) -> str:
@@ -55,10 +93,54 @@ def check_queue(queue: object) -> str:
     return queue
 
 
+class _Heads:
+    """A bounded, thread-safe map from ``(queue, uri)`` to the request id and the time (on
+    the controller's clock) its next check is due; least recently used entries go first."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._entries: collections.OrderedDict[tuple[str, str], tuple[str, float]] = (
+            collections.OrderedDict()
+        )
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def take(self, key: tuple[str, str], now: float, interval: float) -> tuple[str, bool] | None:
+        """The id mapped to ``key`` and whether its check is due now, or ``None`` if unknown.
+        A due check is taken: it is not due again for ``interval`` seconds, so racing callers
+        do not all check."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            self._entries.move_to_end(key)
+            request_id, due = entry
+            if due > now:
+                return request_id, False
+            self._entries[key] = (request_id, now + interval)
+            return request_id, True
+
+    def put(self, key: tuple[str, str], request_id: str, due: float, *, new: bool = False) -> None:
+        """Remember ``key``'s id and when its check is due; with ``new``, only if ``key`` is
+        not remembered yet (a concurrent admission's own entry wins)."""
+        with self._lock:
+            if new and key in self._entries:
+                return
+            self._entries[key] = (request_id, due)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+
+
 class IngestController:
     """Admits a queue's head commit as one request, idempotently on ``(queue, uri)``.
 
-    Thread-safe, and safe across processes sharing one storage backend.
+    Thread-safe, and safe across processes sharing one storage backend. ``cache_size``
+    (at least 1) bounds the heads remembered; ``republish_interval`` is the seconds between
+    two checks of an unchanged head (see the module's notes), on ``clock`` (seconds).
     """
 
     def __init__(
@@ -67,41 +149,90 @@ class IngestController:
         sourcecontrol: SourceControlFactory,
         publisher: Publisher,
         builds: Callable[[str], bool] = lambda queue: True,
+        *,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+        republish_interval: float = DEFAULT_REPUBLISH_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """``builds(queue)`` says whether the queue has a build runner (else: ingest-only)."""
+        """``builds(queue)`` says whether the queue has a build runner (else: ingest-only).
+        Raises ``ValueError`` if ``cache_size`` is below 1 or ``republish_interval`` is
+        negative."""
+        if cache_size < 1:
+            raise ValueError(f"cache_size must be at least 1, not {cache_size}")
+        if not republish_interval >= 0:
+            raise ValueError(f"republish_interval must be >= 0 seconds, not {republish_interval}")
         self._storage = storage
         self._sourcecontrol = sourcecontrol
         self._publisher = publisher
         self._builds = builds
+        self._heads = _Heads(cache_size)
+        self._interval = republish_interval
+        self._clock = clock
 
-    def ingest(self, queue: str) -> Request:
-        """Admit ``queue``'s current head and return its stored request.
+    def ingest(self, queue: str) -> Admission:
+        """Admit ``queue``'s current head and return the request it maps to.
 
-        The same head always yields the same request, whoever asks and however often.
+        The same head always yields the same request id, whoever asks and however often.
         Raises :class:`InvalidQueue`, SourceControl's ``NotFound`` for an unknown queue or
         ref, ``Unavailable`` (storage or SourceControl) for transient faults, and
-        :class:`InconsistentState` if the stored request contradicts its mapping.
+        :class:`InconsistentState` if the stored request contradicts its mapping (found when
+        the head is admitted or checked).
         """
         check_queue(queue)
         uri = self._sourcecontrol.for_queue(queue).latest()
-        request_id = self._claim_id(queue, uri)
-        request, created = self._ensure_request(request_id, queue, uri)
-        if created:
-            stamp_latest(self._storage, queue, request.id)
-        if request.state == RequestState.ACCEPTED and self._builds(queue):
-            payload = encode_process_request(ProcessRequest(id=request.id, queue=queue))
-            # The request id names the message: while one is pending, republishing the same
-            # head (every poll of an unchanged ref) adds nothing to the topic.
-            self._publisher.publish(TOPIC_PROCESS, queue, payload, message_id=request.id)
-        return request
+        key = (queue, uri)
+        known = self._heads.take(key, self._clock(), self._interval)
+        if known is None:
+            try:
+                request_id = self._storage.request_uris.get_id_by_uri(queue, uri)
+            except NotFound:
+                return self._admit(queue, uri)
+            self._heads.put(key, request_id, self._clock() + self._interval, new=True)
+            return Admission(request_id, queue, uri, created=False)
+        request_id, due = known
+        if not due:
+            return Admission(request_id, queue, uri, created=False)
+        return self._settle(queue, uri, request_id, checking=True)
 
-    def _claim_id(self, queue: str, uri: str) -> str:
-        """Return the id mapped to ``(queue, uri)``, minting and claiming one if none is."""
-        uris = self._storage.request_uris
+    def cached_heads(self) -> int:
+        """How many heads this controller remembers now (at most ``cache_size``)."""
+        return len(self._heads)
+
+    def _admit(self, queue: str, uri: str) -> Admission:
+        """Claim a new head and write its request (or adopt a racer's)."""
+        request_id, minted = self._claim_id(queue, uri)
+        return self._settle(queue, uri, request_id, checking=False, minted=minted)
+
+    def _settle(
+        self, queue: str, uri: str, request_id: str, *, checking: bool, minted: bool = False
+    ) -> Admission:
+        """Ensure the row of ``request_id`` (``minted``: by this call, so no row is expected);
+        stamp and publish it if this call wrote it, or (``checking``) republish it while it is
+        still accepted. Remember when to check next; on failure, check at the next call."""
+        key = (queue, uri)
         try:
-            return uris.get_id_by_uri(queue, uri)
-        except NotFound:
-            pass
+            request, created = self._ensure_request(request_id, queue, uri, minted)
+            if created:
+                stamp_latest(self._storage, queue, request.id)
+            accepted = request.state == RequestState.ACCEPTED
+            if accepted and (created or checking) and self._builds(queue):
+                if not created:
+                    logger.debug("republishing %r: still accepted at a check", request.id)
+                payload = encode_process_request(ProcessRequest(id=request.id, queue=queue))
+                # The request id names the message: while one is pending, a republish (a
+                # periodic check, or a retry after a crash) adds nothing to the topic.
+                self._publisher.publish(TOPIC_PROCESS, queue, payload, message_id=request.id)
+        except BaseException:
+            self._heads.put(key, request_id, _NOW)
+            raise
+        due = self._clock() + self._interval if accepted else _NEVER
+        self._heads.put(key, request_id, due)
+        return Admission(request.id, queue, uri, created)
+
+    def _claim_id(self, queue: str, uri: str) -> tuple[str, bool]:
+        """Mint an id and claim ``(queue, uri)`` with it, after a lookup found no mapping;
+        return it and ``True``, or the winner's id and ``False`` if a racer claimed first."""
+        uris = self._storage.request_uris
         n = self._storage.counter.next(f"request/{queue}")
         candidate = f"request/{queue}/{n}"
         try:
@@ -115,19 +246,28 @@ class IngestController:
                     f"mapping ({queue!r}, {uri!r}) exists by create but not by read"
                 ) from error
             logger.debug("lost the claim on %r %r to %r", queue, uri, winner)
-            return winner
+            return winner, False
         logger.info("claimed %r for queue %r at %r", candidate, queue, uri)
-        return candidate
+        return candidate, True
 
-    def _ensure_request(self, request_id: str, queue: str, uri: str) -> tuple[Request, bool]:
+    def _ensure_request(
+        self, request_id: str, queue: str, uri: str, minted: bool
+    ) -> tuple[Request, bool]:
         """Return the stored request ``request_id``, creating it if the row is missing, and
-        whether this call created it."""
+        whether this call created it. A ``minted`` id (numbers are never drawn twice) has no
+        row yet, so the create is tried first: one round trip fewer for a new head."""
         requests = self._storage.requests
+        fresh = Request(request_id, queue, uri, RequestState.ACCEPTED, 1)
+        if minted:
+            try:
+                requests.create(fresh)
+                return fresh, True
+            except AlreadyExists:
+                pass  # only stored state that contradicts itself: the check below says so
         created = False
         try:
             request = requests.get(request_id)
         except NotFound:
-            fresh = Request(request_id, queue, uri, RequestState.ACCEPTED, 1)
             try:
                 requests.create(fresh)
                 request, created = fresh, True

@@ -8,8 +8,8 @@ The request moves to ``processing`` *before* its slot is counted: a crash betwee
 leaves the queue counting one request too few (a later build may start one early), never a
 slot that nothing frees. A request waiting for a slot is not held in the messaging queue: the
 stage that frees a slot publishes the queue's newest head again (see
-:func:`stovepipe.controller.buildsignal.settle_request`), and each ingest of a waiting head
-republishes it too.
+:func:`stovepipe.controller.buildsignal.settle_request`), and ingest republishes a waiting
+head too, at most once per republish interval.
 """
 
 from __future__ import annotations

@@ -36,11 +36,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import secrets
 import sqlite3
 import threading
-import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final, Protocol
 
@@ -50,7 +50,7 @@ from stovepipe.messaging.brokered import Delivery, MessagingError, MessagingUnav
 from stovepipe.messaging.contract import Message
 from stovepipe.messaging.inprocess import DeadLetter
 from stovepipe.storage import sqlite as sqlite_url
-from stovepipe.storage.sqlite import create_tables, use_wal
+from stovepipe.storage.sqlite import create_tables, use_wal, writer_lock
 
 logger = logging.getLogger(__name__)
 
@@ -166,6 +166,9 @@ class Dialect:
     # statement that reads, then writes after another writer, without waiting (BUSY_SNAPSHOT);
     # BEGIN IMMEDIATE takes the write lock first, waiting up to the busy timeout.
     explicit_writes: bool = False
+    # Held around every write transaction: SQLite's writers of one file in this process
+    # queue on the lock the storage backend shares, instead of sleeping in the busy handler.
+    writer: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -465,7 +468,7 @@ class SQLBroker:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[Any]:
-        with self._cursor() as cursor:
+        with self._dialect.writer(), self._cursor() as cursor:
             cursor.execute(self._dialect.begin)
             try:
                 yield cursor
@@ -620,14 +623,8 @@ def sqlite_broker(url: str, *, visibility_timeout: float) -> SQLBroker:
             create_tables(connection, _SQLITE_MESSAGE_ID_INDEX + ";")
     except sqlite3.Error as error:
         raise _sqlite_error(error) from error
-    return SQLBroker(
-        SQLITE_DIALECT, _ThreadConnections(connect), visibility_timeout=visibility_timeout
+    # Writers of this file in this process queue on the lock the storage backend shares.
+    dialect = dataclasses.replace(
+        SQLITE_DIALECT, writer=functools.partial(writer_lock(path).held, timeout)
     )
-
-
-def _options(query: str, allowed: set[str], scheme: str) -> dict[str, str]:
-    options = dict(urllib.parse.parse_qsl(query, strict_parsing=bool(query)))
-    unknown = set(options) - allowed
-    if unknown:
-        raise ValueError(f"unknown {scheme} queue URL options: {', '.join(sorted(unknown))}")
-    return options
+    return SQLBroker(dialect, _ThreadConnections(connect), visibility_timeout=visibility_timeout)

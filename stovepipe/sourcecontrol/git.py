@@ -10,6 +10,11 @@ URIs are ``git://<remote>/<repo>/<ref>/<sha>``: ``<remote>`` defaults to ``local
 ``<repo>`` to the repository's directory name (without a ``.git`` suffix), and ``<ref>`` is
 the ref as configured, less a leading ``refs/heads/``.
 
+libgit2 keeps the objects it parses in a cache shared by every repository of the process, up to
+256 MiB by default; a server that reads each new head's commit would grow by that much before
+the cache evicted anything. The cache is bounded here to :data:`OBJECT_CACHE_BYTES`, so the
+server's memory stays flat however many heads it sees.
+
 History follows first parents from the head: the commits the branch itself pointed at in a
 merge-based workflow, newest first. ``is_ancestor`` uses the full commit graph, like
 ``git merge-base --is-ancestor``.
@@ -66,6 +71,18 @@ _REPOSITORY_ENVIRONMENT: Final = frozenset(
 # A promotion retries its compare-and-swap this often when other promoters keep winning.
 _PROMOTE_ATTEMPTS: Final = 20
 
+OBJECT_CACHE_BYTES: Final = 2 * 2**20
+"""The most parsed git objects libgit2 keeps in memory, in bytes, for the whole process: the
+heads and the history walks around them fit, and it is a few seconds' work to reparse."""
+
+
+def bound_object_cache() -> None:
+    """Bound libgit2's process-wide object cache to :data:`OBJECT_CACHE_BYTES` (idempotent).
+    A setting of the whole process; a lower bound already set is kept."""
+    _current, limit = pygit2.settings.cached_memory
+    if limit > OBJECT_CACHE_BYTES:
+        pygit2.settings.cache_max_size(OBJECT_CACHE_BYTES)
+
 
 class GitSourceControl:
     """One ref of a local git repository. Thread-safe.
@@ -104,6 +121,7 @@ class GitSourceControl:
                     "promoting would rewind the branch being watched"
                 )
             self._promote_ref = full
+        bound_object_cache()
         try:
             self._repository = pygit2.Repository(os.fspath(path))
         except pygit2.GitError as error:

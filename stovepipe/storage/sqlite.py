@@ -9,18 +9,27 @@ crash of the process).
 
 Each thread gets its own connection in autocommit mode and every operation is one statement,
 so the file can be shared by a server's thread pool and by several processes (WAL journal).
+
+SQLite lets one writer at a time into a file, and a writer that finds the lock taken sleeps in
+its busy handler, in steps of up to 100 ms, however soon the lock is free again. So the
+writers of one process queue on one in-process lock per file (:func:`writer_lock`, keyed by
+the file's real path, shared with the SQLite messaging queue in the same file) and reach the
+file one after another, woken as soon as the writer before them is done; only writers in
+other processes still meet in the busy handler. Readers take no lock (WAL).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import pathlib
 import queue
 import sqlite3
 import threading
 import time
 import urllib.parse
+import weakref
 from collections.abc import Iterator
 
 from stovepipe.entity import (
@@ -156,6 +165,44 @@ def _missing_request_columns(connection: sqlite3.Connection) -> list[str]:
     return [column for column in _REQUEST_COLUMNS_ADDED if column not in present]
 
 
+class WriterLock:
+    """Serializes this process's writers of one SQLite file (see the module's notes)."""
+
+    def __init__(self) -> None:
+        # Re-entrant: a writer that nests another write on the same file in the same thread
+        # then waits on SQLite's own lock, bounded by its timeout, instead of forever here.
+        self._lock = threading.RLock()
+
+    @contextlib.contextmanager
+    def held(self, timeout: float) -> Iterator[None]:
+        """Hold the lock for one write transaction; ``Unavailable`` (transient) if other
+        writers of this process held it for ``timeout`` seconds."""
+        if not self._lock.acquire(timeout=timeout):
+            raise Unavailable(f"sqlite: other writers held the file for {timeout} s")
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+
+_writer_locks: weakref.WeakValueDictionary[str, WriterLock] = weakref.WeakValueDictionary()
+_writer_locks_guard = threading.Lock()
+
+
+def writer_lock(path: str) -> WriterLock:
+    """The writer lock of the SQLite file at ``path`` in this process: the same object for
+    every path naming the same file (by real path) while anyone holds it; a private one for
+    ``:memory:``, which is a new database on each connection."""
+    if path == ":memory:" or path.startswith("file:"):
+        return WriterLock()
+    key = os.path.realpath(path)
+    with _writer_locks_guard:
+        lock = _writer_locks.get(key)
+        if lock is None:
+            lock = _writer_locks[key] = WriterLock()
+        return lock
+
+
 class _Connections:
     """A pool of connections: each operation borrows one, so threads may come and go."""
 
@@ -164,6 +211,7 @@ class _Connections:
         self._timeout = timeout
         self._synchronous = synchronous
         self._idle: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
+        self._writer = writer_lock(path)
         self._lock = threading.Lock()
         self._all: list[sqlite3.Connection] = []
         self._closed = False
@@ -181,6 +229,12 @@ class _Connections:
             raise _mapped(error) from None
         finally:
             self._idle.put(connection)
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """:meth:`borrow`, holding the file's writer lock: for a statement that writes."""
+        with self._writer.held(self._timeout), self.borrow() as connection:
+            yield connection
 
     def _connect(self) -> sqlite3.Connection:
         with self._lock:
@@ -212,7 +266,7 @@ class SQLiteRequestStore:
         self._connections = connections
 
     def create(self, request: Request) -> None:
-        with self._connections.borrow() as connection:
+        with self._connections.write() as connection:
             try:
                 connection.execute(
                     "INSERT INTO request (id, queue, uri, state, version, build_strategy, base_uri)"
@@ -253,7 +307,7 @@ class SQLiteRequestStore:
         )
 
     def update(self, request: Request, *, old_version: int, new_version: int) -> None:
-        with self._connections.borrow() as connection:
+        with self._connections.write() as connection:
             cursor = connection.execute(
                 "UPDATE request SET uri = ?, state = ?, build_strategy = ?, base_uri = ?,"
                 " version = ? WHERE id = ? AND version = ?",
@@ -277,7 +331,7 @@ class SQLiteRequestURIStore:
         self._connections = connections
 
     def create(self, queue: str, uri: str, request_id: str) -> None:
-        with self._connections.borrow() as connection:
+        with self._connections.write() as connection:
             try:
                 connection.execute(
                     "INSERT INTO request_uri (queue, uri, request_id) VALUES (?, ?, ?)",
@@ -302,7 +356,7 @@ class SQLiteCounter:
         self._connections = connections
 
     def next(self, domain: str) -> int:
-        with self._connections.borrow() as connection:
+        with self._connections.write() as connection:
             # fetchall, not fetchone: the statement (and its write lock) ends when drained.
             [(value,)] = connection.execute(
                 "INSERT INTO counter (domain, value) VALUES (?, 1)"
@@ -318,7 +372,7 @@ class SQLiteQueueStore:
         self._connections = connections
 
     def create(self, queue: Queue) -> None:
-        with self._connections.borrow() as connection:
+        with self._connections.write() as connection:
             try:
                 connection.execute(
                     "INSERT INTO queue (name, latest_request_id, last_green_uri,"
@@ -347,7 +401,7 @@ class SQLiteQueueStore:
         return Queue(name, *row)
 
     def update(self, queue: Queue, *, old_version: int, new_version: int) -> None:
-        with self._connections.borrow() as connection:
+        with self._connections.write() as connection:
             cursor = connection.execute(
                 "UPDATE queue SET latest_request_id = ?, last_green_uri = ?,"
                 " last_green_request_id = ?, in_flight = ?, version = ?"
@@ -371,7 +425,7 @@ class SQLiteBuildStore:
         self._connections = connections
 
     def create(self, build: Build) -> None:
-        with self._connections.borrow() as connection:
+        with self._connections.write() as connection:
             try:
                 connection.execute(
                     "INSERT INTO build (id, request_id, status, log, version)"
@@ -398,7 +452,7 @@ class SQLiteBuildStore:
         )
 
     def update(self, build: Build, *, old_version: int, new_version: int) -> None:
-        with self._connections.borrow() as connection:
+        with self._connections.write() as connection:
             cursor = connection.execute(
                 "UPDATE build SET status = ?, log = ?, version = ? WHERE id = ? AND version = ?",
                 (str(build.status), build.log, new_version, build.id, old_version),
@@ -412,7 +466,7 @@ class SQLiteFactStore:
         self._connections = connections
 
     def create(self, fact: Fact) -> None:
-        with self._connections.borrow() as connection:
+        with self._connections.write() as connection:
             try:
                 connection.execute(
                     "INSERT INTO fact (queue, uri, project, degree, request_id, created_at)"

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
+import inspect
 import urllib.parse
 from types import TracebackType
-from typing import Self
+from typing import Any, Self, cast
 
 from stovepipe.entity import Build, BuildStatus, BuildStrategy, Fact, Queue, Request, RequestState
 from stovepipe.redaction import redact
@@ -237,11 +238,13 @@ def installed_schemes() -> list[str]:
     return sorted({ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)})
 
 
-def open_storage(url: str) -> Storage:
+def open_storage(url: str, *, workers: int | None = None) -> Storage:
     """Open the storage a URL names; its scheme picks the backend.
 
     ``memory://``, ``sqlite:///path/to/file`` ship with Stovepipe; other backends register
     an opener under the ``stovepipe.storage`` entry-point group, named by their scheme.
+    ``workers`` is how many threads will call the storage at once (a server's RPC threads):
+    an opener that takes a ``workers`` keyword gets it, to size a connection pool by default.
     Raises :class:`UnknownBackend` naming the installed schemes when none matches, and
     ``Unavailable`` if the backend cannot be reached.
     """
@@ -253,4 +256,6 @@ def open_storage(url: str) -> Storage:
             f"installed: {', '.join(s + '://' for s in installed_schemes()) or 'none'}"
         )
     opener: BackendOpener = next(iter(matches)).load()
+    if workers is not None and "workers" in inspect.signature(opener).parameters:
+        return Storage(cast(Any, opener)(url, workers=workers))
     return Storage(opener(url))

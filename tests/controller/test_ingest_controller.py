@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from stovepipe.controller import InconsistentState, IngestController, InvalidQueue
+from stovepipe.controller import Admission, InconsistentState, IngestController, InvalidQueue
+from stovepipe.controller.ingest import DEFAULT_REPUBLISH_INTERVAL
 from stovepipe.entity import Request, RequestState
 from stovepipe.messaging import TOPIC_PROCESS
 from stovepipe.messaging.codec import decode_process_request
@@ -57,19 +58,32 @@ class RecordingPublisher:
             self.message_ids.append(message_id)
 
 
+class FakeClock:
+    """Seconds that pass only when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @dataclasses.dataclass
 class World:
     storage: Storage
     source: FakeSourceControl
     publisher: RecordingPublisher
     controller: IngestController
+    clock: FakeClock
 
 
 def make_world(storage: Storage, *queues: str) -> World:
     source = FakeSourceControl(["c1"], name="monorepo")
     publisher = RecordingPublisher()
     sources = QueueMap({queue: source for queue in queues or (QUEUE,)})
-    return World(storage, source, publisher, IngestController(storage, sources, publisher))
+    clock = FakeClock()
+    controller = IngestController(storage, sources, publisher, clock=clock)
+    return World(storage, source, publisher, controller, clock)
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -99,7 +113,7 @@ def test_ingest_new_head_stores_an_accepted_request_at_version_1_and_publishes_i
     expected = Request(
         "request/monorepo/main/1", QUEUE, "fake://monorepo/c1", RequestState.ACCEPTED, 1
     )
-    assert request == expected
+    assert request == Admission(expected.id, QUEUE, expected.uri, created=True)
     assert world.storage.requests.get(request.id) == expected
     assert world.storage.request_uris.get_id_by_uri(QUEUE, "fake://monorepo/c1") == request.id
     assert world.publisher.published == [
@@ -107,13 +121,14 @@ def test_ingest_new_head_stores_an_accepted_request_at_version_1_and_publishes_i
     ]
 
 
-def test_ingest_is_idempotent_on_queue_and_uri_and_republishes_while_accepted(
+def test_ingest_is_idempotent_on_queue_and_uri_and_publishes_only_when_admitting(
     world: World,
 ) -> None:
     first = world.controller.ingest(QUEUE)
     second = world.controller.ingest(QUEUE)
-    assert second == first
-    assert [message.id for _, _, message in world.publisher.published] == [first.id, first.id]
+    assert first.created and not second.created
+    assert (second.id, second.uri) == (first.id, first.uri)
+    assert [message.id for _, _, message in world.publisher.published] == [first.id]
     assert world.storage.counter.next(f"request/{QUEUE}") == 2  # the repeat minted nothing
 
 
@@ -259,7 +274,7 @@ def test_ingest_race_32_threads_one_new_head_one_id_one_row_no_orphans(
     publisher = RecordingPublisher()
     controllers = [IngestController(storage, sources, publisher) for storage in storages]
     start = threading.Barrier(racers)
-    results: list[Request] = []
+    results: list[Admission] = []
     errors: list[BaseException] = []
     lock = threading.Lock()
 
@@ -293,7 +308,9 @@ def test_ingest_race_32_threads_one_new_head_one_id_one_row_no_orphans(
         assert int(winner.rsplit("/", 1)[1]) <= drawn
         assert stored_request_ids(storage, QUEUE, drawn) == [winner]
         assert storage.request_uris.get_id_by_uri(QUEUE, "fake://monorepo/c1") == winner
-        assert {message.id for _, _, message in publisher.published} == {winner}
+        # Exactly one racer wrote the row, and only it published.
+        assert [request.created for request in results].count(True) == 1
+        assert [message.id for _, _, message in publisher.published] == [winner]
     finally:
         for storage in storages:
             storage.close()
@@ -348,8 +365,11 @@ def test_ingest_lost_race_adopts_the_winners_id_and_leaves_no_orphan_row() -> No
     loser = make_world(Storage(WrappedBackend(backend, backend.requests, uris, backend.counter)))
     request = loser.controller.ingest(QUEUE)
     assert request.id == "request/monorepo/main/2"
+    assert not request.created
     assert stored_request_ids(plain, QUEUE, 2) == ["request/monorepo/main/2"]
-    assert [message.id for _, _, message in loser.publisher.published] == [request.id]
+    # The winner wrote the row and published it; the loser publishes nothing.
+    assert [message.id for _, _, message in winner.publisher.published] == [request.id]
+    assert loser.publisher.published == []
 
 
 def test_ingest_heals_a_mapping_whose_row_is_missing(caplog: pytest.LogCaptureFixture) -> None:
@@ -372,7 +392,7 @@ def test_ingest_heals_a_mapping_whose_row_is_missing(caplog: pytest.LogCaptureFi
     expected = Request(
         "request/monorepo/main/1", QUEUE, "fake://monorepo/c1", RequestState.ACCEPTED, 1
     )
-    assert healed == expected
+    assert healed == Admission(expected.id, QUEUE, expected.uri, created=True)
     assert plain.requests.get(healed.id) == expected
     assert [message.id for _, _, message in world.publisher.published] == [healed.id]
     assert plain.counter.next(f"request/{QUEUE}") == 2  # healing minted no new number
@@ -391,7 +411,7 @@ def test_ingest_row_created_by_a_racer_between_get_and_create_is_re_read() -> No
     world = make_world(
         Storage(WrappedBackend(backend, racing, backend.request_uris, backend.counter))
     )
-    assert world.controller.ingest(QUEUE) == row
+    assert world.controller.ingest(QUEUE) == Admission(row.id, QUEUE, row.uri, created=False)
 
 
 @pytest.mark.parametrize(
@@ -413,6 +433,9 @@ def test_ingest_stored_request_differing_from_its_mapping_raises_inconsistent_st
 ) -> None:
     world.storage.request_uris.create(QUEUE, "fake://monorepo/c1", stored.id)
     world.storage.requests.create(stored)
+    # An unchanged head is answered from its mapping; the row is read at its next check.
+    assert world.controller.ingest(QUEUE).id == stored.id
+    world.clock.now += DEFAULT_REPUBLISH_INTERVAL
     with (
         caplog.at_level(logging.ERROR, logger="stovepipe.controller.ingest"),
         pytest.raises(InconsistentState, match="does not match the mapping"),
@@ -426,6 +449,29 @@ def test_ingest_stored_request_differing_from_its_mapping_raises_inconsistent_st
 
 
 def test_ingest_publish_failure_propagates_and_the_next_ingest_republishes(world: World) -> None:
+    class FlakyPublisher(RecordingPublisher):
+        down = True
+
+        def publish(
+            self, topic: str, key: str, payload: bytes, *, message_id: str | None = None
+        ) -> None:
+            if self.down:
+                self.down = False
+                raise ConnectionError("broker down")
+            super().publish(topic, key, payload, message_id=message_id)
+
+    publisher = FlakyPublisher()
+    controller = IngestController(world.storage, QueueMap({QUEUE: world.source}), publisher)
+    with pytest.raises(ConnectionError):
+        controller.ingest(QUEUE)
+    request = controller.ingest(QUEUE)
+    assert request.id == "request/monorepo/main/1"
+    assert [message.id for _, _, message in publisher.published] == [request.id]
+
+
+def test_ingest_publish_lost_in_another_process_is_republished_after_the_interval(
+    world: World,
+) -> None:
     class DownPublisher:
         def publish(
             self, topic: str, key: str, payload: bytes, *, message_id: str | None = None
@@ -435,8 +481,12 @@ def test_ingest_publish_failure_propagates_and_the_next_ingest_republishes(world
     sources = QueueMap({QUEUE: world.source})
     with pytest.raises(ConnectionError):
         IngestController(world.storage, sources, DownPublisher()).ingest(QUEUE)
+    # This process first sees the head unchanged: answered from the mapping, no publish.
     request = world.controller.ingest(QUEUE)
     assert request.id == "request/monorepo/main/1"
+    assert world.publisher.published == []
+    world.clock.now += DEFAULT_REPUBLISH_INTERVAL
+    world.controller.ingest(QUEUE)
     assert [message.id for _, _, message in world.publisher.published] == [request.id]
 
 

@@ -1,14 +1,19 @@
-"""A minimal etcd v3 client: Range and Txn over one gRPC channel, every call under a deadline.
+"""A minimal etcd v3 client: Range and Txn over a few gRPC channels, every call under a deadline.
 
 It speaks etcd's gRPC API directly (messages compiled from ``etcdrpc/rpc.proto``), so each
 store operation is exactly the request it appears to be: no hidden reads, retries or
 connection checks. gRPC errors become the storage contract's errors here and nowhere else.
+
+Every call of a gRPC channel goes through that channel's one connection and its completion
+queue, and threads calling at once contend there; so the client opens a small pool of
+channels, each on a connection of its own, and each thread keeps to one of them.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import grpc
@@ -47,6 +52,30 @@ CHANNEL_OPTIONS: Sequence[tuple[str, int]] = (
 )
 """Channel options of every connection; the benchmark's raw client uses the same."""
 
+DEFAULT_CHANNELS = 4
+"""Channels (connections) one client opens; threads are spread over them."""
+
+
+class _Channel:
+    """One channel and the methods the client calls on it."""
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        self.channel = channel
+        self.range = self._method("/etcdserverpb.KV/Range", RangeRequest, RangeResponse)
+        self.txn = self._method("/etcdserverpb.KV/Txn", TxnRequest, TxnResponse)
+        self.authenticate = self._method(
+            "/etcdserverpb.Auth/Authenticate", AuthenticateRequest, AuthenticateResponse
+        )
+
+    def _method(
+        self, path: str, request: type[_Request], response: type[_Response]
+    ) -> grpc.UnaryUnaryMultiCallable[_Request, _Response]:
+        return self.channel.unary_unary(
+            path,
+            request_serializer=request.SerializeToString,
+            response_deserializer=response.FromString,
+        )
+
 
 def mapped_error(error: grpc.RpcError, target: str) -> StorageError:
     """The storage error for a failed call: transient faults are ``Unavailable``."""
@@ -59,7 +88,7 @@ def mapped_error(error: grpc.RpcError, target: str) -> StorageError:
 
 
 class EtcdClient:
-    """One channel to an etcd endpoint, shared by every thread (gRPC channels are thread-safe).
+    """``channels`` channels to an etcd endpoint (at least 1), each thread keeping to one.
 
     With ``user`` set, the client authenticates on first use and again whenever the server
     rejects its token as expired or invalid (the server checks the token before it applies a
@@ -74,46 +103,53 @@ class EtcdClient:
         credentials: grpc.ChannelCredentials | None = None,
         user: str | None = None,
         password: str = "",
+        channels: int = DEFAULT_CHANNELS,
     ) -> None:
+        if channels < 1:
+            raise ValueError(f"an etcd client needs at least one channel, not {channels}")
         self.target = target
         self.timeout = timeout
         self._user = user
         self._password = password
         self._token_lock = threading.Lock()
         self._metadata: tuple[tuple[str, str], ...] | None = None if user else ()
-        if credentials is None:
-            self._channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
-        else:
-            self._channel = grpc.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
-        self._range = self._method("/etcdserverpb.KV/Range", RangeRequest, RangeResponse)
-        self._txn = self._method("/etcdserverpb.KV/Txn", TxnRequest, TxnResponse)
-        self._authenticate = self._method(
-            "/etcdserverpb.Auth/Authenticate", AuthenticateRequest, AuthenticateResponse
-        )
+        # Channels with equal options would share one connection (gRPC's global subchannel
+        # pool); a local pool gives each channel its own.
+        options = [*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
+        self._channels = [
+            _Channel(
+                grpc.insecure_channel(target, options=options)
+                if credentials is None
+                else grpc.secure_channel(target, credentials, options=options)
+            )
+            for _ in range(channels)
+        ]
+        self._assigned = itertools.count()
+        self._local = threading.local()
 
-    def _method(
-        self, path: str, request: type[_Request], response: type[_Response]
-    ) -> grpc.UnaryUnaryMultiCallable[_Request, _Response]:
-        return self._channel.unary_unary(
-            path,
-            request_serializer=request.SerializeToString,
-            response_deserializer=response.FromString,
-        )
+    def _mine(self) -> _Channel:
+        """The calling thread's channel, assigned round robin on its first call."""
+        channel: _Channel | None = getattr(self._local, "channel", None)
+        if channel is None:
+            channel = self._channels[next(self._assigned) % len(self._channels)]
+            self._local.channel = channel
+        return channel
 
     def range(self, key: bytes, timeout: float | None = None) -> RangeResponse:
         """A linearizable read of one key."""
-        return self._call(self._range, RangeRequest(key=key), timeout)
+        return self._call(lambda channel: channel.range, RangeRequest(key=key), timeout)
 
     def txn(self, request: TxnRequest, timeout: float | None = None) -> TxnResponse:
         """One transaction: compares, then the success or the failure operations."""
-        return self._call(self._txn, request, timeout)
+        return self._call(lambda channel: channel.txn, request, timeout)
 
     def _call(
         self,
-        method: grpc.UnaryUnaryMultiCallable[_Request, _Response],
+        method_of: Callable[[_Channel], grpc.UnaryUnaryMultiCallable[_Request, _Response]],
         request: _Request,
         timeout: float | None,
     ) -> _Response:
+        method = method_of(self._mine())
         # The caller's deadline, if sooner, bounds the call too (DeadlineExceeded if passed).
         timeout = resilience.bounded(self.timeout if timeout is None else timeout)
         metadata = self._metadata
@@ -142,7 +178,7 @@ class EtcdClient:
             if self._metadata is not None and self._metadata is not stale:
                 return self._metadata
             try:
-                response = self._authenticate(
+                response = self._mine().authenticate(
                     AuthenticateRequest(name=self._user, password=self._password),
                     timeout=timeout,
                 )
@@ -157,8 +193,9 @@ class EtcdClient:
             self._authenticated(stale=None, timeout=self.timeout)
 
     def close(self) -> None:
-        """Close the channel; calls in flight fail. Idempotent."""
-        self._channel.close()
+        """Close the channels; calls in flight fail. Idempotent."""
+        for channel in self._channels:
+            channel.channel.close()
 
 
 def _token_rejected(error: grpc.RpcError) -> bool:

@@ -629,16 +629,17 @@ class MySQLBackend:
         self._database.close()
 
 
-def open_backend(url: str) -> MySQLBackend:
+def open_backend(url: str, *, workers: int | None = None) -> MySQLBackend:
     """Entry point for ``mysql://user:password@host:port/database?options``.
 
     Connects and checks that the schema's tables and columns exist before returning, so an
     unreachable server raises ``Unavailable`` here, and wrong credentials or a database without
     the schema, or without its latest migration, ``StorageError`` (whose message says to run
     ``stovepipe migrate URL``). With
-    ``?migrate=true`` applies the schema first.
+    ``?migrate=true`` applies the schema first. ``workers`` sizes the connection pool unless
+    the URL sets ``pool_size``.
     """
-    options = parse_url(url)
+    options = parse_url(url, workers=workers)
     if options.migrate:
         from stovepipe_mysql.migrations import migrate_options  # imports this module
 

@@ -8,8 +8,9 @@ percent-decoded, the port defaults to 3306 and the database is required. Query o
     Seconds (float, default 5) bounding each step of every call: connecting, sending a
     statement, waiting for its answer, and waiting for a free pooled connection.
 ``pool_size``
-    Most connections open at once (default 10). A call that finds them all busy waits up to
-    ``timeout`` for one.
+    Most storage connections open at once; by default the number of threads that call the
+    storage at once (a server's ``max_workers``), else 10. Connections open on demand, so
+    an idle server holds few. A call that finds them all busy waits up to ``timeout``.
 ``ssl_ca``, ``ssl_cert``, ``ssl_key``
     PEM files: the CA that signs the server's certificate, and a client certificate and key.
 ``ssl_verify``
@@ -112,9 +113,11 @@ class MySQLOptions:
         return arguments
 
 
-def parse_url(url: str) -> MySQLOptions:
+def parse_url(url: str, *, workers: int | None = None) -> MySQLOptions:
     """Parse ``mysql://user:password@host:port/database?options``; raise ``ValueError`` with
-    one line (the URL redacted) if malformed. Options follow :mod:`stovepipe.urloptions`."""
+    one line (the URL redacted) if malformed. Options follow :mod:`stovepipe.urloptions`.
+
+    ``workers`` (threads that will call the storage at once) is the default ``pool_size``."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme != "mysql":
         raise ValueError(f"not a mysql URL: scheme {parts.scheme!r}")
@@ -136,7 +139,7 @@ def parse_url(url: str) -> MySQLOptions:
         database=database,
         # PyMySQL's own bound on connect_timeout: a year.
         timeout=options.seconds("timeout", DEFAULT_TIMEOUT, maximum=MAX_TIMEOUT),
-        pool_size=options.integer("pool_size", DEFAULT_POOL_SIZE, minimum=1),
+        pool_size=options.integer("pool_size", workers or DEFAULT_POOL_SIZE, minimum=1),
         ssl_ca=options.optional_text("ssl_ca"),
         ssl_cert=options.optional_text("ssl_cert"),
         ssl_key=options.optional_text("ssl_key"),
