@@ -453,13 +453,15 @@ class BlockingMessaging:
         self.unblocked.set()
         self.waiting = 0
 
-    def publish(self, topic: str, key: str, payload: bytes) -> None:
+    def publish(
+        self, topic: str, key: str, payload: bytes, *, message_id: str | None = None
+    ) -> None:
         self.waiting += 1
         try:
             self.unblocked.wait(timeout=TIMEOUT)
         finally:
             self.waiting -= 1
-        self._messaging.publish(topic, key, payload)
+        self._messaging.publish(topic, key, payload, message_id=message_id)
 
     def __getattr__(self, attribute: str) -> Any:
         return getattr(self._messaging, attribute)
