@@ -152,6 +152,9 @@ class StovepipeServer:
         if tokens:
             # After metrics, so refused calls are counted with their status.
             interceptors.append(auth.TokenAuthInterceptor(tokens))
+        # Last, around the servicers' own handlers: a stream refused by a token holds no slot.
+        self.streams = StreamLimit(stream_limit(max_workers))
+        interceptors.append(self.streams)
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
             interceptors=interceptors,
@@ -309,6 +312,96 @@ class _ShutdownGate(grpc.ServerInterceptor):
         return auth.denied(
             handler, grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry"
         )
+
+
+def stream_limit(max_workers: int) -> int:
+    """How many streaming calls may hold a thread at once among ``max_workers``: a quarter
+    (at least 1), so the other threads stay free for Ping, health and unary calls."""
+    return max(1, max_workers // 4)
+
+
+class StreamLimit(grpc.ServerInterceptor):
+    """At most ``limit`` streaming calls (reflection, health ``Watch``) run at once; one more
+    fails at once with ``RESOURCE_EXHAUSTED``.
+
+    Why: gRPC serves each call on one of the ``max_workers`` threads for as long as the call
+    lasts, and a stream lasts as long as its caller keeps it open, sending nothing or not.
+    Without a limit, as many idle streams as there are threads leave none for Ping and
+    health (the rule "Ping, health and reflection always have a thread"). Unary calls are
+    not limited here (their storage calls have bulkheads of their own).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._slots = threading.BoundedSemaphore(limit)
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._limited(handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                self._limited_unary(handler.stream_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                self._limited(handler.stream_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    def _slot(self, context: grpc.ServicerContext) -> Callable[[], None]:
+        """Take a slot (abort ``RESOURCE_EXHAUSTED`` if none is free); returns its release,
+        which runs once whether the handler ends or gRPC ends the call first."""
+        if not self._slots.acquire(blocking=False):
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"too many streaming calls at once (at most {self.limit}); retry later",
+            )
+        lock = threading.Lock()
+        held = [True]
+
+        def release() -> None:
+            with lock:
+                if held[0]:
+                    held[0] = False
+                    self._slots.release()
+
+        context.add_callback(release)
+        return release
+
+    def _limited(self, behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+        def limited(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            release = self._slot(context)
+            try:
+                yield from behavior(request, context)
+            finally:
+                release()
+
+        return limited
+
+    def _limited_unary(self, behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+        def limited(request: Any, context: grpc.ServicerContext) -> Any:
+            release = self._slot(context)
+            try:
+                return behavior(request, context)
+            finally:
+                release()
+
+        return limited
 
 
 def probe_bind(listen: str, host: str, port: int) -> None:
