@@ -102,14 +102,21 @@ def parse_tokens(text: str, source: str) -> list[Token]:
 
 
 def read_tokens_file(path: pathlib.Path) -> list[Token]:
-    """The tokens in the file at ``path``; :class:`TokenError` if unreadable or malformed."""
+    """The tokens in the file at ``path``; :class:`TokenError` if unreadable, malformed or
+    holding no token (empty, or comments only): a tokens file is there to turn
+    authentication on, and one that held none would silently leave every call allowed."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise TokenError(f"cannot read tokens_file {path}: {error.strerror}") from None
     except UnicodeDecodeError:
         raise TokenError(f"tokens_file {path} is not UTF-8 text") from None
-    return parse_tokens(text, f"tokens_file {path}")
+    tokens = parse_tokens(text, f"tokens_file {path}")
+    if not tokens:
+        raise TokenError(
+            f"tokens_file {path} holds no token; add SCOPE TOKEN lines, or unset tokens_file"
+        )
+    return tokens
 
 
 def _digest(value: str | bytes) -> bytes:
