@@ -198,3 +198,12 @@ def test_a_tokens_variable_set_without_tokens_is_refused_at_start(
     with pytest.raises(config.ConfigError, match="STOVEPIPE_TOKENS is set but holds no token"):
         config.load(file, environ={"STOVEPIPE_TOKENS": value}, cwd=tmp_path)
     assert config.load(file, environ={}, cwd=tmp_path).tokens == ()
+
+
+def test_a_tls_option_on_a_plain_redis_url_is_refused_at_start(tmp_path: pathlib.Path) -> None:
+    url = "redis://:pw-for-redis@127.0.0.1:6379/0?ssl_password=x"
+    file = write_config(tmp_path, f'storage_url = "{url}"\n[queues.q]\n{FAKE}')
+    result = run_cli("serve", "--listen", "127.0.0.1:0", "--config", str(file), cwd=tmp_path)
+    line = one_line_exit_2(result.stderr, result.returncode)
+    assert "ssl_password is a TLS option: use rediss://" in line
+    assert "pw-for-redis" not in line
