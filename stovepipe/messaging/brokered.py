@@ -39,6 +39,13 @@ DEFAULT_MAX_BACKOFF_SECONDS: Final = 30.0
 DEFAULT_VISIBILITY_TIMEOUT: Final = 30.0
 DEFAULT_WORKERS: Final = 4
 DEFAULT_POLL_INTERVAL: Final = 0.1
+CLAIM_BACKOFF_CAP: Final = 5.0
+"""Seconds a worker waits at most between two claims that failed: after a failure it waits
+a poll interval, doubled after each further failure up to this, so a broker that refuses
+(credentials changed) is not asked thousands of times a minute, and one that comes back is
+claimed from again within this many seconds."""
+WARNING_INTERVAL: Final = 10.0
+"""Seconds between two warnings of the same failure; the repeats between are counted."""
 
 
 class MessagingUnavailable(Unavailable):
@@ -157,6 +164,7 @@ class BrokeredMessaging:
         self._renew_interval = renew_interval
         self._metrics = metrics if metrics is not None else MessagingMetrics()
         self._handlers: dict[str, Handler] = {}
+        self._claim_warnings = _RateLimitedWarnings(WARNING_INTERVAL)
         self._condition = threading.Condition()
         self._published = 0  # wakes idle workers when this process publishes
         self._started = False
@@ -251,6 +259,7 @@ class BrokeredMessaging:
 
     def _work(self) -> None:
         seen = -1
+        backoff = 0.0  # seconds to wait after the last failed claim; 0: it did not fail
         while True:
             with self._condition:
                 if self._stopping:
@@ -261,9 +270,14 @@ class BrokeredMessaging:
             if topics:
                 try:
                     delivery = self.broker.claim(topics)
+                    backoff = 0.0
                 except Exception as error:
                     self._metrics.broker_errors.labels("claim").inc()
-                    logger.warning("claiming a message failed: %s", error)
+                    self._claim_warnings.warn(f"claiming a message failed: {error}")
+                    backoff = min(max(backoff * 2, self._poll_interval), CLAIM_BACKOFF_CAP)
+                    with self._condition:  # a publish does not end it: the broker is failing
+                        self._condition.wait_for(lambda: self._stopping, backoff)
+                    continue
             if delivery is None:
                 self._idle(seen)
                 continue
@@ -379,3 +393,32 @@ class BrokeredMessaging:
             except Exception as error:
                 self._metrics.broker_errors.labels("renew").inc()
                 logger.warning("renewing delivery leases failed: %s", error)
+
+
+class _RateLimitedWarnings:
+    """Logs a warning, and the same text again at most once per ``interval`` seconds with the
+    number of repeats in between; thread-safe. Each worker meets a broker's refusal on its
+    own, and logging each meeting would bury the log."""
+
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}  # text -> when it was last logged
+        self._repeats: dict[str, int] = {}
+
+    def warn(self, text: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            last = self._last.get(text)
+            if last is not None and now - last < self._interval:
+                self._repeats[text] = self._repeats.get(text, 0) + 1
+                return
+            repeats = self._repeats.pop(text, 0)
+            since = now - last if last is not None else 0.0
+            if len(self._last) > 100:  # texts not seen for a while: forget them
+                self._last = {t: at for t, at in self._last.items() if now - at < self._interval}
+            self._last[text] = now
+        if repeats:
+            logger.warning("%s (%d more times in the last %.0f s)", text, repeats, since)
+        else:
+            logger.warning("%s", text)
