@@ -582,19 +582,22 @@ def build_server(config: configuration.Config) -> StovepipeServer:
 
 def server_tls(config: configuration.Config) -> auth.ServerTLS | None:
     """The listener's TLS material as ``config`` names it (``None``: plaintext); a file that
-    cannot be read, or does not hold PEM, is a :class:`ConfigError`."""
+    cannot be read, does not hold PEM, or cannot serve (a key that does not match the
+    certificate, say: see :func:`auth.check_server_files`) is a :class:`ConfigError`."""
     if config.tls_cert is None or config.tls_key is None:
         return None
     try:
-        return auth.ServerTLS(
+        tls = auth.ServerTLS(
             certificate=auth.read_pem(config.tls_cert, "tls_cert"),
             key=auth.read_pem(config.tls_key, "tls_key"),
             client_ca=auth.read_pem(config.tls_client_ca, "tls_client_ca")
             if config.tls_client_ca is not None
             else None,
         )
+        auth.check_server_files(config.tls_cert, config.tls_key, config.tls_client_ca)
     except ValueError as error:
         raise configuration.ConfigError(str(error)) from None
+    return tls
 
 
 def messaging_url_of(config: configuration.Config) -> str:
