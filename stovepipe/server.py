@@ -189,13 +189,19 @@ class StovepipeServer:
         the port may call, and everything travels in clear text."""
         self._stopped = threading.Event()
         self._ready = True
+        self._serving = False  # set once start() has succeeded
 
     def start(self) -> None:
-        """Start delivering messages, serving RPCs and metrics; report SERVING."""
-        self.messaging.start()
-        self._server.start()
+        """Start serving metrics, delivering messages and serving RPCs; report SERVING.
+
+        Metrics first: a port that cannot be bound (``OSError``) fails start-up before any
+        caller could reach the gRPC listener, and :meth:`stop` then skips ``shutdown_delay``.
+        """
         if self._metrics_listen:
             self.metrics_port = self.metrics.serve(self._metrics_listen)
+        self.messaging.start()
+        self._server.start()
+        self._serving = True
         if self.exposed:
             logger.warning(
                 "listening on %s with neither TLS nor tokens: anyone who reaches the port may "
@@ -228,11 +234,11 @@ class StovepipeServer:
 
     def stop(self, grace: float = configuration.DEFAULT_GRACE_PERIOD) -> bool:
         """Report NOT_SERVING and keep serving for ``shutdown_delay`` seconds (so load
-        balancers that watch health stop sending calls), then refuse new calls, let in-flight
-        calls finish for up to ``grace`` seconds, stop the messaging queue within the rest of
-        ``grace`` (at least half a second; the in-process queue delivers what it holds
-        first), then close metrics and storage. The whole takes at most about
-        ``shutdown_delay + grace`` seconds.
+        balancers that watch health stop sending calls; not if :meth:`start` failed), then
+        refuse new calls, let in-flight calls finish for up to ``grace`` seconds, stop the
+        messaging queue within the rest of ``grace`` (at least half a second; the in-process
+        queue delivers what it holds first), then close metrics and storage. The whole takes
+        at most about ``shutdown_delay + grace`` seconds.
 
         Returns whether everything drained. If a call is still running after ``grace`` (stuck
         in a backend, say), its thread keeps the storage it uses open and the caller should
@@ -242,7 +248,9 @@ class StovepipeServer:
             return True
         self._stopped.set()
         self.health.enter_graceful_shutdown()
-        if self._shutdown_delay > 0:
+        # Load balancers learn of a server from its health; one that never started serving
+        # was never announced, so there is nobody to wait for.
+        if self._shutdown_delay > 0 and self._serving:
             logger.info(
                 "health reports NOT_SERVING; serving %g s more before draining",
                 self._shutdown_delay,

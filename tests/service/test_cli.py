@@ -241,6 +241,36 @@ def test_serve_on_a_port_in_use_prints_exactly_one_line_and_no_grpc_log(
     ]
 
 
+def test_a_start_up_failure_fails_before_the_listener_and_skips_the_shutdown_delay(
+    start_server: StartServer, tmp_path: pathlib.Path
+) -> None:
+    """The metrics port is taken: start-up fails at once, without ``shutdown_delay``'s wait
+    for load balancers (none was ever told the server is serving)."""
+    taken = start_server({}).address
+    delay = 30.0
+    config = tmp_path / "s.toml"
+    config.write_text(
+        f"shutdown_delay = {delay}\n" + FAKE_CONFIG.format(db=tmp_path / "s.db"), encoding="utf-8"
+    )
+    started = time.monotonic()
+    result = run_cli(
+        "serve",
+        "--config",
+        str(config),
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        taken,
+        timeout=2 * delay,
+    )
+    elapsed = time.monotonic() - started
+    assert result.returncode == cli.EXIT_USAGE
+    assert result.stderr.splitlines() == [
+        f"stovepipe: cannot serve metrics on {taken}: Address already in use"
+    ], result.stderr
+    assert elapsed < delay / 2, elapsed
+
+
 def test_migrate_runs_the_migration_a_backend_registers_for_its_scheme(
     tmp_path: pathlib.Path,
 ) -> None:
