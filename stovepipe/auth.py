@@ -237,32 +237,48 @@ def read_pem(path: pathlib.Path, setting: str) -> bytes:
 def check_server_files(
     certificate: pathlib.Path, key: pathlib.Path, client_ca: pathlib.Path | None
 ) -> None:
-    """Check that the listener's PEM files can serve, as OpenSSL reads them: ``certificate``
-    holds a certificate, ``key`` an unencrypted private key that matches it, ``client_ca``
-    (if given) a certificate. Raises ``ValueError`` naming the setting and the file.
+    """Check that the listener's PEM files can serve (see :func:`check_tls_files`), named
+    by their settings ``tls_cert``, ``tls_key`` and ``tls_client_ca``.
 
     Why here: gRPC reports each of these at bind time only as "failed to bind".
     """
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    for setting, path in (("tls_cert", certificate), ("tls_client_ca", client_ca)):
+    check_tls_files(certificate, key, client_ca, names=("tls_cert", "tls_key", "tls_client_ca"))
+
+
+def check_tls_files(
+    certificate: str | pathlib.Path | None,
+    key: str | pathlib.Path | None,
+    ca: str | pathlib.Path | None,
+    *,
+    names: tuple[str, str, str],
+) -> None:
+    """Check PEM files as OpenSSL reads them: ``certificate`` and ``ca`` (each if given) hold
+    a certificate, ``key`` (with ``certificate``) an unencrypted private key that matches it.
+    Raises ``ValueError`` naming the file by ``names`` (certificate's, key's, CA's: a setting
+    or a flag), one line."""
+    cert_name, key_name, ca_name = names
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    for name, path in ((cert_name, certificate), (ca_name, ca)):
         if path is None:
             continue
         try:
             context.load_verify_locations(cafile=path)
         except (ssl.SSLError, OSError):
-            raise ValueError(f"{setting} {path}: no certificate can be read from it") from None
+            raise ValueError(f"{name} {path}: no certificate can be read from it") from None
+    if certificate is None or key is None:
+        return
 
     def encrypted() -> bytes:
-        raise ValueError(f"tls_key {key} is encrypted; the server needs it unencrypted")
+        raise ValueError(f"{key_name} {key} is encrypted; it must be given unencrypted")
 
     try:
         context.load_cert_chain(certificate, key, password=encrypted)
     except ssl.SSLError as error:
         if error.reason == "KEY_VALUES_MISMATCH":
-            raise ValueError(f"tls_key {key} does not match tls_cert {certificate}") from None
-        raise ValueError(f"tls_key {key}: no private key can be read from it") from None
+            raise ValueError(f"{key_name} {key} does not match {cert_name} {certificate}") from None
+        raise ValueError(f"{key_name} {key}: no private key can be read from it") from None
     except OSError as error:
-        raise ValueError(f"cannot read tls_key {key}: {error.strerror}") from None
+        raise ValueError(f"cannot read {key_name} {key}: {error.strerror}") from None
 
 
 def is_loopback(host: str) -> bool:

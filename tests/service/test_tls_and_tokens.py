@@ -205,6 +205,24 @@ def test_the_cli_refuses_a_certificate_without_its_key(certificates: Certificate
     assert result.stderr == "stovepipe: --cert and --key go together\n"
 
 
+def test_the_clis_own_tls_mistakes_are_usage_errors_not_an_unreachable_server(
+    certificates: Certificates, tmp_path: pathlib.Path
+) -> None:
+    """A key that does not match ``--cert``, or a ``--ca`` that holds no certificate, is the
+    caller's to fix: exit status 2 and one line naming the flag, before any connection."""
+    (tmp_path / "not-a-ca.pem").write_text("-----BEGIN CERTIFICATE-----\nbm9wZQ==\n")
+    cases = (
+        (["--cert", str(certificates.client_cert), "--key", str(certificates.server_key)], "--key"),
+        (["--ca", str(tmp_path / "not-a-ca.pem")], "--ca"),
+        (["--cert", str(certificates.client_key), "--key", str(certificates.client_key)], "--cert"),
+    )
+    for flags, named in cases:
+        result = run_cli("ping", "--server", "127.0.0.1:1", "--timeout", "3", *flags)
+        assert result.returncode == cli.EXIT_USAGE, result.stderr
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert result.stderr.startswith(f"stovepipe: {named} "), result.stderr
+
+
 def run_with_env(args: list[str], environment: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*stovepipe_command(), *args],
