@@ -8,6 +8,8 @@ value of a query option whose name says it holds one (``ssl_password``, any ``*p
 
 * :func:`redact` masks one URL for display.
 * :func:`redact_text` masks free text (an error message, a driver's exception, a log line).
+* :class:`RedactingFilter`, installed on every log handler by :func:`install_log_filter`,
+  passes each record through :func:`redact_text` (its exception text included).
 
 Masking is structural: in anything shaped like a URL (``scheme://...``) the password of the
 user information and the values of secret options are masked where they stand, and the
@@ -19,8 +21,6 @@ least :data:`MIN_FREE_TEXT_LENGTH` characters and is not the name of a URL schem
 text: a shorter one would match ordinary words and so garble the message and show where the
 secret is, and messages name schemes in words ("redis URL"). Such a secret is still masked
 in its URL.
-* :class:`RedactingFilter`, installed on every log handler by :func:`install_log_filter`,
-  passes each record through :func:`redact_text` (its exception text included).
 """
 
 from __future__ import annotations
