@@ -342,6 +342,9 @@ class StreamLimit(grpc.ServerInterceptor):
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._slots = threading.BoundedSemaphore(limit)
+        self._lock = threading.Lock()
+        self.in_use = 0
+        """Streaming calls running now."""
 
     def intercept_service(
         self,
@@ -379,14 +382,17 @@ class StreamLimit(grpc.ServerInterceptor):
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"too many streaming calls at once (at most {self.limit}); retry later",
             )
-        lock = threading.Lock()
+        with self._lock:
+            self.in_use += 1
         held = [True]
 
         def release() -> None:
-            with lock:
-                if held[0]:
-                    held[0] = False
-                    self._slots.release()
+            with self._lock:
+                if not held[0]:
+                    return
+                held[0] = False
+                self.in_use -= 1
+            self._slots.release()
 
         context.add_callback(release)
         return release

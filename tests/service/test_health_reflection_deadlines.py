@@ -195,9 +195,10 @@ def test_ping_health_and_reflection_always_have_a_thread(start_server: StartServ
         reflection.ServerReflectionInfo(idle(), timeout=TIMEOUT) for _ in range(3 * max_workers)
     ]
     try:
-        started = time.monotonic()
-        while time.monotonic() - started < 0.5:  # let the streams reach the server's threads
-            time.sleep(0.05)
+        deadline = time.monotonic() + TIMEOUT
+        while running.server.streams.in_use < running.server.streams.limit:
+            assert time.monotonic() < deadline, "the idle streams never reached the server"
+            time.sleep(0.01)
         running.client.Ping(pb.PingRequest(), timeout=3)
         health = health_pb2_grpc.HealthStub(running.channel)
         response = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=3)
