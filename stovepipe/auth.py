@@ -24,6 +24,7 @@ import ipaddress
 import pathlib
 import re
 import socket
+import ssl
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -102,14 +103,21 @@ def parse_tokens(text: str, source: str) -> list[Token]:
 
 
 def read_tokens_file(path: pathlib.Path) -> list[Token]:
-    """The tokens in the file at ``path``; :class:`TokenError` if unreadable or malformed."""
+    """The tokens in the file at ``path``; :class:`TokenError` if unreadable, malformed or
+    holding no token (empty, or comments only): a tokens file is there to turn
+    authentication on, and one that held none would silently leave every call allowed."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise TokenError(f"cannot read tokens_file {path}: {error.strerror}") from None
     except UnicodeDecodeError:
         raise TokenError(f"tokens_file {path} is not UTF-8 text") from None
-    return parse_tokens(text, f"tokens_file {path}")
+    tokens = parse_tokens(text, f"tokens_file {path}")
+    if not tokens:
+        raise TokenError(
+            f"tokens_file {path} holds no token; add SCOPE TOKEN lines, or unset tokens_file"
+        )
+    return tokens
 
 
 def _digest(value: str | bytes) -> bytes:
@@ -224,6 +232,53 @@ def read_pem(path: pathlib.Path, setting: str) -> bytes:
     if b"-----BEGIN " not in data:
         raise ValueError(f"{setting} {path} is not a PEM file")
     return data
+
+
+def check_server_files(
+    certificate: pathlib.Path, key: pathlib.Path, client_ca: pathlib.Path | None
+) -> None:
+    """Check that the listener's PEM files can serve (see :func:`check_tls_files`), named
+    by their settings ``tls_cert``, ``tls_key`` and ``tls_client_ca``.
+
+    Why here: gRPC reports each of these at bind time only as "failed to bind".
+    """
+    check_tls_files(certificate, key, client_ca, names=("tls_cert", "tls_key", "tls_client_ca"))
+
+
+def check_tls_files(
+    certificate: str | pathlib.Path | None,
+    key: str | pathlib.Path | None,
+    ca: str | pathlib.Path | None,
+    *,
+    names: tuple[str, str, str],
+) -> None:
+    """Check PEM files as OpenSSL reads them: ``certificate`` and ``ca`` (each if given) hold
+    a certificate, ``key`` (with ``certificate``) an unencrypted private key that matches it.
+    Raises ``ValueError`` naming the file by ``names`` (certificate's, key's, CA's: a setting
+    or a flag), one line."""
+    cert_name, key_name, ca_name = names
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    for name, path in ((cert_name, certificate), (ca_name, ca)):
+        if path is None:
+            continue
+        try:
+            context.load_verify_locations(cafile=path)
+        except (ssl.SSLError, OSError):
+            raise ValueError(f"{name} {path}: no certificate can be read from it") from None
+    if certificate is None or key is None:
+        return
+
+    def encrypted() -> bytes:
+        raise ValueError(f"{key_name} {key} is encrypted; it must be given unencrypted")
+
+    try:
+        context.load_cert_chain(certificate, key, password=encrypted)
+    except ssl.SSLError as error:
+        if error.reason == "KEY_VALUES_MISMATCH":
+            raise ValueError(f"{key_name} {key} does not match {cert_name} {certificate}") from None
+        raise ValueError(f"{key_name} {key}: no private key can be read from it") from None
+    except OSError as error:
+        raise ValueError(f"cannot read {key_name} {key}: {error.strerror}") from None
 
 
 def is_loopback(host: str) -> bool:

@@ -28,7 +28,8 @@ or a server given as ``https://HOST:PORT`` (verified against the system's roots 
 are their defaults. A bearer token is read from ``--token-file FILE`` (default
 ``$STOVEPIPE_TOKEN_FILE``) or ``$STOVEPIPE_TOKEN``, never from the command line. Failures
 are one line on stderr and a non-zero exit: 1 for an error the server reported, 2 for bad
-usage or configuration, 3 when the server cannot be reached.
+usage or configuration (TLS files that cannot be used included), 3 when the server cannot be
+reached. Flags are never abbreviated.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from typing import Any
 import grpc
 
 import stovepipe
+from stovepipe import auth
 from stovepipe import config as configuration
 from stovepipe.client import StovepipeClient, connect
 from stovepipe.redaction import install_log_filter, redact, redact_text, register_secret
@@ -83,8 +85,10 @@ _TRANSIENT = frozenset(
     }
 )
 
-# The servicer ends the detail of its UNAVAILABLE answers so (see stovepipe.service).
-_SERVER_UNAVAILABLE_MARK = "is unavailable; retry later"
+# The server words every UNAVAILABLE answer of its own with a retry hint ("storage is
+# unavailable; retry later", "...; retry in 250 ms", "the server is shutting down; retry":
+# see stovepipe.service and stovepipe.server); gRPC's own, for a server never reached, not.
+_SERVER_UNAVAILABLE_MARK = "; retry"
 
 logger = logging.getLogger("stovepipe")
 
@@ -119,8 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    # No abbreviated flags: argparse would read "--token X" as "--token-file X".
     parser = argparse.ArgumentParser(
-        prog="stovepipe", description="Tells at which commit a branch is green."
+        prog="stovepipe", description="Tells at which commit a branch is green.", allow_abbrev=False
     )
     parser.add_argument("--version", action="version", version=stovepipe.__version__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -240,6 +245,8 @@ def _parser() -> argparse.ArgumentParser:
     conformance.add_argument("url")
     conformance.add_argument("pytest_arguments", nargs=argparse.REMAINDER)
     conformance.set_defaults(handler=_conformance)
+    for command in commands.choices.values():
+        command.allow_abbrev = False
     return parser
 
 
@@ -413,6 +420,15 @@ def _stub(args: argparse.Namespace) -> tuple[grpc.Channel, StovepipeClient, str]
     }
     if ("certificate_chain" in pem) != ("private_key" in pem):
         raise CommandError("--cert and --key go together", EXIT_USAGE)
+    try:  # gRPC would report a bad file only as a server it cannot reach
+        auth.check_tls_files(
+            args.cert or os.environ.get(CERT_ENV),
+            args.key or os.environ.get(KEY_ENV),
+            args.ca or os.environ.get(CA_ENV),
+            names=("--cert", "--key", "--ca"),
+        )
+    except ValueError as error:
+        raise CommandError(str(error), EXIT_USAGE) from None
     channel = connect(address, tls=https, token=_token(args), **pem)
     return channel, StovepipeClient(channel), address
 

@@ -391,12 +391,18 @@ def _serving_under_faults(settings: Mapping[str, object], max_workers: int) -> d
 
 def _tokens(path: pathlib.Path | None, environ: Mapping[str, str]) -> tuple[auth.Token, ...]:
     """The tokens of ``tokens_file`` and ``$STOVEPIPE_TOKENS``; each registered as a secret,
-    so no log line shows one."""
+    so no log line shows one. Either one given but holding no token is a :class:`ConfigError`:
+    read as "no tokens", it would turn authentication off."""
     try:
         tokens = auth.read_tokens_file(path) if path is not None else []
-        tokens += auth.parse_tokens(environ.get(auth.TOKENS_ENV, ""), auth.TOKENS_ENV)
+        from_environment = auth.parse_tokens(environ.get(auth.TOKENS_ENV, ""), auth.TOKENS_ENV)
     except auth.TokenError as error:
         raise ConfigError(str(error)) from None
+    if auth.TOKENS_ENV in environ and not from_environment:
+        raise ConfigError(
+            f"{auth.TOKENS_ENV} is set but holds no token; set SCOPE TOKEN entries, or unset it"
+        )
+    tokens += from_environment
     values = [token.value for token in tokens]
     if len(set(values)) != len(values):
         raise ConfigError(f"a token is given both in tokens_file and in {auth.TOKENS_ENV}")

@@ -74,7 +74,9 @@ class CircuitOpen(Rejected):
 
 
 class DeadlineExceeded(Unavailable):
-    """The caller's deadline passed before the call could start; nothing was done."""
+    """The caller's deadline passed: before the call could start (nothing was done), or
+    during a backend call it bounded (the outcome is unknown). Either way the caller ran out
+    of time, which says nothing of the backend's health: circuit breakers do not count it."""
 
 
 # --- deadlines ----------------------------------------------------------------------------
@@ -289,7 +291,9 @@ class Guard:
     def call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``function(*args, **kwargs)``, unless the deadline has passed
         (:class:`DeadlineExceeded`), the breaker is open (:class:`CircuitOpen`) or the
-        bulkhead is full (:class:`Overloaded`)."""
+        bulkhead is full (:class:`Overloaded`). The breaker counts ``Unavailable`` as a
+        failure, except :class:`DeadlineExceeded`: the caller's own deadline running out
+        says nothing of the dependency."""
         left = remaining()
         if left is not None and left <= 0:
             raise DeadlineExceeded("the caller's deadline passed before the call started")

@@ -152,6 +152,9 @@ class StovepipeServer:
         if tokens:
             # After metrics, so refused calls are counted with their status.
             interceptors.append(auth.TokenAuthInterceptor(tokens))
+        # Last, around the servicers' own handlers: a stream refused by a token holds no slot.
+        self.streams = StreamLimit(stream_limit(max_workers))
+        interceptors.append(self.streams)
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
             interceptors=interceptors,
@@ -186,13 +189,19 @@ class StovepipeServer:
         the port may call, and everything travels in clear text."""
         self._stopped = threading.Event()
         self._ready = True
+        self._serving = False  # set once start() has succeeded
 
     def start(self) -> None:
-        """Start delivering messages, serving RPCs and metrics; report SERVING."""
-        self.messaging.start()
-        self._server.start()
+        """Start serving metrics, delivering messages and serving RPCs; report SERVING.
+
+        Metrics first: a port that cannot be bound (``OSError``) fails start-up before any
+        caller could reach the gRPC listener, and :meth:`stop` then skips ``shutdown_delay``.
+        """
         if self._metrics_listen:
             self.metrics_port = self.metrics.serve(self._metrics_listen)
+        self.messaging.start()
+        self._server.start()
+        self._serving = True
         if self.exposed:
             logger.warning(
                 "listening on %s with neither TLS nor tokens: anyone who reaches the port may "
@@ -225,11 +234,11 @@ class StovepipeServer:
 
     def stop(self, grace: float = configuration.DEFAULT_GRACE_PERIOD) -> bool:
         """Report NOT_SERVING and keep serving for ``shutdown_delay`` seconds (so load
-        balancers that watch health stop sending calls), then refuse new calls, let in-flight
-        calls finish for up to ``grace`` seconds, stop the messaging queue within the rest of
-        ``grace`` (at least half a second; the in-process queue delivers what it holds
-        first), then close metrics and storage. The whole takes at most about
-        ``shutdown_delay + grace`` seconds.
+        balancers that watch health stop sending calls; not if :meth:`start` failed), then
+        refuse new calls, let in-flight calls finish for up to ``grace`` seconds, stop the
+        messaging queue within the rest of ``grace`` (at least half a second; the in-process
+        queue delivers what it holds first), then close metrics and storage. The whole takes
+        at most about ``shutdown_delay + grace`` seconds.
 
         Returns whether everything drained. If a call is still running after ``grace`` (stuck
         in a backend, say), its thread keeps the storage it uses open and the caller should
@@ -239,7 +248,9 @@ class StovepipeServer:
             return True
         self._stopped.set()
         self.health.enter_graceful_shutdown()
-        if self._shutdown_delay > 0:
+        # Load balancers learn of a server from its health; one that never started serving
+        # was never announced, so there is nobody to wait for.
+        if self._shutdown_delay > 0 and self._serving:
             logger.info(
                 "health reports NOT_SERVING; serving %g s more before draining",
                 self._shutdown_delay,
@@ -312,6 +323,102 @@ class _ShutdownGate(grpc.ServerInterceptor):
         return auth.denied(
             handler, grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry"
         )
+
+
+def stream_limit(max_workers: int) -> int:
+    """How many streaming calls may hold a thread at once among ``max_workers``: a quarter
+    (at least 1), so the other threads stay free for Ping, health and unary calls."""
+    return max(1, max_workers // 4)
+
+
+class StreamLimit(grpc.ServerInterceptor):
+    """At most ``limit`` streaming calls (reflection, health ``Watch``) run at once; one more
+    fails at once with ``RESOURCE_EXHAUSTED``.
+
+    Why: gRPC serves each call on one of the ``max_workers`` threads for as long as the call
+    lasts, and a stream lasts as long as its caller keeps it open, sending nothing or not.
+    Without a limit, as many idle streams as there are threads leave none for Ping and
+    health (the rule "Ping, health and reflection always have a thread"). Unary calls are
+    not limited here (their storage calls have bulkheads of their own).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._slots = threading.BoundedSemaphore(limit)
+        self._lock = threading.Lock()
+        self.in_use = 0
+        """Streaming calls running now."""
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._limited(handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                self._limited_unary(handler.stream_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                self._limited(handler.stream_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    def _slot(self, context: grpc.ServicerContext) -> Callable[[], None]:
+        """Take a slot (abort ``RESOURCE_EXHAUSTED`` if none is free); returns its release,
+        which runs once whether the handler ends or gRPC ends the call first."""
+        if not self._slots.acquire(blocking=False):
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"too many streaming calls at once (at most {self.limit}); retry later",
+            )
+        with self._lock:
+            self.in_use += 1
+        held = [True]
+
+        def release() -> None:
+            with self._lock:
+                if not held[0]:
+                    return
+                held[0] = False
+                self.in_use -= 1
+            self._slots.release()
+
+        context.add_callback(release)
+        return release
+
+    def _limited(self, behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+        def limited(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            release = self._slot(context)
+            try:
+                yield from behavior(request, context)
+            finally:
+                release()
+
+        return limited
+
+    def _limited_unary(self, behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+        def limited(request: Any, context: grpc.ServicerContext) -> Any:
+            release = self._slot(context)
+            try:
+                return behavior(request, context)
+            finally:
+                release()
+
+        return limited
 
 
 def probe_bind(listen: str, host: str, port: int) -> None:
@@ -492,19 +599,22 @@ def build_server(config: configuration.Config) -> StovepipeServer:
 
 def server_tls(config: configuration.Config) -> auth.ServerTLS | None:
     """The listener's TLS material as ``config`` names it (``None``: plaintext); a file that
-    cannot be read, or does not hold PEM, is a :class:`ConfigError`."""
+    cannot be read, does not hold PEM, or cannot serve (a key that does not match the
+    certificate, say: see :func:`auth.check_server_files`) is a :class:`ConfigError`."""
     if config.tls_cert is None or config.tls_key is None:
         return None
     try:
-        return auth.ServerTLS(
+        tls = auth.ServerTLS(
             certificate=auth.read_pem(config.tls_cert, "tls_cert"),
             key=auth.read_pem(config.tls_key, "tls_key"),
             client_ca=auth.read_pem(config.tls_client_ca, "tls_client_ca")
             if config.tls_client_ca is not None
             else None,
         )
+        auth.check_server_files(config.tls_cert, config.tls_key, config.tls_client_ca)
     except ValueError as error:
         raise configuration.ConfigError(str(error)) from None
+    return tls
 
 
 def messaging_url_of(config: configuration.Config) -> str:

@@ -52,6 +52,13 @@ their poll interval has doubled up to its cap (a publish in this process wakes o
 DEFAULT_TRANSIENT_RETRY_SECONDS: Final = 3600.0
 """How long a message whose handler meets transient faults (an engine unreachable) is retried
 without counting attempts, and how long a settlement is retried, from the first fault."""
+CLAIM_BACKOFF_CAP: Final = 5.0
+"""Seconds a worker waits at most between two claims that failed: after a failure it waits
+a poll interval, doubled after each further failure up to this, so a broker that refuses
+(credentials changed) is not asked thousands of times a minute, and one that comes back is
+claimed from again within this many seconds."""
+WARNING_INTERVAL: Final = 10.0
+"""Seconds between two warnings of the same failure; the repeats between are counted."""
 
 
 class _StopWhenSet(tenacity.stop.stop_base):
@@ -186,6 +193,7 @@ class BrokeredMessaging:
         # Set once stop() gave up waiting: workers stop retrying their broker calls.
         self._abandon = threading.Event()
         self._handlers: dict[str, Handler] = {}
+        self._claim_warnings = _RateLimitedWarnings(WARNING_INTERVAL)
         self._condition = threading.Condition()
         self._published = 0  # wakes idle workers when this process publishes
         self._started = False
@@ -315,8 +323,8 @@ class BrokeredMessaging:
 
     def _consume(self) -> None:
         seen = -1
-        failures = 0  # claims failed in a row
         empty = 0  # claims that found nothing in a row
+        backoff = 0.0  # seconds to wait after the last failed claim; 0: it did not fail
         while True:
             with self._condition:
                 if self._stopping:
@@ -328,23 +336,18 @@ class BrokeredMessaging:
             if topics:
                 try:
                     delivery = self.broker.claim(topics)
-                    failures = 0
+                    backoff = 0.0
                     # Idle: ask less and less often, so that the workers together send at
                     # most IDLE_REQUESTS_PER_SECOND claims; a publish here wakes one at once.
                     empty = 0 if delivery is not None else empty + 1
                     wait = min(self._poll_interval * 2 ** max(0, empty - 1), self._idle_wait)
                 except Exception as error:
                     self._metrics.broker_errors.labels("claim").inc()
-                    failures += 1
-                    # Back off, capped; one warning per doubling, not one per poll.
-                    wait = min(self._poll_interval * 2**failures, self._max_backoff_seconds)
-                    if failures & (failures - 1) == 0:
-                        logger.warning(
-                            "claiming a message failed %d times in a row, next try in %.1f s: %s",
-                            failures,
-                            wait,
-                            error,
-                        )
+                    self._claim_warnings.warn(f"claiming a message failed: {error}")
+                    backoff = min(max(backoff * 2, self._poll_interval), CLAIM_BACKOFF_CAP)
+                    with self._condition:  # a publish does not end it: the broker is failing
+                        self._condition.wait_for(lambda: self._stopping, backoff)
+                    continue
             if delivery is None:
                 self._idle(seen, wait)
                 continue
@@ -557,3 +560,32 @@ class BrokeredMessaging:
             except Exception as error:
                 self._metrics.broker_errors.labels("renew").inc()
                 logger.warning("renewing delivery leases failed: %s", error)
+
+
+class _RateLimitedWarnings:
+    """Logs a warning, and the same text again at most once per ``interval`` seconds with the
+    number of repeats in between; thread-safe. Each worker meets a broker's refusal on its
+    own, and logging each meeting would bury the log."""
+
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}  # text -> when it was last logged
+        self._repeats: dict[str, int] = {}
+
+    def warn(self, text: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            last = self._last.get(text)
+            if last is not None and now - last < self._interval:
+                self._repeats[text] = self._repeats.get(text, 0) + 1
+                return
+            repeats = self._repeats.pop(text, 0)
+            since = now - last if last is not None else 0.0
+            if len(self._last) > 100:  # texts not seen for a while: forget them
+                self._last = {t: at for t, at in self._last.items() if now - at < self._interval}
+            self._last[text] = now
+        if repeats:
+            logger.warning("%s (%d more times in the last %.0f s)", text, repeats, since)
+        else:
+            logger.warning("%s", text)

@@ -241,6 +241,60 @@ def test_serve_on_a_port_in_use_prints_exactly_one_line_and_no_grpc_log(
     ]
 
 
+def test_a_start_up_failure_fails_before_the_listener_and_skips_the_shutdown_delay(
+    start_server: StartServer, tmp_path: pathlib.Path
+) -> None:
+    """The metrics port is taken: start-up fails at once, without ``shutdown_delay``'s wait
+    for load balancers (none was ever told the server is serving)."""
+    taken = start_server({}).address
+    delay = 30.0
+    config = tmp_path / "s.toml"
+    config.write_text(
+        f"shutdown_delay = {delay}\n" + FAKE_CONFIG.format(db=tmp_path / "s.db"), encoding="utf-8"
+    )
+    started = time.monotonic()
+    result = run_cli(
+        "serve",
+        "--config",
+        str(config),
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        taken,
+        timeout=2 * delay,
+    )
+    elapsed = time.monotonic() - started
+    assert result.returncode == cli.EXIT_USAGE
+    assert result.stderr.splitlines() == [
+        f"stovepipe: cannot serve metrics on {taken}: Address already in use"
+    ], result.stderr
+    assert elapsed < delay / 2, elapsed
+
+
+def test_an_unavailable_answer_from_the_server_is_not_an_unreachable_server(
+    start_server: StartServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The server answered, UNAVAILABLE with its own retry hint (here: it is shutting down):
+    exit status 1 with the server's words, not 3 "cannot reach server"."""
+    running = start_server({})
+    running.server._gate.close()  # refuses every call from now on, as in a shutdown
+    status = cli.main(["ping", "--server", running.address, "--timeout", "5"])
+    err = capsys.readouterr().err
+    assert status == cli.EXIT_SERVER_ERROR, err
+    assert err == "stovepipe: UNAVAILABLE: the server is shutting down; retry\n"
+
+
+@pytest.mark.parametrize(
+    ("command", "flag"),
+    [("ping", "--token"), ("ingest", "--token"), ("worker", "--mes"), ("serve", "--met")],
+)
+def test_an_abbreviated_flag_is_refused_not_read_as_a_longer_one(command: str, flag: str) -> None:
+    """``--token X`` is no ``--token-file X`` (argparse would read a unique prefix so)."""
+    result = run_cli(*command.split(), flag, "x")
+    assert result.returncode == cli.EXIT_USAGE, result.stderr
+    assert f"unrecognized arguments: {flag}" in result.stderr
+
+
 def test_migrate_runs_the_migration_a_backend_registers_for_its_scheme(
     tmp_path: pathlib.Path,
 ) -> None:

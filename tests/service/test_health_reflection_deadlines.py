@@ -6,7 +6,8 @@ import pathlib
 import sqlite3
 import threading
 import time
-from typing import NoReturn, cast
+from collections.abc import Iterator
+from typing import Any, NoReturn, cast
 
 import grpc
 import pytest
@@ -175,3 +176,47 @@ def test_the_servicer_does_the_work_while_time_remains_or_without_a_deadline(
     context = StubContext(remaining)
     assert StovepipeServicer._run(cast(grpc.ServicerContext, context), lambda: "done") == "done"
     assert context.aborted is None
+
+
+def test_ping_health_and_reflection_always_have_a_thread(start_server: StartServer) -> None:
+    """Idle reflection streams, more of them than the server has threads, each holding its
+    call open without sending: Ping, health and a fresh reflection call still answer."""
+    max_workers = 4
+    running = start_server({}, max_workers=max_workers)
+    reflection = reflection_pb2_grpc.ServerReflectionStub(running.channel)
+    release = threading.Event()
+
+    def idle() -> Iterator[reflection_pb2.ServerReflectionRequest]:
+        release.wait(TIMEOUT)  # sends nothing until the test ends
+        return
+        yield  # a generator that yields nothing
+
+    holders = [
+        reflection.ServerReflectionInfo(idle(), timeout=TIMEOUT) for _ in range(3 * max_workers)
+    ]
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while running.server.streams.in_use < running.server.streams.limit:
+            assert time.monotonic() < deadline, "the idle streams never reached the server"
+            time.sleep(0.01)
+        running.client.Ping(pb.PingRequest(), timeout=3)
+        health = health_pb2_grpc.HealthStub(running.channel)
+        response = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=3)
+        assert response.status == health_pb2.HealthCheckResponse.SERVING
+        refused = [holder for holder in holders if _ended_with(holder, 3)]
+        assert refused, "no idle stream beyond the limit was refused"
+        assert {holder.code() for holder in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+    finally:
+        release.set()
+        for holder in holders:
+            holder.cancel()
+
+
+def _ended_with(call: Any, timeout: float) -> bool:
+    """Whether ``call`` has ended, waiting up to ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if call.done():
+            return True
+        time.sleep(0.02)
+    return False

@@ -80,3 +80,43 @@ def test_every_log_line_passes_through_the_redacting_filter(
     assert "registered-secret-value" not in caplog.text
     assert "pw-x" not in caplog.text
     assert "mysql://u:***@h/d" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("url", "message", "shown"),
+    [
+        (
+            "redis://:redis@127.0.0.1:6379/0",
+            "redis URL redis://:redis@127.0.0.1:6379/0: cannot connect",
+            "redis URL redis://:***@127.0.0.1:6379/0: cannot connect",
+        ),
+        (
+            "redis://:e@127.0.0.1:6379/0",
+            "redis URL redis://:e@127.0.0.1:6379/0 has an invalid port",
+            "redis URL redis://:***@127.0.0.1:6379/0 has an invalid port",
+        ),
+        (
+            "rediss://h:6379/0?ssl_password=a&ssl_keyfile=/k.pem",
+            "rediss://h:6379/0?ssl_password=a&ssl_keyfile=/k.pem: ssl_password does not decrypt",
+            "rediss://h:6379/0?ssl_password=***&ssl_keyfile=/k.pem: ssl_password does not decrypt",
+        ),
+        (
+            "mysql://mysql:mysql@db:3306/stovepipe",
+            "mysql URL mysql://mysql:mysql@db:3306/stovepipe: access denied",
+            "mysql URL mysql://mysql:***@db:3306/stovepipe: access denied",
+        ),
+    ],
+)
+def test_redaction_masks_by_structure_so_a_short_password_neither_garbles_nor_reveals_itself(
+    url: str, message: str, shown: str
+) -> None:
+    assert redaction.redact_text(message, [url]) == shown
+    assert redaction.redact(url) in shown
+
+
+def test_a_known_secret_in_free_text_is_masked_only_whole_and_only_if_long_enough() -> None:
+    url = "redis://:pass@h:1/0?ssl_password=abc"
+    message = "AUTH pass failed (passive mode); password abc rejected; compass"
+    masked = redaction.redact_text(message, [url])
+    assert masked == "AUTH *** failed (passive mode); password abc rejected; compass"
+    assert len("abc") < redaction.MIN_FREE_TEXT_LENGTH <= len("pass")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, cast
 
@@ -501,3 +503,54 @@ def test_bulkhead_in_a_server_ingest_publishing_has_a_bulkhead_of_its_own() -> N
         messaging.unblocked.set()
         channel.close()
         server.stop(grace=0)
+
+
+def test_breaker_a_callers_own_deadline_running_out_is_no_backend_failure(
+    server_url: Callable[[str], str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Waves of calls with deadlines of a few milliseconds, from racing threads, on a healthy
+    etcd: many run out of time inside etcd, yet the breaker never opens and nothing is
+    logged as an error (etcd's "context deadline exceeded" is the caller's deadline)."""
+    url = server_url("etcd")
+    prefix = f"stovepipe-test/{uuid.uuid4().hex[:12]}/"
+    server = StovepipeServer(
+        open_storage(f"{url}{'&' if '?' in url else '?'}prefix={prefix}"),
+        QueueMap({"q": FakeSourceControl(["c1"], name="q")}),
+        listen="127.0.0.1:0",
+        max_workers=8,
+        metrics=Metrics(process_metrics=False),
+        breaker_failures=3,
+        breaker_reset=5.0,
+    )
+    breaker = server.guards["storage"].breaker
+    assert breaker is not None
+    openings: list[bool] = []
+    breaker.on_change(openings.append)
+    server.start()
+    channel = grpc.insecure_channel(server.address)
+    client = StovepipeClient(channel)
+    codes: list[grpc.StatusCode] = []
+    try:
+        client.Ingest(pb.IngestRequest(queue="q"), timeout=TIMEOUT)  # reachable and healthy
+
+        def wave(n: int) -> None:
+            for i in range(40):
+                deadline = 0.001 + ((n * 40 + i) % 15) / 1000  # 1 to 15 ms
+                try:
+                    client.GetQueue(pb.GetQueueRequest(queue="q"), timeout=deadline)
+                    codes.append(grpc.StatusCode.OK)
+                except grpc.RpcError as error:
+                    codes.append(cast(grpc.Call, error).code())
+
+        with caplog.at_level(logging.WARNING):
+            for _ in range(3):
+                run_threads(8, wave)
+    finally:
+        channel.close()
+        server.stop(grace=1)
+    assert grpc.StatusCode.DEADLINE_EXCEEDED in codes  # the deadlines were really short
+    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED}, set(codes)
+    assert openings == []
+    assert not breaker.refusing()
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == []

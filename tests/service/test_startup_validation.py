@@ -175,3 +175,35 @@ def test_a_messaging_engine_that_cannot_be_reached_or_refuses_stops_start_up_wit
     line = one_line_exit_2(result.stderr, result.returncode)
     assert line.startswith("stovepipe: messaging queue")
     assert secret not in result.stderr
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# the poller's token goes here\n  # none yet\n"])
+def test_a_tokens_file_without_tokens_is_refused_at_start_not_read_as_no_authentication(
+    text: str, tmp_path: pathlib.Path
+) -> None:
+    (tmp_path / "tokens").write_text(text, encoding="utf-8")
+    file = write_config(tmp_path, f'tokens_file = "tokens"\n[queues.q]\n{FAKE}')
+    with pytest.raises(config.ConfigError, match="holds no token"):
+        config.load(file, environ={}, cwd=tmp_path)
+    result = run_cli("serve", "--listen", "127.0.0.1:0", "--config", str(file), cwd=tmp_path)
+    line = one_line_exit_2(result.stderr, result.returncode)
+    assert "tokens_file" in line and "holds no token" in line
+
+
+@pytest.mark.parametrize("value", ["", " ", ";;", "# none\n"])
+def test_a_tokens_variable_set_without_tokens_is_refused_at_start(
+    value: str, tmp_path: pathlib.Path
+) -> None:
+    file = write_config(tmp_path, f"[queues.q]\n{FAKE}")
+    with pytest.raises(config.ConfigError, match="STOVEPIPE_TOKENS is set but holds no token"):
+        config.load(file, environ={"STOVEPIPE_TOKENS": value}, cwd=tmp_path)
+    assert config.load(file, environ={}, cwd=tmp_path).tokens == ()
+
+
+def test_a_tls_option_on_a_plain_redis_url_is_refused_at_start(tmp_path: pathlib.Path) -> None:
+    url = "redis://:pw-for-redis@127.0.0.1:6379/0?ssl_password=x"
+    file = write_config(tmp_path, f'storage_url = "{url}"\n[queues.q]\n{FAKE}')
+    result = run_cli("serve", "--listen", "127.0.0.1:0", "--config", str(file), cwd=tmp_path)
+    line = one_line_exit_2(result.stderr, result.returncode)
+    assert "ssl_password is a TLS option: use rediss://" in line
+    assert "pw-for-redis" not in line

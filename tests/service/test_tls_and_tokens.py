@@ -205,6 +205,24 @@ def test_the_cli_refuses_a_certificate_without_its_key(certificates: Certificate
     assert result.stderr == "stovepipe: --cert and --key go together\n"
 
 
+def test_the_clis_own_tls_mistakes_are_usage_errors_not_an_unreachable_server(
+    certificates: Certificates, tmp_path: pathlib.Path
+) -> None:
+    """A key that does not match ``--cert``, or a ``--ca`` that holds no certificate, is the
+    caller's to fix: exit status 2 and one line naming the flag, before any connection."""
+    (tmp_path / "not-a-ca.pem").write_text("-----BEGIN CERTIFICATE-----\nbm9wZQ==\n")
+    cases = (
+        (["--cert", str(certificates.client_cert), "--key", str(certificates.server_key)], "--key"),
+        (["--ca", str(tmp_path / "not-a-ca.pem")], "--ca"),
+        (["--cert", str(certificates.client_key), "--key", str(certificates.client_key)], "--cert"),
+    )
+    for flags, named in cases:
+        result = run_cli("ping", "--server", "127.0.0.1:1", "--timeout", "3", *flags)
+        assert result.returncode == cli.EXIT_USAGE, result.stderr
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert result.stderr.startswith(f"stovepipe: {named} "), result.stderr
+
+
 def run_with_env(args: list[str], environment: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*stovepipe_command(), *args],
@@ -275,6 +293,42 @@ def test_an_unreadable_or_non_pem_tls_file_stops_start_up_with_one_line(
         assert result.returncode == cli.EXIT_USAGE
         assert expected in result.stderr
         assert result.stderr.count("\n") == 1
+
+
+def test_a_tls_key_or_certificate_that_cannot_serve_stops_start_up_with_one_line_naming_it(
+    tmp_path: pathlib.Path, certificates: Certificates
+) -> None:
+    """Files that are PEM but cannot serve: a key that does not match the certificate, a key
+    or certificate whose PEM body is not one, a client CA that holds no certificate."""
+    broken = "-----BEGIN {0}-----\nbm90IGEga2V5\n-----END {0}-----\n"
+    (tmp_path / "broken.key").write_text(broken.format("PRIVATE KEY"))
+    (tmp_path / "broken.crt").write_text(broken.format("CERTIFICATE"))
+    server_cert, server_key = str(certificates.server_cert), str(certificates.server_key)
+    cases = (
+        (server_cert, str(certificates.client_key), None, "tls_key", "does not match tls_cert"),
+        (server_cert, "broken.key", None, "tls_key", "broken.key"),
+        ("broken.crt", server_key, None, "tls_cert", "broken.crt"),
+        (str(certificates.server_key), server_key, None, "tls_cert", "no certificate"),
+        (server_cert, server_key, "broken.crt", "tls_client_ca", "broken.crt"),
+    )
+    for cert, key, client_ca, setting, detail in cases:
+        result = run_cli(
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            str(tls_config(certificates, tmp_path)),
+            "--tls-cert",
+            cert,
+            "--tls-key",
+            key,
+            *(("--tls-client-ca", client_ca) if client_ca else ()),
+            cwd=tmp_path,
+        )
+        assert result.returncode == cli.EXIT_USAGE, (cert, key, result.stderr)
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert setting in result.stderr and detail in result.stderr, result.stderr
+        assert "cannot listen" not in result.stderr
 
 
 # --- tokens ------------------------------------------------------------------------------

@@ -77,11 +77,23 @@ class _Channel:
         )
 
 
-def mapped_error(error: grpc.RpcError, target: str) -> StorageError:
-    """The storage error for a failed call: transient faults are ``Unavailable``."""
+def mapped_error(
+    error: grpc.RpcError, target: str, *, callers_deadline: bool = False
+) -> StorageError:
+    """The storage error for a failed call: transient faults are ``Unavailable``; a call that
+    ran out of time when its time was the caller's deadline (``callers_deadline``) is
+    :class:`~stovepipe.resilience.DeadlineExceeded`, which says nothing of etcd's health.
+
+    etcd answers ``UNKNOWN: context deadline exceeded`` when the deadline it was sent ran out
+    on its side: a deadline like gRPC's own ``DEADLINE_EXCEEDED``, not an unknown failure.
+    """
     code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
     details = error.details() if isinstance(error, grpc.Call) else str(error)
     message = f"etcd at {target}: {code.name}: {details}"
+    if code == grpc.StatusCode.UNKNOWN and "context deadline exceeded" in (details or ""):
+        code = grpc.StatusCode.DEADLINE_EXCEEDED
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED and callers_deadline:
+        return resilience.DeadlineExceeded(f"{message} (the caller's deadline)")
     if code in _TRANSIENT:
         return Unavailable(message)
     return StorageError(message)
@@ -151,7 +163,9 @@ class EtcdClient:
     ) -> _Response:
         method = method_of(self._mine())
         # The caller's deadline, if sooner, bounds the call too (DeadlineExceeded if passed).
-        timeout = resilience.bounded(self.timeout if timeout is None else timeout)
+        own = self.timeout if timeout is None else timeout
+        timeout = resilience.bounded(own)
+        callers = timeout < own  # running out of time then is the caller's, not etcd's
         metadata = self._metadata
         if metadata is None:
             metadata = self._authenticated(stale=None, timeout=timeout)
@@ -159,14 +173,14 @@ class EtcdClient:
             return method(request, timeout=timeout, metadata=metadata)
         except grpc.RpcError as error:
             if self._user is None or not _token_rejected(error):
-                raise mapped_error(error, self.target) from None
+                raise mapped_error(error, self.target, callers_deadline=callers) from None
         except ValueError:  # gRPC's answer to a call on a closed channel
             raise StorageError(f"etcd at {self.target}: the storage is closed") from None
         metadata = self._authenticated(stale=metadata, timeout=timeout)
         try:
             return method(request, timeout=timeout, metadata=metadata)
         except grpc.RpcError as error:
-            raise mapped_error(error, self.target) from None
+            raise mapped_error(error, self.target, callers_deadline=callers) from None
         except ValueError:
             raise StorageError(f"etcd at {self.target}: the storage is closed") from None
 

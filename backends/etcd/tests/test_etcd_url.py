@@ -1,11 +1,17 @@
-"""The ``etcd://`` URL: its options, and the errors a malformed one gets. No server needed."""
+"""The ``etcd://`` URL: its options, and the errors a malformed one gets; how failed calls
+are mapped. No server needed."""
 
 from __future__ import annotations
 
 import pathlib
 
+import grpc
 import pytest
 from stovepipe_etcd import open_backend
+from stovepipe_etcd.client import mapped_error
+
+from stovepipe import resilience
+from stovepipe.storage import Unavailable
 
 
 def test_url_defaults_to_port_2379_prefix_stovepipe_and_five_seconds() -> None:
@@ -51,3 +57,51 @@ def test_url_tls_options_read_the_pem_files(tmp_path: pathlib.Path) -> None:
     ca.write_bytes(b"-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n")
     backend = open_backend(f"etcd://h?ca_cert={ca}")
     backend.close()
+
+
+class _Failed(grpc.RpcError, grpc.Call):
+    """A failed call as gRPC raises it: a status code and details."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    def initial_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
+        return ()
+
+    def trailing_metadata(self) -> tuple[tuple[str, str | bytes], ...]:  # type: ignore[override]
+        return ()
+
+    def is_active(self) -> bool:
+        return False
+
+    def time_remaining(self) -> float:
+        return 0.0
+
+    def cancel(self) -> bool:
+        return False
+
+    def add_callback(self, callback: object) -> bool:
+        return False
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        _Failed(grpc.StatusCode.UNKNOWN, "context deadline exceeded"),
+        _Failed(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"),
+    ],
+)
+def test_etcd_running_out_of_the_callers_time_is_a_deadline_and_its_own_is_unavailable(
+    failure: _Failed,
+) -> None:
+    callers = mapped_error(failure, "h:2379", callers_deadline=True)
+    assert isinstance(callers, resilience.DeadlineExceeded)
+    own = mapped_error(failure, "h:2379", callers_deadline=False)
+    assert isinstance(own, Unavailable)
+    assert not isinstance(own, resilience.DeadlineExceeded)

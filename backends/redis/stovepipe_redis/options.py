@@ -8,8 +8,8 @@
 * ``prefix``: prepended to every key, so one database can hold several deployments or other
   data (the storage's default ``stovepipe:``, the messaging queue's ``stovepipe:mq:``).
 * passed on to redis-py after a check of their type: ``db``, ``max_connections`` (pool size,
-  default 50), ``health_check_interval``, ``socket_keepalive``, ``client_name``, and for
-  ``rediss://`` only the :data:`TLS_OPTIONS`.
+  default 50), ``health_check_interval``, ``socket_keepalive``, ``client_name``, and for TLS
+  the :data:`TLS_OPTIONS` (``rediss://`` only: on a ``redis://`` URL they are refused).
 """
 
 from __future__ import annotations
@@ -96,9 +96,11 @@ def parse_url(url: str, extra: Collection[str] = ()) -> RedisOptions:
     except ValueError:
         raise ValueError(f"redis URL {redact(url)} has an invalid port") from None
     options = URLOptions(url, "redis", OPTIONS | set(extra))
-    tls = sorted(set(options.given) & TLS_OPTIONS)
-    if tls and parts.scheme != "rediss":
-        raise options.error(f"option(s) {', '.join(tls)} need rediss://, the TLS scheme")
+    if parts.scheme == "redis":
+        # redis-py would hand them to a plain connection, which fails with a TypeError.
+        tls = sorted(TLS_OPTIONS & set(options.given))
+        if tls:
+            raise ValueError(f"redis URL {redact(url)}: {tls[0]} is a TLS option: use rediss://")
     # Checked here, so that a typo fails with our message rather than deep in redis-py.
     options.integer("db", 0, minimum=0)
     options.integer("max_connections", 1, minimum=1)

@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from stovepipe_redis import KeyLayout, RedisBackend, open_backend
 from stovepipe_redis.backend import decode_request, encode_request
+from stovepipe_redis.options import TLS_OPTIONS, parse_url
 
 from stovepipe.entity import Build, BuildStatus, Fact, Queue, Request, RequestState
 from stovepipe.storage import Storage, StorageError, Unavailable, VersionMismatch, open_storage
@@ -303,3 +304,12 @@ def test_timeout_and_unknown_options_are_rejected_when_opening(
 def test_dead_server_is_unavailable_from_open() -> None:
     with pytest.raises(Unavailable):
         open_backend("redis://127.0.0.1:1/0?timeout=1")
+
+
+@pytest.mark.parametrize("option", sorted(TLS_OPTIONS))
+def test_tls_options_belong_to_rediss_only(option: str) -> None:
+    value = "true" if option == "ssl_check_hostname" else "x"
+    with pytest.raises(ValueError, match=f"{option} is a TLS option: use rediss://") as raised:
+        parse_url(f"redis://:s3cret-pw@127.0.0.1:6379/0?{option}={value}")
+    assert "s3cret-pw" not in str(raised.value)
+    assert parse_url(f"rediss://:s3cret-pw@127.0.0.1:6379/0?{option}={value}").pool_url
