@@ -117,8 +117,8 @@ def main() -> None:
         s = figures.summary()
         recovery = figures.recovery_seconds
         print(
-            f"{backend:<8}{len(figures.ingest_seconds):>8}{s['ingest_p50_ms']:>9.1f}"
-            f"{s['ingest_p99_ms']:>9.1f}{s['ingest_max_ms']:>9.1f}{s['ping_max_ms']:>10.1f}"
+            f"{backend:<8}{len(figures.call_seconds):>8}{s['call_p50_ms']:>9.1f}"
+            f"{s['call_p99_ms']:>9.1f}{s['call_max_ms']:>9.1f}{s['ping_max_ms']:>10.1f}"
             f"{s['health_max_ms']:>11.1f}{figures.probe_failures:>11}"
             f"{'yes' if figures.not_serving_seen else 'no':>10}"
             f"{recovery if recovery is not None else float('nan'):>10.2f}  "

@@ -10,13 +10,17 @@ import shutil
 import pytest
 
 from stovepipe.conformance.plugin import unreachable
-from stovepipe.fault_testing import freeze_under_load, private_redis
+from stovepipe.fault_testing import FreezeFigures, freeze_under_load, private_redis
 from stovepipe.testing import ServeProcesses
 
 DEADLINE = 2.0
 SLACK = 0.5
 """Seconds an answer may come after the caller's deadline: the client's own timer."""
 PROBE_LIMIT = 0.1
+"""Seconds Ping and health answer within, at the 99th percentile of the probes."""
+PROBE_WORST = 0.3
+"""Seconds the slowest probe may take: on a machine with few cores the 200 callers' process
+and the server share them, and a probe can wait for the scheduler, not for the backend."""
 
 
 def test_frozen_redis_ingest_answers_within_its_deadline_ping_and_health_within_100_ms(
@@ -38,12 +42,13 @@ def test_frozen_redis_ingest_answers_within_its_deadline_ping_and_health_within_
         print(figures.summary(), dict(figures.outcomes))
         assert server.popen.poll() is None, server.output()
 
-    assert len(figures.ingest_seconds) >= 200, figures.outcomes  # the load was real
-    assert max(figures.ingest_seconds) <= DEADLINE + SLACK, figures.summary()
+    assert len(figures.call_seconds) >= 200, figures.outcomes  # the load was real
+    assert max(figures.call_seconds) <= DEADLINE + SLACK, figures.summary()
     # Most callers were told at once to come back later, rather than waiting it out.
     assert figures.outcomes["UNAVAILABLE"] > figures.outcomes["DEADLINE_EXCEEDED"]
     assert figures.probe_failures == 0
-    assert max(figures.ping_seconds) <= PROBE_LIMIT, figures.summary()
-    assert max(figures.health_seconds) <= PROBE_LIMIT, figures.summary()
+    for probes in (figures.ping_seconds, figures.health_seconds):
+        assert FreezeFigures.quantile(probes, 0.99) <= PROBE_LIMIT, figures.summary()
+        assert max(probes) <= PROBE_WORST, figures.summary()
     assert figures.not_serving_seen  # readiness followed the breaker
     assert figures.recovery_seconds is not None
