@@ -351,6 +351,13 @@ class BrokeredMessaging:
             if delivery is None:
                 self._idle(seen, wait)
                 continue
+            with self._condition:
+                stopping = self._stopping
+            if stopping:
+                # stop() began while this claim was on its way: a graceful stop claims nothing
+                # more, so the delivery goes back untouched (not counted) for the next consumer.
+                self._settle("hold", delivery, "the consumer is stopping", 0.0)
+                return
             self._deliver(delivery)
 
     def _idle(self, seen: int, wait: float) -> None:

@@ -169,3 +169,52 @@ def test_an_idle_consumer_sends_at_most_5_requests_a_second() -> None:
         print(f"publish -> handler while idle: {time.monotonic() - started:.3f} s")
     finally:
         queue.stop(timeout=TIMEOUT)
+
+
+def test_a_delivery_claimed_while_stopping_goes_back_unhandled_for_the_next_consumer() -> None:
+    """A graceful stop claims nothing more: a claim already on its way when stop() begins
+    hands its delivery back, uncounted, instead of running the handler."""
+    claiming = threading.Event()
+    stopping = threading.Event()
+
+    class SlowClaims(MemoryBroker):
+        def claim(self, topics: Sequence[str]) -> Delivery | None:
+            claiming.set()
+            assert stopping.wait(10), "stop() never began"
+            return super().claim(topics)
+
+        def close(self) -> None:  # the next consumer shares the messages
+            pass
+
+    broker = SlowClaims()
+    handled: list[bytes] = []
+    first = BrokeredMessaging(broker, workers=1, poll_interval=0.01)
+    first.subscribe("t", lambda message: handled.append(message.payload))
+    broker.publish("t", "k", b"one", "id-1")
+    first.start()
+    assert claiming.wait(10)
+    stopper = threading.Thread(target=first.stop, kwargs={"timeout": 10})
+    stopper.start()
+    deadline = time.monotonic() + 10
+    while not first._stopping and time.monotonic() < deadline:
+        time.sleep(0.001)
+    stopping.set()
+    stopper.join(10)
+    assert not stopper.is_alive()
+    assert handled == []
+
+    second = BrokeredMessaging(broker, workers=1, poll_interval=0.01)  # the same messages
+    seen: list[Message] = []
+    done = threading.Event()
+
+    def record(message: Message) -> None:
+        seen.append(message)
+        done.set()
+
+    second.subscribe("t", record)
+    second.start()
+    try:
+        assert done.wait(10)
+    finally:
+        second.stop(timeout=5)
+    assert [(m.payload, m.attempt) for m in seen] == [(b"one", 1)]
