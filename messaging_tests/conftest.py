@@ -31,7 +31,7 @@ from stovepipe.storage import Capability
 from .processes import Children, spawned
 
 NETWORK_TARGETS = MESSAGING_NETWORK_TARGETS
-QueueFactory = Callable[..., InspectableMessaging]
+MessagingFactory = Callable[..., InspectableMessaging]
 
 # The modules about one engine's queue need its driver; without it they are not collected.
 collect_ignore = [
@@ -66,21 +66,23 @@ def engine_url(engine: str, request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="session")
-def queue_url(queue_target: str, request: pytest.FixtureRequest) -> str:
-    """The URL of the queue under test."""
-    return _resolve(queue_target, request)
+def messaging_url(messaging_target: str, request: pytest.FixtureRequest) -> str:
+    """The URL of the messaging implementation under test."""
+    return _resolve(messaging_target, request)
 
 
 @pytest.fixture(scope="session")
-def durable_queue_url(durable_queue_target: str, request: pytest.FixtureRequest) -> str:
-    """The URL of a queue under test that declares itself durable and shared (messages
-    outlive the process that published them and reach every process on the URL); the test
-    is skipped, naming the capability, for one that does not."""
-    url = _resolve(durable_queue_target, request)
+def durable_messaging_url(durable_messaging_target: str, request: pytest.FixtureRequest) -> str:
+    """The URL of a messaging implementation under test that declares itself durable and
+    shared (messages outlive the process that published them and reach every process on
+    the URL); the test is skipped, naming the capability, for one that does not."""
+    url = _resolve(durable_messaging_target, request)
     declared = messaging_capabilities(url)
     for needed in (Capability.DURABLE, Capability.SHARED):
         if needed not in declared:
-            pytest.skip(f"the messaging queue does not declare the capability {needed.value!r}")
+            pytest.skip(
+                f"the messaging implementation does not declare the capability {needed.value!r}"
+            )
     return url
 
 
@@ -93,29 +95,30 @@ def url_with(url: str, **options: object) -> str:
     return with_query(url, urlencode(query))
 
 
-def _factory(url: str) -> Iterator[QueueFactory]:
+def _factory(url: str) -> Iterator[MessagingFactory]:
     opened: list[InspectableMessaging] = []
 
     def make(**options: object) -> InspectableMessaging:
-        queue = open_messaging(url_with(url, **options))
-        opened.append(queue)
-        return queue
+        messaging = open_messaging(url_with(url, **options))
+        opened.append(messaging)
+        return messaging
 
     yield make
-    for queue in opened:
-        queue.stop(timeout=5)
+    for messaging in opened:
+        messaging.stop(timeout=5)
 
 
 @pytest.fixture
-def make_queue(queue_url: str) -> Iterator[QueueFactory]:
-    """``make(**url_options)``: a queue of the implementation under test, stopped at teardown."""
-    yield from _factory(queue_url)
+def make_messaging(messaging_url: str) -> Iterator[MessagingFactory]:
+    """``make(**url_options)``: messaging of the implementation under test, stopped at
+    teardown."""
+    yield from _factory(messaging_url)
 
 
 @pytest.fixture
-def make_durable_queue(durable_queue_url: str) -> Iterator[QueueFactory]:
-    """``make(**url_options)``: a durable queue under test, stopped at teardown."""
-    yield from _factory(durable_queue_url)
+def make_durable_messaging(durable_messaging_url: str) -> Iterator[MessagingFactory]:
+    """``make(**url_options)``: durable messaging under test, stopped at teardown."""
+    yield from _factory(durable_messaging_url)
 
 
 @pytest.fixture

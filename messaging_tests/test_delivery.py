@@ -13,7 +13,7 @@ from stovepipe.messaging import Message, PermanentFailure
 from stovepipe.messaging.inprocess import DeadLetter
 from stovepipe.messaging.registry import InspectableMessaging
 
-from .conftest import QueueFactory
+from .conftest import MessagingFactory
 from .recorder import Recorder, payloads
 
 TIMEOUT = 20.0
@@ -39,9 +39,9 @@ def failing(times: int) -> Callable[[Message], None]:
 
 
 def test_published_message_is_delivered_with_its_topic_key_payload_and_attempt_one(
-    make_queue: QueueFactory, topic: str
+    make_messaging: MessagingFactory, topic: str
 ) -> None:
-    queue = make_queue()
+    queue = make_messaging()
     recorder = Recorder()
     queue.subscribe(topic, recorder)
     queue.start()
@@ -53,9 +53,9 @@ def test_published_message_is_delivered_with_its_topic_key_payload_and_attempt_o
 
 
 def test_messages_published_before_start_are_delivered_after_start(
-    make_queue: QueueFactory, topic: str
+    make_messaging: MessagingFactory, topic: str
 ) -> None:
-    queue = make_queue()
+    queue = make_messaging()
     for n in range(3):
         queue.publish(topic, "k", str(n).encode())
     recorder = Recorder()
@@ -66,11 +66,11 @@ def test_messages_published_before_start_are_delivered_after_start(
 
 
 def test_keys_and_payloads_are_exact_bytes_case_and_whitespace_significant(
-    make_queue: QueueFactory, topic: str
+    make_messaging: MessagingFactory, topic: str
 ) -> None:
     keys = ["Q", "q", "q ", " q", "q\x00x", "ünï/cødé 🚀", "a:b", "a", "a:"]
     payload = bytes(range(256))
-    queue = make_queue()
+    queue = make_messaging()
     recorder = Recorder()
     queue.subscribe(topic, recorder)
     queue.start()
@@ -83,10 +83,10 @@ def test_keys_and_payloads_are_exact_bytes_case_and_whitespace_significant(
 
 
 def test_failed_delivery_is_retried_with_backoff_up_to_max_attempts_then_dead_lettered_with_reason(
-    make_queue: QueueFactory, topic: str
+    make_messaging: MessagingFactory, topic: str
 ) -> None:
     backoff = 0.2
-    queue = make_queue(max_attempts=3, backoff=backoff)
+    queue = make_messaging(max_attempts=3, backoff=backoff)
     recorder = Recorder(failing(times=99))
     queue.subscribe(topic, recorder)
     queue.start()
@@ -105,9 +105,9 @@ def test_failed_delivery_is_retried_with_backoff_up_to_max_attempts_then_dead_le
 
 
 def test_a_delivery_that_succeeds_on_a_retry_is_acknowledged_not_dead_lettered(
-    make_queue: QueueFactory, topic: str
+    make_messaging: MessagingFactory, topic: str
 ) -> None:
-    queue = make_queue(max_attempts=3, backoff=0.05)
+    queue = make_messaging(max_attempts=3, backoff=0.05)
     recorder = Recorder(lambda m: failing(times=2)(m) if m.payload == b"flaky" else None)
     queue.subscribe(topic, recorder)
     queue.start()
@@ -127,12 +127,12 @@ def test_a_delivery_that_succeeds_on_a_retry_is_acknowledged_not_dead_lettered(
 
 
 def test_permanent_failure_dead_letters_at_once_with_the_reason(
-    make_queue: QueueFactory, topic: str
+    make_messaging: MessagingFactory, topic: str
 ) -> None:
     def refuse(message: Message) -> None:
         raise PermanentFailure("malformed payload: no id")
 
-    queue = make_queue(max_attempts=5, backoff=0.05)
+    queue = make_messaging(max_attempts=5, backoff=0.05)
     recorder = Recorder(refuse)
     queue.subscribe(topic, recorder)
     queue.start()
@@ -146,9 +146,9 @@ def test_permanent_failure_dead_letters_at_once_with_the_reason(
 
 
 def test_a_retried_message_holds_back_the_later_messages_of_its_key_not_other_keys(
-    make_queue: QueueFactory, topic: str
+    make_messaging: MessagingFactory, topic: str
 ) -> None:
-    queue = make_queue(max_attempts=3, backoff=0.3, workers=2)
+    queue = make_messaging(max_attempts=3, backoff=0.3, workers=2)
     recorder = Recorder(lambda m: failing(times=1)(m) if m.payload == b"first" else None)
     queue.subscribe(topic, recorder)
     queue.publish(topic, "held", b"first")
@@ -164,10 +164,10 @@ def test_a_retried_message_holds_back_the_later_messages_of_its_key_not_other_ke
 
 
 def test_per_key_order_one_at_a_time_with_concurrent_workers(
-    make_queue: QueueFactory, topic: str
+    make_messaging: MessagingFactory, topic: str
 ) -> None:
     keys, per_key = 4, 15
-    queue = make_queue(workers=4)
+    queue = make_messaging(workers=4)
     recorder = Recorder(pause=0.005)
     queue.subscribe(topic, recorder)
     queue.start()
@@ -197,9 +197,9 @@ def test_per_key_order_one_at_a_time_with_concurrent_workers(
 
 
 def test_stop_drains_the_running_delivery_and_acknowledges_it(
-    make_queue: QueueFactory, topic: str
+    make_messaging: MessagingFactory, topic: str
 ) -> None:
-    queue = make_queue()
+    queue = make_messaging()
     entered = threading.Event()
     recorder = Recorder(lambda m: entered.set(), pause=0.0)
 
@@ -217,16 +217,16 @@ def test_stop_drains_the_running_delivery_and_acknowledges_it(
     assert [s.message.payload for s in recorder.seen] == [b"in flight"]
 
 
-def test_publish_after_stop_is_refused(make_queue: QueueFactory, topic: str) -> None:
-    queue = make_queue()
+def test_publish_after_stop_is_refused(make_messaging: MessagingFactory, topic: str) -> None:
+    queue = make_messaging()
     queue.start()
     queue.stop(timeout=5)
     with pytest.raises(RuntimeError):
         queue.publish(topic, "k", b"too late")
 
 
-def test_one_handler_per_topic(make_queue: QueueFactory, topic: str) -> None:
-    queue = make_queue()
+def test_one_handler_per_topic(make_messaging: MessagingFactory, topic: str) -> None:
+    queue = make_messaging()
     queue.subscribe(topic, Recorder())
     with pytest.raises(ValueError):
         queue.subscribe(topic, Recorder())

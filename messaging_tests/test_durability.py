@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from stovepipe.messaging import Message
 
-from .conftest import QueueFactory, url_with
+from .conftest import MessagingFactory, url_with
 from .processes import Children
 from .recorder import Recorder, payloads
 from .test_delivery import dead_letters_of
@@ -26,14 +26,17 @@ LEASE = 1.0
 
 
 def test_a_message_survives_a_consumer_killed_before_ack_and_is_redelivered(
-    durable_queue_url: str, make_durable_queue: QueueFactory, topic: str, children: Children
+    durable_messaging_url: str,
+    make_durable_messaging: MessagingFactory,
+    topic: str,
+    children: Children,
 ) -> None:
-    url = url_with(durable_queue_url, visibility_timeout=LEASE)
+    url = url_with(durable_messaging_url, visibility_timeout=LEASE)
     doomed = children.spawn(url, topic, handler="hang", publish=[["k", "survivor"]])
     children.wait_for("the delivery to start", lambda: bool(children.events("start")))
     children.kill(doomed)
 
-    queue = make_durable_queue(visibility_timeout=LEASE)
+    queue = make_durable_messaging(visibility_timeout=LEASE)
     recorder = Recorder()
     queue.subscribe(topic, recorder)
     queue.start()
@@ -47,9 +50,12 @@ def test_a_message_survives_a_consumer_killed_before_ack_and_is_redelivered(
 
 
 def test_a_message_whose_consumers_keep_dying_is_dead_lettered_after_max_attempts(
-    durable_queue_url: str, make_durable_queue: QueueFactory, topic: str, children: Children
+    durable_messaging_url: str,
+    make_durable_messaging: MessagingFactory,
+    topic: str,
+    children: Children,
 ) -> None:
-    url = url_with(durable_queue_url, visibility_timeout=LEASE)
+    url = url_with(durable_messaging_url, visibility_timeout=LEASE)
     children.spawn(url, topic, consume=False, publish=[["k", "poison"]])
     children.wait_for("the publish", lambda: bool(children.events("ready")))
     for attempt in (1, 2):
@@ -57,7 +63,7 @@ def test_a_message_whose_consumers_keep_dying_is_dead_lettered_after_max_attempt
         children.wait_for(f"delivery {attempt}", started(children, attempt))
         children.kill(doomed)
 
-    queue = make_durable_queue(visibility_timeout=LEASE, max_attempts=2)
+    queue = make_durable_messaging(visibility_timeout=LEASE, max_attempts=2)
     recorder = Recorder()
     queue.subscribe(topic, recorder)
     queue.start()
@@ -71,15 +77,18 @@ def test_a_message_whose_consumers_keep_dying_is_dead_lettered_after_max_attempt
 
 
 def test_a_server_killed_between_publish_and_ack_loses_nothing(
-    durable_queue_url: str, make_durable_queue: QueueFactory, topic: str, children: Children
+    durable_messaging_url: str,
+    make_durable_messaging: MessagingFactory,
+    topic: str,
+    children: Children,
 ) -> None:
-    url = url_with(durable_queue_url, visibility_timeout=LEASE, workers=2)
+    url = url_with(durable_messaging_url, visibility_timeout=LEASE, workers=2)
     published = [[f"queue-{n % 3}", f"{n:03}"] for n in range(30)]
     server = children.spawn(url, topic, handler="hang", publish=published)
     children.wait_for("deliveries in flight", lambda: len(children.events("start")) == 2)
     children.kill(server)
 
-    queue = make_durable_queue(visibility_timeout=LEASE, workers=4)
+    queue = make_durable_messaging(visibility_timeout=LEASE, workers=4)
     recorder = Recorder()
     queue.subscribe(topic, recorder)
     queue.start()
@@ -93,14 +102,17 @@ def test_a_server_killed_between_publish_and_ack_loses_nothing(
 
 
 def test_per_key_order_one_at_a_time_across_consumer_processes(
-    durable_queue_url: str, make_durable_queue: QueueFactory, topic: str, children: Children
+    durable_messaging_url: str,
+    make_durable_messaging: MessagingFactory,
+    topic: str,
+    children: Children,
 ) -> None:
     keys, per_key, consumers = 4, 12, 3
-    url = url_with(durable_queue_url, workers=2, poll_interval=0.02)
+    url = url_with(durable_messaging_url, workers=2, poll_interval=0.02)
     processes = [children.spawn(url, topic, sleep=0.01) for _ in range(consumers)]
     children.wait_for("consumers", lambda: len(children.events("ready")) == consumers)
 
-    publisher = make_durable_queue()
+    publisher = make_durable_messaging()
     for n in range(per_key):
         for k in range(keys):
             publisher.publish(topic, f"k{k}", f"{n:03}".encode())
@@ -122,7 +134,7 @@ def test_per_key_order_one_at_a_time_across_consumer_processes(
 
 
 def test_a_delivery_still_running_when_stop_times_out_keeps_its_lease_until_it_runs_out(
-    make_durable_queue: QueueFactory, topic: str
+    make_durable_messaging: MessagingFactory, topic: str
 ) -> None:
     release = threading.Event()
     entered = threading.Event()
@@ -131,7 +143,7 @@ def test_a_delivery_still_running_when_stop_times_out_keeps_its_lease_until_it_r
         entered.set()
         release.wait(30)
 
-    first = make_durable_queue(visibility_timeout=LEASE)
+    first = make_durable_messaging(visibility_timeout=LEASE)
     first.subscribe(topic, stuck)
     first.start()
     first.publish(topic, "k", b"slow", message_id="slow-1")
@@ -139,7 +151,7 @@ def test_a_delivery_still_running_when_stop_times_out_keeps_its_lease_until_it_r
     stopped_at = time.monotonic()
     first.stop(timeout=0.1)
 
-    second = make_durable_queue(visibility_timeout=LEASE)
+    second = make_durable_messaging(visibility_timeout=LEASE)
     recorder = Recorder()
     second.subscribe(topic, recorder)
     second.start()

@@ -9,12 +9,12 @@ import time
 from stovepipe.messaging import Message, PermanentFailure
 from stovepipe.messaging.contract import Hold, dead_letter_topic
 
-from .conftest import QueueFactory
+from .conftest import MessagingFactory
 from .recorder import Recorder, payloads
 
 
 def test_hold_delivers_again_after_the_delay_without_counting_an_attempt(
-    make_queue: QueueFactory, topic: str
+    make_messaging: MessagingFactory, topic: str
 ) -> None:
     # More holds than max_attempts: were a hold counted, the message would be dead-lettered.
     holds = 6
@@ -24,7 +24,7 @@ def test_hold_delivers_again_after_the_delay_without_counting_an_attempt(
             raise Hold(0.05)
 
     recorder = Recorder(behave)
-    queue = make_queue(max_attempts=2, backoff=0.01)
+    queue = make_messaging(max_attempts=2, backoff=0.01)
     queue.subscribe(topic, recorder)
     queue.start()
     queue.publish(topic, "k", b"held")
@@ -36,7 +36,7 @@ def test_hold_delivers_again_after_the_delay_without_counting_an_attempt(
 
 
 def test_hold_keeps_later_messages_of_its_key_behind_it(
-    make_queue: QueueFactory, topic: str
+    make_messaging: MessagingFactory, topic: str
 ) -> None:
     def behave(message: Message) -> None:
         if (
@@ -46,7 +46,7 @@ def test_hold_keeps_later_messages_of_its_key_behind_it(
             raise Hold(0.05)
 
     recorder = Recorder(behave)
-    queue = make_queue()
+    queue = make_messaging()
     queue.subscribe(topic, recorder)
     queue.start()
     queue.publish(topic, "k", b"first")
@@ -56,7 +56,7 @@ def test_hold_keeps_later_messages_of_its_key_behind_it(
 
 
 def test_dead_letter_consumer_receives_each_message_that_failed_for_good(
-    make_queue: QueueFactory, topic: str
+    make_messaging: MessagingFactory, topic: str
 ) -> None:
     def behave(message: Message) -> None:
         if message.payload == b"permanent":
@@ -65,7 +65,7 @@ def test_dead_letter_consumer_receives_each_message_that_failed_for_good(
 
     failing = Recorder(behave)
     dead = Recorder()
-    queue = make_queue(max_attempts=2, backoff=0.01)
+    queue = make_messaging(max_attempts=2, backoff=0.01)
     queue.subscribe(topic, failing)
     queue.subscribe(dead_letter_topic(topic), dead)
     queue.start()

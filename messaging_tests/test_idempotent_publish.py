@@ -12,7 +12,7 @@ import pytest
 from stovepipe.messaging import MAX_MESSAGE_ID_BYTES, Message, PermanentFailure
 from stovepipe.messaging.registry import InspectableMessaging
 
-from .conftest import QueueFactory
+from .conftest import MessagingFactory
 from .recorder import Recorder, payloads
 from .test_delivery import dead_letters_of
 
@@ -33,9 +33,9 @@ def delivered_up_to_sentinel(queue: InspectableMessaging, topic: str, key: str) 
 
 
 def test_duplicate_publishes_of_one_id_leave_one_pending_message(
-    make_queue: QueueFactory, topic: str
+    make_messaging: MessagingFactory, topic: str
 ) -> None:
-    queue = make_queue()
+    queue = make_messaging()
     for _ in range(5):
         queue.publish(topic, "k", b"head", message_id="request/k/1")
     assert queue.backlog(topic) == 1
@@ -43,9 +43,9 @@ def test_duplicate_publishes_of_one_id_leave_one_pending_message(
 
 
 def test_racing_publishers_of_the_same_id_leave_one_pending_message(
-    make_queue: QueueFactory, topic: str
+    make_messaging: MessagingFactory, topic: str
 ) -> None:
-    queue = make_queue()
+    queue = make_messaging()
     threads_count, rounds = 8, 25
     barrier = threading.Barrier(threads_count, timeout=TIMEOUT)
     errors: list[BaseException] = []
@@ -70,9 +70,9 @@ def test_racing_publishers_of_the_same_id_leave_one_pending_message(
 
 
 def test_distinct_ids_are_distinct_messages_and_no_id_is_a_fresh_one(
-    make_queue: QueueFactory, topic: str
+    make_messaging: MessagingFactory, topic: str
 ) -> None:
-    queue = make_queue()
+    queue = make_messaging()
     queue.publish(topic, "k", b"a", message_id="one")
     queue.publish(topic, "k", b"b", message_id="two")
     queue.publish(topic, "k", b"c")
@@ -81,8 +81,8 @@ def test_distinct_ids_are_distinct_messages_and_no_id_is_a_fresh_one(
     assert delivered_up_to_sentinel(queue, topic, "k") == [b"a", b"b", b"c", b"c", b"sentinel"]
 
 
-def test_an_id_is_pending_per_topic(make_queue: QueueFactory, topic: str) -> None:
-    queue = make_queue()
+def test_an_id_is_pending_per_topic(make_messaging: MessagingFactory, topic: str) -> None:
+    queue = make_messaging()
     other = f"{topic}-other"
     queue.publish(topic, "k", b"x", message_id="same")
     queue.publish(other, "k", b"x", message_id="same")
@@ -90,8 +90,8 @@ def test_an_id_is_pending_per_topic(make_queue: QueueFactory, topic: str) -> Non
     assert queue.backlog(other) == 1
 
 
-def test_a_delivery_carries_its_message_id(make_queue: QueueFactory, topic: str) -> None:
-    queue = make_queue()
+def test_a_delivery_carries_its_message_id(make_messaging: MessagingFactory, topic: str) -> None:
+    queue = make_messaging()
     recorder = Recorder()
     queue.subscribe(topic, recorder)
     queue.start()
@@ -100,8 +100,10 @@ def test_a_delivery_carries_its_message_id(make_queue: QueueFactory, topic: str)
     assert seen.message.message_id == "request/q/7"
 
 
-def test_an_acknowledged_id_may_be_published_again(make_queue: QueueFactory, topic: str) -> None:
-    queue = make_queue()
+def test_an_acknowledged_id_may_be_published_again(
+    make_messaging: MessagingFactory, topic: str
+) -> None:
+    queue = make_messaging()
     recorder = Recorder()
     queue.subscribe(topic, recorder)
     queue.start()
@@ -113,8 +115,10 @@ def test_an_acknowledged_id_may_be_published_again(make_queue: QueueFactory, top
     assert payloads(recorder.wait_for(2), "k") == [b"first", b"second"]
 
 
-def test_a_dead_lettered_id_may_be_published_again(make_queue: QueueFactory, topic: str) -> None:
-    queue = make_queue()
+def test_a_dead_lettered_id_may_be_published_again(
+    make_messaging: MessagingFactory, topic: str
+) -> None:
+    queue = make_messaging()
 
     def refuse(message: Message) -> None:
         if message.payload == b"first":
@@ -132,9 +136,9 @@ def test_a_dead_lettered_id_may_be_published_again(make_queue: QueueFactory, top
 
 @pytest.mark.parametrize("message_id", ["", "x" * (MAX_MESSAGE_ID_BYTES + 1), "é" * 128])
 def test_a_message_id_the_contract_does_not_take_is_refused(
-    make_queue: QueueFactory, topic: str, message_id: str
+    make_messaging: MessagingFactory, topic: str, message_id: str
 ) -> None:
-    queue = make_queue()
+    queue = make_messaging()
     with pytest.raises(ValueError, match="message_id"):
         queue.publish(topic, "k", b"x", message_id=message_id)
     assert queue.backlog(topic) == 0

@@ -8,7 +8,7 @@ import time
 
 from stovepipe.messaging import Message
 
-from .conftest import QueueFactory, backlog_when_drained
+from .conftest import MessagingFactory, backlog_when_drained
 from .recorder import Recorder
 
 LEASE = 1.0
@@ -17,16 +17,16 @@ TIMEOUT = 20.0
 
 
 def test_a_running_delivery_keeps_its_lease_renewed_past_the_visibility_timeout(
-    make_durable_queue: QueueFactory, topic: str
+    make_durable_messaging: MessagingFactory, topic: str
 ) -> None:
     slow = Recorder(pause=HANDLER_SECONDS)
-    first = make_durable_queue(visibility_timeout=LEASE, poll_interval=0.05)
+    first = make_durable_messaging(visibility_timeout=LEASE, poll_interval=0.05)
     first.subscribe(topic, slow)
     first.start()
     first.publish(topic, "k", b"long job")
     slow_started = time.monotonic()
     other = Recorder()
-    second = make_durable_queue(visibility_timeout=LEASE, poll_interval=0.05)
+    second = make_durable_messaging(visibility_timeout=LEASE, poll_interval=0.05)
     second.subscribe(topic, other)
     second.start()
 
@@ -38,7 +38,7 @@ def test_a_running_delivery_keeps_its_lease_renewed_past_the_visibility_timeout(
 
 
 def test_graceful_stop_keeps_renewing_the_leases_of_running_deliveries_until_they_finish(
-    make_durable_queue: QueueFactory, topic: str
+    make_durable_messaging: MessagingFactory, topic: str
 ) -> None:
     entered = threading.Event()
     slow = Recorder(pause=HANDLER_SECONDS)
@@ -47,13 +47,13 @@ def test_graceful_stop_keeps_renewing_the_leases_of_running_deliveries_until_the
         entered.set()
         slow(message)
 
-    first = make_durable_queue(visibility_timeout=LEASE, poll_interval=0.05)
+    first = make_durable_messaging(visibility_timeout=LEASE, poll_interval=0.05)
     first.subscribe(topic, handler)
     first.start()
     first.publish(topic, "k", b"draining")
     assert entered.wait(TIMEOUT)
     other = Recorder()
-    second = make_durable_queue(visibility_timeout=LEASE, poll_interval=0.05)
+    second = make_durable_messaging(visibility_timeout=LEASE, poll_interval=0.05)
     second.subscribe(topic, other)
     second.start()
 
@@ -69,7 +69,7 @@ def test_graceful_stop_keeps_renewing_the_leases_of_running_deliveries_until_the
 
 
 def test_graceful_stop_hands_the_keys_back_so_the_next_consumer_goes_on_at_once(
-    make_durable_queue: QueueFactory, topic: str
+    make_durable_messaging: MessagingFactory, topic: str
 ) -> None:
     lease = 10.0
     entered = threading.Event()
@@ -78,7 +78,7 @@ def test_graceful_stop_hands_the_keys_back_so_the_next_consumer_goes_on_at_once(
         entered.set()
         time.sleep(0.5)
 
-    first = make_durable_queue(visibility_timeout=lease, poll_interval=0.05)
+    first = make_durable_messaging(visibility_timeout=lease, poll_interval=0.05)
     first.subscribe(topic, first_handler)
     for n in range(3):
         first.publish(topic, "k", str(n).encode())
@@ -87,7 +87,7 @@ def test_graceful_stop_hands_the_keys_back_so_the_next_consumer_goes_on_at_once(
     first.stop(timeout=5)  # acknowledges the running delivery, claims nothing more
     stopped = time.monotonic()
     rest = Recorder()
-    second = make_durable_queue(visibility_timeout=lease, poll_interval=0.05)
+    second = make_durable_messaging(visibility_timeout=lease, poll_interval=0.05)
     second.subscribe(topic, rest)
     second.start()
 

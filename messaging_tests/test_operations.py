@@ -26,11 +26,11 @@ def sample(registry: CollectorRegistry, name: str, topic: str) -> float:
 
 
 def test_metrics_count_deliveries_retries_dead_letters_and_lag(
-    durable_queue_url: str, topic: str
+    durable_messaging_url: str, topic: str
 ) -> None:
     registry = CollectorRegistry()
     queue = open_messaging(
-        url_with(durable_queue_url, max_attempts=2, backoff=0.05, visibility_timeout=0.3),
+        url_with(durable_messaging_url, max_attempts=2, backoff=0.05, visibility_timeout=0.3),
         registry=registry,
     )
 

@@ -36,16 +36,16 @@ PROCESSED = re.compile(r"request (request/\S+) succeeded")
 
 
 @pytest.fixture
-def own_queue_url(durable_queue_url: str, tmp_path: pathlib.Path) -> Iterator[str]:
+def own_messaging_url(durable_messaging_url: str, tmp_path: pathlib.Path) -> Iterator[str]:
     """The queue under test in a namespace of this test's own, emptied at the end: the
     servers publish to the fixed topic ``process``, which other runs on the same server
     use too."""
-    parts = urllib.parse.urlsplit(durable_queue_url)
+    parts = urllib.parse.urlsplit(durable_messaging_url)
     if parts.scheme == "sqlite":
         yield f"sqlite:///{tmp_path / 'queue.db'}"
     elif parts.scheme in ("redis", "rediss"):
         prefix = f"stovepipe:test-{uuid.uuid4().hex[:12]}:"
-        url = url_with(durable_queue_url, prefix=prefix)
+        url = url_with(durable_messaging_url, prefix=prefix)
         yield url
         queue = open_messaging(url)
         try:
@@ -73,19 +73,19 @@ def own_queue_url(durable_queue_url: str, tmp_path: pathlib.Path) -> Iterator[st
             finally:
                 cursor.execute(f"DROP DATABASE {database}")
     else:
-        yield durable_queue_url
+        yield durable_messaging_url
 
 
 @pytest.fixture
-def empty_queue_url(own_queue_url: str) -> str:
-    """:func:`own_queue_url`, checked to hold no message of the ``process`` topic."""
-    queue = open_messaging(own_queue_url)
+def empty_messaging_url(own_messaging_url: str) -> str:
+    """:func:`own_messaging_url`, checked to hold no message of the ``process`` topic."""
+    queue = open_messaging(own_messaging_url)
     try:
         assert isinstance(queue, BrokeredMessaging)
         assert queue.backlog(TOPIC_PROCESS) == 0, "the queue holds messages of an earlier run"
     finally:
         queue.stop()
-    return own_queue_url
+    return own_messaging_url
 
 
 @pytest.fixture
@@ -144,9 +144,9 @@ def wait_until_processed(
 
 
 def test_two_servers_on_one_queue_ingest_on_one_process_on_either_each_request_once(
-    empty_queue_url: str, processes: ServeProcesses, tmp_path: pathlib.Path
+    empty_messaging_url: str, processes: ServeProcesses, tmp_path: pathlib.Path
 ) -> None:
-    config = write_config(tmp_path, empty_queue_url)
+    config = write_config(tmp_path, empty_messaging_url)
     # One after the other: the first creates the storage file's schema.
     first = processes.serve(["--config", str(config)], cwd=tmp_path)
     second = processes.serve(["--config", str(config)], cwd=tmp_path)
@@ -163,9 +163,9 @@ def test_two_servers_on_one_queue_ingest_on_one_process_on_either_each_request_o
 
 
 def test_a_worker_process_processes_what_another_process_ingests_and_stops_gracefully(
-    empty_queue_url: str, tmp_path: pathlib.Path
+    empty_messaging_url: str, tmp_path: pathlib.Path
 ) -> None:
-    config = write_config(tmp_path, empty_queue_url)
+    config = write_config(tmp_path, empty_messaging_url)
     worker_log = tmp_path / "worker.log"
     with worker_log.open("wb") as sink:
         worker = subprocess.Popen(
@@ -179,7 +179,7 @@ def test_a_worker_process_processes_what_another_process_ingests_and_stops_grace
         sources = QueueMap(
             {f"q{n}": FakeSourceControl([f"c{n}"], name=f"q{n}") for n in range(QUEUES)}
         )
-        publisher = open_messaging(empty_queue_url)
+        publisher = open_messaging(empty_messaging_url)
         with open_storage(f"sqlite:///{tmp_path / 'stovepipe.db'}") as storage:
             ingest = IngestController(storage, sources, publisher)
             ids = [ingest.ingest(f"q{n}").id for n in range(QUEUES)]

@@ -8,7 +8,7 @@ from stovepipe.messaging import Message
 from stovepipe.messaging.registry import InspectableMessaging
 from stovepipe.messaging.sqlqueue import SQLBroker
 
-from .conftest import QueueFactory, backlog_when_drained
+from .conftest import MessagingFactory, backlog_when_drained
 from .recorder import Recorder
 from .test_delivery import dead_letters_of
 
@@ -35,11 +35,11 @@ def store_raw(queue: InspectableMessaging, topic: str, fields: dict[bytes, bytes
 
 
 def test_an_undecodable_message_is_dead_lettered_as_stored_and_does_not_strand_its_key(
-    make_durable_queue: QueueFactory, durable_queue_url: str, topic: str
+    make_durable_messaging: MessagingFactory, durable_messaging_url: str, topic: str
 ) -> None:
-    on_redis = durable_queue_url.startswith("redis")
+    on_redis = durable_messaging_url.startswith("redis")
     # One shard: on Redis the undecodable entries share the shard with every key.
-    queue = make_durable_queue(visibility_timeout=1, **({"shards": 1} if on_redis else {}))
+    queue = make_durable_messaging(visibility_timeout=1, **({"shards": 1} if on_redis else {}))
     store_raw(queue, topic, {b"key": NOT_UTF8, b"payload": b"garbled"})
     if on_redis:
         store_raw(queue, topic, {b"key": b"k", b"body": b"no payload field"})
@@ -59,13 +59,13 @@ def test_an_undecodable_message_is_dead_lettered_as_stored_and_does_not_strand_i
 
 
 def test_a_handler_raising_a_base_exception_has_its_message_retried_and_the_worker_goes_on(
-    make_queue: QueueFactory, topic: str
+    make_messaging: MessagingFactory, topic: str
 ) -> None:
     def exit_once(message: Message) -> None:
         if message.payload == b"exits" and message.attempt == 1:
             raise SystemExit("handler called sys.exit")
 
-    queue = make_queue(workers=1, backoff=0.05)
+    queue = make_messaging(workers=1, backoff=0.05)
     recorder = Recorder(exit_once)
     queue.subscribe(topic, recorder)
     queue.start()

@@ -50,6 +50,36 @@ class PrivateServer:
     name: str
     url: str
     pid: int
+    restart_with: Any = dataclasses.field(default=None, repr=False)
+    """The process's executor (mirakuru), for :meth:`restart`."""
+
+    def kill(self) -> None:
+        """Kill the process (SIGKILL: no clean shutdown, as in a crash); its data directory
+        and port stay for :meth:`start`."""
+        executor = self._executor()
+        with contextlib.suppress(ProcessLookupError):
+            self.resume()  # a stopped process is killed all the same; its successor runs
+        executor.kill(wait=True, sig=signal.SIGKILL)
+
+    def start(self) -> None:
+        """Start the process again after :meth:`kill`, on the same data directory and port;
+        returns once it accepts connections (60 s at most, else mirakuru's
+        ``TimeoutExpired``)."""
+        executor = self._executor()
+        executor.start()
+        process = executor.process
+        assert process is not None
+        self.pid = process.pid
+
+    def restart(self) -> None:
+        """:meth:`kill`, then :meth:`start`."""
+        self.kill()
+        self.start()
+
+    def _executor(self) -> Any:
+        if self.restart_with is None:
+            raise RuntimeError(f"this {self.name} server cannot be restarted")
+        return self.restart_with
 
     def pause(self) -> None:
         """Freeze the process (SIGSTOP): connections stay open, nothing answers."""
@@ -82,7 +112,7 @@ def _running(name: str, command: list[str], port: int, url: str) -> Iterator[Pri
     executor.start()
     process = executor.process
     assert process is not None
-    server = PrivateServer(name, url, process.pid)
+    server = PrivateServer(name, url, process.pid, executor)
     try:
         yield server
     finally:
@@ -92,13 +122,17 @@ def _running(name: str, command: list[str], port: int, url: str) -> Iterator[Pri
 
 
 @contextlib.contextmanager
-def private_redis(directory: pathlib.Path) -> Iterator[PrivateServer]:
-    """A ``redis-server`` without persistence; URL ``redis://127.0.0.1:PORT/0``."""
+def private_redis(directory: pathlib.Path, *, append_only: bool = False) -> Iterator[PrivateServer]:
+    """A ``redis-server``, without persistence unless ``append_only`` (then every write is
+    in the append-only file before it is answered: ``appendfsync always``, so a restart after
+    SIGKILL keeps it); URL ``redis://127.0.0.1:PORT/0``."""
     port = free_port()
+    persistence = ("--appendonly", "yes", "--appendfsync", "always") if append_only else ()
     command = [
         _binary("redis-server"),
         *("--bind", "127.0.0.1", "--port", str(port), "--dir", str(directory)),
         *("--save", "", "--appendonly", "no"),
+        *persistence,
     ]
     with _running("redis", command, port, f"redis://127.0.0.1:{port}/0") as server:
         yield server

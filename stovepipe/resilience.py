@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, cast
 
 from stovepipe.errors import is_transient
+from stovepipe.messaging.brokered import Broker, BrokeredMessaging
 from stovepipe.messaging.contract import Publisher
 from stovepipe.storage.errors import LimitExceeded, Unavailable
 from stovepipe.storage.storage import Storage
@@ -197,6 +198,8 @@ class CircuitBreaker:
         self._failures = 0
         self._opened_at: float | None = None
         self._probing = False
+        # Set by a failure observed while open (see observed), cleared by any answer.
+        self._failing_unadmitted = False
         self._listeners: list[Callable[[bool], None]] = []
 
     def on_change(self, listener: Callable[[bool], None]) -> None:
@@ -215,6 +218,17 @@ class CircuitBreaker:
             if self._opened_at is None:
                 return False
             return self._probing or self._clock() < self._opened_at + self.reset_timeout
+
+    def down(self) -> bool:
+        """Whether readiness should count the dependency down: :meth:`refusing`, or open
+        with calls it did not admit failing since it opened, and no answer seen since
+        (:meth:`observed`)."""
+        with self._lock:
+            return self._opened_at is not None and (
+                self._failing_unadmitted
+                or self._probing
+                or self._clock() < self._opened_at + self.reset_timeout
+            )
 
     def admit(self) -> bool:
         """Let a call through, or raise :class:`CircuitOpen`. True if the call is the probe
@@ -237,6 +251,7 @@ class CircuitBreaker:
         """The dependency answered: it is up."""
         with self._lock:
             self._failures = 0
+            self._failing_unadmitted = False
             if probe:
                 self._probing = False
             closing = self._opened_at is not None
@@ -265,6 +280,29 @@ class CircuitBreaker:
             self.reset_timeout,
         )
         self._notify(True)
+
+    def observed(self, healthy: bool) -> None:
+        """A call this breaker did not admit reached the dependency (a background consumer's
+        claim, say): ``healthy`` if it answered, else it failed transiently.
+
+        An answer closes the breaker like a successful probe. A failure counts like
+        :meth:`failed`; on an open breaker it starts another ``reset_timeout``, as a failed
+        probe does. Once such a failure is seen on an open breaker, :meth:`down` holds until
+        an answer (observed, or an admitted call's): readiness stays NOT_SERVING while the
+        dependency stays down, however rarely those calls come, even when no RPC probes it.
+        """
+        if healthy:
+            self.succeeded(probe=False)
+            return
+        with self._lock:
+            if self._opened_at is not None:
+                self._failing_unadmitted = True
+                if not self._probing:
+                    self._opened_at = max(self._opened_at, self._clock())
+                return
+        self.failed(probe=False)
+        with self._lock:
+            self._failing_unadmitted = self._opened_at is not None
 
     def abandoned(self, probe: bool) -> None:
         """The call never reached the dependency (refused by a bulkhead, out of time)."""
@@ -362,3 +400,55 @@ class GuardedPublisher:
     ) -> None:
         """As ``publisher.publish``, refused as :meth:`Guard.call` says."""
         self._guard.call(self._publisher.publish, topic, key, payload, message_id=message_id)
+
+
+# --- consumers seen by readiness ----------------------------------------------------------
+
+
+class _ObservedBroker:
+    """Proxies a broker; its consumer's calls tell a breaker whether the engine answered."""
+
+    # The calls the consumer engine makes on its own (publishes go through a Guard already):
+    # each transient failure counts.
+    _FAILURES_SEEN = frozenset({"claim", "ack", "retry", "hold", "dead_letter", "renew", "backlog"})
+    # The calls whose success shows the engine answered: the heartbeat's backlog read always
+    # asks it, whereas a claim or a settlement may return without a round trip (every shard
+    # busy with this process's other workers, a retry kept in memory).
+    _ANSWERS_SEEN = frozenset({"backlog"})
+
+    def __init__(self, broker: Broker, breaker: CircuitBreaker) -> None:
+        self._broker = broker
+        self._breaker = breaker
+
+    def __getattr__(self, attribute: str) -> Any:
+        value = getattr(self._broker, attribute)
+        if attribute not in self._FAILURES_SEEN:
+            return value
+        breaker = self._breaker
+        answers_seen = attribute in self._ANSWERS_SEEN
+
+        def observed(*args: Any, **kwargs: Any) -> Any:
+            try:
+                result = value(*args, **kwargs)
+            except BaseException as error:
+                if is_transient(error):  # unreachable, timed out
+                    breaker.observed(healthy=False)
+                elif answers_seen:  # the engine answered, with an error of its own
+                    breaker.observed(healthy=True)
+                raise
+            if answers_seen:
+                breaker.observed(healthy=True)
+            return result
+
+        setattr(self, attribute, observed)  # later lookups skip __getattr__
+        return observed
+
+
+def observe_consumers(messaging: BrokeredMessaging, breaker: CircuitBreaker) -> None:
+    """Let the calls ``messaging``'s consumers make to its engine (claims, settlements,
+    lease renewals, the heartbeat's backlog read) count for ``breaker``
+    (:meth:`CircuitBreaker.observed`): their transient failures as failures, the heartbeat's
+    answers (every ``renew_interval``) as the engine up. With the engine down, readiness
+    turns NOT_SERVING even when no RPC publishes, and stays so while the consumers keep
+    failing. Call before ``messaging`` starts."""
+    messaging.broker = cast(Broker, _ObservedBroker(messaging.broker, breaker))

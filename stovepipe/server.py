@@ -137,6 +137,10 @@ class StovepipeServer:
             for name in ("storage", "messaging")
         }
         """The guard around each dependency RPCs call: ``storage`` and ``messaging``."""
+        messaging_breaker = self.guards["messaging"].breaker
+        if messaging_breaker is not None and isinstance(self.messaging, BrokeredMessaging):
+            # A server that nobody calls Ingest on must still see its messaging engine down.
+            resilience.observe_consumers(self.messaging, messaging_breaker)
         guarded_storage = resilience.guard_storage(self.storage, self.guards["storage"])
         publisher = resilience.GuardedPublisher(self.messaging, self.guards["messaging"])
         ingest = IngestController(
@@ -218,10 +222,11 @@ class StovepipeServer:
             threading.Thread(target=self._watch_readiness, name="readiness", daemon=True).start()
 
     def _update_readiness(self) -> None:
-        """Report the Stovepipe service NOT_SERVING while a breaker refuses calls, SERVING
-        otherwise (the health service ignores both once shutdown has begun)."""
+        """Report the Stovepipe service NOT_SERVING while a breaker counts its dependency
+        down (:meth:`~stovepipe.resilience.CircuitBreaker.down`), SERVING otherwise (the
+        health service ignores both once shutdown has begun)."""
         ready = not any(
-            guard.breaker is not None and guard.breaker.refusing() for guard in self.guards.values()
+            guard.breaker is not None and guard.breaker.down() for guard in self.guards.values()
         )
         if ready != self._ready:
             self._ready = ready

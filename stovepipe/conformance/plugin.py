@@ -262,9 +262,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     wanted: dict[str, Callable[[], list[str]]] = {
         "storage_target": lambda: storage_targets(metafunc.config),
-        "queue_target": lambda: messaging_targets(metafunc.config),
+        "messaging_target": lambda: messaging_targets(metafunc.config),
         # Every target: the fixture skips those that do not declare what the tests need.
-        "durable_queue_target": lambda: messaging_targets(metafunc.config),
+        "durable_messaging_target": lambda: messaging_targets(metafunc.config),
     }
     for fixture, targets_of in wanted.items():
         if fixture in metafunc.fixturenames:
@@ -277,7 +277,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 _DIRECTORIES = pytest.StashKey[list[pathlib.Path]]()
 _HUNG = pytest.StashKey[dict[str, str]]()
 """Per target that a test hung on: that test's node id."""
-TARGET_FIXTURES = ("storage_target", "queue_target", "durable_queue_target")
+TARGET_FIXTURES = ("storage_target", "messaging_target", "durable_messaging_target")
 
 
 def _target_of(item: pytest.Item) -> str | None:

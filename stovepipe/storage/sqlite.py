@@ -27,10 +27,11 @@ import pathlib
 import queue
 import sqlite3
 import threading
-import time
 import urllib.parse
 import weakref
 from collections.abc import Iterator
+
+import tenacity
 
 from stovepipe.entity import (
     Build,
@@ -129,19 +130,24 @@ def use_wal(connection: sqlite3.Connection, timeout: float) -> None:
     is locked", without waiting on the busy timeout, so the switch is retried until
     ``timeout`` seconds have passed.
     """
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
+    for attempt in tenacity.Retrying(
+        retry=tenacity.retry_if_exception(_wal_not_yet),
+        stop=tenacity.stop_after_delay(timeout),
+        wait=tenacity.wait_fixed(0.01),
+        reraise=True,
+    ):
+        with attempt:
             (mode,) = connection.execute("PRAGMA journal_mode = WAL").fetchone()
-        except sqlite3.OperationalError as error:
-            if not _transient(error) or time.monotonic() >= deadline:
-                raise
-        else:
-            if mode.lower() == "wal":
-                return
-            if time.monotonic() >= deadline:
+            if mode.lower() != "wal":
                 raise Unavailable(f"sqlite: the file stays in journal mode {mode!r}, not WAL")
-        time.sleep(0.01)
+
+
+def _wal_not_yet(error: BaseException) -> bool:
+    """Whether switching to WAL may succeed on another try: the file was locked, or it is
+    still in another journal mode."""
+    if isinstance(error, sqlite3.OperationalError):
+        return _transient(error)
+    return isinstance(error, Unavailable)
 
 
 def create_tables(connection: sqlite3.Connection, schema: str) -> None:

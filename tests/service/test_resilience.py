@@ -273,6 +273,79 @@ def test_breaker_reports_each_opening_and_closing() -> None:
     assert changes == [True, False]
 
 
+def test_breaker_observed_failures_open_it_and_keep_it_open_while_they_go_on() -> None:
+    clock = Clock()
+    breaker = breaker_of(failure_threshold=3, reset_timeout=5, clock=clock)
+    changes: list[bool] = []
+    breaker.on_change(changes.append)
+    for _ in range(3):
+        breaker.observed(healthy=False)
+    assert breaker.refusing() and changes == [True]
+    clock.now += 4
+    breaker.observed(healthy=False)  # still failing: another reset window from now
+    clock.now += 4
+    assert breaker.refusing()
+    clock.now += 60  # no call for a long while: probes may go, but nothing answered yet
+    assert not breaker.refusing()
+    assert breaker.down(), "the consumers' calls failed and none answered since: not ready"
+    breaker.observed(healthy=True)
+    assert not breaker.down() and not breaker.refusing() and changes == [True, False]
+
+
+def test_breaker_opened_by_rpcs_alone_counts_down_only_inside_its_window() -> None:
+    clock = Clock()
+    breaker = breaker_of(failure_threshold=1, reset_timeout=5, clock=clock)
+    with pytest.raises(Unavailable):
+        resilience.Guard(None, breaker).call(unavailable)
+    assert breaker.down()
+    clock.now += 5
+    assert not breaker.down()  # readiness lets traffic in again, to probe
+
+
+def test_breaker_an_observed_answer_resets_the_failures_in_a_row() -> None:
+    breaker = breaker_of(failure_threshold=3, reset_timeout=5, clock=Clock())
+    for _ in range(5):
+        breaker.observed(healthy=False)
+        breaker.observed(healthy=False)
+        breaker.observed(healthy=True)
+    assert not breaker.is_open
+
+
+def test_consumers_observed_a_claim_that_never_reached_the_engine_is_no_answer() -> None:
+    from stovepipe.messaging.brokered import BrokeredMessaging
+    from stovepipe.messaging.inprocess import MemoryBroker
+
+    class Down(MemoryBroker):
+        """Claims fail as an unreachable engine's; the backlog read, too, until it is up."""
+
+        up = False
+
+        def claim(self, topics: Any) -> Any:
+            if not self.up:
+                raise Unavailable("connection refused")
+            return None
+
+        def backlog(self, topic: str) -> int:
+            if not self.up:
+                raise Unavailable("connection refused")
+            return 0
+
+    clock = Clock()
+    breaker = breaker_of(failure_threshold=3, reset_timeout=5, clock=clock)
+    broker = Down()
+    messaging = BrokeredMessaging(broker)
+    resilience.observe_consumers(messaging, breaker)
+    for _ in range(3):
+        with pytest.raises(Unavailable):
+            messaging.broker.claim(["t"])
+    assert breaker.down()
+    broker.up = True
+    assert messaging.broker.claim(["t"]) is None  # may not have asked the engine: no answer
+    assert breaker.down()
+    assert messaging.backlog("t") == 0  # the heartbeat's read did ask it
+    assert not breaker.down()
+
+
 # --- deadlines ----------------------------------------------------------------------------
 
 

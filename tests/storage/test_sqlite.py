@@ -112,3 +112,52 @@ def test_sqlite_processes_opening_a_new_file_at_the_same_moment_all_succeed(
     for child in children:
         child.join(timeout=30)
     assert [o for o in outcomes if o != "opened"] == []
+
+
+def test_sqlite_switch_to_wal_is_retried_while_another_connection_locks_the_file(
+    tmp_path: pathlib.Path,
+) -> None:
+    import threading
+
+    from stovepipe.storage.sqlite import use_wal
+
+    path = tmp_path / "locked.sqlite"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN EXCLUSIVE")
+    released = threading.Timer(0.3, holder.execute, args=("COMMIT",))
+    released.start()
+    switching = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        start = time.monotonic()
+        use_wal(switching, timeout=10)
+        waited = time.monotonic() - start
+        (mode,) = switching.execute("PRAGMA journal_mode").fetchone()
+        assert mode == "wal"
+        assert waited >= 0.2, "the file was locked: the first try cannot have succeeded"
+    finally:
+        released.join(timeout=10)
+        switching.close()
+        holder.close()
+
+
+def test_sqlite_switch_to_wal_gives_up_after_its_timeout_with_the_lock_error(
+    tmp_path: pathlib.Path,
+) -> None:
+    from stovepipe.storage.sqlite import use_wal
+
+    path = tmp_path / "locked.sqlite"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN EXCLUSIVE")
+    switching = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        start = time.monotonic()
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            use_wal(switching, timeout=0.3)
+        waited = time.monotonic() - start
+        assert 0.3 <= waited < 5.0
+    finally:
+        switching.close()
+        holder.execute("COMMIT")
+        holder.close()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import random
+import functools
 import threading
 import time
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
+
+import tenacity
 
 from stovepipe.entity import Build, Fact, Queue, Request
 from stovepipe.storage.errors import (
@@ -245,52 +247,90 @@ class EtcdCounter:
         if not sequence.lock.acquire(timeout=self._client.timeout):
             raise Unavailable(f"counter {domain!r}: timed out waiting for this process's turn")
         try:
-            for attempt in range(self.MAX_ATTEMPTS):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                if attempt >= 2:
-                    delay = random.uniform(0, min(self._BACKOFF_CAP_SECONDS, 0.001 * 2**attempt))
-                    time.sleep(min(delay, remaining))
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                if sequence.mod_revision:
-                    compare = Compare(
-                        key=key,
-                        target=Compare.MOD,
-                        result=Compare.EQUAL,
-                        mod_revision=sequence.mod_revision,
-                    )
-                else:
-                    compare = _absent(key)
-                number = sequence.value + 1
-                response = self._client.txn(
-                    TxnRequest(
-                        compare=[compare],
-                        success=[_put(key, b"%d" % number)],
-                        failure=[_read(key)],
-                    ),
-                    timeout=remaining,
-                )
-                if response.succeeded:
-                    # A transaction's writes all carry the revision it created.
-                    sequence.value, sequence.mod_revision = number, response.header.revision
-                    return number
-                current = _failure_read(response)
-                if current is None:
-                    sequence.value, sequence.mod_revision = 0, 0
-                else:
-                    try:
-                        sequence.value = int(current.value)
-                    except ValueError:
-                        raise StorageError(
-                            f"counter {domain!r} holds no number: {current.value!r}"
-                        ) from None
-                    sequence.mod_revision = current.mod_revision
+            attempt = functools.partial(self._try_next, key, sequence, domain, deadline)
+            try:
+                return attempt()
+            except _Lost:
+                # Retried under the policy only now: entering it costs more than a round
+                # trip, and an uncontended next never needs it.
+                if self.MAX_ATTEMPTS < 2:
+                    raise Unavailable(self._gave_up(domain)) from None
+            try:
+                return self._retrying(deadline)(attempt)
+            except tenacity.RetryError:
+                raise Unavailable(self._gave_up(domain)) from None
         finally:
             sequence.lock.release()
-        raise Unavailable(f"counter {domain!r}: too much contention, gave up without a number")
+
+    def _retrying(self, deadline: float) -> tenacity.Retrying:
+        """The policy after a first lost try: up to ``MAX_ATTEMPTS`` tries in all, none
+        started past ``deadline`` (monotonic); the next at once, then each after a random
+        while below ``2**k`` ms for try k (the first is try 0), at most
+        ``_BACKOFF_CAP_SECONDS``, and never past ``deadline``."""
+
+        def sleep(seconds: float) -> None:
+            time.sleep(max(0.0, min(seconds, deadline - time.monotonic())))
+
+        return tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(_Lost),
+            stop=tenacity.stop_any(
+                tenacity.stop_after_attempt(self.MAX_ATTEMPTS - 1),
+                tenacity.stop_after_delay(max(0.0, deadline - time.monotonic())),
+            ),
+            # The policy's n-th failure is try n: tenacity's cap is multiplier * 2**(n - 1).
+            wait=tenacity.wait_random_exponential(multiplier=0.004, max=self._BACKOFF_CAP_SECONDS),
+            sleep=sleep,
+        )
+
+    @staticmethod
+    def _gave_up(domain: str) -> str:
+        return f"counter {domain!r}: too much contention, gave up without a number"
+
+    def _try_next(self, key: bytes, sequence: _Sequence, domain: str, deadline: float) -> int:
+        """One compare-and-swap transaction: the number it handed out; raises :class:`_Lost`
+        if another process moved the key (``sequence`` then holds the key's current state),
+        or ``Unavailable`` if ``deadline`` has passed."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise Unavailable(self._gave_up(domain))
+        if sequence.mod_revision:
+            compare = Compare(
+                key=key,
+                target=Compare.MOD,
+                result=Compare.EQUAL,
+                mod_revision=sequence.mod_revision,
+            )
+        else:
+            compare = _absent(key)
+        number = sequence.value + 1
+        response = self._client.txn(
+            TxnRequest(
+                compare=[compare],
+                success=[_put(key, b"%d" % number)],
+                failure=[_read(key)],
+            ),
+            timeout=remaining,
+        )
+        if response.succeeded:
+            # A transaction's writes all carry the revision it created.
+            sequence.value, sequence.mod_revision = number, response.header.revision
+            return number
+        current = _failure_read(response)
+        if current is None:
+            sequence.value, sequence.mod_revision = 0, 0
+        else:
+            try:
+                sequence.value = int(current.value)
+            except ValueError:
+                raise StorageError(
+                    f"counter {domain!r} holds no number: {current.value!r}"
+                ) from None
+            sequence.mod_revision = current.mod_revision
+        raise _Lost
+
+
+class _Lost(Exception):
+    """A counter's compare-and-swap lost to another process's."""
 
 
 class EtcdQueueStore:

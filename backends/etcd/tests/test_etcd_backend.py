@@ -9,6 +9,7 @@ import threading
 from collections import Counter as Tally
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 from stovepipe_etcd import EtcdBackend, open_backend
@@ -447,3 +448,30 @@ def test_a_closed_storage_raises_storage_error(url: str) -> None:
     with pytest.raises(StorageError, match="closed"):
         storage.requests.get("r")
     storage.close()
+
+
+def test_counter_retries_under_its_tenacity_policy_and_gives_up_after_max_attempts(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = open_backend(url), open_backend(url)
+    try:
+        assert first.counter.next("d") == 1
+        second.counter.MAX_ATTEMPTS = 4
+        client = second.counter._client
+        transaction = client.txn
+        tries: list[int] = []
+
+        def moved_before_each_try(request: Any, *, timeout: float) -> Any:
+            # Another process takes a number before every try: each one loses.
+            tries.append(first.counter.next("d"))
+            return transaction(request, timeout=timeout)
+
+        monkeypatch.setattr(client, "txn", moved_before_each_try)
+        with pytest.raises(Unavailable, match="contention"):
+            second.counter.next("d")
+        assert tries == [2, 3, 4, 5]
+        monkeypatch.undo()
+        assert second.counter.next("d") == 6  # it handed out no number meanwhile
+    finally:
+        first.close()
+        second.close()

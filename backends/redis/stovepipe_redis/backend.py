@@ -27,18 +27,18 @@ them, the shortest text that reads back as the very same float.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import json.encoder
-import random
 import ssl
 import threading
-import time
 from collections.abc import Iterable, Sequence
 from typing import Any, Final, Protocol
 
 import redis
 import redis.exceptions
+import tenacity
 
 from stovepipe.entity import (
     Build,
@@ -246,11 +246,25 @@ class _Connection(Protocol):
     def disconnect(self) -> None: ...
 
 
-def _pause_after_conflict(attempt: int) -> None:
-    """Sleep a random while below an exponential cap ("full jitter"), so that racers which
-    collided spread out instead of colliding again."""
-    cap = min(_CONFLICT_BACKOFF_CAP_SECONDS, _CONFLICT_BACKOFF_SECONDS * 2**attempt)
-    time.sleep(random.uniform(0, cap))
+class _Conflict(Exception):
+    """An ``EXEC`` aborted because another writer changed the key after ``WATCH``."""
+
+
+_RETRY_CONFLICTS: Final = tenacity.Retrying(
+    retry=tenacity.retry_if_exception_type(_Conflict),
+    # The first try, made before the policy is entered, counts too.
+    stop=tenacity.stop_after_attempt(MAX_UPDATE_ATTEMPTS - 1),
+    # A random while below an exponential cap ("full jitter"), so that racers which collided
+    # spread out instead of colliding again: before try k (the first is try 0), below
+    # 2**k times the base, up to the cap. Try 1 goes at once: of the two writers that
+    # collided, the other one's EXEC went through. The policy's n-th failure is try n, and
+    # tenacity's cap after it is multiplier * 2**(n - 1).
+    wait=tenacity.wait_random_exponential(
+        multiplier=4 * _CONFLICT_BACKOFF_SECONDS, max=_CONFLICT_BACKOFF_CAP_SECONDS
+    ),
+)
+"""The retries of an update whose ``EXEC`` was aborted; copied per use (``copy``): a copy
+keeps its own state."""
 
 
 # Error replies of a server that cannot take writes for now: loading its data set, busy with
@@ -411,40 +425,21 @@ class RedisRequestStore:
         connection: _Connection = pooled
         try:
             watch_and_get = connection.pack_commands((("WATCH", key), ("GET", key)))
-            for attempt in range(MAX_UPDATE_ATTEMPTS):
-                if attempt:
-                    _pause_after_conflict(attempt)
-                connection.send_packed_command(watch_and_get)
-                connection.read_response()  # OK
-                stored = connection.read_response()
-                fields = None if stored is None else decode_request(key, stored)
-                if fields is None or fields["version"] != old_version:
-                    connection.send_command("UNWATCH")
-                    connection.read_response()
-                    raise VersionMismatch(f"request {request.id!r} is not at version {old_version}")
-                # The queue is immutable: keep the stored one whatever the caller passed.
-                value = encode_request(
-                    fields["queue"],
-                    request.uri,
-                    request.state,
-                    request.build_strategy,
-                    request.base_uri,
-                    new_version,
-                )
-                connection.send_packed_command(
-                    connection.pack_commands((("MULTI",), ("SET", key, value), ("EXEC",)))
-                )
-                connection.read_response()  # OK
-                connection.read_response()  # QUEUED
-                if connection.read_response() is not None:
-                    return
-                # EXEC was aborted: someone wrote the key after WATCH. Re-read and decide.
-                with self._lock:
-                    self._watch_conflicts += 1
-            raise Unavailable(
-                f"redis: request {request.id!r} kept changing under WATCH; "
-                f"gave up after {MAX_UPDATE_ATTEMPTS} attempts"
+            attempt = functools.partial(
+                self._try_update, connection, watch_and_get, request, old_version, new_version
             )
+            try:
+                attempt()
+            except _Conflict:
+                # Tried again under the policy: a conflict is rare, and the policy costs more
+                # than a round trip, so the first try goes without it.
+                try:
+                    _RETRY_CONFLICTS.copy()(attempt)
+                except tenacity.RetryError:
+                    raise Unavailable(
+                        f"redis: request {request.id!r} kept changing under WATCH; "
+                        f"gave up after {MAX_UPDATE_ATTEMPTS} attempts"
+                    ) from None
         except redis.exceptions.RedisError as error:
             connection.disconnect()
             raise mapped_error(error) from error
@@ -457,6 +452,45 @@ class RedisRequestStore:
             raise
         finally:
             pool.release(pooled)
+
+    def _try_update(
+        self,
+        connection: _Connection,
+        watch_and_get: list[bytes],
+        request: Request,
+        old_version: int,
+        new_version: int,
+    ) -> None:
+        """One ``WATCH``, ``GET``, ``MULTI``/``SET``/``EXEC``: raises :class:`_Conflict` if
+        another writer changed the key meanwhile (nothing written, no ``WATCH`` left)."""
+        key = self._keys.request(request.id)
+        connection.send_packed_command(watch_and_get)
+        connection.read_response()  # OK
+        stored = connection.read_response()
+        fields = None if stored is None else decode_request(key, stored)
+        if fields is None or fields["version"] != old_version:
+            connection.send_command("UNWATCH")
+            connection.read_response()
+            raise VersionMismatch(f"request {request.id!r} is not at version {old_version}")
+        # The queue is immutable: keep the stored one whatever the caller passed.
+        value = encode_request(
+            fields["queue"],
+            request.uri,
+            request.state,
+            request.build_strategy,
+            request.base_uri,
+            new_version,
+        )
+        connection.send_packed_command(
+            connection.pack_commands((("MULTI",), ("SET", key, value), ("EXEC",)))
+        )
+        connection.read_response()  # OK
+        connection.read_response()  # QUEUED
+        if connection.read_response() is None:
+            # EXEC was aborted: someone wrote the key after WATCH. Re-read and decide.
+            with self._lock:
+                self._watch_conflicts += 1
+            raise _Conflict
 
 
 class RedisRequestURIStore:

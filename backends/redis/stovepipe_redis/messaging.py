@@ -194,6 +194,9 @@ class RedisStreamsBroker:
         # out (another claim here reuses it), so close() gives them back.
         self._leased: set[_Shard] = set()
         self._backing_off: dict[_Shard, float] = {}  # shard -> monotonic time it may resume
+        # Shards whose settlement met a transient fault (the consumer engine retries it):
+        # shard -> monotonic time after which this process may claim from it again.
+        self._unsettled: dict[_Shard, float] = {}
         self._closed = False
 
     def publish(self, topic: str, key: str, payload: bytes, message_id: str) -> None:
@@ -212,6 +215,9 @@ class RedisStreamsBroker:
             for shard, due in list(self._backing_off.items()):
                 if due <= now:
                     del self._backing_off[shard]
+            for shard, due in list(self._unsettled.items()):
+                if due <= now:
+                    del self._unsettled[shard]
             # Start at a random shard, so that consumers spread over the shards.
             offset = uuid.uuid4().int % self._shards
             candidates = [
@@ -220,6 +226,7 @@ class RedisStreamsBroker:
                 for n in range(self._shards)
                 if (topic, (offset + n) % self._shards) not in self._in_flight
                 and (topic, (offset + n) % self._shards) not in self._backing_off
+                and (topic, (offset + n) % self._shards) not in self._unsettled
             ]
             # Mark them busy, so that this process's other workers pass them by meanwhile.
             self._in_flight.update(candidates)
@@ -344,18 +351,19 @@ class RedisStreamsBroker:
         topic, index, entry_id = self._receipt(delivery)
         stream = self._stream(topic, index)
         retry_count = delivery.message.attempt - 1
-        self._call(
-            lambda: self._client.xclaim(
-                stream,
-                GROUP,
-                self._consumer,
-                0,
-                [entry_id],
-                retrycount=retry_count,
-                justid=True,
+        with self._settling(topic, index):
+            self._call(
+                lambda: self._client.xclaim(
+                    stream,
+                    GROUP,
+                    self._consumer,
+                    0,
+                    [entry_id],
+                    retrycount=retry_count,
+                    justid=True,
+                )
             )
-        )
-        self.retry(delivery, delay, "")
+            self.retry(delivery, delay, "")
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Add the dead letter and ``XACK``/``XDEL`` the entry, in one ``MULTI``."""
@@ -484,12 +492,27 @@ class RedisStreamsBroker:
     @contextlib.contextmanager
     def _settling(self, topic: str, index: int) -> Iterator[None]:
         """Keep the shard busy here until the entry is settled on the server: a worker that
-        claimed the shard earlier would find the entry still pending and deliver it again."""
+        claimed the shard earlier would find the entry still pending and deliver it again.
+
+        A settlement that meets a transient fault (the server restarting) is retried by the
+        consumer engine, so the shard stays out of this process's claims meanwhile, for one
+        visibility timeout at most (as a delivery's lease: after that it is delivered again)
+        and without renewing its lease. Any other outcome frees the shard at once.
+        """
+        shard = (topic, index)
+        unsettled = False
         try:
             yield
+        except MessagingError as error:
+            unsettled = error.transient
+            raise
         finally:
             with self._lock:
-                self._in_flight.discard((topic, index))
+                self._in_flight.discard(shard)
+                if unsettled:
+                    self._unsettled[shard] = time.monotonic() + self._lease_ms / 1000
+                else:
+                    self._unsettled.pop(shard, None)
 
     def _shard_of(self, key: str) -> int:
         return zlib.crc32(_encode(key)) % self._shards

@@ -89,6 +89,35 @@ def test_update_never_retries_a_real_version_mismatch_16_racers_one_winner(
     assert (stored.version, stored.uri) == (2, f"git://r/main/{winners[0]}")
 
 
+def test_update_retries_under_its_tenacity_policy_and_gives_up_after_max_update_attempts(
+    backend: RedisBackend, raw: redis.Redis, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stovepipe_redis import MAX_UPDATE_ATTEMPTS
+    from stovepipe_redis import backend as module
+
+    backend.requests.create(_request("request/q/1"))
+    key = f"{prefix}request:request/q/1".encode()
+    reads: list[bytes] = []
+
+    def read_then_touch(read_key: bytes, stored: bytes) -> object:
+        # Another writer rewrites the key between this attempt's WATCH and its EXEC, every
+        # time: the version still matches, so each attempt is a conflict, never a mismatch.
+        reads.append(read_key)
+        raw.set(key, stored)
+        return decode_request(read_key, stored)
+
+    monkeypatch.setattr(module, "decode_request", read_then_touch)
+    conflicts_before = backend.requests.watch_conflicts
+    with pytest.raises(Unavailable, match=f"gave up after {MAX_UPDATE_ATTEMPTS} attempts"):
+        backend.requests.update(
+            _request("request/q/1", uri="git://r/main/9"), old_version=1, new_version=2
+        )
+    assert len(reads) == MAX_UPDATE_ATTEMPTS
+    assert backend.requests.watch_conflicts - conflicts_before == MAX_UPDATE_ATTEMPTS
+    monkeypatch.undo()
+    assert backend.requests.get("request/q/1").version == 1  # nothing was written
+
+
 def test_update_version_mismatch_leaves_no_watch_on_the_pooled_connection(
     backend: RedisBackend, raw: redis.Redis, prefix: str
 ) -> None:
