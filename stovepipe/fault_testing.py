@@ -244,6 +244,18 @@ class FreezeFigures:
         }
 
 
+def _first_request(client: StovepipeClient, queue: str) -> str:
+    """The id Ingest answers for ``queue``, asked until the server answers (bounded: 30 s)."""
+    end = time.monotonic() + 30
+    while True:
+        try:
+            return str(client.Ingest(pb.IngestRequest(queue=queue), timeout=5).id)
+        except grpc.RpcError:
+            if time.monotonic() > end:
+                raise
+            time.sleep(0.1)
+
+
 def _callers(
     address: str,
     queue: str,
@@ -261,7 +273,7 @@ def _callers(
     samples: list[tuple[float, str]] = []
     lock = threading.Lock()
     channels = [grpc.insecure_channel(address) for _ in range(8)]
-    first = StovepipeClient(channels[0]).Ingest(pb.IngestRequest(queue=queue), timeout=30).id
+    first = _first_request(StovepipeClient(channels[0]), queue)
 
     def call(number: int) -> None:
         client = StovepipeClient(channels[number % len(channels)])
