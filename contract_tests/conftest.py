@@ -37,7 +37,7 @@ def storage_url(
 
 
 @pytest.fixture(scope="session")
-def _shared_storage(storage_target: str, storage_url: str) -> Iterator[Storage]:
+def shared_storage(storage_target: str, storage_url: str) -> Iterator[Storage]:
     try:
         storage = open_storage(storage_url)
     except Exception as error:
@@ -50,9 +50,9 @@ def _shared_storage(storage_target: str, storage_url: str) -> Iterator[Storage]:
 
 
 @pytest.fixture
-def storage(_shared_storage: Storage) -> Storage:
+def storage(shared_storage: Storage) -> Storage:
     """One storage instance per backend, shared by the whole run, as a server shares it."""
-    return _shared_storage
+    return shared_storage
 
 
 @pytest.fixture

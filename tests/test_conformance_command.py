@@ -138,6 +138,21 @@ def test_conformance_an_explicit_url_that_cannot_be_opened_fails_naming_the_erro
     assert "skipped" not in result.stdout
 
 
+@pytest.mark.parametrize("target", ["sqlite:{tmp}/x.db", "127.0.0.1:1"])
+def test_conformance_a_malformed_url_fails_naming_the_error_never_skips(
+    target: str, tmp_path: pathlib.Path
+) -> None:
+    # Not an engine's bare name: a URL given explicitly, which must open.
+    result = _conformance(
+        "storage", target.format(tmp=tmp_path), "-q", "-x", "-k", "test_request_store",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "the URL was given explicitly: it must work" in result.stdout
+    assert "skipped" not in result.stdout
+    assert not (tmp_path / "x.db").exists()
+
+
 def test_messaging_suite_selects_the_durable_tests_by_declared_capability(
     tmp_path: pathlib.Path,
 ) -> None:
@@ -258,3 +273,27 @@ def test_a_fresh_environment_with_the_package_installed_passes_the_storage_suite
         [str(python), "-c", "import stovepipe.conformance.storage as s; print(s.__file__)"],
         check=True, capture_output=True, text=True, timeout=60, cwd="/",
     ).stdout  # fmt: skip
+
+
+def test_a_backends_own_tests_reuse_the_suites_fixtures_with_a_star_import(
+    tmp_path: pathlib.Path,
+) -> None:
+    """What "Writing a backend" tells an author: a star import in a conftest.py gives their
+    own tests the suite's fixtures (so none of those may be private to the module)."""
+    (tmp_path / "conftest.py").write_text(
+        "from stovepipe.conformance.storage.conftest import *  # noqa: F403\n", encoding="utf-8"
+    )
+    (tmp_path / "test_own.py").write_text(
+        "from stovepipe.entity import Queue\n\n\n"
+        "def test_own(storage, ns):\n"
+        "    storage.queues.create(Queue(f'q{ns}'))\n"
+        "    assert storage.queues.get(f'q{ns}').name == f'q{ns}'\n",
+        encoding="utf-8",
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_own.py",
+         "--storage-url", f"sqlite:///{tmp_path}/own.db"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 passed" in result.stdout

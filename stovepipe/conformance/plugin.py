@@ -29,13 +29,14 @@ import importlib
 import importlib.metadata
 import os
 import pathlib
+import re
 import signal
 import sys
 import threading
 import traceback
 from collections.abc import Callable, Generator
 from types import FrameType
-from typing import NoReturn
+from typing import Final, NoReturn
 
 import pytest
 
@@ -106,13 +107,21 @@ def unreachable(reason: str, *, explicit: bool = False) -> NoReturn:
 
 
 def is_explicit(target: str) -> bool:
-    """True for a target given as a URL, false for one named by scheme for discovery."""
-    return "://" in target
+    """True for a target given as a URL, false for one named by scheme for discovery.
+
+    An engine's name is a bare scheme (letters, digits, ``+``, ``.``, ``-``). Anything else
+    is a URL given explicitly, a malformed one included (``sqlite:/x.db``,
+    ``127.0.0.1:6379``): it must open, or the run fails naming the error, never skips.
+    """
+    return _ENGINE_NAME.fullmatch(target) is None
 
 
 def target_id(target: str) -> str:
     """The scheme of a target, for test ids and messages."""
-    return target.split("://", 1)[0] if is_explicit(target) else target
+    return target.split(":", 1)[0] if is_explicit(target) else target
+
+
+_ENGINE_NAME: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
 
 
 class _Servers:
