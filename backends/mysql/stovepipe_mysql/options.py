@@ -73,15 +73,27 @@ class MySQLOptions:
         return f"{host}:{self.port}/{self.database}"
 
     def ssl_context(self) -> ssl.SSLContext | None:
-        """The TLS context the ``ssl_*`` options ask for, or None when none was given."""
+        """The TLS context the ``ssl_*`` options ask for, or None when none was given.
+
+        Raises ``ValueError`` naming the option and its file if a file cannot be read or holds
+        no certificate or key (the driver's own message names neither)."""
         if (self.ssl_ca, self.ssl_cert, self.ssl_key, self.ssl_verify) == (None, None, None, None):
             return None
-        context = ssl.create_default_context(cafile=self.ssl_ca)
+        try:
+            context = ssl.create_default_context(cafile=self.ssl_ca)
+        except (OSError, ssl.SSLError) as error:
+            raise ValueError(f"mysql URL option ssl_ca={self.ssl_ca}: {error}") from error
         if self.ssl_verify is False:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
         if self.ssl_cert is not None:
-            context.load_cert_chain(self.ssl_cert, self.ssl_key)
+            try:
+                context.load_cert_chain(self.ssl_cert, self.ssl_key)
+            except (OSError, ssl.SSLError) as error:
+                files = f"ssl_cert={self.ssl_cert}" + (
+                    f", ssl_key={self.ssl_key}" if self.ssl_key else ""
+                )
+                raise ValueError(f"mysql URL options {files}: {error}") from error
         return context
 
     def connect_arguments(self) -> dict[str, Any]:

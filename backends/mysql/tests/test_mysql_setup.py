@@ -381,3 +381,25 @@ def test_test_server_hook_without_binaries_or_docker_names_what_to_install(
         mysql_test_server(),
     ):
         pass
+
+
+@pytest.mark.parametrize(
+    ("query", "named"),
+    [
+        ("ssl_ca={missing}", "ssl_ca="),
+        ("ssl_ca={not_pem}", "ssl_ca="),
+        ("ssl_cert={missing}&ssl_key={missing}", "ssl_cert="),
+    ],
+)
+def test_tls_option_files_that_cannot_be_read_are_refused_naming_the_option(
+    query: str, named: str, tmp_path: pathlib.Path
+) -> None:
+    not_pem = tmp_path / "not.pem"
+    not_pem.write_text("not a certificate\n", encoding="utf-8")
+    missing = tmp_path / "missing.pem"
+    options = parse_url(
+        "mysql://u:s3cret@127.0.0.1:1/db?" + query.format(missing=missing, not_pem=not_pem)
+    )
+    with pytest.raises(ValueError, match=named) as raised:
+        options.connect_arguments()
+    assert "s3cret" not in str(raised.value)
