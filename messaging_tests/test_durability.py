@@ -109,7 +109,9 @@ def test_per_key_order_one_at_a_time_across_consumer_processes(
 ) -> None:
     keys, per_key, consumers = 4, 12, 3
     url = url_with(durable_messaging_url, workers=2, poll_interval=0.02)
-    processes = [children.spawn(url, topic, sleep=0.01) for _ in range(consumers)]
+    # Each delivery lasts long enough that the other processes, polling at most every
+    # workers / 2 seconds while idle, claim some of the work before the first one is done.
+    processes = [children.spawn(url, topic, sleep=0.1) for _ in range(consumers)]
     children.wait_for("consumers", lambda: len(children.events("ready")) == consumers)
 
     publisher = make_durable_messaging()

@@ -46,9 +46,14 @@ DEFAULT_MAX_BACKOFF_SECONDS: Final = 30.0
 DEFAULT_VISIBILITY_TIMEOUT: Final = 30.0
 DEFAULT_WORKERS: Final = 4
 DEFAULT_POLL_INTERVAL: Final = 0.1
-IDLE_REQUESTS_PER_SECOND: Final = 5.0
+IDLE_REQUESTS_PER_SECOND: Final = 2.0
 """The most claims per second the workers of an idle consumer send their engine together, once
-their poll interval has doubled up to its cap (a publish in this process wakes one at once)."""
+their poll interval has doubled up to its cap (a publish in this process wakes one at once).
+Two, so that an idle server, whose lease heartbeat and backlog gauge add about half a request
+a second, stays well under five requests a second to its engines even while its workers are
+still backing off after work; the price is the pickup of a message published by another
+process, up to ``workers / IDLE_REQUESTS_PER_SECOND`` seconds (2 s with the default 4 workers)
+after it is stored, about a quarter of that on average."""
 DEFAULT_TRANSIENT_RETRY_SECONDS: Final = 3600.0
 """How long a message whose handler meets transient faults (an engine unreachable) is retried
 without counting attempts, and how long a settlement is retried, from the first fault."""
@@ -145,8 +150,8 @@ class BrokeredMessaging:
     failure; after that its failures count. Broker calls that settle a delivery are retried
     likewise (tenacity). ``workers`` threads each run one delivery at a time; an idle worker
     asks the broker again after ``poll_interval`` seconds, doubling while it finds nothing up to
-    ``workers /`` :data:`IDLE_REQUESTS_PER_SECOND`, and at once when this process publishes or
-    settles a delivery. Leases are renewed every
+    ``workers /`` :data:`IDLE_REQUESTS_PER_SECOND` (at once if another worker already waits
+    idle), and at once when this process publishes or settles a delivery. Leases are renewed every
     ``renew_interval`` seconds (a third of the broker's visibility timeout).
     """
 
@@ -196,6 +201,7 @@ class BrokeredMessaging:
         self._claim_warnings = _RateLimitedWarnings(WARNING_INTERVAL)
         self._condition = threading.Condition()
         self._published = 0  # wakes idle workers when this process publishes
+        self._idling = 0  # workers waiting in _idle
         self._started = False
         self._stopping = False
         self._threads: list[threading.Thread] = []
@@ -340,7 +346,7 @@ class BrokeredMessaging:
                     # Idle: ask less and less often, so that the workers together send at
                     # most IDLE_REQUESTS_PER_SECOND claims; a publish here wakes one at once.
                     empty = 0 if delivery is not None else empty + 1
-                    wait = min(self._poll_interval * 2 ** max(0, empty - 1), self._idle_wait)
+                    wait = self._idle_backoff(empty)
                 except Exception as error:
                     self._metrics.broker_errors.labels("claim").inc()
                     self._claim_warnings.warn(f"claiming a message failed: {error}")
@@ -360,6 +366,18 @@ class BrokeredMessaging:
                 return
             self._deliver(delivery)
 
+    def _idle_backoff(self, empty: int) -> float:
+        """Seconds to wait after ``empty`` claims in a row found nothing: the poll interval,
+        doubling up to the cap, for the first worker of this process to go idle; the cap at
+        once for the others, since that one's claims already cover every topic (so the
+        back-off after work costs the engine one worker's claims, not every worker's)."""
+        with self._condition:
+            others_idle = self._idling > 0
+        if others_idle:
+            return self._idle_wait
+        ramp: float = self._poll_interval * 2 ** max(0, empty - 1)
+        return min(ramp, self._idle_wait)
+
     def _idle(self, seen: int, wait: float) -> None:
         """Wait ``wait`` seconds, or less if stopping, if this process published or settled
         since, or if the broker says a backoff ends sooner."""
@@ -369,7 +387,11 @@ class BrokeredMessaging:
             if sooner is not None:
                 wait = min(wait, sooner)
         with self._condition:
-            self._condition.wait_for(lambda: self._stopping or self._published != seen, wait)
+            self._idling += 1
+            try:
+                self._condition.wait_for(lambda: self._stopping or self._published != seen, wait)
+            finally:
+                self._idling -= 1
 
     def _wake_one(self) -> None:
         """Wake one idle worker: there may be a message to claim."""

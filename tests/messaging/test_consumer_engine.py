@@ -154,12 +154,12 @@ def test_an_idle_consumer_sends_at_most_5_requests_a_second() -> None:
     queue.subscribe("t", lambda message: None)
     queue.start()
     try:
-        time.sleep(2.0)  # the poll interval doubles up to its cap meanwhile
+        time.sleep(4.0)  # the poll interval doubles up to its cap (2 s) meanwhile
         before = broker.claims
-        time.sleep(3.0)
-        rate = (broker.claims - before) / 3.0
+        time.sleep(4.0)
+        rate = (broker.claims - before) / 4.0
         print(f"idle claims per second: {rate:.1f}")
-        assert rate <= 5.5, f"{rate:.1f} claims a second while idle"
+        assert rate <= 5.0, f"{rate:.1f} claims a second while idle"
         # A publish in this process still wakes a worker at once.
         handled = threading.Event()
         queue.subscribe("u", lambda message: handled.set())

@@ -160,6 +160,16 @@ end
 return removed
 """
 
+# The entries left in the streams KEYS: one request, however many shards (a pipeline of one
+# XLEN per shard would be as many commands to the server, every few seconds, idle or not).
+_BACKLOG: Final = """
+local total = 0
+for i = 1, #KEYS do
+  total = total + redis.call('XLEN', KEYS[i])
+end
+return total
+"""
+
 _T = TypeVar("_T")
 _Shard = tuple[str, int]
 """``(topic, shard index)``."""
@@ -187,6 +197,7 @@ class RedisStreamsBroker:
         self._publish_script = client.register_script(_PUBLISH)
         self._renew_script = client.register_script(_RENEW)
         self._remove_consumers_script = client.register_script(_REMOVE_CONSUMERS)
+        self._backlog_script = client.register_script(_BACKLOG)
         self._lock = threading.Lock()
         self._groups: set[bytes] = set()  # streams known to have the group
         self._in_flight: set[_Shard] = set()
@@ -432,13 +443,9 @@ class RedisStreamsBroker:
     def backlog(self, topic: str) -> int:
         """Entries left in ``topic``'s shard streams (acknowledged ones are deleted)."""
 
-        def count() -> int:
-            with self._client.pipeline(transaction=False) as pipe:
-                for index in range(self._shards):
-                    pipe.xlen(self._stream(topic, index))
-                return sum(int(length) for length in pipe.execute())
-
-        return self._call(count)
+        streams = [self._stream(topic, index) for index in range(self._shards)]
+        total: Any = self._call(lambda: self._backlog_script(keys=streams))
+        return int(total)
 
     def dead_letters(self, topic: str) -> list[DeadLetter]:
         """The dead-letter stream of ``topic``, oldest first."""
