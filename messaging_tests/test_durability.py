@@ -109,15 +109,14 @@ def test_per_key_order_one_at_a_time_across_consumer_processes(
 ) -> None:
     keys, per_key, consumers = 4, 12, 3
     url = url_with(durable_messaging_url, workers=2, poll_interval=0.02)
-    # Each delivery lasts long enough that the other processes, polling at most every
-    # workers / 2 seconds while idle, claim some of the work before the first one is done.
-    processes = [children.spawn(url, topic, sleep=0.1) for _ in range(consumers)]
-    children.wait_for("consumers", lambda: len(children.events("ready")) == consumers)
-
     publisher = make_durable_messaging()
     for n in range(per_key):
         for k in range(keys):
             publisher.publish(topic, f"k{k}", f"{n:03}".encode())
+    # The work waits for the consumers, which claim at once when they start (an idle one
+    # polls only every workers / 2 seconds); each delivery lasts long enough that one process
+    # alone would take 48 * 0.25 / 2 = 6 s, so all of them start while work is left.
+    processes = [children.spawn(url, topic, sleep=0.25) for _ in range(consumers)]
     children.wait_for("every delivery", lambda: len(children.events("end")) == keys * per_key)
 
     starts, ends = children.events("start"), children.events("end")
