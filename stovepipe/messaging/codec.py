@@ -1,4 +1,5 @@
-"""Payload codecs: protojson with proto field names, tolerant of unknown fields."""
+"""Payload codecs: protojson with proto field names, tolerant of unknown fields; and the text
+codec every broker stores topics, keys, ids and reasons with."""
 
 from __future__ import annotations
 
@@ -45,3 +46,21 @@ def encode_process_request(request: ProcessRequest) -> bytes:
 def decode_process_request(payload: bytes) -> ProcessRequest:
     """Parse a ``ProcessRequest`` that carries an ``id``; see :func:`decode`."""
     return decode(payload, ProcessRequest, "id")
+
+
+def encode_text(text: str) -> bytes:
+    """``text`` as UTF-8 for a broker; lone surrogates pass through, so any key round-trips."""
+    return text.encode("utf-8", "surrogatepass")
+
+
+def decode_text(data: bytes) -> str:
+    """The inverse of :func:`encode_text`; ``UnicodeDecodeError`` for bytes it did not write."""
+    return bytes(data).decode("utf-8", "surrogatepass")
+
+
+def decode_text_lax(data: bytes) -> str:
+    """``data`` as text for a dead letter: invalid UTF-8 shown as ``\\xNN`` escapes."""
+    try:
+        return decode_text(data)
+    except UnicodeDecodeError:
+        return bytes(data).decode("utf-8", "backslashreplace")

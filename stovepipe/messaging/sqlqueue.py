@@ -47,6 +47,7 @@ from typing import Any, Final, Protocol
 import tenacity
 
 from stovepipe.messaging.brokered import Delivery, MessagingError, MessagingUnavailable
+from stovepipe.messaging.codec import decode_text, decode_text_lax, encode_text
 from stovepipe.messaging.contract import Message
 from stovepipe.messaging.inprocess import DeadLetter
 from stovepipe.storage import sqlite as sqlite_url
@@ -216,7 +217,7 @@ class SQLBroker:
             " (topic, partition_key, payload, attempt, available_at, published_at, message_id)"
             f" VALUES (?, ?, ?, 0, {self._dialect.now}, {self._dialect.now}, ?)"
             f" {self._dialect.on_pending_id}",
-            (_encode(topic), _encode(key), payload, _encode(message_id)),
+            (encode_text(topic), encode_text(key), payload, encode_text(message_id)),
         )
 
     def claim(self, topics: Sequence[str]) -> Delivery | None:
@@ -234,7 +235,7 @@ class SQLBroker:
             "   WHERE k.topic = m.topic AND k.partition_key = m.partition_key"
             f"  AND k.lease_until > {now})"
             f" ORDER BY m.id LIMIT {_CANDIDATES}",
-            tuple(_encode(topic) for topic in topics),
+            tuple(encode_text(topic) for topic in topics),
         )
         for topic, key, _ in heads:
             receipt = _Receipt(0, secrets.token_bytes(16), bytes(topic), bytes(key))
@@ -244,14 +245,18 @@ class SQLBroker:
             receipt, payload, attempt, message_id = leased
             try:
                 message = Message(
-                    _decode(topic), _decode(key), payload, attempt, _decode(message_id or b"")
+                    decode_text(topic),
+                    decode_text(key),
+                    payload,
+                    attempt,
+                    decode_text(message_id or b""),
                 )
             except UnicodeDecodeError as error:
                 # Written by something else than this module: no delivery can ever succeed,
                 # and holding the lease would strand the key.
                 reason = f"undecodable message: key is not UTF-8: {error}"
                 logger.error(
-                    "dead-lettering an undecodable %r message: %s", _decode_lax(topic), reason
+                    "dead-lettering an undecodable %r message: %s", decode_text_lax(topic), reason
                 )
                 self._move_to_dead_letters(receipt, reason)
                 continue
@@ -404,7 +409,7 @@ class SQLBroker:
     def backlog(self, topic: str) -> int:
         """Rows of ``topic`` still in the message table."""
         rows = self._query(
-            "SELECT COUNT(*) FROM stovepipe_queue_message WHERE topic = ?", (_encode(topic),)
+            "SELECT COUNT(*) FROM stovepipe_queue_message WHERE topic = ?", (encode_text(topic),)
         )
         return int(rows[0][0])
 
@@ -413,16 +418,16 @@ class SQLBroker:
         rows = self._query(
             "SELECT partition_key, payload, attempt, reason, message_id"
             " FROM stovepipe_queue_dead_letter WHERE topic = ? ORDER BY id",
-            (_encode(topic),),
+            (encode_text(topic),),
         )
         return [
             DeadLetter(
                 Message(
                     topic,
-                    _decode_lax(key),
+                    decode_text_lax(key),
                     bytes(payload),
                     int(attempt),
-                    _decode_lax(message_id or b""),
+                    decode_text_lax(message_id or b""),
                 ),
                 str(reason),
             )
@@ -479,14 +484,6 @@ class SQLBroker:
             cursor.execute("COMMIT")
 
 
-def _encode(text: str) -> bytes:
-    return text.encode("utf-8", "surrogatepass")
-
-
-def _decode(data: bytes) -> str:
-    return bytes(data).decode("utf-8", "surrogatepass")
-
-
 def _sqlite_error(error: sqlite3.Error) -> MessagingError:
     """The messaging contract's error for a ``sqlite3`` error: only a lock held by another
     connection past the busy timeout passes on its own."""
@@ -494,14 +491,6 @@ def _sqlite_error(error: sqlite3.Error) -> MessagingError:
     if code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
         return MessagingUnavailable(f"sqlite queue: {error}")
     return MessagingError(f"sqlite queue: {type(error).__name__}: {error}")
-
-
-def _decode_lax(data: bytes) -> str:
-    """``data`` as text for a dead letter: invalid UTF-8 shown as ``\\xNN`` escapes."""
-    try:
-        return _decode(data)
-    except UnicodeDecodeError:
-        return bytes(data).decode("utf-8", "backslashreplace")
 
 
 def _topic(delivery: Delivery) -> str:

@@ -50,6 +50,7 @@ import redis
 import redis.exceptions
 
 from stovepipe.messaging.brokered import Delivery, MessagingError, MessagingUnavailable
+from stovepipe.messaging.codec import decode_text, decode_text_lax, encode_text
 from stovepipe.messaging.contract import Message, as_messaging_error
 from stovepipe.messaging.inprocess import DeadLetter
 from stovepipe_redis.backend import mapped_error
@@ -216,7 +217,7 @@ class RedisStreamsBroker:
         stream = self._stream(topic, self._shard_of(key))
         self._ensure_group(stream)
         keys = [stream, self._ids(topic)]
-        args = [_encode(message_id), _encode(key), payload]
+        args = [encode_text(message_id), encode_text(key), payload]
         self._call(lambda: self._publish_script(keys=keys, args=args))
 
     def claim(self, topics: Sequence[str]) -> Delivery | None:
@@ -269,10 +270,10 @@ class RedisStreamsBroker:
         try:
             message = Message(
                 topic,
-                _decode(fields[b"key"]),
+                decode_text(fields[b"key"]),
                 bytes(fields[b"payload"]),
                 int(count),
-                _decode(fields.get(b"id", b"")),
+                decode_text(fields.get(b"id", b"")),
             )
         except (KeyError, UnicodeDecodeError) as error:
             # Written by something else than this module: no delivery can ever succeed, and
@@ -336,7 +337,7 @@ class RedisStreamsBroker:
         """``XACK`` and ``XDEL`` the entry and drop its id from the pending ids, atomically."""
         topic, index, entry_id = self._receipt(delivery)
         stream = self._stream(topic, index)
-        message_id = _encode(delivery.message.message_id)
+        message_id = encode_text(delivery.message.message_id)
 
         def acknowledge() -> None:
             with self._client.pipeline(transaction=True) as pipe:
@@ -381,13 +382,13 @@ class RedisStreamsBroker:
         topic, index, entry_id = self._receipt(delivery)
         message = delivery.message
         letter = {
-            b"key": _encode(message.key),
+            b"key": encode_text(message.key),
             b"payload": message.payload,
             b"attempt": str(message.attempt).encode(),
             b"reason": reason.encode("utf-8", "surrogatepass"),
-            b"id": _encode(message.message_id),
+            b"id": encode_text(message.message_id),
         }
-        message_id = _encode(message.message_id)
+        message_id = encode_text(message.message_id)
         with self._settling(topic, index):
             self._call(
                 lambda: self._move_to_dead_letters(topic, index, entry_id, letter, message_id)
@@ -454,12 +455,12 @@ class RedisStreamsBroker:
         for _, fields in entries:
             message = Message(
                 topic,
-                _decode_lax(fields.get(b"key", b"")),
+                decode_text_lax(fields.get(b"key", b"")),
                 bytes(fields.get(b"payload", b"")),
                 int(fields.get(b"attempt", 0)),
-                _decode_lax(fields.get(b"id", b"")),
+                decode_text_lax(fields.get(b"id", b"")),
             )
-            letters.append(DeadLetter(message, _decode_lax(fields.get(b"reason", b""))))
+            letters.append(DeadLetter(message, decode_text_lax(fields.get(b"reason", b""))))
         return letters
 
     def close(self) -> None:
@@ -522,10 +523,10 @@ class RedisStreamsBroker:
                     self._unsettled.pop(shard, None)
 
     def _shard_of(self, key: str) -> int:
-        return zlib.crc32(_encode(key)) % self._shards
+        return zlib.crc32(encode_text(key)) % self._shards
 
     def _base(self, topic: str) -> bytes:
-        encoded = _encode(topic)
+        encoded = encode_text(topic)
         return self._prefix + str(len(encoded)).encode() + b":" + encoded
 
     def _stream(self, topic: str, index: int) -> bytes:
@@ -561,22 +562,6 @@ class RedisStreamsBroker:
             return operation()
         except redis.exceptions.RedisError as error:
             raise as_messaging_error(mapped_error(error)) from error
-
-
-def _encode(text: str) -> bytes:
-    return text.encode("utf-8", "surrogatepass")
-
-
-def _decode(data: bytes) -> str:
-    return bytes(data).decode("utf-8", "surrogatepass")
-
-
-def _decode_lax(data: bytes) -> str:
-    """``data`` as text for a dead letter: invalid UTF-8 shown as ``\\xNN`` escapes."""
-    try:
-        return _decode(data)
-    except UnicodeDecodeError:
-        return bytes(data).decode("utf-8", "backslashreplace")
 
 
 def redis_broker(url: str, *, visibility_timeout: float) -> RedisStreamsBroker:
