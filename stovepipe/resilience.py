@@ -1,9 +1,10 @@
 """Keeping a server answering while a backend is slow or down; nothing here knows gRPC.
 
-* :class:`Bulkhead`: at most ``limit`` calls at once into one dependency. One more fails at
-  once with :class:`Overloaded` instead of waiting, so a frozen backend can hold no more than
-  ``limit`` of the server's threads, and the rest stay free for calls that need no backend
-  (Ping, health, reflection).
+* :class:`Bulkhead`: at most ``limit`` calls at once into one dependency. One more queues for
+  a slot while the dependency keeps finishing calls, and fails with :class:`Overloaded` once
+  none has finished for ``progress_window`` seconds, so a frozen backend holds no more than
+  ``limit`` of the server's threads for long, and the rest stay free for calls that need no
+  backend (Ping, health, reflection), while a busy but healthy one serves every caller.
 * :class:`CircuitBreaker`: after ``failure_threshold`` transient failures in a row the
   dependency counts as down (*open*): calls fail at once with :class:`CircuitOpen` for
   ``reset_timeout`` seconds instead of each waiting out a full timeout. Then one probe call
@@ -26,10 +27,12 @@ every call through while half-open (not one probe) and rounds its timeout to who
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import contextvars
 import copy
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -51,6 +54,11 @@ DEFAULT_RESET_TIMEOUT = 5.0
 """Seconds an open circuit breaker fails calls at once before it lets a probe through."""
 DEFAULT_OVERLOAD_RETRY_AFTER = 1.0
 """Seconds a call refused by a full bulkhead is told to wait before a retry."""
+DEFAULT_PROGRESS_WINDOW = 0.05
+"""Seconds a full bulkhead's callers queue without any call finishing (or starting) before
+they are refused: far above the gap between two healthy calls finishing (a few milliseconds
+with a dozen in flight), and short enough that callers queued when a backend freezes hold
+their threads only briefly, so Ping and health keep answering within 100 ms."""
 
 STORES = ("requests", "request_uris", "counter", "queues", "builds", "facts")
 """The stores of a :class:`~stovepipe.storage.Storage`, each guarded by :func:`guard_storage`."""
@@ -127,42 +135,108 @@ def bounded(timeout: float) -> float:
 class Bulkhead:
     """At most ``limit`` calls at once into the dependency ``name``; thread-safe.
 
-    :meth:`slot` never waits: a full bulkhead raises :class:`Overloaded` with ``retry_after``
-    seconds as the hint.
+    A caller that finds every slot taken queues for one, first come first served, for as
+    long as the dependency keeps making progress: it is refused with :class:`Overloaded`
+    (``retry_after`` seconds as the hint) once no slot has been taken or given back for
+    ``progress_window`` seconds, and at once if none has when it arrives. A healthy dependency
+    that is merely busy (32 callers on 10 slots) therefore serves them all, in turn, while one
+    that hangs holds at most ``limit`` threads for long: the callers behind it are turned away
+    within ``progress_window``. A queued caller whose deadline (:func:`deadline`) passes fails
+    with :class:`DeadlineExceeded`.
     """
 
     def __init__(
-        self, name: str, limit: int, *, retry_after: float = DEFAULT_OVERLOAD_RETRY_AFTER
+        self,
+        name: str,
+        limit: int,
+        *,
+        retry_after: float = DEFAULT_OVERLOAD_RETRY_AFTER,
+        progress_window: float = DEFAULT_PROGRESS_WINDOW,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if limit < 1:
             raise ValueError(f"a bulkhead needs a limit of at least 1, not {limit}")
+        if not progress_window >= 0:
+            raise ValueError(f"progress_window must be seconds, at least 0, not {progress_window}")
         self.name = name
         self.limit = limit
         self.retry_after = retry_after
+        self.progress_window = progress_window
+        self._clock = clock
         self._lock = threading.Lock()
         self._in_use = 0
+        # Callers queued for a slot, oldest first; a freed slot is handed to the oldest.
+        self._queue: collections.deque[_Queued] = collections.deque()
+        self._progress_at = -math.inf  # when a slot was last taken or given back
 
     @property
     def in_use(self) -> int:
         """Calls holding a slot now."""
         return self._in_use
 
+    @property
+    def queued(self) -> int:
+        """Callers waiting for a slot now."""
+        return len(self._queue)
+
     @contextlib.contextmanager
     def slot(self) -> Iterator[None]:
-        """Hold one of the ``limit`` slots inside; :class:`Overloaded` if none is free."""
+        """Hold one of the ``limit`` slots inside, queueing for one while the dependency makes
+        progress; :class:`Overloaded` once it stops, :class:`DeadlineExceeded` once the
+        caller's deadline passes."""
         with self._lock:
-            if self._in_use >= self.limit:
-                raise Overloaded(
-                    f"{self.name} is busy: {self.limit} calls are already waiting on it",
-                    dependency=self.name,
-                    retry_after=self.retry_after,
-                )
-            self._in_use += 1
+            if self._in_use < self.limit and not self._queue:
+                self._in_use += 1
+                self._progress_at = self._clock()
+            else:
+                self._wait_for_slot()
         try:
             yield
         finally:
             with self._lock:
-                self._in_use -= 1
+                self._progress_at = self._clock()
+                if self._queue:  # hand the slot on: in_use stays as it is
+                    queued = self._queue.popleft()
+                    queued.granted = True
+                    queued.wakeup.notify()
+                else:
+                    self._in_use -= 1
+
+    def _wait_for_slot(self) -> None:
+        """Queue until a slot is handed over; called, and returns, holding ``_lock``."""
+        left = remaining()
+        until = math.inf if left is None else self._clock() + left
+        queued = _Queued(threading.Condition(self._lock))
+        self._queue.append(queued)
+        try:
+            while not queued.granted:
+                now = self._clock()
+                stalled_at = self._progress_at + self.progress_window
+                if now >= until:
+                    raise DeadlineExceeded(
+                        f"the caller's deadline passed while it waited for a slot on {self.name}"
+                    )
+                if now >= stalled_at:
+                    raise Overloaded(
+                        f"{self.name} is busy: {self.limit} calls are already waiting on it "
+                        f"and none has finished for {self.progress_window:g} s",
+                        dependency=self.name,
+                        retry_after=self.retry_after,
+                    )
+                queued.wakeup.wait(min(stalled_at, until) - now)
+        finally:
+            if not queued.granted:
+                self._queue.remove(queued)
+
+
+class _Queued:
+    """One caller queued for a slot of a :class:`Bulkhead`."""
+
+    __slots__ = ("granted", "wakeup")
+
+    def __init__(self, wakeup: threading.Condition) -> None:
+        self.wakeup = wakeup
+        self.granted = False
 
 
 # --- circuit breaker ----------------------------------------------------------------------

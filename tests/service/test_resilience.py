@@ -68,29 +68,45 @@ def run_threads(count: int, target: Callable[[int], None]) -> None:
 # --- bulkhead -----------------------------------------------------------------------------
 
 
-def test_bulkhead_refuses_the_call_beyond_its_limit_without_waiting() -> None:
-    guard = resilience.Guard(resilience.Bulkhead("storage", 3), None)
+def hold_every_slot(guard: resilience.Guard, count: int) -> tuple[threading.Event, list[Any]]:
+    """``count`` threads each hold a slot of ``guard`` until the event returned is set."""
     release = threading.Event()
-    inside = threading.Barrier(4)
+    inside = threading.Barrier(count + 1)
 
-    def hold(_: int) -> None:
+    def hold() -> None:
         def blocked() -> None:
             inside.wait(timeout=TIMEOUT)
             release.wait(timeout=TIMEOUT)
 
         guard.call(blocked)
 
-    holders = [threading.Thread(target=hold, args=(n,)) for n in range(3)]
+    holders = [threading.Thread(target=hold) for _ in range(count)]
     for holder in holders:
         holder.start()
-    inside.wait(timeout=TIMEOUT)  # the three hold every slot
+    inside.wait(timeout=TIMEOUT)
+    return release, holders
+
+
+def test_bulkhead_full_of_stuck_calls_refuses_the_next_within_the_progress_window() -> None:
+    window = 0.2
+    guard = resilience.Guard(resilience.Bulkhead("storage", 3, progress_window=window), None)
+    release, holders = hold_every_slot(guard, 3)
     called: list[bool] = []
+    started = time.monotonic()
     with pytest.raises(resilience.Overloaded) as refused:
         guard.call(lambda: called.append(True))
+    waited = time.monotonic() - started
+    # Refused again at once: nothing has moved for longer than the window now.
+    started_again = time.monotonic()
+    with pytest.raises(resilience.Overloaded):
+        guard.call(lambda: called.append(True))
+    waited_again = time.monotonic() - started_again
     release.set()
     for holder in holders:
         holder.join(timeout=TIMEOUT)
-    assert not called  # refused before it ran, not after waiting for a slot
+    assert not called  # refused before it ran
+    assert waited <= window + 0.5, waited  # bounded by the window, not by the stuck calls
+    assert waited_again < window / 2, waited_again
     assert refused.value.dependency_name == "storage"
     assert refused.value.retry_after > 0
     assert isinstance(refused.value, Unavailable)  # transient, as callers already expect
@@ -98,14 +114,19 @@ def test_bulkhead_refuses_the_call_beyond_its_limit_without_waiting() -> None:
     assert called == [True]
 
 
-def test_bulkhead_racing_threads_never_hold_more_than_the_limit() -> None:
+def test_bulkhead_full_of_calls_that_keep_finishing_queues_every_caller_never_above_the_limit() -> (
+    None
+):
+    """32 racing callers on 4 slots of a dependency that answers in 20 ms: all are served,
+    in turn, and never more than 4 at once (the rule "no UNAVAILABLE from a busy but healthy
+    backend")."""
     limit = 4
     guard = resilience.Guard(resilience.Bulkhead("storage", limit), None)
     lock = threading.Lock()
     inside = 0
     most = 0
     outcomes: list[str] = []
-    start = threading.Barrier(24)
+    start = threading.Barrier(32)
 
     def busy() -> None:
         nonlocal inside, most
@@ -118,7 +139,7 @@ def test_bulkhead_racing_threads_never_hold_more_than_the_limit() -> None:
 
     def race(_: int) -> None:
         start.wait(timeout=TIMEOUT)
-        for _ in range(5):
+        for _ in range(3):
             try:
                 guard.call(busy)
                 outcome = "ran"
@@ -127,10 +148,49 @@ def test_bulkhead_racing_threads_never_hold_more_than_the_limit() -> None:
             with lock:
                 outcomes.append(outcome)
 
-    run_threads(24, race)
+    run_threads(32, race)
     assert most == limit
-    assert "refused" in outcomes and "ran" in outcomes
-    assert len(outcomes) == 24 * 5
+    assert outcomes == ["ran"] * 32 * 3
+    assert guard.bulkhead is not None and guard.bulkhead.queued == 0
+    assert guard.bulkhead.in_use == 0
+
+
+def test_bulkhead_queued_callers_get_slots_first_come_first_served() -> None:
+    bulkhead = resilience.Bulkhead("storage", 1, progress_window=TIMEOUT)
+    guard = resilience.Guard(bulkhead, None)
+    release, holders = hold_every_slot(guard, 1)
+    order: list[int] = []
+    waiters = []
+    for n in range(5):
+        waiter = threading.Thread(target=guard.call, args=(order.append, n))
+        waiter.start()
+        deadline = time.monotonic() + TIMEOUT
+        while bulkhead.queued < n + 1 and time.monotonic() < deadline:
+            time.sleep(0.005)  # queued in this order
+        waiters.append(waiter)
+    release.set()
+    for thread in holders + waiters:
+        thread.join(timeout=TIMEOUT)
+    assert order == [0, 1, 2, 3, 4]
+
+
+def test_bulkhead_a_queued_caller_whose_deadline_passes_fails_deadline_exceeded() -> None:
+    bulkhead = resilience.Bulkhead("storage", 1, progress_window=TIMEOUT)
+    breaker = resilience.CircuitBreaker("storage", failure_threshold=1)
+    guard = resilience.Guard(bulkhead, breaker)
+    release, holders = hold_every_slot(guard, 1)
+    called: list[bool] = []
+    started = time.monotonic()
+    with resilience.deadline(0.2), pytest.raises(resilience.DeadlineExceeded):
+        guard.call(lambda: called.append(True))
+    waited = time.monotonic() - started
+    release.set()
+    for holder in holders:
+        holder.join(timeout=TIMEOUT)
+    assert not called
+    assert 0.15 <= waited <= 2.0, waited
+    assert bulkhead.queued == 0
+    assert not breaker.is_open  # the caller ran out of time: the backend is not at fault
 
 
 # --- circuit breaker ----------------------------------------------------------------------
