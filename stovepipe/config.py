@@ -16,6 +16,10 @@ file (``--config`` or ``STOVEPIPE_CONFIG``), built-in defaults. A complete file:
     breaker_failures = 5                 # transient failures in a row that open a breaker
                                          # (0: no breaker)
     breaker_reset = 5.0                  # seconds a breaker fails calls before a probe
+    ingest_cache_size = 4096             # heads whose (queue, commit) -> request mapping
+                                         # Ingest keeps in memory (at least 1)
+    republish_interval = 30.0            # seconds between two re-publishes of an unchanged
+                                         # head's request still waiting to be processed
     log_level = "info"
     reflection = true                    # serve gRPC server reflection
 
@@ -67,6 +71,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from stovepipe import auth, redaction
+from stovepipe.controller.ingest import DEFAULT_CACHE_SIZE, DEFAULT_REPUBLISH_INTERVAL
 from stovepipe.controller.process import DEFAULT_MAX_CONCURRENT
 from stovepipe.storage import LimitExceeded, limits
 
@@ -177,6 +182,8 @@ class Config:
     bulkhead_size: int = default_bulkhead_size(DEFAULT_MAX_WORKERS)
     breaker_failures: int = DEFAULT_BREAKER_FAILURES
     breaker_reset: float = DEFAULT_BREAKER_RESET
+    ingest_cache_size: int = DEFAULT_CACHE_SIZE
+    republish_interval: float = DEFAULT_REPUBLISH_INTERVAL
 
 
 # Setting name -> the environment variable overriding it. Queues come only from the file.
@@ -199,6 +206,8 @@ _SCALARS: dict[str, str] = {
     "bulkhead_size": "STOVEPIPE_BULKHEAD_SIZE",
     "breaker_failures": "STOVEPIPE_BREAKER_FAILURES",
     "breaker_reset": "STOVEPIPE_BREAKER_RESET",
+    "ingest_cache_size": "STOVEPIPE_INGEST_CACHE_SIZE",
+    "republish_interval": "STOVEPIPE_REPUBLISH_INTERVAL",
 }
 _PATHS = ("tls_cert", "tls_key", "tls_client_ca", "tokens_file")
 # Former names still read, each with a deprecation warning naming its successor.
@@ -279,6 +288,9 @@ def load(
             f"grace_period must be at most {MAX_GRACE_PERIOD:g} seconds, not {grace_period:g}"
         )
     max_workers = int(_number(settings, "max_workers", DEFAULT_MAX_WORKERS, int))
+    ingest_cache_size = int(_number(settings, "ingest_cache_size", DEFAULT_CACHE_SIZE, int))
+    if ingest_cache_size < 1:
+        raise ConfigError("ingest_cache_size must be at least 1, not 0")
     build_command = _text(settings, "build_command", "").strip()
     builds_dir_text = _text(settings, "builds_dir", "").strip()
     queues = _parse_queues(raw.get("queues", {}), base_dir)
@@ -325,6 +337,10 @@ def load(
         tls_client_ca=paths["tls_client_ca"],
         tokens_file=paths["tokens_file"],
         tokens=tokens,
+        ingest_cache_size=ingest_cache_size,
+        republish_interval=_number(
+            settings, "republish_interval", DEFAULT_REPUBLISH_INTERVAL, float
+        ),
         **_serving_under_faults(settings, max_workers),
     )
     if config.max_workers < 1:
@@ -654,6 +670,8 @@ def _number(
         number = kind(value)
     except ValueError:
         number = None
+    if kind is int and isinstance(value, float) and not value.is_integer():
+        number = None  # int() would drop the fraction: 1.5 workers is a mistake, not 1
     if number is None or number < 0:
         raise ConfigError(f"{name} must be a non-negative {kind.__name__}, not {value!r}")
     return number

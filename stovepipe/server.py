@@ -34,7 +34,11 @@ from stovepipe.buildrunner import BuildRunner, BuildRunnerFactory, RunnerMap
 from stovepipe.buildrunner.command import CommandBuildRunner
 from stovepipe.buildrunner.fake import FakeBuildRunner
 from stovepipe.controller.buildsignal import DEFAULT_POLL_INTERVAL
-from stovepipe.controller.ingest import IngestController
+from stovepipe.controller.ingest import (
+    DEFAULT_CACHE_SIZE,
+    DEFAULT_REPUBLISH_INTERVAL,
+    IngestController,
+)
 from stovepipe.controller.pipeline import subscribe_pipeline
 from stovepipe.controller.process import one_at_a_time
 from stovepipe.entity import BuildStatus
@@ -83,11 +87,16 @@ class StovepipeServer:
 
     Serving under faults (see :mod:`stovepipe.resilience`): the calls RPCs make into storage,
     and the publishing of Ingest, may each hold at most ``bulkhead_size`` threads at once (0:
-    no limit); after ``breaker_failures`` transient failures in a row (0: never) a dependency's
-    calls fail at once for ``breaker_reset`` seconds, and meanwhile the health service reports
-    the Stovepipe service NOT_SERVING (readiness) while ``""`` stays SERVING (liveness).
+    no limit; more queue while the dependency keeps finishing calls); after
+    ``breaker_failures`` transient failures in a row (0: never) a dependency's calls fail at
+    once for ``breaker_reset`` seconds, and meanwhile the health service reports the
+    Stovepipe service NOT_SERVING (readiness) while ``""`` stays SERVING (liveness).
     The pipeline's own consumers are not limited. :meth:`stop` keeps serving for
     ``shutdown_delay`` seconds with health NOT_SERVING before it stops accepting calls.
+
+    Ingest keeps the mapping of ``ingest_cache_size`` heads in memory and republishes an
+    unchanged head's waiting request at most every ``republish_interval`` seconds (see
+    :mod:`stovepipe.controller.ingest`).
     """
 
     def __init__(
@@ -110,6 +119,8 @@ class StovepipeServer:
         bulkhead_size: int = 0,
         breaker_failures: int = 0,
         breaker_reset: float = resilience.DEFAULT_RESET_TIMEOUT,
+        ingest_cache_size: int = DEFAULT_CACHE_SIZE,
+        republish_interval: float = DEFAULT_REPUBLISH_INTERVAL,
     ) -> None:
         self.metrics = metrics if metrics is not None else Metrics()
         self.storage = self.metrics.instrument(storage)
@@ -143,9 +154,15 @@ class StovepipeServer:
             resilience.observe_consumers(self.messaging, messaging_breaker)
         guarded_storage = resilience.guard_storage(self.storage, self.guards["storage"])
         publisher = resilience.GuardedPublisher(self.messaging, self.guards["messaging"])
-        ingest = IngestController(
-            guarded_storage, sourcecontrol, publisher, builds=has_runner(runners)
+        self.ingest = ingest = IngestController(
+            guarded_storage,
+            sourcecontrol,
+            publisher,
+            builds=has_runner(runners),
+            cache_size=ingest_cache_size,
+            republish_interval=republish_interval,
         )
+        """What Ingest calls: the controller of the entry stage."""
         self._shutdown_delay = shutdown_delay
         self._metrics_listen = metrics_listen
         self.metrics_port: int | None = None
@@ -593,6 +610,8 @@ def build_server(config: configuration.Config) -> StovepipeServer:
                 bulkhead_size=config.bulkhead_size,
                 breaker_failures=config.breaker_failures,
                 breaker_reset=config.breaker_reset,
+                ingest_cache_size=config.ingest_cache_size,
+                republish_interval=config.republish_interval,
             )
         except BaseException:
             messaging.stop(timeout=0)

@@ -168,6 +168,10 @@ class IngestController:
         self._heads = _Heads(cache_size)
         self._interval = republish_interval
         self._clock = clock
+        self.cache_size = cache_size
+        """Heads whose mapping is remembered, at most."""
+        self.republish_interval = republish_interval
+        """Seconds between two checks of one unchanged head."""
 
     def ingest(self, queue: str) -> Admission:
         """Admit ``queue``'s current head and return the request it maps to.

@@ -1,4 +1,5 @@
-"""The settings of serving under faults: shutdown_delay, bulkhead_size, breaker_*."""
+"""The settings of serving under faults (shutdown_delay, bulkhead_size, breaker_*) and of
+Ingest's hot path (ingest_cache_size, republish_interval)."""
 
 from __future__ import annotations
 
@@ -60,3 +61,41 @@ def test_serving_settings_a_single_worker_has_no_bulkhead_by_default(
 ) -> None:
     assert load(tmp_path, "max_workers = 1\n").bulkhead_size == 0
     assert load(tmp_path, "max_workers = 2\n").bulkhead_size == 1
+
+
+def test_ingest_settings_default_and_reach_the_ingest_controller(tmp_path: pathlib.Path) -> None:
+    from stovepipe.controller.ingest import DEFAULT_CACHE_SIZE, DEFAULT_REPUBLISH_INTERVAL
+    from stovepipe.server import build_server
+
+    defaults = load(tmp_path)
+    assert (defaults.ingest_cache_size, defaults.republish_interval) == (
+        DEFAULT_CACHE_SIZE,
+        DEFAULT_REPUBLISH_INTERVAL,
+    )
+    text = f'storage_url = "sqlite:///{tmp_path}/s.db"\nlisten = "127.0.0.1:0"\n'
+    text += "ingest_cache_size = 16\nrepublish_interval = 2.5\n"
+    from_file = load(tmp_path, text)
+    server = build_server(from_file)
+    try:
+        assert server.ingest.cache_size == 16
+        assert server.ingest.republish_interval == 2.5
+    finally:
+        server.stop(grace=0)
+    from_env = load(tmp_path, STOVEPIPE_INGEST_CACHE_SIZE="1", STOVEPIPE_REPUBLISH_INTERVAL="0")
+    assert (from_env.ingest_cache_size, from_env.republish_interval) == (1, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("ingest_cache_size = 0\n", "ingest_cache_size must be at least 1"),
+        ("ingest_cache_size = 1.5\n", "ingest_cache_size must be a non-negative int"),
+        ("republish_interval = -1\n", "republish_interval must be a non-negative float"),
+        ("republish_interval = inf\n", "republish_interval must be a finite number"),
+    ],
+)
+def test_ingest_settings_out_of_range_are_refused_with_the_reason(
+    tmp_path: pathlib.Path, text: str, message: str
+) -> None:
+    with pytest.raises(config.ConfigError, match=message):
+        load(tmp_path, text)
