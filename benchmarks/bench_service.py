@@ -1,7 +1,7 @@
 """The service's benchmark of record: a real ``stovepipe serve`` per backend, over gRPC.
 
     python -m benchmarks.bench_service [--backends memory,sqlite,mysql,redis,etcd]
-        [--clients 1,8,32] [--seconds 2] [--rounds 3] [--drain 30]
+        [--clients 1,8,32] [--seconds 2] [--rounds 3] [--drain 30] [--operations same,new,get]
     python -m benchmarks.bench_service --rss 1000,20000 [--backends sqlite]
 
 Each backend runs with its default messaging (``memory://`` in process, SQLite, MySQL and
@@ -25,7 +25,8 @@ call the table gives p50 and p99 latency, the server process's CPU (user + syste
 ``/proc/<pid>/stat``), and storage operations (from ``stovepipe_storage_operations_total``
 on the server's ``/metrics``; the pipeline's own operations during the segment included, so
 a new head's figure is its whole cost). ``errors`` counts failed calls (``UNAVAILABLE``
-included). When the load stops, the messaging backlog (messages published and not yet
+included); a client told to retry later (``grpc-retry-pushback-ms``) waits as told, as a
+poller would. When the load stops, the messaging backlog (messages published and not yet
 acknowledged) is read, and again until it drains or ``--drain`` seconds pass; on the durable
 queues the steady queue's running build keeps one message there (its next status check), so
 the figures are above the backlog before the load. Then the unchanged head alone is loaded
@@ -68,6 +69,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from stovepipe.client import StovepipeClient
 from stovepipe.messaging.contract import TOPIC_BUILD, TOPIC_BUILDSIGNAL, TOPIC_PROCESS, TOPIC_RECORD
+from stovepipe.service import RETRY_PUSHBACK_KEY
 from stovepipe.v1 import stovepipe_pb2 as pb
 
 BACKENDS = ("memory", "sqlite", "mysql", "redis", "etcd")
@@ -361,6 +363,16 @@ def operation(
     raise ValueError(f"unknown operation {name!r}")
 
 
+def retry_hint(error: grpc.RpcError) -> float:
+    """Seconds a refused call was told to wait (``grpc-retry-pushback-ms``), 0 without one."""
+    trailing = getattr(error, "trailing_metadata", None)
+    metadata = (trailing() if callable(trailing) else None) or ()
+    for key, value in metadata:
+        if key == RETRY_PUSHBACK_KEY:
+            return int(value) / 1000
+    return 0.0
+
+
 def run_segment(
     server: Server,
     clients: int,
@@ -408,6 +420,7 @@ def run_segment(
                 except grpc.RpcError as error:
                     errors[index] += 1
                     codes[index][error.code().name] += 1
+                    time.sleep(retry_hint(error))  # as a well-behaved poller would
                     continue
                 mine.append((time.perf_counter_ns() - start) / 1000)
             barrier.wait()
@@ -491,7 +504,12 @@ def describe_backlog(
 
 
 def bench_backend(
-    backend: str, clients_list: Sequence[int], seconds: float, rounds: int, drain: float
+    backend: str,
+    clients_list: Sequence[int],
+    seconds: float,
+    rounds: int,
+    drain: float,
+    operations: Sequence[str] = OPERATIONS,
 ) -> tuple[list[Row], str]:
     tag = uuid.uuid4().hex[:10]
     new_queues = max(clients_list)
@@ -516,14 +534,14 @@ def bench_backend(
             baseline = read_backlog() or 0.0
             rows: list[Row] = []
             for clients in clients_list:
-                totals = {name: Totals() for name in OPERATIONS}
+                totals = {name: Totals() for name in operations}
                 for _ in range(rounds):
-                    for name in OPERATIONS:
+                    for name in operations:
                         run_segment(
                             server, clients, seconds, name, repository, steady_id, totals[name]
                         )
                 rows += [
-                    Row(backend, clients, name, totals[name], totals["Ping"]) for name in OPERATIONS
+                    Row(backend, clients, name, totals[name], totals["Ping"]) for name in operations
                 ]
             left = read_backlog()
             remaining, waited = drained(read_backlog, baseline, drain)
@@ -624,6 +642,20 @@ def _numbers(text: str) -> list[int]:
     return [int(part) for part in text.split(",") if part]
 
 
+SHORT = {"ping": "Ping", "same": OPERATIONS[1], "new": OPERATIONS[2], "get": "GetRequest"}
+"""``--operations`` names: ``ping``, ``same`` (head), ``new`` (head), ``get``."""
+
+
+def _operations(text: str) -> list[str]:
+    chosen = {part.strip() for part in text.split(",") if part.strip()}
+    unknown = chosen - set(SHORT)
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown operation {sorted(unknown)[0]!r}; known: {', '.join(SHORT)}"
+        )
+    return [name for short, name in SHORT.items() if short == "ping" or short in chosen]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated")
@@ -631,6 +663,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="per operation and round")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--drain", type=float, default=30.0, help="seconds to wait for drain")
+    parser.add_argument(
+        "--operations",
+        type=_operations,
+        default=list(OPERATIONS),
+        help=f"comma-separated, of {', '.join(SHORT)} (Ping always runs: the ratios' base)",
+    )
     parser.add_argument("--rss", type=_numbers, help="new-head counts: measure memory instead")
     args = parser.parse_args()
     backends = [name for name in args.backends.split(",") if name]
@@ -646,7 +684,7 @@ def main() -> None:
     backlogs: dict[str, str] = {}
     for backend in backends:
         found, backlogs[backend] = bench_backend(
-            backend, args.clients, args.seconds, args.rounds, args.drain
+            backend, args.clients, args.seconds, args.rounds, args.drain, args.operations
         )
         rows += found
         print(f"{backend}: done", file=sys.stderr, flush=True)
