@@ -54,11 +54,13 @@ DEFAULT_RESET_TIMEOUT = 5.0
 """Seconds an open circuit breaker fails calls at once before it lets a probe through."""
 DEFAULT_OVERLOAD_RETRY_AFTER = 1.0
 """Seconds a call refused by a full bulkhead is told to wait before a retry."""
-DEFAULT_PROGRESS_WINDOW = 0.05
+DEFAULT_PROGRESS_WINDOW = 0.25
 """Seconds a full bulkhead's callers queue without any call finishing (or starting) before
-they are refused: far above the gap between two healthy calls finishing (a few milliseconds
-with a dozen in flight), and short enough that callers queued when a backend freezes hold
-their threads only briefly, so Ping and health keep answering within 100 ms."""
+they are refused. A healthy backend's longest pause is shorter: one SQLite commit waiting for
+its fsync while the pipeline's consumers share the file's writer lock (50 ms was exceeded in
+a 60 s run of 32 clients writing new heads; 250 ms never was). A backend that freezes holds
+the callers queued behind it for about this long, once; Ping and health wait as long at
+most, then every later caller is refused at once."""
 
 STORES = ("requests", "request_uris", "counter", "queues", "builds", "facts")
 """The stores of a :class:`~stovepipe.storage.Storage`, each guarded by :func:`guard_storage`."""

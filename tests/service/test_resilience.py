@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import collections
 import logging
+import pathlib
 import threading
 import time
 import uuid
@@ -17,6 +19,7 @@ from stovepipe import resilience
 from stovepipe.buildrunner import RunnerMap
 from stovepipe.buildrunner.fake import FakeBuildRunner
 from stovepipe.client import StovepipeClient
+from stovepipe.config import DEFAULT_BREAKER_FAILURES, default_bulkhead_size
 from stovepipe.messaging import Messaging
 from stovepipe.messaging.inprocess import InProcessMessaging
 from stovepipe.metrics import Metrics
@@ -515,6 +518,55 @@ def test_bulkhead_in_a_server_calls_beyond_it_are_unavailable_with_a_retry_hint_
         assert client.Ping(pb.PingRequest(), timeout=TIMEOUT).version
     store.unblocked.set()
     assert {future.result(timeout=TIMEOUT).id for future in stuck} == {"request/q/1"}
+
+
+def test_bulkhead_in_a_server_32_clients_writing_new_heads_on_sqlite_see_no_unavailable(
+    tmp_path: pathlib.Path,
+) -> None:
+    """The default bulkhead (a third of 32 workers) in front of SQLite, whose writers queue
+    on one lock: 32 clients each ingesting a new head after another for 3 s are all served,
+    none is told UNAVAILABLE (a busy backend is not a frozen one)."""
+    clients = 32
+    sources = {f"q{n}": FakeSourceControl(["c0"], name=f"q{n}") for n in range(clients)}
+    server = StovepipeServer(
+        open_storage(f"sqlite:///{tmp_path / 'busy.db'}"),
+        QueueMap(sources),
+        listen="127.0.0.1:0",
+        max_workers=clients,
+        metrics=Metrics(process_metrics=False),
+        bulkhead_size=default_bulkhead_size(clients),
+        breaker_failures=DEFAULT_BREAKER_FAILURES,
+    )
+    server.start()
+    codes: collections.Counter[str] = collections.Counter()
+    lock = threading.Lock()
+    start = threading.Barrier(clients)
+    try:
+
+        def poll(n: int) -> None:
+            with grpc.insecure_channel(server.address) as channel:
+                client = StovepipeClient(channel)
+                start.wait(timeout=TIMEOUT)
+                end = time.monotonic() + 3.0
+                head = 0
+                while time.monotonic() < end:
+                    head += 1
+                    sources[f"q{n}"].push(f"c{head}")
+                    try:
+                        client.Ingest(pb.IngestRequest(queue=f"q{n}"), timeout=TIMEOUT)
+                        code = "OK"
+                    except grpc.RpcError as error:
+                        code = error.code().name
+                    with lock:
+                        codes[code] += 1
+
+        run_threads(clients, poll)
+        bulkhead = server.guards["storage"].bulkhead
+        assert bulkhead is not None and bulkhead.limit < clients  # the bulkhead was in play
+    finally:
+        server.stop(grace=0)
+    assert codes["OK"] >= clients, codes
+    assert set(codes) == {"OK"}, codes
 
 
 def test_breaker_in_a_server_readiness_not_serving_while_open_liveness_serving(
