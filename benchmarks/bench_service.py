@@ -94,6 +94,8 @@ class Totals:
     storage_operations: float = 0.0
     errors: int = 0
     codes: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    details: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Per status, the details of the first failed call."""
 
     @property
     def rate(self) -> float:
@@ -386,6 +388,7 @@ def run_segment(
     samples: list[list[float]] = [[] for _ in range(clients)]
     errors = [0] * clients
     codes: list[collections.Counter[str]] = [collections.Counter() for _ in range(clients)]
+    details: dict[str, str] = {}
     deadline = [0.0]
     before: list[float] = []
 
@@ -420,6 +423,7 @@ def run_segment(
                 except grpc.RpcError as error:
                     errors[index] += 1
                     codes[index][error.code().name] += 1
+                    details.setdefault(error.code().name, error.details() or "")
                     time.sleep(retry_hint(error))  # as a well-behaved poller would
                     continue
                 mine.append((time.perf_counter_ns() - start) / 1000)
@@ -440,6 +444,8 @@ def run_segment(
     totals.errors += sum(errors)
     for counted in codes:
         totals.codes.update(counted)
+    for code, detail in details.items():
+        totals.details.setdefault(code, detail)
 
 
 def waiting_head(address: str, repository: pathlib.Path) -> str:
@@ -596,6 +602,8 @@ def print_table(rows: Sequence[Row], backlogs: dict[str, str]) -> None:
         for row in failed:
             codes = ", ".join(f"{code} {count}" for code, count in row.totals.codes.most_common())
             print(f"{row.backend:<8}{row.clients:>8}  {row.operation:<20}{codes}")
+            for code, detail in row.totals.details.items():
+                print(f"{'':<18}{code}, the first: {detail}")
 
 
 def bench_rss(backend: str, counts: Sequence[int], clients: int) -> None:
