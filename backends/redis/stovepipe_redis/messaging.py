@@ -20,10 +20,13 @@ ownership: a consumer delivers from a shard only while it holds the shard's leas
 message of the shard at a time. One Lua script claims, atomically, the first free or own shard
 that has work: its pending entry first (``XAUTOCLAIM``, which adds one to the entry's delivery
 count, read back with ``XPENDING`` as ``attempt``), else the next new entry (``XREADGROUP``); an
-empty shard's lease is dropped so that any consumer may take it next. Acknowledging is ``XACK``
-plus ``XDEL``; dead-lettering adds ``XADD`` to the dead-letter stream in the same ``MULTI``. A
-failed delivery stays pending while its owner backs off and renews the lease, then is claimed
-again with the next count.
+empty shard's lease is dropped so that any consumer may take it next. Settling is one script:
+acknowledging is ``XACK`` plus ``XDEL``, dead-lettering adds ``XADD`` to the dead-letter
+stream, and either gives the shard's lease up, so that the shard's next entry goes to whichever
+consumer claims next. A consumer holds a shard only while it delivers from it or backs off:
+one that kept the shards it had delivered from would keep more keys than it has workers, and
+leave other consumers idle with their work waiting. A failed delivery stays pending while its
+owner backs off and renews the lease, then is claimed again with the next count.
 
 The lease is the visibility timeout: a consumer that dies stops renewing, the lease expires,
 and the next owner reclaims the dead consumer's pending entry at once. A shard's messages
@@ -116,6 +119,27 @@ redis.call('XADD', KEYS[1], '*', 'key', ARGV[2], 'payload', ARGV[3], 'id', ARGV[
 return 1
 """
 
+# KEYS: stream, ids set, owner key[, dead-letter stream]. ARGV: group, entry id, message id ('' if
+# none), consumer[, the dead letter's fields and values]. Adds the dead letter (if given), XACKs
+# and XDELs the entry, drops its id from the pending ids and gives the shard's lease up if it is
+# still this consumer's, atomically: no other consumer can claim the shard before the entry is
+# settled (it would find the entry pending and deliver it again), and any can at once after.
+_SETTLE: Final = """
+local group, entry, id, me = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+if KEYS[4] then
+  redis.call('XADD', KEYS[4], '*', unpack(ARGV, 5))
+end
+redis.call('XACK', KEYS[1], group, entry)
+redis.call('XDEL', KEYS[1], entry)
+if id ~= '' then
+  redis.call('SREM', KEYS[2], id)
+end
+if redis.call('GET', KEYS[3]) == me then
+  redis.call('DEL', KEYS[3])
+end
+return 1
+"""
+
 # KEYS: owner keys. ARGV: consumer, lease in ms (0 = give the lease up). Returns a list of
 # 1/0, whether each lease was still this consumer's.
 _RENEW: Final = """
@@ -197,13 +221,15 @@ class RedisStreamsBroker:
         self._claim_script = client.register_script(_CLAIM)
         self._publish_script = client.register_script(_PUBLISH)
         self._renew_script = client.register_script(_RENEW)
+        self._settle_script = client.register_script(_SETTLE)
         self._remove_consumers_script = client.register_script(_REMOVE_CONSUMERS)
         self._backlog_script = client.register_script(_BACKLOG)
         self._lock = threading.Lock()
         self._groups: set[bytes] = set()  # streams known to have the group
         self._in_flight: set[_Shard] = set()
-        # Shards this consumer took a lease on; it keeps an idle one until the lease runs
-        # out (another claim here reuses it), so close() gives them back.
+        # Shards this consumer took a lease on and has not settled: one whose backoff ended
+        # keeps its lease until claimed again here or the lease runs out, so close() gives
+        # them back.
         self._leased: set[_Shard] = set()
         self._backing_off: dict[_Shard, float] = {}  # shard -> monotonic time it may resume
         # Shards whose settlement met a transient fault (the consumer engine retries it):
@@ -307,48 +333,36 @@ class RedisStreamsBroker:
             b"reason": reason.encode(),
         }
 
-        def move_and_release() -> None:
-            self._move_to_dead_letters(topic, index, entry_id, letter, fields.get(b"id"))
-            self._renew_script(keys=[self._owner(topic, index)], args=[self._consumer, 0])
-
         with self._settling(topic, index):
-            self._call(move_and_release)
+            self._settle_entry(topic, index, entry_id, fields.get(b"id"), letter)
 
-    def _move_to_dead_letters(
+    def _settle_entry(
         self,
         topic: str,
         index: int,
         entry_id: bytes,
-        letter: dict[bytes, bytes],
         message_id: bytes | None,
+        letter: dict[bytes, bytes] | None = None,
     ) -> None:
-        """Add ``letter`` to the topic's dead letters, ``XACK``/``XDEL`` the entry and drop
-        its id from the pending ids, in one ``MULTI``."""
-        stream = self._stream(topic, index)
-        with self._client.pipeline(transaction=True) as pipe:
-            pipe.xadd(self._dead_letter_stream(topic), letter)  # type: ignore[arg-type]
-            pipe.xack(stream, GROUP, entry_id)
-            pipe.xdel(stream, entry_id)
-            if message_id:
-                pipe.srem(self._ids(topic), message_id)
-            pipe.execute()
+        """Settle the entry in one script: add ``letter`` to the topic's dead letters (if
+        given), ``XACK``/``XDEL`` the entry, drop its id from the pending ids, and give the
+        shard's lease up (if still this consumer's)."""
+        keys = [self._stream(topic, index), self._ids(topic), self._owner(topic, index)]
+        args = [GROUP, entry_id, message_id or b"", self._consumer]
+        if letter is not None:
+            keys.append(self._dead_letter_stream(topic))
+            args.extend(part for field, value in letter.items() for part in (field, value))
+        self._call(lambda: self._settle_script(keys=keys, args=args))
+        with self._lock:
+            self._leased.discard((topic, index))
 
     def ack(self, delivery: Delivery) -> None:
-        """``XACK`` and ``XDEL`` the entry and drop its id from the pending ids, atomically."""
+        """``XACK`` and ``XDEL`` the entry, drop its id from the pending ids and give the
+        shard's lease up, atomically."""
         topic, index, entry_id = self._receipt(delivery)
-        stream = self._stream(topic, index)
         message_id = encode_text(delivery.message.message_id)
-
-        def acknowledge() -> None:
-            with self._client.pipeline(transaction=True) as pipe:
-                pipe.xack(stream, GROUP, entry_id)
-                pipe.xdel(stream, entry_id)
-                if message_id:
-                    pipe.srem(self._ids(topic), message_id)
-                pipe.execute()
-
         with self._settling(topic, index):
-            self._call(acknowledge)
+            self._settle_entry(topic, index, entry_id, message_id)
 
     def retry(self, delivery: Delivery, delay: float, reason: str) -> None:
         """Leave the entry pending; keep the shard (and renew it) while backing off."""
@@ -378,7 +392,8 @@ class RedisStreamsBroker:
             self.retry(delivery, delay, "")
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
-        """Add the dead letter and ``XACK``/``XDEL`` the entry, in one ``MULTI``."""
+        """Add the dead letter, ``XACK``/``XDEL`` the entry and give the shard's lease up,
+        atomically."""
         topic, index, entry_id = self._receipt(delivery)
         message = delivery.message
         letter = {
@@ -390,9 +405,7 @@ class RedisStreamsBroker:
         }
         message_id = encode_text(message.message_id)
         with self._settling(topic, index):
-            self._call(
-                lambda: self._move_to_dead_letters(topic, index, entry_id, letter, message_id)
-            )
+            self._settle_entry(topic, index, entry_id, message_id, letter)
 
     def renew(self) -> None:
         """Extend the leases of the shards delivering or backing off here, and remove the

@@ -147,3 +147,29 @@ def test_stale_consumers_without_pending_entries_are_removed(
         assert left.get(b"gone-holding") == 1, "a consumer with a pending entry must stay"
     finally:
         broker.close()
+
+
+def test_settling_a_delivery_gives_its_shard_to_whichever_consumer_claims_next(
+    url_with: object, raw: redis.Redis, prefix: str
+) -> None:
+    assert callable(url_with)
+    url = url_with(prefix=f"{prefix}mq:", shards=1)
+    first, second = (redis_broker(url, visibility_timeout=30) for _ in range(2))
+    try:
+        topic = f"settle-{uuid.uuid4().hex[:8]}"
+        for n in range(3):
+            first.publish(topic, "k", f"{n}".encode(), f"m-{n}")
+        delivery = first.claim([topic])
+        assert delivery is not None and delivery.message.payload == b"0"
+        assert second.claim([topic]) is None, "the shard is the first consumer's while it delivers"
+        first.ack(delivery)
+        # The first consumer delivers nothing now: were the shard still its own, the second,
+        # idle with the key's work waiting, would never get it.
+        taken = second.claim([topic])
+        assert taken is not None and taken.message.payload == b"1"
+        second.dead_letter(taken, "given up")
+        taken = first.claim([topic])
+        assert taken is not None and taken.message.payload == b"2"
+    finally:
+        first.close()
+        second.close()
