@@ -14,7 +14,11 @@ topics that contain ``:`` apart)::
 ``crc32(key) % shards``: all messages of a key share one stream, in ``XADD`` order. Its entry
 is ``{key, payload, id}``; a script adds the id to the topic's ``ids`` set and the entry to
 the stream only if the id was not in the set (an idempotent publish), and settling the entry
-removes the id in the same ``MULTI``. Every stream
+removes the id in the same script. The set is also the topic's "has work" marker: a claim
+passes a topic whose set is empty (no key) by after one ``EXISTS``, without looking at its
+shards, so an idle claim costs one command per topic; every :data:`FULL_SCAN_SECONDS` a claim
+looks at every shard all the same, so that an entry the set does not show (stored by another
+program, or the set deleted) is still delivered. Every stream
 has the consumer group ``stovepipe``. Per-key order and one delivery at a time come from shard
 ownership: a consumer delivers from a shard only while it holds the shard's lease, and only one
 message of the shard at a time. One Lua script claims, atomically, the first free or own shard
@@ -62,47 +66,63 @@ from stovepipe_redis.options import parse_url
 logger = logging.getLogger(__name__)
 
 DEFAULT_SHARDS: Final = 16
+FULL_SCAN_SECONDS: Final = 30.0
+"""Seconds between two claims of a process that look at every shard whatever the topics' ids
+sets say: the other claims pass a topic with no id pending by after one ``EXISTS``, so an
+entry the set does not show (stored by something else than :meth:`RedisStreamsBroker.publish`,
+or its set deleted) is claimed within this long. The first claim is one."""
 GROUP: Final = b"stovepipe"
 PREFIX: Final = b"stovepipe:mq:"
 
-# KEYS: stream_1, owner_1, stream_2, owner_2, ...  ARGV: group, consumer, lease in ms.
-# Returns {index of the stream in KEYS, entry id, entry fields, delivery count} or false.
+# KEYS: ids_1, stream_1, owner_1, ids_2, stream_2, owner_2, ... (the ids set of the stream's
+# topic before each stream). ARGV: group, consumer, lease in ms, '1' for a full scan.
+# Returns {index of the stream's ids set in KEYS, entry id, entry fields, delivery count,
+# 1 if the ids set was empty} or false. A topic whose ids set is empty has no message pending
+# (publishing adds the id in the script that adds the entry, settling removes it in the script
+# that deletes the entry), so its shards are passed by after one EXISTS, unless this is a full
+# scan.
 _CLAIM: Final = """
-local group, me, lease = ARGV[1], ARGV[2], ARGV[3]
-for i = 1, #KEYS, 2 do
-  local stream, owner_key = KEYS[i], KEYS[i + 1]
-  local owner = redis.call('GET', owner_key)
-  if (not owner) or owner == me then
-    local entry, count
-    -- Settled entries are deleted, so an empty stream has nothing pending either.
-    if redis.call('XLEN', stream) > 0 then
-      local claimed = redis.pcall('XAUTOCLAIM', stream, group, me, 0, '0-0', 'COUNT', 1)
-      if claimed['err'] then
-        -- The server lost the group with its data (a restart without persistence, FLUSHDB)
-        -- and a publish recreated the stream: recreate the group, from the first entry.
-        if string.find(claimed['err'], 'NOGROUP', 1, true) ~= 1 then
-          return redis.error_reply(claimed['err'])
+local group, me, lease, full = ARGV[1], ARGV[2], ARGV[3], ARGV[4] == '1'
+local marked = {}  -- ids set -> whether it is not empty
+for i = 1, #KEYS, 3 do
+  local ids, stream, owner_key = KEYS[i], KEYS[i + 1], KEYS[i + 2]
+  if marked[ids] == nil then
+    marked[ids] = redis.call('EXISTS', ids) == 1
+  end
+  if full or marked[ids] then
+    local owner = redis.call('GET', owner_key)
+    if (not owner) or owner == me then
+      local entry, count
+      -- Settled entries are deleted, so an empty stream has nothing pending either.
+      if redis.call('XLEN', stream) > 0 then
+        local claimed = redis.pcall('XAUTOCLAIM', stream, group, me, 0, '0-0', 'COUNT', 1)
+        if claimed['err'] then
+          -- The server lost the group with its data (a restart without persistence, FLUSHDB)
+          -- and a publish recreated the stream: recreate the group, from the first entry.
+          if string.find(claimed['err'], 'NOGROUP', 1, true) ~= 1 then
+            return redis.error_reply(claimed['err'])
+          end
+          redis.call('XGROUP', 'CREATE', stream, group, '0')
+          claimed = redis.call('XAUTOCLAIM', stream, group, me, 0, '0-0', 'COUNT', 1)
         end
-        redis.call('XGROUP', 'CREATE', stream, group, '0')
-        claimed = redis.call('XAUTOCLAIM', stream, group, me, 0, '0-0', 'COUNT', 1)
-      end
-      if #claimed[2] > 0 then
-        entry = claimed[2][1]
-        count = redis.call('XPENDING', stream, group, entry[1], entry[1], 1)[1][4]
-      else
-        local read = redis.call('XREADGROUP', 'GROUP', group, me, 'COUNT', 1,
-                                'STREAMS', stream, '>')
-        if read then
-          entry = read[1][2][1]
-          count = 1
+        if #claimed[2] > 0 then
+          entry = claimed[2][1]
+          count = redis.call('XPENDING', stream, group, entry[1], entry[1], 1)[1][4]
+        else
+          local read = redis.call('XREADGROUP', 'GROUP', group, me, 'COUNT', 1,
+                                  'STREAMS', stream, '>')
+          if read then
+            entry = read[1][2][1]
+            count = 1
+          end
         end
       end
-    end
-    if entry then
-      redis.call('SET', owner_key, me, 'PX', lease)
-      return {i, entry[1], entry[2], count}
-    elseif owner then
-      redis.call('DEL', owner_key)
+      if entry then
+        redis.call('SET', owner_key, me, 'PX', lease)
+        return {i, entry[1], entry[2], count, marked[ids] and 0 or 1}
+      elseif owner then
+        redis.call('DEL', owner_key)
+      end
     end
   end
 end
@@ -210,9 +230,12 @@ class RedisStreamsBroker:
         visibility_timeout: float,
         shards: int = DEFAULT_SHARDS,
         prefix: bytes = PREFIX,
+        full_scan_interval: float = FULL_SCAN_SECONDS,
     ) -> None:
         if shards < 1:
             raise ValueError(f"shards must be at least 1, not {shards}")
+        self._full_scan_interval = full_scan_interval
+        self._next_full_scan = 0.0  # monotonic time of the next full scan: the first claim
         self._client = client
         self._prefix = prefix
         self._lease_ms = max(1, round(visibility_timeout * 1000))
@@ -247,9 +270,15 @@ class RedisStreamsBroker:
         self._call(lambda: self._publish_script(keys=keys, args=args))
 
     def claim(self, topics: Sequence[str]) -> Delivery | None:
-        """Claim from the first shard of ``topics`` that is not busy here and has work."""
+        """Claim from the first shard of ``topics`` that is not busy here and has work.
+
+        One script: a topic with no message pending costs it one command (``EXISTS`` of the
+        topic's ids set) but every :data:`FULL_SCAN_SECONDS` (see there)."""
         now = time.monotonic()
         with self._lock:
+            full = now >= self._next_full_scan
+            if full:
+                self._next_full_scan = now + self._full_scan_interval
             for shard, due in list(self._backing_off.items()):
                 if due <= now:
                     del self._backing_off[shard]
@@ -277,21 +306,34 @@ class RedisStreamsBroker:
             keys = [
                 name
                 for topic, index in candidates
-                for name in (self._stream(topic, index), self._owner(topic, index))
+                for name in (
+                    self._ids(topic),
+                    self._stream(topic, index),
+                    self._owner(topic, index),
+                )
             ]
-            claimed = self._call(
-                lambda: self._claim_script(keys=keys, args=[GROUP, self._consumer, self._lease_ms])
-            )
+            args: list[bytes | int] = [
+                GROUP,
+                self._consumer,
+                self._lease_ms,
+                b"1" if full else b"0",
+            ]
+            claimed = self._call(lambda: self._claim_script(keys=keys, args=args))
         finally:
             with self._lock:
-                won = candidates[(int(claimed[0]) - 1) // 2] if claimed else None
+                won = candidates[(int(claimed[0]) - 1) // 3] if claimed else None
                 self._in_flight.difference_update(c for c in candidates if c != won)
                 if won is not None:
                     self._leased.add(won)
         if not claimed:
             return None
         topic, index = won  # type: ignore[misc]
-        _, entry_id, raw_fields, count = claimed
+        _, entry_id, raw_fields, count, unmarked = claimed
+        if int(unmarked):
+            # An entry the ids set did not show: scan every shard again at the next claim,
+            # until the entries it does not show are delivered, not one a full-scan interval.
+            with self._lock:
+                self._next_full_scan = 0.0
         fields = dict(zip(raw_fields[::2], raw_fields[1::2], strict=False))
         try:
             message = Message(
