@@ -276,9 +276,6 @@ class RedisStreamsBroker:
         topic's ids set) but every :data:`FULL_SCAN_SECONDS` (see there)."""
         now = time.monotonic()
         with self._lock:
-            full = now >= self._next_full_scan
-            if full:
-                self._next_full_scan = now + self._full_scan_interval
             for shard, due in list(self._backing_off.items()):
                 if due <= now:
                     del self._backing_off[shard]
@@ -297,6 +294,9 @@ class RedisStreamsBroker:
             ]
             # Mark them busy, so that this process's other workers pass them by meanwhile.
             self._in_flight.update(candidates)
+            full = bool(candidates) and now >= self._next_full_scan
+            if full:
+                self._next_full_scan = now + self._full_scan_interval
         if not candidates:
             return None
         claimed: Any = None
