@@ -3,10 +3,12 @@ redeliveries count their attempts, and per-key order holds across consumer proce
 
 from __future__ import annotations
 
+import collections
 import itertools
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from stovepipe.messaging import Message
 
@@ -101,22 +103,29 @@ def test_a_server_killed_between_publish_and_ack_loses_nothing(
     assert all(s.message.attempt == 1 for s in seen if s.message.payload.decode() not in in_flight)
 
 
+def most_at_once(starts: list[dict[str, Any]], ends: list[dict[str, Any]]) -> int:
+    """The most deliveries running at one time, from their start and end events."""
+    ended = {(e["key"], e["payload"]): e["t"] for e in ends}
+    spans = [(s["t"], ended[s["key"], s["payload"]]) for s in starts]
+    return max(sum(1 for begin, end in spans if begin <= at < end) for at, _ in spans)
+
+
 def test_per_key_order_one_at_a_time_across_consumer_processes(
     durable_messaging_url: str,
     make_durable_messaging: MessagingFactory,
     topic: str,
     children: Children,
 ) -> None:
-    keys, per_key, consumers = 4, 12, 3
-    url = url_with(durable_messaging_url, workers=2, poll_interval=0.02)
+    keys, per_key, consumers, workers = 8, 12, 3, 2
+    url = url_with(durable_messaging_url, workers=workers, poll_interval=0.02)
+    # Started first and idle (polling every workers / 2 seconds), then the work arrives.
+    processes = [children.spawn(url, topic, sleep=0.25) for _ in range(consumers)]
+    children.wait_for("consumers", lambda: len(children.events("ready")) == consumers)
+
     publisher = make_durable_messaging()
     for n in range(per_key):
         for k in range(keys):
             publisher.publish(topic, f"k{k}", f"{n:03}".encode())
-    # The work waits for the consumers, which claim at once when they start (an idle one
-    # polls only every workers / 2 seconds); each delivery lasts long enough that one process
-    # alone would take 48 * 0.25 / 2 = 6 s, so all of them start while work is left.
-    processes = [children.spawn(url, topic, sleep=0.25) for _ in range(consumers)]
     children.wait_for("every delivery", lambda: len(children.events("end")) == keys * per_key)
 
     starts, ends = children.events("start"), children.events("end")
@@ -129,7 +138,17 @@ def test_per_key_order_one_at_a_time_across_consumer_processes(
         assert [e["payload"] for e in mine_ended] == expected
         for ended, next_started in zip(mine_ended, mine_started[1:], strict=False):
             assert ended["t"] <= next_started["t"], f"two deliveries of k{k} overlapped"
-    assert len({e["pid"] for e in starts}) > 1, "the work was shared by the processes"
+    # More keys than workers, each with 12 * 0.25 = 3 s of work, far longer than an idle
+    # process's poll interval (1 s): a key whose work waits while no delivery holds it goes to
+    # whichever worker asks next, so every process takes part, every worker is busy at once,
+    # and keys pass from one process to another. A consumer keeping the keys it delivered
+    # from, and delivering them two at a time, would leave the others idle.
+    shares = collections.Counter(e["pid"] for e in starts)
+    assert len(shares) == consumers, f"an idle process took no key: deliveries {shares}"
+    most = most_at_once(starts, ends)
+    assert most == consumers * workers, f"at most {most} deliveries at once: {shares}"
+    moved = [k for k in range(keys) if len({e["pid"] for e in starts if e["key"] == f"k{k}"}) > 1]
+    assert moved, f"each key stayed with the first process that delivered it: {shares}"
     for process in processes:
         assert children.terminate(process) == 0, "SIGTERM stops a consumer gracefully"
 

@@ -14,16 +14,23 @@ topics that contain ``:`` apart)::
 ``crc32(key) % shards``: all messages of a key share one stream, in ``XADD`` order. Its entry
 is ``{key, payload, id}``; a script adds the id to the topic's ``ids`` set and the entry to
 the stream only if the id was not in the set (an idempotent publish), and settling the entry
-removes the id in the same ``MULTI``. Every stream
+removes the id in the same script. The set is also the topic's "has work" marker: a claim
+passes a topic whose set is empty (no key) by after one ``EXISTS``, without looking at its
+shards, so an idle claim costs one command per topic; every :data:`FULL_SCAN_SECONDS` a claim
+looks at every shard all the same, so that an entry the set does not show (stored by another
+program, or the set deleted) is still delivered. Every stream
 has the consumer group ``stovepipe``. Per-key order and one delivery at a time come from shard
 ownership: a consumer delivers from a shard only while it holds the shard's lease, and only one
 message of the shard at a time. One Lua script claims, atomically, the first free or own shard
 that has work: its pending entry first (``XAUTOCLAIM``, which adds one to the entry's delivery
 count, read back with ``XPENDING`` as ``attempt``), else the next new entry (``XREADGROUP``); an
-empty shard's lease is dropped so that any consumer may take it next. Acknowledging is ``XACK``
-plus ``XDEL``; dead-lettering adds ``XADD`` to the dead-letter stream in the same ``MULTI``. A
-failed delivery stays pending while its owner backs off and renews the lease, then is claimed
-again with the next count.
+empty shard's lease is dropped so that any consumer may take it next. Settling is one script:
+acknowledging is ``XACK`` plus ``XDEL``, dead-lettering adds ``XADD`` to the dead-letter
+stream, and either gives the shard's lease up, so that the shard's next entry goes to whichever
+consumer claims next. A consumer holds a shard only while it delivers from it or backs off:
+one that kept the shards it had delivered from would keep more keys than it has workers, and
+leave other consumers idle with their work waiting. A failed delivery stays pending while its
+owner backs off and renews the lease, then is claimed again with the next count.
 
 The lease is the visibility timeout: a consumer that dies stops renewing, the lease expires,
 and the next owner reclaims the dead consumer's pending entry at once. A shard's messages
@@ -59,47 +66,63 @@ from stovepipe_redis.options import parse_url
 logger = logging.getLogger(__name__)
 
 DEFAULT_SHARDS: Final = 16
+FULL_SCAN_SECONDS: Final = 30.0
+"""Seconds between two claims of a process that look at every shard whatever the topics' ids
+sets say: the other claims pass a topic with no id pending by after one ``EXISTS``, so an
+entry the set does not show (stored by something else than :meth:`RedisStreamsBroker.publish`,
+or its set deleted) is claimed within this long. The first claim is one."""
 GROUP: Final = b"stovepipe"
 PREFIX: Final = b"stovepipe:mq:"
 
-# KEYS: stream_1, owner_1, stream_2, owner_2, ...  ARGV: group, consumer, lease in ms.
-# Returns {index of the stream in KEYS, entry id, entry fields, delivery count} or false.
+# KEYS: ids_1, stream_1, owner_1, ids_2, stream_2, owner_2, ... (the ids set of the stream's
+# topic before each stream). ARGV: group, consumer, lease in ms, '1' for a full scan.
+# Returns {index of the stream's ids set in KEYS, entry id, entry fields, delivery count,
+# 1 if the ids set was empty} or false. A topic whose ids set is empty has no message pending
+# (publishing adds the id in the script that adds the entry, settling removes it in the script
+# that deletes the entry), so its shards are passed by after one EXISTS, unless this is a full
+# scan.
 _CLAIM: Final = """
-local group, me, lease = ARGV[1], ARGV[2], ARGV[3]
-for i = 1, #KEYS, 2 do
-  local stream, owner_key = KEYS[i], KEYS[i + 1]
-  local owner = redis.call('GET', owner_key)
-  if (not owner) or owner == me then
-    local entry, count
-    -- Settled entries are deleted, so an empty stream has nothing pending either.
-    if redis.call('XLEN', stream) > 0 then
-      local claimed = redis.pcall('XAUTOCLAIM', stream, group, me, 0, '0-0', 'COUNT', 1)
-      if claimed['err'] then
-        -- The server lost the group with its data (a restart without persistence, FLUSHDB)
-        -- and a publish recreated the stream: recreate the group, from the first entry.
-        if string.find(claimed['err'], 'NOGROUP', 1, true) ~= 1 then
-          return redis.error_reply(claimed['err'])
+local group, me, lease, full = ARGV[1], ARGV[2], ARGV[3], ARGV[4] == '1'
+local marked = {}  -- ids set -> whether it is not empty
+for i = 1, #KEYS, 3 do
+  local ids, stream, owner_key = KEYS[i], KEYS[i + 1], KEYS[i + 2]
+  if marked[ids] == nil then
+    marked[ids] = redis.call('EXISTS', ids) == 1
+  end
+  if full or marked[ids] then
+    local owner = redis.call('GET', owner_key)
+    if (not owner) or owner == me then
+      local entry, count
+      -- Settled entries are deleted, so an empty stream has nothing pending either.
+      if redis.call('XLEN', stream) > 0 then
+        local claimed = redis.pcall('XAUTOCLAIM', stream, group, me, 0, '0-0', 'COUNT', 1)
+        if claimed['err'] then
+          -- The server lost the group with its data (a restart without persistence, FLUSHDB)
+          -- and a publish recreated the stream: recreate the group, from the first entry.
+          if string.find(claimed['err'], 'NOGROUP', 1, true) ~= 1 then
+            return redis.error_reply(claimed['err'])
+          end
+          redis.call('XGROUP', 'CREATE', stream, group, '0')
+          claimed = redis.call('XAUTOCLAIM', stream, group, me, 0, '0-0', 'COUNT', 1)
         end
-        redis.call('XGROUP', 'CREATE', stream, group, '0')
-        claimed = redis.call('XAUTOCLAIM', stream, group, me, 0, '0-0', 'COUNT', 1)
-      end
-      if #claimed[2] > 0 then
-        entry = claimed[2][1]
-        count = redis.call('XPENDING', stream, group, entry[1], entry[1], 1)[1][4]
-      else
-        local read = redis.call('XREADGROUP', 'GROUP', group, me, 'COUNT', 1,
-                                'STREAMS', stream, '>')
-        if read then
-          entry = read[1][2][1]
-          count = 1
+        if #claimed[2] > 0 then
+          entry = claimed[2][1]
+          count = redis.call('XPENDING', stream, group, entry[1], entry[1], 1)[1][4]
+        else
+          local read = redis.call('XREADGROUP', 'GROUP', group, me, 'COUNT', 1,
+                                  'STREAMS', stream, '>')
+          if read then
+            entry = read[1][2][1]
+            count = 1
+          end
         end
       end
-    end
-    if entry then
-      redis.call('SET', owner_key, me, 'PX', lease)
-      return {i, entry[1], entry[2], count}
-    elseif owner then
-      redis.call('DEL', owner_key)
+      if entry then
+        redis.call('SET', owner_key, me, 'PX', lease)
+        return {i, entry[1], entry[2], count, marked[ids] and 0 or 1}
+      elseif owner then
+        redis.call('DEL', owner_key)
+      end
     end
   end
 end
@@ -113,6 +136,27 @@ if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then
   return 0
 end
 redis.call('XADD', KEYS[1], '*', 'key', ARGV[2], 'payload', ARGV[3], 'id', ARGV[1])
+return 1
+"""
+
+# KEYS: stream, ids set, owner key[, dead-letter stream]. ARGV: group, entry id, message id ('' if
+# none), consumer[, the dead letter's fields and values]. Adds the dead letter (if given), XACKs
+# and XDELs the entry, drops its id from the pending ids and gives the shard's lease up if it is
+# still this consumer's, atomically: no other consumer can claim the shard before the entry is
+# settled (it would find the entry pending and deliver it again), and any can at once after.
+_SETTLE: Final = """
+local group, entry, id, me = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+if KEYS[4] then
+  redis.call('XADD', KEYS[4], '*', unpack(ARGV, 5))
+end
+redis.call('XACK', KEYS[1], group, entry)
+redis.call('XDEL', KEYS[1], entry)
+if id ~= '' then
+  redis.call('SREM', KEYS[2], id)
+end
+if redis.call('GET', KEYS[3]) == me then
+  redis.call('DEL', KEYS[3])
+end
 return 1
 """
 
@@ -186,9 +230,12 @@ class RedisStreamsBroker:
         visibility_timeout: float,
         shards: int = DEFAULT_SHARDS,
         prefix: bytes = PREFIX,
+        full_scan_interval: float = FULL_SCAN_SECONDS,
     ) -> None:
         if shards < 1:
             raise ValueError(f"shards must be at least 1, not {shards}")
+        self._full_scan_interval = full_scan_interval
+        self._next_full_scan = 0.0  # monotonic time of the next full scan: the first claim
         self._client = client
         self._prefix = prefix
         self._lease_ms = max(1, round(visibility_timeout * 1000))
@@ -197,13 +244,15 @@ class RedisStreamsBroker:
         self._claim_script = client.register_script(_CLAIM)
         self._publish_script = client.register_script(_PUBLISH)
         self._renew_script = client.register_script(_RENEW)
+        self._settle_script = client.register_script(_SETTLE)
         self._remove_consumers_script = client.register_script(_REMOVE_CONSUMERS)
         self._backlog_script = client.register_script(_BACKLOG)
         self._lock = threading.Lock()
         self._groups: set[bytes] = set()  # streams known to have the group
         self._in_flight: set[_Shard] = set()
-        # Shards this consumer took a lease on; it keeps an idle one until the lease runs
-        # out (another claim here reuses it), so close() gives them back.
+        # Shards this consumer took a lease on and has not settled: one whose backoff ended
+        # keeps its lease until claimed again here or the lease runs out, so close() gives
+        # them back.
         self._leased: set[_Shard] = set()
         self._backing_off: dict[_Shard, float] = {}  # shard -> monotonic time it may resume
         # Shards whose settlement met a transient fault (the consumer engine retries it):
@@ -221,7 +270,10 @@ class RedisStreamsBroker:
         self._call(lambda: self._publish_script(keys=keys, args=args))
 
     def claim(self, topics: Sequence[str]) -> Delivery | None:
-        """Claim from the first shard of ``topics`` that is not busy here and has work."""
+        """Claim from the first shard of ``topics`` that is not busy here and has work.
+
+        One script: a topic with no message pending costs it one command (``EXISTS`` of the
+        topic's ids set) but every :data:`FULL_SCAN_SECONDS` (see there)."""
         now = time.monotonic()
         with self._lock:
             for shard, due in list(self._backing_off.items()):
@@ -242,6 +294,9 @@ class RedisStreamsBroker:
             ]
             # Mark them busy, so that this process's other workers pass them by meanwhile.
             self._in_flight.update(candidates)
+            full = bool(candidates) and now >= self._next_full_scan
+            if full:
+                self._next_full_scan = now + self._full_scan_interval
         if not candidates:
             return None
         claimed: Any = None
@@ -251,21 +306,34 @@ class RedisStreamsBroker:
             keys = [
                 name
                 for topic, index in candidates
-                for name in (self._stream(topic, index), self._owner(topic, index))
+                for name in (
+                    self._ids(topic),
+                    self._stream(topic, index),
+                    self._owner(topic, index),
+                )
             ]
-            claimed = self._call(
-                lambda: self._claim_script(keys=keys, args=[GROUP, self._consumer, self._lease_ms])
-            )
+            args: list[bytes | int] = [
+                GROUP,
+                self._consumer,
+                self._lease_ms,
+                b"1" if full else b"0",
+            ]
+            claimed = self._call(lambda: self._claim_script(keys=keys, args=args))
         finally:
             with self._lock:
-                won = candidates[(int(claimed[0]) - 1) // 2] if claimed else None
+                won = candidates[(int(claimed[0]) - 1) // 3] if claimed else None
                 self._in_flight.difference_update(c for c in candidates if c != won)
                 if won is not None:
                     self._leased.add(won)
         if not claimed:
             return None
         topic, index = won  # type: ignore[misc]
-        _, entry_id, raw_fields, count = claimed
+        _, entry_id, raw_fields, count, unmarked = claimed
+        if int(unmarked):
+            # An entry the ids set did not show: scan every shard again at the next claim,
+            # until the entries it does not show are delivered, not one a full-scan interval.
+            with self._lock:
+                self._next_full_scan = 0.0
         fields = dict(zip(raw_fields[::2], raw_fields[1::2], strict=False))
         try:
             message = Message(
@@ -307,48 +375,36 @@ class RedisStreamsBroker:
             b"reason": reason.encode(),
         }
 
-        def move_and_release() -> None:
-            self._move_to_dead_letters(topic, index, entry_id, letter, fields.get(b"id"))
-            self._renew_script(keys=[self._owner(topic, index)], args=[self._consumer, 0])
-
         with self._settling(topic, index):
-            self._call(move_and_release)
+            self._settle_entry(topic, index, entry_id, fields.get(b"id"), letter)
 
-    def _move_to_dead_letters(
+    def _settle_entry(
         self,
         topic: str,
         index: int,
         entry_id: bytes,
-        letter: dict[bytes, bytes],
         message_id: bytes | None,
+        letter: dict[bytes, bytes] | None = None,
     ) -> None:
-        """Add ``letter`` to the topic's dead letters, ``XACK``/``XDEL`` the entry and drop
-        its id from the pending ids, in one ``MULTI``."""
-        stream = self._stream(topic, index)
-        with self._client.pipeline(transaction=True) as pipe:
-            pipe.xadd(self._dead_letter_stream(topic), letter)  # type: ignore[arg-type]
-            pipe.xack(stream, GROUP, entry_id)
-            pipe.xdel(stream, entry_id)
-            if message_id:
-                pipe.srem(self._ids(topic), message_id)
-            pipe.execute()
+        """Settle the entry in one script: add ``letter`` to the topic's dead letters (if
+        given), ``XACK``/``XDEL`` the entry, drop its id from the pending ids, and give the
+        shard's lease up (if still this consumer's)."""
+        keys = [self._stream(topic, index), self._ids(topic), self._owner(topic, index)]
+        args = [GROUP, entry_id, message_id or b"", self._consumer]
+        if letter is not None:
+            keys.append(self._dead_letter_stream(topic))
+            args.extend(part for field, value in letter.items() for part in (field, value))
+        self._call(lambda: self._settle_script(keys=keys, args=args))
+        with self._lock:
+            self._leased.discard((topic, index))
 
     def ack(self, delivery: Delivery) -> None:
-        """``XACK`` and ``XDEL`` the entry and drop its id from the pending ids, atomically."""
+        """``XACK`` and ``XDEL`` the entry, drop its id from the pending ids and give the
+        shard's lease up, atomically."""
         topic, index, entry_id = self._receipt(delivery)
-        stream = self._stream(topic, index)
         message_id = encode_text(delivery.message.message_id)
-
-        def acknowledge() -> None:
-            with self._client.pipeline(transaction=True) as pipe:
-                pipe.xack(stream, GROUP, entry_id)
-                pipe.xdel(stream, entry_id)
-                if message_id:
-                    pipe.srem(self._ids(topic), message_id)
-                pipe.execute()
-
         with self._settling(topic, index):
-            self._call(acknowledge)
+            self._settle_entry(topic, index, entry_id, message_id)
 
     def retry(self, delivery: Delivery, delay: float, reason: str) -> None:
         """Leave the entry pending; keep the shard (and renew it) while backing off."""
@@ -378,7 +434,8 @@ class RedisStreamsBroker:
             self.retry(delivery, delay, "")
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
-        """Add the dead letter and ``XACK``/``XDEL`` the entry, in one ``MULTI``."""
+        """Add the dead letter, ``XACK``/``XDEL`` the entry and give the shard's lease up,
+        atomically."""
         topic, index, entry_id = self._receipt(delivery)
         message = delivery.message
         letter = {
@@ -390,9 +447,7 @@ class RedisStreamsBroker:
         }
         message_id = encode_text(message.message_id)
         with self._settling(topic, index):
-            self._call(
-                lambda: self._move_to_dead_letters(topic, index, entry_id, letter, message_id)
-            )
+            self._settle_entry(topic, index, entry_id, message_id, letter)
 
     def renew(self) -> None:
         """Extend the leases of the shards delivering or backing off here, and remove the

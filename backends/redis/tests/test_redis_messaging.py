@@ -147,3 +147,100 @@ def test_stale_consumers_without_pending_entries_are_removed(
         assert left.get(b"gone-holding") == 1, "a consumer with a pending entry must stay"
     finally:
         broker.close()
+
+
+def test_settling_a_delivery_gives_its_shard_to_whichever_consumer_claims_next(
+    url_with: object, raw: redis.Redis, prefix: str
+) -> None:
+    assert callable(url_with)
+    url = url_with(prefix=f"{prefix}mq:", shards=1)
+    first, second = (redis_broker(url, visibility_timeout=30) for _ in range(2))
+    try:
+        topic = f"settle-{uuid.uuid4().hex[:8]}"
+        for n in range(3):
+            first.publish(topic, "k", f"{n}".encode(), f"m-{n}")
+        delivery = first.claim([topic])
+        assert delivery is not None and delivery.message.payload == b"0"
+        assert second.claim([topic]) is None, "the shard is the first consumer's while it delivers"
+        first.ack(delivery)
+        # The first consumer delivers nothing now: were the shard still its own, the second,
+        # idle with the key's work waiting, would never get it.
+        taken = second.claim([topic])
+        assert taken is not None and taken.message.payload == b"1"
+        second.dead_letter(taken, "given up")
+        taken = first.claim([topic])
+        assert taken is not None and taken.message.payload == b"2"
+    finally:
+        first.close()
+        second.close()
+
+
+def commands_run(client: redis.Redis) -> int:
+    """Commands the server ran, those run by scripts included, but for ``INFO`` itself."""
+    stats: Any = client.info("commandstats")
+    return sum(int(stat["calls"]) for name, stat in stats.items() if name != "cmdstat_info")
+
+
+def test_an_idle_claim_runs_one_command_per_topic_not_two_per_shard(
+    private_server: str, prefix: str
+) -> None:
+    counter = redis.Redis.from_url(private_server, socket_timeout=5)
+    broker = RedisStreamsBroker(
+        redis.Redis.from_url(private_server, socket_timeout=5),
+        visibility_timeout=30,
+        prefix=f"{prefix}mq:".encode(),
+    )
+    try:
+        topics = [f"idle-{n}-{uuid.uuid4().hex[:8]}" for n in range(2)]
+        broker.publish(topics[0], "k", b"x", "m-1")
+        delivery = broker.claim(topics)
+        assert delivery is not None
+        broker.ack(delivery)
+        claims = 10
+        before = commands_run(counter)
+        for _ in range(claims):
+            assert broker.claim(topics) is None
+        ran = commands_run(counter) - before
+        # Each claim: EVALSHA, and EXISTS of each topic's ids set (GET and XLEN of each of
+        # the 16 shards of each topic before: 65 a claim).
+        assert ran <= claims * (1 + len(topics)), f"{ran} commands for {claims} idle claims"
+    finally:
+        broker.close()
+        keys = list(counter.scan_iter(match=prefix.encode() + b"*", count=1000))
+        if keys:
+            counter.delete(*keys)
+        counter.close()
+
+
+def test_an_entry_its_topics_ids_set_does_not_show_is_claimed_at_the_next_full_scan(
+    redis_url: str, raw: redis.Redis, prefix: str
+) -> None:
+    full_scan_interval = 1.0
+    broker = RedisStreamsBroker(
+        redis.Redis.from_url(redis_url, socket_timeout=5),
+        visibility_timeout=30,
+        shards=2,
+        prefix=f"{prefix}mq:".encode(),
+        full_scan_interval=full_scan_interval,
+    )
+    try:
+        topic = f"unmarked-{uuid.uuid4().hex[:8]}"
+        assert broker.claim([topic]) is None  # the first claim scans every shard
+        for n in range(3):
+            broker.publish(topic, f"k{n}", f"{n}".encode(), f"m-{n}")
+        raw.delete(broker._ids(topic))  # lost, as after a crash that lost the set alone
+        started = time.monotonic()
+        assert broker.claim([topic]) is None, "between full scans a claim trusts the ids set"
+        claimed: list[bytes] = []
+        while len(claimed) < 3 and time.monotonic() - started < TIMEOUT:
+            delivery = broker.claim([topic])
+            if delivery is None:
+                time.sleep(0.05)
+                continue
+            claimed.append(delivery.message.payload)
+            broker.ack(delivery)
+        assert sorted(claimed) == [b"0", b"1", b"2"]
+        # The first at the next full scan, the others right after it, not one a full scan.
+        assert time.monotonic() - started < 3 * full_scan_interval
+    finally:
+        broker.close()
