@@ -12,7 +12,8 @@ fresh topic, so a shared server is fine.
   XACK+XDEL in one MULTI).
 * publish -> handler: one message at a time, the consumer in this process (a consumer in
   another process sees it within its ``poll_interval`` instead).
-* drain: messages already queued on 16 keys, consumed by 4 workers, messages per second.
+* drain: messages already queued on 16 keys, and on one key, consumed by 4 workers, messages
+  per second (one key: its messages go one at a time, so this is the per-key chain's rate).
 * duplicates: 10,000 publishes of 100 ids (4 publisher threads, consumers running, as
   polling ingest does), until the topic's backlog is empty: publishes per second and the
   messages the handler saw; next to the same publishes each with a fresh id.
@@ -162,12 +163,12 @@ def publish_to_handler(url: str, count: int) -> Latency:
         queue.stop(timeout=5)
 
 
-def drain_rate(url: str, count: int) -> float:
-    """Messages per second consumed by 4 workers from a backlog on 16 keys."""
+def drain_rate(url: str, count: int, keys: int = 16) -> float:
+    """Messages per second consumed by 4 workers from a backlog on ``keys`` keys."""
     queue = open_messaging(url + ("&" if "?" in url else "?") + "workers=4")
     topic = f"bench-{uuid.uuid4().hex[:8]}"
     for n in range(count):
-        queue.publish(topic, f"key-{n % 16}", b"x" * 64)
+        queue.publish(topic, f"key-{n % keys}", b"x" * 64)
     done = threading.Event()
     handled = 0
     lock = threading.Lock()
@@ -276,13 +277,22 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=500, help="calls per measurement")
     parser.add_argument("--url", action="append", default=[], help="queue URL (repeatable)")
+    parser.add_argument(
+        "--drain-only", action="store_true", help="only the drain rates (16 keys, one key)"
+    )
     args = parser.parse_args()
     count: int = args.count
+    drains: list[tuple[str, float, float]] = []
     summary: list[tuple[str, Latency, float]] = []
     duplicates: list[tuple[str, float, int, float, int]] = []
     with targets(args.url) as urls:
         for url in urls:
             scheme = url.split("://", 1)[0]
+            drains.append(
+                (scheme, drain_rate(url, max(count, 1000)), drain_rate(url, max(count, 1000), 1))
+            )
+            if args.drain_only:
+                continue
             if scheme in RAW:
                 publish, claim_ack, close = broker_operations(url, count)
                 raw_publish, raw_claim_ack = RAW[scheme](url, f"{uuid.uuid4().hex[:8]}")
@@ -292,12 +302,16 @@ def main() -> int:
                 ]
                 close()
                 print_comparison(f"{scheme}: broker calls next to the raw driver", rows)
-            summary.append(
-                (scheme, publish_to_handler(url, count), drain_rate(url, max(count, 1000)))
-            )
+            summary.append((scheme, publish_to_handler(url, count), drains[-1][1]))
             same_rate, same_handled = duplicate_drain(url)
             fresh_rate, fresh_handled = duplicate_drain(url, fresh_ids=True)
             duplicates.append((scheme, same_rate, same_handled, fresh_rate, fresh_handled))
+    print(f"\ndrain of {max(count, 1000)} queued messages (4 workers), messages per second")
+    print(f"{'queue':<10}{'16 keys':>10}{'1 key':>10}")
+    for scheme, several, one in drains:
+        print(f"{scheme:<10}{several:>10.0f}{one:>10.0f}")
+    if args.drain_only:
+        return 0
     print("\npublish -> handler (consumer in this process), and drain rate (4 workers, 16 keys)")
     print(f"{'queue':<10}{'p50 us':>10}{'p99 us':>10}{'mean us':>10}{'msgs/s':>10}")
     for scheme, latency, rate in summary:
