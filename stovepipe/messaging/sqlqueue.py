@@ -28,8 +28,10 @@ being delivered. A key's next message thus waits until its head is acknowledged 
 dead-lettered; while the head backs off the key is free, but its head still goes first. A
 consumer that dies stops renewing its leases; once they pass, the head is claimable again
 and its next delivery has the next ``attempt``. Acknowledging deletes the row and the key's
-lease; dead-lettering moves the row, in one transaction. Every time is the database server's
-clock, so consumers on several hosts need no synchronized clocks.
+lease, or (:meth:`SQLBroker.ack_and_claim_next`) deletes the row and leases the key's next
+message under the kept key lease; dead-lettering moves the row, in one transaction. Every
+time is the database server's clock, so consumers on several hosts need no synchronized
+clocks.
 """
 
 from __future__ import annotations
