@@ -169,7 +169,9 @@ class BrokeredMessaging:
     asks the broker again after ``poll_interval`` seconds, doubling while it finds nothing up to
     ``workers /`` :data:`IDLE_REQUESTS_PER_SECOND` (at once if another worker already waits
     idle), and at once when this process publishes or settles a delivery. Leases are renewed every
-    ``renew_interval`` seconds (a third of the broker's visibility timeout).
+    ``renew_interval`` seconds (a third of the broker's visibility timeout). A successful
+    delivery is acknowledged with :meth:`Broker.ack_and_claim_next`: the key's next message it
+    leases runs next on the same worker, up to :data:`MAX_CHAINED_DELIVERIES` in a row.
     """
 
     # Messages live in the broker: they outlive this process, and every process reaches them.
