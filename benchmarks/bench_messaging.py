@@ -9,10 +9,13 @@ fresh topic, so a shared server is fine.
 
 * publish, claim+ack: one call each, against the raw driver doing the same minimal round trips
   (SQL: INSERT; SELECT the head, conditional UPDATE, DELETE. Redis: XADD; XREADGROUP, then
-  XACK+XDEL in one MULTI).
+  XACK+XDEL in one MULTI). ack+claim next: a key's message consumed by acknowledging the one
+  before and leasing it in the same call, as a consumer on a busy key does (a broker that does
+  not combine claims after the ack), against the same raw claim+ack.
 * publish -> handler: one message at a time, the consumer in this process (a consumer in
   another process sees it within its ``poll_interval`` instead).
-* drain: messages already queued on 16 keys, consumed by 4 workers, messages per second.
+* drain: messages already queued on 16 keys, and on one key, consumed by 4 workers, messages
+  per second (one key: its messages go one at a time, so this is the per-key chain's rate).
 * duplicates: 10,000 publishes of 100 ids (4 publisher threads, consumers running, as
   polling ingest does), until the topic's backlog is empty: publishes per second and the
   messages the handler saw; next to the same publishes each with a fresh id.
@@ -33,7 +36,7 @@ from collections.abc import Callable, Iterator
 
 from benchmarks.timing import Latency, measure, print_comparison
 from stovepipe.messaging import Message
-from stovepipe.messaging.brokered import Broker, BrokeredMessaging
+from stovepipe.messaging.brokered import Broker, BrokeredMessaging, Delivery
 from stovepipe.messaging.contract import new_message_id
 from stovepipe.messaging.registry import open_messaging
 
@@ -162,12 +165,12 @@ def publish_to_handler(url: str, count: int) -> Latency:
         queue.stop(timeout=5)
 
 
-def drain_rate(url: str, count: int) -> float:
-    """Messages per second consumed by 4 workers from a backlog on 16 keys."""
+def drain_rate(url: str, count: int, keys: int = 16) -> float:
+    """Messages per second consumed by 4 workers from a backlog on ``keys`` keys."""
     queue = open_messaging(url + ("&" if "?" in url else "?") + "workers=4")
     topic = f"bench-{uuid.uuid4().hex[:8]}"
     for n in range(count):
-        queue.publish(topic, f"key-{n % 16}", b"x" * 64)
+        queue.publish(topic, f"key-{n % keys}", b"x" * 64)
     done = threading.Event()
     handled = 0
     lock = threading.Lock()
@@ -232,8 +235,12 @@ def duplicate_drain(
 
 def broker_operations(
     url: str, count: int
-) -> tuple[Callable[[int], object], Callable[[int], object], Callable[[], None]]:
-    """Publish and claim+ack through the queue's own broker; and its close."""
+) -> tuple[
+    Callable[[int], object], Callable[[int], object], Callable[[int], object], Callable[[], None]
+]:
+    """Publish, claim+ack, and ack+claim-next (one message of a key consumed by the
+    acknowledgement of the one before, the consumer's path on a busy key) through the
+    queue's own broker; and its close."""
     queue = open_messaging(url)
     assert isinstance(queue, BrokeredMessaging)
     broker: Broker = queue.broker
@@ -250,10 +257,30 @@ def broker_operations(
         broker.ack(delivery)
         return None
 
+    chain_topic = f"bench-{uuid.uuid4().hex[:8]}"
+    held: list[Delivery] = []
+
+    def ack_claim_next(i: int) -> object:
+        if not held:  # the first (warm-up) call: a backlog on one key, its head claimed
+            for _ in range(count + 100):
+                broker.publish(chain_topic, "k", b"x" * 64, new_message_id())
+            first = broker.claim([chain_topic])
+            if first is None:
+                raise RuntimeError("nothing to claim")
+            held.append(first)
+        following = broker.ack_and_claim_next(held.pop())
+        if following is None:
+            # A broker that does not combine: claim as the consumer then does.
+            following = broker.claim([chain_topic])
+        if following is None:
+            raise RuntimeError("nothing to claim")
+        held.append(following)
+        return None
+
     def close() -> None:
         queue.stop(timeout=5)
 
-    return publish, claim_ack, close
+    return publish, claim_ack, ack_claim_next, close
 
 
 @contextlib.contextmanager
@@ -276,28 +303,43 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=500, help="calls per measurement")
     parser.add_argument("--url", action="append", default=[], help="queue URL (repeatable)")
+    parser.add_argument(
+        "--drain-only", action="store_true", help="only the drain rates (16 keys, one key)"
+    )
     args = parser.parse_args()
     count: int = args.count
+    drains: list[tuple[str, float, float]] = []
     summary: list[tuple[str, Latency, float]] = []
     duplicates: list[tuple[str, float, int, float, int]] = []
     with targets(args.url) as urls:
         for url in urls:
             scheme = url.split("://", 1)[0]
+            drains.append(
+                (scheme, drain_rate(url, max(count, 1000)), drain_rate(url, max(count, 1000), 1))
+            )
+            if args.drain_only:
+                continue
             if scheme in RAW:
-                publish, claim_ack, close = broker_operations(url, count)
+                publish, claim_ack, ack_claim_next, close = broker_operations(url, count)
                 raw_publish, raw_claim_ack = RAW[scheme](url, f"{uuid.uuid4().hex[:8]}")
                 rows = [
                     ("publish", measure(publish, count), measure(raw_publish, count)),
                     ("claim+ack", measure(claim_ack, count), measure(raw_claim_ack, count)),
                 ]
+                # The same message consumed, its claim folded into the ack before it.
+                rows.append(("ack+claim next", measure(ack_claim_next, count), rows[1][2]))
                 close()
                 print_comparison(f"{scheme}: broker calls next to the raw driver", rows)
-            summary.append(
-                (scheme, publish_to_handler(url, count), drain_rate(url, max(count, 1000)))
-            )
+            summary.append((scheme, publish_to_handler(url, count), drains[-1][1]))
             same_rate, same_handled = duplicate_drain(url)
             fresh_rate, fresh_handled = duplicate_drain(url, fresh_ids=True)
             duplicates.append((scheme, same_rate, same_handled, fresh_rate, fresh_handled))
+    print(f"\ndrain of {max(count, 1000)} queued messages (4 workers), messages per second")
+    print(f"{'queue':<10}{'16 keys':>10}{'1 key':>10}")
+    for scheme, several, one in drains:
+        print(f"{scheme:<10}{several:>10.0f}{one:>10.0f}")
+    if args.drain_only:
+        return 0
     print("\npublish -> handler (consumer in this process), and drain rate (4 workers, 16 keys)")
     print(f"{'queue':<10}{'p50 us':>10}{'p99 us':>10}{'mean us':>10}{'msgs/s':>10}")
     for scheme, latency, rate in summary:

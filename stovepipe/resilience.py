@@ -486,7 +486,9 @@ class _ObservedBroker:
 
     # The calls the consumer engine makes on its own (publishes go through a Guard already):
     # each transient failure counts.
-    _FAILURES_SEEN = frozenset({"claim", "ack", "retry", "hold", "dead_letter", "renew", "backlog"})
+    _FAILURES_SEEN = frozenset(
+        {"claim", "ack", "ack_and_claim_next", "retry", "hold", "dead_letter", "renew", "backlog"}
+    )
     # The calls whose success shows the engine answered: the heartbeat's backlog read always
     # asks it, whereas a claim or a settlement may return without a round trip (every shard
     # busy with this process's other workers, a retry kept in memory).

@@ -62,6 +62,10 @@ CLAIM_BACKOFF_CAP: Final = 5.0
 a poll interval, doubled after each further failure up to this, so a broker that refuses
 (credentials changed) is not asked thousands of times a minute, and one that comes back is
 claimed from again within this many seconds."""
+MAX_CHAINED_DELIVERIES: Final = 32
+"""Deliveries a worker runs in a row on one key, each leased by the acknowledgement of the
+one before (:meth:`Broker.ack_and_claim_next`), before it claims afresh: a key that never
+empties does not keep the worker from the other keys and topics."""
 WARNING_INTERVAL: Final = 10.0
 """Seconds between two warnings of the same failure; the repeats between are counted."""
 
@@ -109,6 +113,19 @@ class Broker(Protocol):
         """Remove the message for good."""
         ...
 
+    def ack_and_claim_next(self, delivery: Delivery) -> Delivery | None:
+        """Acknowledge ``delivery`` as :meth:`ack` does and, where the engine can do both in
+        one transaction, lease the next deliverable message of the same topic and key in it:
+        the key stays leased to this consumer, and the message counts one more delivery, as
+        a claim's does. ``None`` if there is none (not one of the key, or backing off): the
+        key is then free, as after :meth:`ack`. A broker that cannot combine the two
+        acknowledges only and returns ``None``.
+
+        On a failure nothing may be known: the acknowledgement may have happened or not; a
+        plain :meth:`ack` of ``delivery`` afterwards is then right either way.
+        """
+        ...
+
     def retry(self, delivery: Delivery, delay: float, reason: str) -> None:
         """Give the lease back; the message is deliverable again after ``delay`` seconds."""
         ...
@@ -152,7 +169,9 @@ class BrokeredMessaging:
     asks the broker again after ``poll_interval`` seconds, doubling while it finds nothing up to
     ``workers /`` :data:`IDLE_REQUESTS_PER_SECOND` (at once if another worker already waits
     idle), and at once when this process publishes or settles a delivery. Leases are renewed every
-    ``renew_interval`` seconds (a third of the broker's visibility timeout).
+    ``renew_interval`` seconds (a third of the broker's visibility timeout). A successful
+    delivery is acknowledged with :meth:`Broker.ack_and_claim_next`: the key's next message it
+    leases runs next on the same worker, up to :data:`MAX_CHAINED_DELIVERIES` in a row.
     """
 
     # Messages live in the broker: they outlive this process, and every process reaches them.
@@ -357,14 +376,20 @@ class BrokeredMessaging:
             if delivery is None:
                 self._idle(seen, wait)
                 continue
-            with self._condition:
-                stopping = self._stopping
-            if stopping:
-                # stop() began while this claim was on its way: a graceful stop claims nothing
-                # more, so the delivery goes back untouched (not counted) for the next consumer.
-                self._settle("hold", delivery, "the consumer is stopping", 0.0)
-                return
-            self._deliver(delivery)
+            # Each acknowledgement may lease the key's next message: run it at once, up to
+            # MAX_CHAINED_DELIVERIES in a row.
+            chained = 1
+            while delivery is not None:
+                with self._condition:
+                    stopping = self._stopping
+                if stopping:
+                    # stop() began while this claim (or the acknowledgement that leased this
+                    # delivery) was on its way: a graceful stop claims nothing more, so the
+                    # delivery goes back untouched (not counted) for the next consumer.
+                    self._settle("hold", delivery, "the consumer is stopping", 0.0)
+                    return
+                delivery = self._deliver(delivery, chained < MAX_CHAINED_DELIVERIES)
+                chained += 1
 
     def _idle_backoff(self, empty: int) -> float:
         """Seconds to wait after ``empty`` claims in a row found nothing: the poll interval,
@@ -404,7 +429,9 @@ class BrokeredMessaging:
         with self._condition:
             return list(self._handlers)
 
-    def _deliver(self, delivery: Delivery) -> None:
+    def _deliver(self, delivery: Delivery, claim_next: bool) -> Delivery | None:
+        """Run the handler and settle the delivery; if it succeeded and ``claim_next``, the
+        key's next message leased with the acknowledgement (see :meth:`_ack`)."""
         message = delivery.message
         topic = message.topic
         if message.attempt > self._max_attempts:
@@ -414,7 +441,7 @@ class BrokeredMessaging:
                 "(each consumer stopped before acknowledging)"
             )
             self._settle("dead_letter", delivery, reason)
-            return
+            return None
         handler = self._handlers[topic]
         self._metrics.deliveries.labels(topic).inc()
         started = time.perf_counter()
@@ -434,10 +461,10 @@ class BrokeredMessaging:
             if is_transient(error) and self._transient_budget_left(message):
                 self._settle("hold", delivery, reason, self._transient_delay(message))
                 self._metrics.retries.labels(topic).inc()
-                return
+                return None
             if message.attempt >= self._max_attempts:
                 self._settle("dead_letter", delivery, reason)
-                return
+                return None
             logger.warning(
                 "delivery %d of a %r message for key %r failed, will retry: %s",
                 message.attempt,
@@ -448,7 +475,32 @@ class BrokeredMessaging:
             self._settle("retry", delivery, reason)
         else:
             self._observe(topic, started)
+            if claim_next:
+                return self._ack(delivery)
             self._settle("ack", delivery, "")
+        return None
+
+    def _ack(self, delivery: Delivery) -> Delivery | None:
+        """Acknowledge ``delivery`` and lease its key's next message in the same call
+        (:meth:`Broker.ack_and_claim_next`): that message, or ``None``. If that call fails,
+        the plain acknowledgement's retrying path (:meth:`_settle`) runs instead: the
+        acknowledgement may or may not have happened, and ``ack`` is right either way (a next
+        message leased by a call that failed is delivered again once its lease runs out)."""
+        with self._condition:
+            self._transient.pop(self._identity(delivery.message), None)
+        try:
+            following = self.broker.ack_and_claim_next(delivery)
+        except Exception as error:
+            logger.debug(
+                "acknowledging a %r message with its key's next failed, acknowledging alone: %s",
+                delivery.message.topic,
+                error,
+            )
+            self._settle("ack", delivery, "")
+            return None
+        if following is None:
+            self._wake_one()  # the key is free: its next message may be deliverable soon
+        return following
 
     def _transient_budget_left(self, message: Message) -> bool:
         """Whether ``message`` failed transiently for less than ``transient_retry_seconds``

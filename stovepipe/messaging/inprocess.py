@@ -132,6 +132,10 @@ class MemoryBroker:
         with self._condition:
             self._pop(delivery)
 
+    def ack_and_claim_next(self, delivery: Delivery) -> None:
+        """:meth:`ack`, and ``None``: in memory a claim costs no round trip to save."""
+        self.ack(delivery)
+
     def retry(self, delivery: Delivery, delay: float, reason: str) -> None:
         """Back the partition off for ``delay`` seconds; its head goes first after."""
         with self._condition:

@@ -28,8 +28,10 @@ being delivered. A key's next message thus waits until its head is acknowledged 
 dead-lettered; while the head backs off the key is free, but its head still goes first. A
 consumer that dies stops renewing its leases; once they pass, the head is claimable again
 and its next delivery has the next ``attempt``. Acknowledging deletes the row and the key's
-lease; dead-lettering moves the row, in one transaction. Every time is the database server's
-clock, so consumers on several hosts need no synchronized clocks.
+lease, or (:meth:`SQLBroker.ack_and_claim_next`) deletes the row and leases the key's next
+message under the kept key lease; dead-lettering moves the row, in one transaction. Every
+time is the database server's clock, so consumers on several hosts need no synchronized
+clocks.
 """
 
 from __future__ import annotations
@@ -289,28 +291,37 @@ class SQLBroker:
             )
             if bytes(cursor.fetchone()[0]) != receipt.token:  # another consumer's live lease
                 return None
-            cursor.execute(
-                self._sql(
-                    f"SELECT id, payload, attempt, available_at <= {now}, message_id"
-                    " FROM stovepipe_queue_message WHERE topic = ? AND partition_key = ?"
-                    " ORDER BY id LIMIT 1"
-                ),
-                (receipt.topic, receipt.key),
+            return self._lease_head(cursor, receipt)
+
+    def _lease_head(
+        self, cursor: Any, receipt: _Receipt
+    ) -> tuple[_Receipt, bytes, int, bytes | None] | None:
+        """In the transaction of ``cursor``, whose key lease ``receipt`` holds: lease the
+        key's head if deliverable (as :meth:`_lease_key_head` returns it), else release the
+        key and return ``None``."""
+        now = self._dialect.now
+        cursor.execute(
+            self._sql(
+                f"SELECT id, payload, attempt, available_at <= {now}, message_id"
+                " FROM stovepipe_queue_message WHERE topic = ? AND partition_key = ?"
+                " ORDER BY id LIMIT 1"
+            ),
+            (receipt.topic, receipt.key),
+        )
+        head = cursor.fetchone()
+        claimed = 0
+        if head is not None and head[3]:
+            claimed = self._run(
+                cursor,
+                "UPDATE stovepipe_queue_message"
+                f" SET lease_token = ?, lease_until = {now} + ?, attempt = attempt + 1"
+                " WHERE id = ? AND attempt = ?"
+                f" AND (lease_until IS NULL OR lease_until <= {now})",
+                (receipt.token, self._visibility_timeout, head[0], head[2]),
             )
-            head = cursor.fetchone()
-            claimed = 0
-            if head is not None and head[3]:
-                claimed = self._run(
-                    cursor,
-                    "UPDATE stovepipe_queue_message"
-                    f" SET lease_token = ?, lease_until = {now} + ?, attempt = attempt + 1"
-                    " WHERE id = ? AND attempt = ?"
-                    f" AND (lease_until IS NULL OR lease_until <= {now})",
-                    (receipt.token, self._visibility_timeout, head[0], head[2]),
-                )
-            if claimed != 1:  # no message, backing off, or leased before the key leases
-                self._release_key(cursor, receipt)
-                return None
+        if claimed != 1:  # no message, backing off, or leased before the key leases
+            self._release_key(cursor, receipt)
+            return None
         leased = dataclasses.replace(receipt, row_id=int(head[0]))
         message_id = None if head[4] is None else bytes(head[4])
         return leased, bytes(head[1]), head[2] + 1, message_id
@@ -335,6 +346,65 @@ class SQLBroker:
             )
         if deleted != 1:
             logger.warning("acknowledged a %r message after its lease ran out", _topic(delivery))
+
+    def ack_and_claim_next(self, delivery: Delivery) -> Delivery | None:
+        """Acknowledge ``delivery`` and lease its key's next message, in one transaction.
+
+        The key stays leased, under a fresh token (the old receipt then matches nothing, so a
+        repeated acknowledgement of it changes nothing), if its next message is deliverable
+        now: the oldest of the key, not backing off; that message counts one more delivery,
+        as a claim's does. Otherwise the key is freed, exactly as :meth:`ack` does, and the
+        result is ``None``. If this delivery's key lease was taken over (it ran out), this is
+        a plain :meth:`ack`.
+        """
+        receipt = self._release(delivery)
+        following = dataclasses.replace(receipt, token=secrets.token_bytes(16))
+        now = self._dialect.now
+        with self._transaction() as cursor:
+            # The key's lease first, as a claim and an acknowledgement lock it: its new token
+            # and deadline; none changed if the lease is no longer this delivery's.
+            kept = self._run(
+                cursor,
+                f"UPDATE stovepipe_queue_key_lease SET lease_token = ?, lease_until = {now} + ?"
+                " WHERE topic = ? AND partition_key = ? AND lease_token = ?",
+                (
+                    following.token,
+                    self._visibility_timeout,
+                    receipt.topic,
+                    receipt.key,
+                    receipt.token,
+                ),
+            )
+            deleted = self._run(
+                cursor,
+                "DELETE FROM stovepipe_queue_message WHERE id = ? AND lease_token = ?",
+                (receipt.row_id, receipt.token),
+            )
+            leased = self._lease_head(cursor, following) if kept == 1 else None
+        if deleted != 1:
+            logger.warning("acknowledged a %r message after its lease ran out", _topic(delivery))
+        if leased is None:
+            return None
+        following, payload, attempt, message_id = leased
+        try:
+            message = Message(
+                delivery.message.topic,
+                delivery.message.key,
+                payload,
+                attempt,
+                decode_text(message_id or b""),
+            )
+        except UnicodeDecodeError as error:
+            # As in claim: no delivery of it can succeed, and holding it would strand the key.
+            reason = f"undecodable message: message id is not UTF-8: {error}"
+            logger.error(
+                "dead-lettering an undecodable %r message: %s", delivery.message.topic, reason
+            )
+            self._move_to_dead_letters(following, reason)
+            return None
+        with self._lock:
+            self._held[following.row_id] = following
+        return Delivery(message, following)
 
     def retry(self, delivery: Delivery, delay: float, reason: str) -> None:
         """Drop the leases and make the row claimable after ``delay`` seconds."""

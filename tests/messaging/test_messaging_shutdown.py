@@ -34,6 +34,9 @@ class OneMessageBroker:
     def ack(self, delivery: Delivery) -> None:
         pass
 
+    def ack_and_claim_next(self, delivery: Delivery) -> None:
+        pass
+
     def retry(self, delivery: Delivery, delay: float, reason: str) -> None:
         pass
 

@@ -10,7 +10,7 @@ import time
 import urllib.parse
 import uuid
 from collections.abc import Iterator
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import pymysql
 import pytest
@@ -175,3 +175,68 @@ def test_driver_errors_are_chained_not_leaked(mysql_url: str) -> None:
     with opened(mysql_url) as queue, pytest.raises(MessagingError) as raised:
         queue.publish("t", "k" * 1025, b"a key longer than its column")
     assert isinstance(raised.value.__cause__, pymysql.Error)
+
+
+class _CountingCursor:
+    def __init__(self, cursor: Any, statements: list[str]) -> None:
+        self._cursor = cursor
+        self._statements = statements
+
+    def execute(self, statement: str, parameters: Any = None) -> Any:
+        self._statements.append(statement)
+        return self._cursor.execute(statement, parameters)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cursor, name)
+
+
+class _CountingConnections:
+    """A queue's connections, recording each statement (each one round trip to the server)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.statements: list[str] = []
+
+    @contextlib.contextmanager
+    def cursor(self) -> Iterator[_CountingCursor]:
+        with self._inner.cursor() as cursor:
+            yield _CountingCursor(cursor, self.statements)
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def taken(self) -> list[str]:
+        taken, self.statements = self.statements, []
+        return taken
+
+
+def test_ack_and_claim_next_is_one_transaction_of_fewer_round_trips_than_ack_then_claim(
+    mysql_url: str,
+) -> None:
+    topic = f"count-{uuid.uuid4().hex[:8]}"
+    with opened(mysql_url) as queue:
+        broker = queue.broker
+        counting = _CountingConnections(broker._connections)  # type: ignore[attr-defined]
+        broker._connections = counting  # type: ignore[attr-defined]
+        for n in range(3):
+            broker.publish(topic, "k", str(n).encode(), uuid.uuid4().hex)
+        first = broker.claim([topic])
+        assert first is not None and first.message.payload == b"0"
+        counting.taken()
+
+        broker.ack(first)
+        second = broker.claim([topic])
+        separate = counting.taken()
+        assert second is not None and second.message.payload == b"1"
+        third = broker.ack_and_claim_next(second)
+        combined = counting.taken()
+        assert third is not None and (third.message.payload, third.message.attempt) == (b"2", 1)
+        broker.ack(third)
+
+    def transactions(statements: list[str]) -> int:
+        return sum(statement == "START TRANSACTION" for statement in statements)
+
+    assert transactions(separate) == 2
+    assert transactions(combined) == 1
+    assert combined[0] == "START TRANSACTION" and combined[-1] == "COMMIT", combined
+    assert len(combined) < len(separate), (combined, separate)

@@ -406,6 +406,11 @@ class RedisStreamsBroker:
         with self._settling(topic, index):
             self._settle_entry(topic, index, entry_id, message_id)
 
+    def ack_and_claim_next(self, delivery: Delivery) -> None:
+        """:meth:`ack`, and ``None``: a claim here reads a shard's stream with its own
+        ``XREADGROUP``, which a ``MULTI`` with the acknowledgement would not save."""
+        self.ack(delivery)
+
     def retry(self, delivery: Delivery, delay: float, reason: str) -> None:
         """Leave the entry pending; keep the shard (and renew it) while backing off."""
         topic, index, _ = self._receipt(delivery)
