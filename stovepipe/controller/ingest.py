@@ -20,7 +20,11 @@ Recovery of a publish lost to a crash is then the job of a periodic check: at mo
 missing) and, while the request is still ``accepted``, published again; the process stage's
 consumer is idempotent. A check that finds the request past ``accepted`` ends the checks for
 it, since no request goes back. A call of this process that failed part-way has the next
-call for the same head check at once.
+call for the same head check at once. With a ``republish_interval`` of 0 every Ingest checks,
+cached or not. The schedule lives in the cache: a head evicted from it (more heads polled than
+``cache_size``) is read from storage again at its next Ingest and its check starts over, so a
+server whose polled heads outnumber the cache checks none of them; it warns once when that
+happens.
 """
 
 from __future__ import annotations
@@ -103,6 +107,9 @@ class _Heads:
             collections.OrderedDict()
         )
         self._lock = threading.Lock()
+        self.evicted_due: float | None = None
+        """The due time of the last entry evicted, if any: an entry evicted before its check
+        was due was polled again within one interval, so the cache is too small."""
 
     def __len__(self) -> int:
         with self._lock:
@@ -132,7 +139,8 @@ class _Heads:
             self._entries[key] = (request_id, due)
             self._entries.move_to_end(key)
             while len(self._entries) > self._size:
-                self._entries.popitem(last=False)
+                _, (_, evicted_due) = self._entries.popitem(last=False)
+                self.evicted_due = evicted_due
 
 
 class IngestController:
@@ -172,6 +180,7 @@ class IngestController:
         """Heads whose mapping is remembered, at most."""
         self.republish_interval = republish_interval
         """Seconds between two checks of one unchanged head."""
+        self._warned_small = False
 
     def ingest(self, queue: str) -> Admission:
         """Admit ``queue``'s current head and return the request it maps to.
@@ -191,12 +200,32 @@ class IngestController:
                 request_id = self._storage.request_uris.get_id_by_uri(queue, uri)
             except NotFound:
                 return self._admit(queue, uri)
-            self._heads.put(key, request_id, self._clock() + self._interval, new=True)
+            if self._interval == 0:  # a check at every Ingest, cached or not
+                return self._settle(queue, uri, request_id, checking=True)
+            now = self._clock()
+            self._heads.put(key, request_id, now + self._interval, new=True)
+            self._warn_if_too_small(now)
             return Admission(request_id, queue, uri, created=False)
         request_id, due = known
         if not due:
             return Admission(request_id, queue, uri, created=False)
         return self._settle(queue, uri, request_id, checking=True)
+
+    def _warn_if_too_small(self, now: float) -> None:
+        """Warn, once, when a head was evicted from the cache before its check was due: the
+        heads polled outnumber ``cache_size``, so unchanged heads are read from storage and an
+        evicted head's periodic check never comes."""
+        evicted_due = self._heads.evicted_due
+        if self._warned_small or evicted_due is None or evicted_due == _NEVER:
+            return
+        if evicted_due > now:
+            self._warned_small = True
+            logger.warning(
+                "ingest_cache_size %d is smaller than the heads being polled: unchanged heads "
+                "are read from storage, and the check that republishes a request lost to a "
+                "crash runs only for heads still in the cache; raise ingest_cache_size",
+                self.cache_size,
+            )
 
     def cached_heads(self) -> int:
         """How many heads this controller remembers now (at most ``cache_size``)."""

@@ -551,3 +551,55 @@ def test_ingest_publishes_with_the_request_id_as_message_id(world: World) -> Non
     assert first.id == again.id
     # Admission and republish carry one id: a pending copy makes the republish a no-op.
     assert world.publisher.message_ids == [first.id, first.id]
+
+
+def test_ingest_republish_interval_zero_checks_at_every_ingest_cached_or_not(
+    world: World,
+) -> None:
+    """``republish_interval = 0`` means a check at every Ingest, even of a head the cache
+    does not hold (evicted, or first seen by this process)."""
+    sources = QueueMap({QUEUE: world.source, "other/main": world.source})
+    world.controller.ingest(QUEUE)  # admitted and published
+    world.publisher.published.clear()
+    controller = IngestController(
+        world.storage, sources, world.publisher, cache_size=1, republish_interval=0
+    )
+    for _ in range(3):
+        controller.ingest(QUEUE)  # not cached in this controller at first, then cached
+        controller.ingest("other/main")  # evicts QUEUE's head from the one-entry cache
+    republished = [message.id for _, _, message in world.publisher.published]
+    assert republished.count("request/monorepo/main/1") == 3, republished
+
+
+def test_ingest_a_cache_smaller_than_the_heads_polled_warns_once(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    queues = [f"q{n}/main" for n in range(3)]
+    sources = QueueMap({queue: world.source for queue in queues})
+    controller = IngestController(
+        world.storage, sources, world.publisher, cache_size=2, clock=world.clock
+    )
+    with caplog.at_level(logging.WARNING, logger="stovepipe.controller.ingest"):
+        for queue in queues:  # admitted: 3 heads, 2 remembered
+            controller.ingest(queue)
+        assert not caplog.records  # nothing polled again yet
+        for _ in range(3):
+            for queue in queues:  # round robin over more heads than the cache holds
+                controller.ingest(queue)
+    warnings = [r for r in caplog.records if "ingest_cache_size 2" in r.getMessage()]
+    assert len(warnings) == 1, [r.getMessage() for r in caplog.records]
+
+
+def test_ingest_a_cache_that_holds_every_head_polled_never_warns(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    queues = [f"q{n}/main" for n in range(3)]
+    sources = QueueMap({queue: world.source for queue in queues})
+    controller = IngestController(
+        world.storage, sources, world.publisher, cache_size=3, clock=world.clock
+    )
+    with caplog.at_level(logging.WARNING, logger="stovepipe.controller.ingest"):
+        for _ in range(4):
+            for queue in queues:
+                controller.ingest(queue)
+    assert not caplog.records
