@@ -11,7 +11,8 @@ SourceControl ``NotFound`` (queue, ref), storage        ``NOT_FOUND``
 ``NotFound`` (request)
 a transient error of :mod:`stovepipe.errors` (storage,  ``UNAVAILABLE``, naming the
 messaging, SourceControl or BuildRunner ``Unavailable``) dependency that is down
-a bulkhead full or a breaker open (``Rejected``)        ``UNAVAILABLE``, retry hint
+a bulkhead full, a breaker open (``Rejected``)         ``UNAVAILABLE``, retry hint,
+                                                        "busy" or "unavailable"
 a deadline that expired before the call (or one of its  ``DEADLINE_EXCEEDED``
 backend calls) started
 anything else (``InconsistentState`` included)          ``INTERNAL``, detail logged only
@@ -204,7 +205,10 @@ class StovepipeServicer(pb_grpc.StovepipeServicer):
             milliseconds = max(1, round(error.retry_after * 1000))
             context.set_trailing_metadata(((RETRY_PUSHBACK_KEY, str(milliseconds)),))
             code = grpc.StatusCode.UNAVAILABLE
-            detail = f"{error.dependency_name} is unavailable; retry in {milliseconds} ms"
+            # Busy (its bulkhead full and nothing finishing) is not down (its breaker open):
+            # an operator raises bulkhead_size for one and looks at the backend for the other.
+            state = "busy" if isinstance(error, resilience.Overloaded) else "unavailable"
+            detail = f"{error.dependency_name} is {state}; retry in {milliseconds} ms"
         except StovepipeError as error:
             if not error.transient:
                 code, detail = _internal(error)

@@ -513,7 +513,8 @@ def test_bulkhead_in_a_server_calls_beyond_it_are_unavailable_with_a_retry_hint_
     metadata: Any = refused.value.trailing_metadata() or ()
     pushback = dict(metadata)
     assert int(pushback[RETRY_PUSHBACK_KEY]) > 0
-    assert "retry" in (refused.value.details() or "")
+    # Busy, not down: the operator's remedy differs (a breaker open says "unavailable").
+    assert (refused.value.details() or "").startswith("storage is busy; retry in")
     for _ in range(20):  # Ping and health never wait for a backend thread
         assert client.Ping(pb.PingRequest(), timeout=TIMEOUT).version
     store.unblocked.set()
@@ -678,7 +679,7 @@ def test_bulkhead_in_a_server_ingest_publishing_has_a_bulkhead_of_its_own() -> N
         with pytest.raises(grpc.RpcError) as refused:
             client.Ingest(pb.IngestRequest(queue="q1"), timeout=TIMEOUT)
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert (refused.value.details() or "").startswith("messaging is unavailable; retry in")
+        assert (refused.value.details() or "").startswith("messaging is busy; retry in")
         # Storage has a bulkhead of its own, with its slot free: reads go on.
         assert client.GetRequest(pb.GetRequestRequest(id="request/q0/1"), timeout=TIMEOUT)
         messaging.unblocked.set()
