@@ -3,8 +3,8 @@ this backend's options, connection pool and error mapping.
 
 The URL is the storage's (:mod:`stovepipe_mysql.options`: TLS, ``timeout``, ``pool_size``,
 ``migrate``), so a messaging URL derived from the storage URL talks to the same database the
-same way. Connections come from the storage's :class:`~stovepipe_mysql.pool.ConnectionPool`:
-each is checked before use and replaced when the server closed it (``wait_timeout``, ``KILL``, a
+same way. Connections come from a :class:`~stovepipe_mysql.pool.ConnectionPool` of its own
+(the storage's kind, ``pool_size`` connections at most, default 10): each is checked before use and replaced when the server closed it (``wait_timeout``, ``KILL``, a
 restart). Driver errors go through the storage's one mapping
 (:func:`~stovepipe_mysql.backend.statement_failure`) and leave as the messaging contract's.
 
@@ -58,8 +58,8 @@ DIALECT: Final = Dialect(
 
 
 class PooledConnections:
-    """The :class:`~stovepipe.messaging.sqlqueue.Connections` of the MySQL queue: the
-    storage's pool, on the storage's connection arguments."""
+    """The :class:`~stovepipe.messaging.sqlqueue.Connections` of the MySQL queue: a pool of
+    its own, of the storage's kind, on the storage's connection arguments."""
 
     def __init__(self, options: MySQLOptions) -> None:
         self._address = options.address
