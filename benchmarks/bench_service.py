@@ -647,7 +647,36 @@ def bench_rss(backend: str, counts: Sequence[int], clients: int) -> None:
 
 
 def _numbers(text: str) -> list[int]:
-    return [int(part) for part in text.split(",") if part]
+    try:
+        numbers = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of whole numbers: {text!r}") from None
+    if not numbers or min(numbers) < 1:
+        raise argparse.ArgumentTypeError(f"give numbers of at least 1, not {text!r}")
+    return numbers
+
+
+def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not 0 < value < float("inf"):
+            raise argparse.ArgumentTypeError(f"must be above 0, not {text!r}")
+        return value
+
+    return parse
+
+
+def _backends(text: str) -> list[str]:
+    chosen = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in BACKENDS]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(
+            f"unknown backend {unknown[0] if unknown else text!r}; known: {', '.join(BACKENDS)}"
+        )
+    return chosen
 
 
 SHORT = {"ping": "Ping", "same": OPERATIONS[1], "new": OPERATIONS[2], "get": "GetRequest"}
@@ -666,11 +695,17 @@ def _operations(text: str) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated")
+    parser.add_argument(
+        "--backends", type=_backends, default=list(BACKENDS), help="comma-separated"
+    )
     parser.add_argument("--clients", type=_numbers, default=[1, 8, 32], help="e.g. 1,8,32")
-    parser.add_argument("--seconds", type=float, default=2.0, help="per operation and round")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
-    parser.add_argument("--drain", type=float, default=30.0, help="seconds to wait for drain")
+    parser.add_argument(
+        "--seconds", type=_positive(float), default=2.0, help="per operation and round"
+    )
+    parser.add_argument("--rounds", type=_positive(int), default=3, help="interleaved rounds")
+    parser.add_argument(
+        "--drain", type=_positive(float), default=30.0, help="seconds to wait for drain"
+    )
     parser.add_argument(
         "--operations",
         type=_operations,
@@ -679,7 +714,7 @@ def main() -> None:
     )
     parser.add_argument("--rss", type=_numbers, help="new-head counts: measure memory instead")
     args = parser.parse_args()
-    backends = [name for name in args.backends.split(",") if name]
+    backends: list[str] = args.backends
     if args.rss:
         for backend in backends:
             bench_rss(backend, args.rss, clients=4)
