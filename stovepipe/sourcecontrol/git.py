@@ -17,7 +17,13 @@ server's memory stays flat however many heads it sees.
 
 History follows first parents from the head: the commits the branch itself pointed at in a
 merge-based workflow, newest first. ``is_ancestor`` uses the full commit graph, like
-``git merge-base --is-ancestor``.
+``git merge-base --is-ancestor``. It walks back from the descendant in this process for at
+most :data:`ANCESTRY_WALK` commits (the usual case: the last green commit a few commits
+behind the new head), then asks ``git merge-base --is-ancestor``, in another process: libgit2
+holds Python's global interpreter lock for the whole of a graph walk, so a walk over a large
+history (an ancestor far back, or a rewritten branch, where the walk reaches the root) would
+stop every thread of the server, Ping included, for as long as it takes (400 ms for 20,000
+commits here). Without the ``git`` command it walks on in this process.
 
 ``checkout`` is the one operation that runs the ``git`` command: a build's checkout should
 look exactly like one a developer makes (filters, attributes), and it is rare. It clones
@@ -70,6 +76,10 @@ _REPOSITORY_ENVIRONMENT: Final = frozenset(
 )
 # A promotion retries its compare-and-swap this often when other promoters keep winning.
 _PROMOTE_ATTEMPTS: Final = 20
+
+ANCESTRY_WALK: Final = 1000
+"""Commits :meth:`GitSourceControl.is_ancestor` walks in this process (about a millisecond)
+before it asks ``git`` instead."""
 
 OBJECT_CACHE_BYTES: Final = 2 * 2**20
 """The most parsed git objects libgit2 keeps in memory, in bytes, for the whole process: the
@@ -200,17 +210,84 @@ class GitSourceControl:
             return False
 
     def is_ancestor(self, ancestor: str, descendant: str) -> bool:
-        """Whether ``ancestor`` is reachable from ``descendant`` (or is the same commit)."""
+        """Whether ``ancestor`` is reachable from ``descendant`` (or is the same commit).
+
+        ``NotFound`` if either is not a commit of the repository, ``Unavailable`` if the graph
+        cannot be read. At most :data:`ANCESTRY_WALK` commits are walked here; a longer walk
+        runs in ``git``, so it holds neither the interpreter nor this queue's lock.
+        """
         ancestor_sha, descendant_sha = self._sha_of(ancestor), self._sha_of(descendant)
         with self._lock:
             ancestor_id = self._commit(ancestor_sha).id
             descendant_id = self._commit(descendant_sha).id
             if ancestor_id == descendant_id:
                 return True
-            try:
-                return self._repository.descendant_of(descendant_id, ancestor_id)
-            except pygit2.GitError as error:
-                raise Unavailable(f"cannot walk the commit graph: {error}") from None
+            found = self._walk_for(ancestor_id, descendant_id, ANCESTRY_WALK)
+        if found is not None:
+            return found
+        answer = self._git_is_ancestor(ancestor_sha, descendant_sha)
+        if answer is not None:
+            return answer
+        with self._lock:  # no git command: walk on here
+            found = self._walk_for(ancestor_id, descendant_id, None)
+        return bool(found)
+
+    def _descends(self, descendant_id: pygit2.Oid, ancestor_id: pygit2.Oid) -> bool:
+        """Whether ``ancestor_id`` is reachable from ``descendant_id``, as :meth:`is_ancestor`
+        finds it but all with the lock held (the walk beyond :data:`ANCESTRY_WALK` runs in
+        ``git``, so other threads still run). ``Unavailable`` if the graph cannot be read."""
+        found = self._walk_for(ancestor_id, descendant_id, ANCESTRY_WALK)
+        if found is None:
+            found = self._git_is_ancestor(str(ancestor_id), str(descendant_id))
+        if found is None:
+            found = self._walk_for(ancestor_id, descendant_id, None)
+        return bool(found)
+
+    def _walk_for(
+        self, ancestor_id: pygit2.Oid, descendant_id: pygit2.Oid, limit: int | None
+    ) -> bool | None:
+        """Walk back from ``descendant_id`` for ``ancestor_id``: found, not reachable, or
+        ``None`` after ``limit`` commits. Call with the lock held. One commit per step, so
+        other threads run between steps."""
+        try:
+            walker = self._repository.walk(descendant_id, pygit2.enums.SortMode.TIME)
+            for walked, commit in enumerate(walker, start=1):
+                if commit.id == ancestor_id:
+                    return True
+                if limit is not None and walked >= limit:
+                    return None
+        except pygit2.GitError as error:
+            raise Unavailable(f"cannot walk the commit graph: {error}") from None
+        return False
+
+    def _git_is_ancestor(self, ancestor_sha: str, descendant_sha: str) -> bool | None:
+        """``git merge-base --is-ancestor``; ``None`` if the ``git`` command is missing."""
+        try:
+            completed = subprocess.run(
+                [
+                    "git",
+                    "--git-dir",
+                    self._repository.path,
+                    "merge-base",
+                    "--is-ancestor",
+                    ancestor_sha,
+                    descendant_sha,
+                ],
+                env=_git_environment(),
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                errors="replace",
+                check=False,
+            )
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            raise Unavailable(f"cannot run git merge-base: {error}") from None
+        if completed.returncode in (0, 1):
+            return completed.returncode == 0
+        detail = completed.stderr.strip() or f"exit status {completed.returncode}"
+        raise Unavailable(f"git merge-base --is-ancestor failed: {detail}")
 
     def history(self, cursor: str | None = None, limit: int = 100) -> Page:
         """Up to ``limit`` URIs along first parents, newest first, from the head or ``cursor``."""
@@ -255,10 +332,7 @@ class GitSourceControl:
         if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
             raise ValueError(f"checkout directory {os.fspath(directory)!r} is not empty")
         existed = directory.exists()
-        environment = {
-            name: value for name, value in os.environ.items() if name not in _REPOSITORY_ENVIRONMENT
-        }
-        environment["GIT_TERMINAL_PROMPT"] = "0"
+        environment = _git_environment()
         root = os.fspath(self._root)
         try:
             directory.mkdir(parents=True, exist_ok=True)
@@ -317,10 +391,10 @@ class GitSourceControl:
             if current == target:
                 return False
             try:
-                if self._repository.descendant_of(current, target):
+                if self._descends(current, target):
                     return False
-                forward = self._repository.descendant_of(target, current)
-            except (pygit2.GitError, KeyError):
+                forward = self._descends(target, current)
+            except (Unavailable, KeyError):
                 forward = False  # the current commit is gone, as after a rewrite
             if not forward and not _last_moved_by_promotion(reference):
                 # Not a fast-forward, and someone else moved the branch last: moving it would
@@ -376,6 +450,16 @@ class GitSourceControl:
 
 _PROMOTE_MESSAGE = "stovepipe: promote to"
 """How a promotion begins its reflog entry, so the next one knows who moved the branch last."""
+
+
+def _git_environment() -> dict[str, str]:
+    """This process's environment for a ``git`` command, without the variables that would
+    point it at another repository, and never prompting."""
+    environment = {
+        name: value for name, value in os.environ.items() if name not in _REPOSITORY_ENVIRONMENT
+    }
+    environment["GIT_TERMINAL_PROMPT"] = "0"
+    return environment
 
 
 def _last_moved_by_promotion(reference: pygit2.Reference) -> bool:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+import pygit2
 import pytest
 
 from stovepipe.sourcecontrol import NotFound, Unavailable
@@ -196,3 +199,103 @@ def test_latest_is_thread_safe_while_commits_land(repo: Path) -> None:
     assert errors == []
     assert source.latest().endswith(heads[-1])
     assert {uri.rsplit("/", 1)[1] for uri in seen} <= {*heads, run_git(repo, "rev-parse", "HEAD~5")}
+
+
+def long_history(path: Path, commits: int) -> tuple[str, str, str]:
+    """A bare repository of ``commits`` linear commits on ``main`` (one timestamp, so that
+    libgit2 cannot cut a walk short by date) and a branch ``other`` of one unrelated commit:
+    the root's, the head's and the unrelated commit's shas."""
+    repository = pygit2.init_repository(str(path), bare=True)
+    signature = pygit2.Signature("t", "t@example.com", 1_700_000_000, 0)
+    tree = repository.TreeBuilder().write()
+    root = head = repository.create_commit(None, signature, signature, "root", tree, [])
+    for n in range(commits):
+        head = repository.create_commit(None, signature, signature, f"c{n}", tree, [head])
+    repository.create_reference_direct("refs/heads/main", head, False)
+    other = repository.create_commit(None, signature, signature, "other", tree, [])
+    repository.create_reference_direct("refs/heads/other", other, False)
+    return str(root), str(head), str(other)
+
+
+def test_is_ancestor_far_back_or_unrelated_answers_right_past_the_in_process_walk(
+    tmp_path: Path,
+) -> None:
+    from stovepipe.sourcecontrol.git import ANCESTRY_WALK
+
+    root, head, other = long_history(tmp_path / "long.git", ANCESTRY_WALK * 3)
+    source = GitSourceControl(tmp_path / "long.git", "main")
+    prefix = source.latest().removesuffix(head)
+    assert source.is_ancestor(prefix + root, prefix + head) is True
+    assert source.is_ancestor(prefix + other, prefix + head) is False
+    assert source.is_ancestor(prefix + head, prefix + root) is False
+
+
+def test_is_ancestor_without_the_git_command_walks_on_in_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stovepipe.sourcecontrol.git import ANCESTRY_WALK
+
+    root, head, other = long_history(tmp_path / "long.git", ANCESTRY_WALK * 2)
+    source = GitSourceControl(tmp_path / "long.git", "main")
+    prefix = source.latest().removesuffix(head)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no git to be found
+    assert source.is_ancestor(prefix + root, prefix + head) is True
+    assert source.is_ancestor(prefix + other, prefix + head) is False
+
+
+def share_of_speed_left(work: Callable[[], object]) -> float:
+    """How fast another thread runs while ``work`` runs, as a share of its speed alone."""
+    counted = [0]
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            counted[0] += 1
+
+    spinner = threading.Thread(target=spin)
+    spinner.start()
+    try:
+        before, start = counted[0], time.perf_counter()
+        time.sleep(0.3)
+        alone = (counted[0] - before) / (time.perf_counter() - start)
+        before, start = counted[0], time.perf_counter()
+        work()
+        during = (counted[0] - before) / (time.perf_counter() - start)
+    finally:
+        stop.set()
+        spinner.join(timeout=10)
+    return during / alone
+
+
+def test_is_ancestor_over_a_long_history_does_not_stop_the_servers_other_threads(
+    tmp_path: Path,
+) -> None:
+    """libgit2 holds the interpreter lock for a whole graph walk: over 20,000 commits that
+    stopped every other thread (Ping included) for about 400 ms. Meanwhile another thread
+    must keep running at a good share of its speed."""
+    _root, head, other = long_history(tmp_path / "long.git", 20_000)
+    source = GitSourceControl(tmp_path / "long.git", "main")
+    prefix = source.latest().removesuffix(head)
+
+    def walk_to_the_root() -> None:
+        for _ in range(3):
+            assert source.is_ancestor(prefix + other, prefix + head) is False
+
+    share = share_of_speed_left(walk_to_the_root)
+    assert share >= 0.2, f"other threads ran at {share:.0%} of their speed"
+
+
+def test_promote_over_a_long_history_does_not_stop_the_servers_other_threads(
+    tmp_path: Path,
+) -> None:
+    root, head, _other = long_history(tmp_path / "long.git", 20_000)
+    source = GitSourceControl(tmp_path / "long.git", "main", promote_ref="green")
+    prefix = source.latest().removesuffix(head)
+    assert source.promote(prefix + root) is True
+
+    def promote_far_forward() -> None:
+        assert source.promote(prefix + head) is True  # checks it is forward: 20,000 commits
+
+    share = share_of_speed_left(promote_far_forward)
+    assert share >= 0.2, f"other threads ran at {share:.0%} of their speed"
+    assert source.promote(prefix + root) is False  # and never backwards
