@@ -9,6 +9,8 @@ topics that contain ``:`` apart)::
     stovepipe:mq:<n>:T:o<i>        the consumer owning shard i, with a TTL (the lease)
     stovepipe:mq:<n>:T:dead-letter stream of dead letters {key, payload, attempt, reason, id}
     stovepipe:mq:<n>:T:ids         set of the ids of T's pending messages
+    stovepipe:mq:<n>:T:parked      sorted set of T's parked keys, by when they are due (ms)
+    stovepipe:mq:<n>:T:k:<key>     stream of a parked key's entries {key, payload, id, attempt}
 
 (``stovepipe:mq:`` is the default of the URL option ``prefix``.) A message goes to shard
 ``crc32(key) % shards``: all messages of a key share one stream, in ``XADD`` order. Its entry
@@ -27,22 +29,34 @@ count, read back with ``XPENDING`` as ``attempt``), else the next new entry (``X
 empty shard's lease is dropped so that any consumer may take it next. Settling is one script:
 acknowledging is ``XACK`` plus ``XDEL``, dead-lettering adds ``XADD`` to the dead-letter
 stream, and either gives the shard's lease up, so that the shard's next entry goes to whichever
-consumer claims next. A consumer holds a shard only while it delivers from it or backs off:
-one that kept the shards it had delivered from would keep more keys than it has workers, and
-leave other consumers idle with their work waiting. A failed delivery stays pending while its
-owner backs off and renews the lease, then is claimed again with the next count.
+consumer claims next. A consumer holds a shard only while it delivers from it: one that kept
+the shards it had delivered from would keep more keys than it has workers, and leave other
+consumers idle with their work waiting.
+
+A delivery that is held or fails *parks* its key, so that the other keys of its shard do not
+wait for it (a held key may wait for a whole build): one script moves the entry and the later
+entries of its key (unread: the shard delivers one at a time) from the shard to the key's park
+stream in order, the entry with the attempts it used as its ``attempt`` field (a retry counts
+the delivery, a hold does not), parks the key in the topic's ``parked`` set until its delay
+is over (Redis ``TIME``), and gives the shard's lease up. While a key is parked, the publish
+script appends its messages to the park stream, behind the parked ones. A claim first moves
+the keys whose park is over back (one script each: the park stream to the shard's tail, in
+order; nothing of the key is in the shard meanwhile, so its order holds), then claims; a
+delivery's ``attempt`` is its entry's ``attempt`` field plus its delivery count. Parked
+messages keep their ids in the ids set, so their topic shows work; the backlog counts them.
 
 The lease is the visibility timeout: a consumer that dies stops renewing, the lease expires,
-and the next owner reclaims the dead consumer's pending entry at once. A shard's messages
-wait behind its head while it backs off (other shards proceed); all processes sharing a
-Redis must use the same number of shards. A server that lost its data (a restart without
-persistence, ``FLUSHDB``) loses the groups too; the claim script recreates a shard's group
-when it finds the stream without one.
+and the next owner reclaims the dead consumer's pending entry at once; a key parked by a
+consumer that died is moved back by whichever consumer claims once it is due. All processes
+sharing a Redis must use the same number of shards. A server that lost its data (a restart
+without persistence, ``FLUSHDB``) loses the groups too; the claim script recreates a shard's
+group when it finds the stream without one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -72,22 +86,40 @@ sets say: the other claims pass a topic with no id pending by after one ``EXISTS
 entry the set does not show (stored by something else than :meth:`RedisStreamsBroker.publish`,
 or its set deleted) is claimed within this long. The first claim is one."""
 GROUP: Final = b"stovepipe"
+UNPARK_BATCH: Final = 32
+"""The most parked keys whose park is over that one claim script returns, to move back."""
+UNPARK_ROUNDS: Final = 4
+"""Claim scripts one claim runs at most, each but the last after moving keys back."""
 PREFIX: Final = b"stovepipe:mq:"
 
-# KEYS: ids_1, stream_1, owner_1, ids_2, stream_2, owner_2, ... (the ids set of the stream's
-# topic before each stream). ARGV: group, consumer, lease in ms, '1' for a full scan.
-# Returns {index of the stream's ids set in KEYS, entry id, entry fields, delivery count,
-# 1 if the ids set was empty} or false. A topic whose ids set is empty has no message pending
-# (publishing adds the id in the script that adds the entry, settling removes it in the script
-# that deletes the entry), so its shards are passed by after one EXISTS, unless this is a full
-# scan.
+# KEYS: ids_1, parked_1, stream_1, owner_1, ids_2, parked_2, stream_2, owner_2, ... (the ids
+# set and parked keys of the stream's topic before each stream). ARGV: group, consumer, lease
+# in ms, '1' for a full scan, the most parked keys to return. Returns {index of the stream's
+# ids set in KEYS, entry id, entry fields, delivery count, 1 if the ids set was empty}, or
+# {0, index of an ids set in KEYS, parked key, ...}: keys of that topic whose park is over,
+# to move back to their shards before claiming (the caller runs _UNPARK, then this again), or
+# false. A topic whose ids set is empty has no message pending (publishing adds the id in the
+# script that adds the entry, settling removes it in the script that deletes the entry, and
+# parked messages keep theirs), so its shards are passed by after one EXISTS, unless this is
+# a full scan.
 _CLAIM: Final = """
-local group, me, lease, full = ARGV[1], ARGV[2], ARGV[3], ARGV[4] == '1'
+local group, me, lease, full, most = ARGV[1], ARGV[2], ARGV[3], ARGV[4] == '1', ARGV[5]
 local marked = {}  -- ids set -> whether it is not empty
-for i = 1, #KEYS, 3 do
-  local ids, stream, owner_key = KEYS[i], KEYS[i + 1], KEYS[i + 2]
+local now
+for i = 1, #KEYS, 4 do
+  local ids, parked, stream, owner_key = KEYS[i], KEYS[i + 1], KEYS[i + 2], KEYS[i + 3]
   if marked[ids] == nil then
     marked[ids] = redis.call('EXISTS', ids) == 1
+    if full or marked[ids] then
+      if not now then
+        local time = redis.call('TIME')
+        now = string.format('%d', time[1] * 1000 + math.floor(time[2] / 1000))
+      end
+      local due = redis.call('ZRANGEBYSCORE', parked, '-inf', now, 'LIMIT', 0, most)
+      if #due > 0 then
+        return {0, i, unpack(due)}
+      end
+    end
   end
   if full or marked[ids] then
     local owner = redis.call('GET', owner_key)
@@ -129,14 +161,94 @@ end
 return false
 """
 
-# KEYS: stream, ids set. ARGV: message id, key, payload. Returns 1 if added, 0 if the id was
-# pending already.
+# KEYS: stream, ids set, the key's park stream. ARGV: message id, key, payload. Returns 1 if
+# added, 0 if the id was pending already. A parked key's messages go behind the parked ones:
+# none of its messages is in the shard meanwhile, so its order holds.
 _PUBLISH: Final = """
 if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then
   return 0
 end
-redis.call('XADD', KEYS[1], '*', 'key', ARGV[2], 'payload', ARGV[3], 'id', ARGV[1])
+local stream = KEYS[1]
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  stream = KEYS[3]
+end
+redis.call('XADD', stream, '*', 'key', ARGV[2], 'payload', ARGV[3], 'id', ARGV[1])
 return 1
+"""
+
+# KEYS: stream, owner key, the key's park stream, the topic's parked keys. ARGV: group, entry
+# id, the entry's key, the attempts it used (stored as its 'attempt' field), delay in ms,
+# consumer. Parks a held or backing-off key, atomically: moves the entry and every later entry
+# of its key in the shard (unread: a shard delivers one entry at a time) to the park stream in
+# order, XACKs and XDELs them, parks the key until now + delay (Redis TIME) and gives the
+# shard's lease up, so that the shard's other keys go on at once. Does nothing (returns 0) if
+# the entry is not this consumer's any more: another consumer has the shard (its lease ran
+# out here) or settled the entry. Returns how many entries it moved.
+_PARK: Final = """
+local group, entry, key, attempt, delay, me = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local owner = redis.call('GET', KEYS[2])
+if owner and owner ~= me then
+  return 0
+end
+local entries = redis.call('XRANGE', KEYS[1], entry, '+')
+if #entries == 0 or entries[1][1] ~= entry then
+  return 0
+end
+local moved = 0
+for j, found in ipairs(entries) do
+  local fields, of_key = found[2], nil
+  for x = 1, #fields, 2 do
+    if fields[x] == 'key' then of_key = fields[x + 1] end
+  end
+  if j == 1 or of_key == key then
+    if j == 1 then
+      local counted = {}
+      for x = 1, #fields, 2 do
+        if fields[x] ~= 'attempt' then
+          counted[#counted + 1] = fields[x]
+          counted[#counted + 1] = fields[x + 1]
+        end
+      end
+      counted[#counted + 1] = 'attempt'
+      counted[#counted + 1] = attempt
+      fields = counted
+    end
+    redis.call('XADD', KEYS[3], '*', unpack(fields))
+    redis.call('XDEL', KEYS[1], found[1])
+    moved = moved + 1
+  end
+end
+redis.call('XACK', KEYS[1], group, entry)
+local time = redis.call('TIME')
+local due = time[1] * 1000 + math.floor(time[2] / 1000) + tonumber(delay)
+redis.call('ZADD', KEYS[4], string.format('%d', due), key)
+if owner then
+  redis.call('DEL', KEYS[2])
+end
+return moved
+"""
+
+# KEYS: the topic's parked keys, the key's park stream, the key's shard stream. ARGV: key.
+# Moves a parked key's entries back to the tail of its shard, in order, if its park is over
+# (Redis TIME), atomically; none of the key's entries is in the shard meanwhile (publishing
+# adds them to the park stream), so its order holds. Returns how many entries it moved (0
+# if the key is not parked, or not due: another consumer moved it back already).
+_UNPARK: Final = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score then
+  return 0
+end
+local time = redis.call('TIME')
+if tonumber(score) > time[1] * 1000 + math.floor(time[2] / 1000) then
+  return 0
+end
+local entries = redis.call('XRANGE', KEYS[2], '-', '+')
+for _, found in ipairs(entries) do
+  redis.call('XADD', KEYS[3], '*', unpack(found[2]))
+end
+redis.call('DEL', KEYS[2])
+redis.call('ZREM', KEYS[1], ARGV[1])
+return #entries
 """
 
 # KEYS: stream, ids set, owner key[, dead-letter stream]. ARGV: group, entry id, message id ('' if
@@ -205,14 +317,15 @@ end
 return removed
 """
 
-# The entries left in the streams KEYS: one request, however many shards (a pipeline of one
-# XLEN per shard would be as many commands to the server, every few seconds, idle or not).
+# KEYS: the topic's parked keys, its shard streams. Returns {the entries left in the shard
+# streams, {parked key, ...}}: one request, however many shards (a pipeline of one XLEN per
+# shard would be as many commands to the server, every few seconds, idle or not).
 _BACKLOG: Final = """
 local total = 0
-for i = 1, #KEYS do
+for i = 2, #KEYS do
   total = total + redis.call('XLEN', KEYS[i])
 end
-return total
+return {total, redis.call('ZRANGE', KEYS[1], 0, -1)}
 """
 
 _T = TypeVar("_T")
@@ -247,6 +360,8 @@ class RedisStreamsBroker:
         self._settle_script = client.register_script(_SETTLE)
         self._remove_consumers_script = client.register_script(_REMOVE_CONSUMERS)
         self._backlog_script = client.register_script(_BACKLOG)
+        self._park_script = client.register_script(_PARK)
+        self._unpark_script = client.register_script(_UNPARK)
         self._lock = threading.Lock()
         self._groups: set[bytes] = set()  # streams known to have the group
         self._in_flight: set[_Shard] = set()
@@ -254,18 +369,18 @@ class RedisStreamsBroker:
         # keeps its lease until claimed again here or the lease runs out, so close() gives
         # them back.
         self._leased: set[_Shard] = set()
-        self._backing_off: dict[_Shard, float] = {}  # shard -> monotonic time it may resume
         # Shards whose settlement met a transient fault (the consumer engine retries it):
         # shard -> monotonic time after which this process may claim from it again.
         self._unsettled: dict[_Shard, float] = {}
         self._closed = False
 
     def publish(self, topic: str, key: str, payload: bytes, message_id: str) -> None:
-        """``XADD`` to the key's shard stream, unless ``message_id`` is in the topic's set of
-        pending ids (one script: of racing publishers, one adds the entry)."""
+        """``XADD`` to the key's shard stream (its park stream while it is parked), unless
+        ``message_id`` is in the topic's set of pending ids (one script: of racing publishers,
+        one adds the entry)."""
         stream = self._stream(topic, self._shard_of(key))
         self._ensure_group(stream)
-        keys = [stream, self._ids(topic)]
+        keys = [stream, self._ids(topic), self._park(topic, encode_text(key))]
         args = [encode_text(message_id), encode_text(key), payload]
         self._call(lambda: self._publish_script(keys=keys, args=args))
 
@@ -273,12 +388,11 @@ class RedisStreamsBroker:
         """Claim from the first shard of ``topics`` that is not busy here and has work.
 
         One script: a topic with no message pending costs it one command (``EXISTS`` of the
-        topic's ids set) but every :data:`FULL_SCAN_SECONDS` (see there)."""
+        topic's ids set) but every :data:`FULL_SCAN_SECONDS` (see there). Keys whose park is
+        over are moved back to their shards first (one more script each, then the claim
+        again)."""
         now = time.monotonic()
         with self._lock:
-            for shard, due in list(self._backing_off.items()):
-                if due <= now:
-                    del self._backing_off[shard]
             for shard, due in list(self._unsettled.items()):
                 if due <= now:
                     del self._unsettled[shard]
@@ -289,7 +403,6 @@ class RedisStreamsBroker:
                 for topic in topics
                 for n in range(self._shards)
                 if (topic, (offset + n) % self._shards) not in self._in_flight
-                and (topic, (offset + n) % self._shards) not in self._backing_off
                 and (topic, (offset + n) % self._shards) not in self._unsettled
             ]
             # Mark them busy, so that this process's other workers pass them by meanwhile.
@@ -308,6 +421,7 @@ class RedisStreamsBroker:
                 for topic, index in candidates
                 for name in (
                     self._ids(topic),
+                    self._parked(topic),
                     self._stream(topic, index),
                     self._owner(topic, index),
                 )
@@ -317,11 +431,17 @@ class RedisStreamsBroker:
                 self._consumer,
                 self._lease_ms,
                 b"1" if full else b"0",
+                UNPARK_BATCH,
             ]
-            claimed = self._call(lambda: self._claim_script(keys=keys, args=args))
+            for _ in range(UNPARK_ROUNDS):
+                claimed = self._call(lambda: self._claim_script(keys=keys, args=args))
+                if not claimed or int(claimed[0]) != 0:
+                    break
+                self._unpark(candidates[(int(claimed[1]) - 1) // 4][0], claimed[2:])
+                claimed = None
         finally:
             with self._lock:
-                won = candidates[(int(claimed[0]) - 1) // 3] if claimed else None
+                won = candidates[(int(claimed[0]) - 1) // 4] if claimed else None
                 self._in_flight.difference_update(c for c in candidates if c != won)
                 if won is not None:
                     self._leased.add(won)
@@ -340,10 +460,11 @@ class RedisStreamsBroker:
                 topic,
                 decode_text(fields[b"key"]),
                 bytes(fields[b"payload"]),
-                int(count),
+                # The attempts used before a park, and the deliveries since.
+                int(fields.get(b"attempt", 0)) + int(count),
                 decode_text(fields.get(b"id", b"")),
             )
-        except (KeyError, UnicodeDecodeError) as error:
+        except (KeyError, UnicodeDecodeError, ValueError) as error:
             # Written by something else than this module: no delivery can ever succeed, and
             # keeping the shard would strand every key behind it.
             self._discard_undecodable(topic, index, bytes(entry_id), fields, int(count), error)
@@ -360,11 +481,12 @@ class RedisStreamsBroker:
         error: Exception,
     ) -> None:
         """Dead-letter an entry this module cannot read, as stored, and give up its shard."""
-        what = (
-            f"no {error.args[0].decode()!r} field"
-            if isinstance(error, KeyError)
-            else f"key is not UTF-8: {error}"
-        )
+        if isinstance(error, KeyError):
+            what = f"no {error.args[0].decode()!r} field"
+        elif isinstance(error, UnicodeDecodeError):
+            what = f"key is not UTF-8: {error}"
+        else:
+            what = f"attempt is not an integer: {error}"
         reason = f"undecodable message: {what}"
         logger.error("dead-lettering an undecodable %r message: %s", topic, reason)
         letter = {
@@ -412,31 +534,51 @@ class RedisStreamsBroker:
         self.ack(delivery)
 
     def retry(self, delivery: Delivery, delay: float, reason: str) -> None:
-        """Leave the entry pending; keep the shard (and renew it) while backing off."""
-        topic, index, _ = self._receipt(delivery)
-        with self._lock:
-            self._backing_off[(topic, index)] = time.monotonic() + delay
-            self._in_flight.discard((topic, index))
+        """Park the delivery's key for ``delay`` seconds, this delivery counted as an attempt
+        (see :meth:`_park_key`)."""
+        self._park_key(delivery, delay, delivery.message.attempt)
 
     def hold(self, delivery: Delivery, delay: float) -> None:
-        """Like :meth:`retry`, and set the entry's delivery count back by the one this claim
-        added (``XCLAIM ... RETRYCOUNT``), so that the hold does not count as an attempt."""
+        """Park the delivery's key for ``delay`` seconds, this delivery not counted: the next
+        one has the same ``attempt`` (see :meth:`_park_key`)."""
+        self._park_key(delivery, delay, delivery.message.attempt - 1)
+
+    def _park_key(self, delivery: Delivery, delay: float, attempts: int) -> None:
+        """Move the delivery's entry and the later entries of its key from the shard to the
+        key's park stream, the entry with ``attempts`` used, until ``delay`` seconds from now,
+        and give the shard up, in one script: the shard's other keys do not wait for this
+        one (a claim moves it back once due). Nothing happens if the entry is not this
+        consumer's any more (its lease ran out and another consumer has it)."""
         topic, index, entry_id = self._receipt(delivery)
-        stream = self._stream(topic, index)
-        retry_count = delivery.message.attempt - 1
+        key = encode_text(delivery.message.key)
+        keys = [
+            self._stream(topic, index),
+            self._owner(topic, index),
+            self._park(topic, key),
+            self._parked(topic),
+        ]
+        args: list[bytes | int] = [
+            GROUP,
+            entry_id,
+            key,
+            attempts,
+            max(0, round(delay * 1000)),
+            self._consumer,
+        ]
         with self._settling(topic, index):
-            self._call(
-                lambda: self._client.xclaim(
-                    stream,
-                    GROUP,
-                    self._consumer,
-                    0,
-                    [entry_id],
-                    retrycount=retry_count,
-                    justid=True,
-                )
-            )
-            self.retry(delivery, delay, "")
+            self._call(lambda: self._park_script(keys=keys, args=args))
+            with self._lock:
+                self._leased.discard((topic, index))
+
+    def _unpark(self, topic: str, keys: Sequence[bytes]) -> None:
+        """Move the parked ``keys`` of ``topic`` whose park is over back to their shards (one
+        script each: another consumer may be moving them too; the script checks)."""
+        parked = self._parked(topic)
+        for key in map(bytes, keys):
+            stream = self._stream(topic, zlib.crc32(key) % self._shards)
+            self._ensure_group(stream)
+            names = [parked, self._park(topic, key), stream]
+            self._call(functools.partial(self._unpark_script, keys=names, args=[key]))
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Add the dead letter, ``XACK``/``XDEL`` the entry and give the shard's lease up,
@@ -455,23 +597,19 @@ class RedisStreamsBroker:
             self._settle_entry(topic, index, entry_id, message_id, letter)
 
     def renew(self) -> None:
-        """Extend the leases of the shards delivering or backing off here, and remove the
+        """Extend the leases of the shards delivering here, and remove the
         stale consumers of the streams used here (see :meth:`remove_stale_consumers`)."""
         self.remove_stale_consumers()
         with self._lock:
-            shards = sorted(self._in_flight | set(self._backing_off))
+            shards = sorted(self._in_flight)
         if not shards:
             return
-        held = self._call(
+        self._call(
             lambda: self._renew_script(
                 keys=[self._owner(topic, index) for topic, index in shards],
                 args=[self._consumer, self._lease_ms],
             )
         )
-        with self._lock:
-            for shard, still_held in zip(shards, held, strict=True):
-                if not still_held and self._backing_off.pop(shard, None) is not None:
-                    logger.warning("lost the lease of a backing-off %r shard", shard[0])
 
     def remove_stale_consumers(self) -> int:
         """Delete from the groups of the streams used here the consumers with no pending
@@ -502,11 +640,19 @@ class RedisStreamsBroker:
             )
 
     def backlog(self, topic: str) -> int:
-        """Entries left in ``topic``'s shard streams (acknowledged ones are deleted)."""
+        """Entries left in ``topic``'s shard and park streams (settled ones are deleted).
 
-        streams = [self._stream(topic, index) for index in range(self._shards)]
-        total: Any = self._call(lambda: self._backlog_script(keys=streams))
-        return int(total)
+        One script, and one ``XLEN`` per parked key when there are any."""
+        keys = [self._parked(topic)] + [self._stream(topic, index) for index in range(self._shards)]
+        found: Any = self._call(lambda: self._backlog_script(keys=keys))
+        total, parked = int(found[0]), list(found[1])
+        if parked:
+            pipeline = self._client.pipeline(transaction=False)
+            for key in parked:
+                pipeline.xlen(self._park(topic, bytes(key)))
+            lengths: Any = self._call(pipeline.execute)
+            total += sum(int(length) for length in lengths)
+        return total
 
     def dead_letters(self, topic: str) -> list[DeadLetter]:
         """The dead-letter stream of ``topic``, oldest first."""
@@ -524,9 +670,9 @@ class RedisStreamsBroker:
         return letters
 
     def close(self) -> None:
-        """Give up every shard lease held here with no delivery running (idle or backing
-        off), so that other consumers take the shards at once; leave the consumer groups
-        (where this consumer has no pending entry); disconnect.
+        """Give up every shard lease held here with no delivery running, so that other
+        consumers take the shards at once; leave the consumer groups (where this consumer has
+        no pending entry); disconnect.
 
         Shards with a delivery still running keep their lease until it runs out: handing
         them back would let another consumer start the same key alongside.
@@ -535,8 +681,7 @@ class RedisStreamsBroker:
             if self._closed:
                 return
             self._closed = True
-            shards = sorted((self._leased | set(self._backing_off)) - self._in_flight)
-            self._backing_off.clear()
+            shards = sorted(self._leased - self._in_flight)
             self._leased.clear()
         if shards:
             with contextlib.suppress(MessagingUnavailable, MessagingError):
@@ -597,6 +742,12 @@ class RedisStreamsBroker:
 
     def _ids(self, topic: str) -> bytes:
         return self._base(topic) + b":ids"
+
+    def _parked(self, topic: str) -> bytes:
+        return self._base(topic) + b":parked"
+
+    def _park(self, topic: str, key: bytes) -> bytes:
+        return self._base(topic) + b":k:" + key
 
     def _dead_letter_stream(self, topic: str) -> bytes:
         return self._base(topic) + b":dead-letter"

@@ -244,3 +244,71 @@ def test_an_entry_its_topics_ids_set_does_not_show_is_claimed_at_the_next_full_s
         assert time.monotonic() - started < 3 * full_scan_interval
     finally:
         broker.close()
+
+
+def claim_within(broker: RedisStreamsBroker, topic: str, timeout: float = TIMEOUT) -> Any:
+    """The first delivery ``broker`` claims from ``topic`` within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while (delivery := broker.claim([topic])) is None:
+        assert time.monotonic() < deadline, "nothing claimed in time"
+        time.sleep(0.02)
+    return delivery
+
+
+def test_a_key_parked_by_a_consumer_that_went_away_is_delivered_by_another_once_due(
+    url_with: object, raw: redis.Redis, prefix: str
+) -> None:
+    assert callable(url_with)
+    url = url_with(prefix=f"{prefix}mq:", shards=1)
+    first, second = (redis_broker(url, visibility_timeout=30) for _ in range(2))
+    try:
+        topic = f"park-{uuid.uuid4().hex[:8]}"
+        first.publish(topic, "k", b"0", "m-0")
+        first.publish(topic, "k", b"1", "m-1")
+        first.publish(topic, "other", b"x", "m-x")
+        held = first.claim([topic])
+        assert held is not None and held.message.payload == b"0"
+        first.hold(held, 0.5)
+        parked_at = time.monotonic()
+        first.close()  # gone: nobody here moves the key back
+        # The shard was given up with the park: its other key goes on at once.
+        other = second.claim([topic])
+        assert other is not None and other.message.payload == b"x"
+        second.ack(other)
+        assert second.backlog(topic) == 2, "the parked messages are pending"
+        again = claim_within(second, topic)
+        assert time.monotonic() - parked_at >= 0.45, "not before the hold is over"
+        assert (again.message.payload, again.message.attempt) == (b"0", 1)
+        second.ack(again)
+        after = claim_within(second, topic)
+        assert (after.message.payload, after.message.attempt) == (b"1", 1)
+        second.ack(after)
+        assert second.backlog(topic) == 0
+        assert not raw.exists(second._park(topic, b"k"), second._parked(topic))
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_hold_after_the_lease_ran_out_leaves_the_entry_to_its_new_owner(
+    url_with: object, raw: redis.Redis, prefix: str
+) -> None:
+    assert callable(url_with)
+    url = url_with(prefix=f"{prefix}mq:", shards=1)
+    first, second = (redis_broker(url, visibility_timeout=0.2) for _ in range(2))
+    try:
+        topic = f"stale-hold-{uuid.uuid4().hex[:8]}"
+        first.publish(topic, "k", b"0", "m-0")
+        stale = first.claim([topic])
+        assert stale is not None
+        time.sleep(0.3)  # the lease runs out: the first consumer stalled
+        taken = claim_within(second, topic)
+        assert (taken.message.payload, taken.message.attempt) == (b"0", 2)
+        first.hold(stale, 30.0)
+        assert not raw.exists(first._park(topic, b"k")), "parked from under its new owner"
+        assert raw.zcard(first._parked(topic)) == 0
+        second.ack(taken)
+        assert second.backlog(topic) == 0
+    finally:
+        first.close()
+        second.close()
