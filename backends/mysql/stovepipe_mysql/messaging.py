@@ -4,8 +4,9 @@ this backend's options, connection pool and error mapping.
 The URL is the storage's (:mod:`stovepipe_mysql.options`: TLS, ``timeout``, ``pool_size``,
 ``migrate``), so a messaging URL derived from the storage URL talks to the same database the
 same way. Connections come from a :class:`~stovepipe_mysql.pool.ConnectionPool` of its own
-(the storage's kind, ``pool_size`` connections at most, default 10): each is checked before use and replaced when the server closed it (``wait_timeout``, ``KILL``, a
-restart). Driver errors go through the storage's one mapping
+(the storage's kind, ``pool_size`` connections at most, default 10): each is checked before
+use and replaced when the server closed it (``wait_timeout``, ``KILL``, a restart). Driver
+errors go through the storage's one mapping
 (:func:`~stovepipe_mysql.backend.statement_failure`) and leave as the messaging contract's.
 
 The tables are in ``schema/0003_messaging.sql``, applied by ``stovepipe migrate`` with the
