@@ -140,15 +140,14 @@ def test_per_key_order_one_at_a_time_across_consumer_processes(
             assert ended["t"] <= next_started["t"], f"two deliveries of k{k} overlapped"
     # More keys than workers, each with 12 * 0.25 = 3 s of work, far longer than an idle
     # process's poll interval (1 s): a key whose work waits while no delivery holds it goes to
-    # whichever worker asks next, so every process takes part, every worker is busy at once,
-    # and keys pass from one process to another. A consumer keeping the keys it delivered
-    # from, and delivering them two at a time, would leave the others idle.
+    # whichever worker asks next, so every process takes part and every worker is busy at
+    # once. A consumer keeping the keys it delivered from, and delivering them two at a time,
+    # would leave the others idle. (A worker may go on with the key it just acknowledged, as
+    # the SQL queues' combined acknowledge-and-claim does: that key is not waiting.)
     shares = collections.Counter(e["pid"] for e in starts)
     assert len(shares) == consumers, f"an idle process took no key: deliveries {shares}"
     most = most_at_once(starts, ends)
     assert most == consumers * workers, f"at most {most} deliveries at once: {shares}"
-    moved = [k for k in range(keys) if len({e["pid"] for e in starts if e["key"] == f"k{k}"}) > 1]
-    assert moved, f"each key stayed with the first process that delivered it: {shares}"
     for process in processes:
         assert children.terminate(process) == 0, "SIGTERM stops a consumer gracefully"
 
