@@ -244,28 +244,39 @@ class SQLBroker:
             leased = self._lease_key_head(receipt)
             if leased is None:
                 continue
-            receipt, payload, attempt, message_id = leased
-            try:
-                message = Message(
-                    decode_text(topic),
-                    decode_text(key),
-                    payload,
-                    attempt,
-                    decode_text(message_id or b""),
-                )
-            except UnicodeDecodeError as error:
-                # Written by something else than this module: no delivery can ever succeed,
-                # and holding the lease would strand the key.
-                reason = f"undecodable message: key is not UTF-8: {error}"
-                logger.error(
-                    "dead-lettering an undecodable %r message: %s", decode_text_lax(topic), reason
-                )
-                self._move_to_dead_letters(receipt, reason)
-                continue
-            with self._lock:
-                self._held[receipt.row_id] = receipt
-            return Delivery(message, receipt)
+            delivery = self._hand_out(*leased)
+            if delivery is not None:
+                return delivery
         return None
+
+    def _hand_out(
+        self, receipt: _Receipt, payload: bytes, attempt: int, message_id: bytes | None
+    ) -> Delivery | None:
+        """The delivery of the message ``receipt`` leased, kept among those held here; or,
+        for a message whose key or id is not UTF-8, ``None`` after dead-lettering it."""
+        try:
+            message = Message(
+                decode_text(receipt.topic),
+                decode_text(receipt.key),
+                payload,
+                attempt,
+                decode_text(message_id or b""),
+            )
+        except UnicodeDecodeError as error:
+            # Written by something else than this module: no delivery can ever succeed,
+            # and holding the lease would strand the key.
+            which = "key" if _undecodable(receipt.key) else "message id"
+            reason = f"undecodable message: {which} is not UTF-8: {error}"
+            logger.error(
+                "dead-lettering an undecodable %r message: %s",
+                decode_text_lax(receipt.topic),
+                reason,
+            )
+            self._move_to_dead_letters(receipt, reason)
+            return None
+        with self._lock:
+            self._held[receipt.row_id] = receipt
+        return Delivery(message, receipt)
 
     def _lease_key_head(
         self, receipt: _Receipt
@@ -383,28 +394,7 @@ class SQLBroker:
             leased = self._lease_head(cursor, following) if kept == 1 else None
         if deleted != 1:
             logger.warning("acknowledged a %r message after its lease ran out", _topic(delivery))
-        if leased is None:
-            return None
-        following, payload, attempt, message_id = leased
-        try:
-            message = Message(
-                delivery.message.topic,
-                delivery.message.key,
-                payload,
-                attempt,
-                decode_text(message_id or b""),
-            )
-        except UnicodeDecodeError as error:
-            # As in claim: no delivery of it can succeed, and holding it would strand the key.
-            reason = f"undecodable message: message id is not UTF-8: {error}"
-            logger.error(
-                "dead-lettering an undecodable %r message: %s", delivery.message.topic, reason
-            )
-            self._move_to_dead_letters(following, reason)
-            return None
-        with self._lock:
-            self._held[following.row_id] = following
-        return Delivery(message, following)
+        return None if leased is None else self._hand_out(*leased)
 
     def retry(self, delivery: Delivery, delay: float, reason: str) -> None:
         """Drop the leases and make the row claimable after ``delay`` seconds."""
@@ -687,3 +677,11 @@ def sqlite_broker(url: str, *, visibility_timeout: float) -> SQLBroker:
         SQLITE_DIALECT, writer=functools.partial(writer_lock(path).held, timeout)
     )
     return SQLBroker(dialect, _ThreadConnections(connect), visibility_timeout=visibility_timeout)
+
+
+def _undecodable(text: bytes) -> bool:
+    try:
+        decode_text(text)
+    except UnicodeDecodeError:
+        return True
+    return False
