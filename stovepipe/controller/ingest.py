@@ -13,8 +13,11 @@ makes ingest safe under races and crashes:
    runner is ingest-only: nothing is published for it.
 
 A poller asks for the same head again and again, so an unchanged head is answered from the
-mapping alone: one storage read, none once this process has seen the head (the mapping never
-changes once written, so it is kept in a bounded in-process cache), no write and no publish.
+mapping and its row: two storage reads, none once this process has seen the head (the mapping
+never changes once written, so it is kept in a bounded in-process cache), no write and no
+publish. The row is read before the id is first answered because the mapping may be a
+racer's that has not written its row yet, or a crashed caller's: a caller given an id must
+find its request (the row is healed, and published, if missing).
 Recovery of a publish lost to a crash is then the job of a periodic check: at most once per
 ``republish_interval`` per request, an unchanged head's row is read again (healed if
 missing) and, while the request is still ``accepted``, published again; the process stage's
@@ -200,12 +203,12 @@ class IngestController:
                 request_id = self._storage.request_uris.get_id_by_uri(queue, uri)
             except NotFound:
                 return self._admit(queue, uri)
-            if self._interval == 0:  # a check at every Ingest, cached or not
-                return self._settle(queue, uri, request_id, checking=True)
-            now = self._clock()
-            self._heads.put(key, request_id, now + self._interval, new=True)
-            self._warn_if_too_small(now)
-            return Admission(request_id, queue, uri, created=False)
+            # The row is read before the id is answered: the mapping may be a racer's whose
+            # row is not written yet, or one whose writer crashed, and a caller given an id
+            # must find its request. A missing row is healed (and published) here.
+            admission = self._settle(queue, uri, request_id, checking=self._interval == 0)
+            self._warn_if_too_small(self._clock())
+            return admission
         request_id, due = known
         if not due:
             return Admission(request_id, queue, uri, created=False)

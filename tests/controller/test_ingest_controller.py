@@ -433,9 +433,7 @@ def test_ingest_stored_request_differing_from_its_mapping_raises_inconsistent_st
 ) -> None:
     world.storage.request_uris.create(QUEUE, "fake://monorepo/c1", stored.id)
     world.storage.requests.create(stored)
-    # An unchanged head is answered from its mapping; the row is read at its next check.
-    assert world.controller.ingest(QUEUE).id == stored.id
-    world.clock.now += DEFAULT_REPUBLISH_INTERVAL
+    # The row is read before an id is first answered: the contradiction is found at once.
     with (
         caplog.at_level(logging.ERROR, logger="stovepipe.controller.ingest"),
         pytest.raises(InconsistentState, match="does not match the mapping"),

@@ -1,9 +1,9 @@
 """The poller's common case, an unchanged head: what it may cost (DESIGN section 3).
 
-An unchanged head is answered from its ``(queue, uri)`` mapping: one storage read, none once
-the controller has seen the head, no write and no publish beyond the admitting call's, except
-one check per republish interval while the request is still accepted. Storage calls are
-counted by a proxy around a real backend's stores.
+An unchanged head is answered from its ``(queue, uri)`` mapping and its row: two storage
+reads, none once the controller has seen the head, no write and no publish beyond the
+admitting call's, except one check per republish interval while the request is still
+accepted. Storage calls are counted by a proxy around a real backend's stores.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def controller(
     return IngestController(storage, sources, publisher, clock=clock, cache_size=cache_size)
 
 
-def test_unchanged_head_costs_one_storage_read_and_no_write_then_none_once_cached(
+def test_unchanged_head_costs_two_storage_reads_and_no_write_then_none_once_cached(
     storage: Storage,
 ) -> None:
     source, clock = FakeSourceControl(["c1"], name="monorepo"), FakeClock()
@@ -112,7 +112,7 @@ def test_unchanged_head_costs_one_storage_read_and_no_write_then_none_once_cache
     publisher = RecordingPublisher()
     other = controller(storage, source, publisher, clock)
     assert other.ingest(QUEUE).id == admitted.id
-    assert calls == [("request_uris", "get_id_by_uri")]
+    assert calls == [("request_uris", "get_id_by_uri"), ("requests", "get")]
     calls.clear()
     for _ in range(10):
         assert other.ingest(QUEUE).id == admitted.id
@@ -121,7 +121,7 @@ def test_unchanged_head_costs_one_storage_read_and_no_write_then_none_once_cache
     assert len(admitting.published) == 1
 
 
-def test_unchanged_head_evicted_from_the_cache_costs_one_storage_read(storage: Storage) -> None:
+def test_unchanged_head_evicted_from_the_cache_costs_two_storage_reads(storage: Storage) -> None:
     source, clock, publisher = (
         FakeSourceControl(["c1"], name="monorepo"),
         FakeClock(),
@@ -132,7 +132,7 @@ def test_unchanged_head_evicted_from_the_cache_costs_one_storage_read(storage: S
     ingest.ingest("b/main")  # pushes a/main's head out of the one-entry cache
     storage, calls = counting(storage)
     assert ingest.ingest("a/main").id == first.id
-    assert calls == [("request_uris", "get_id_by_uri")]
+    assert calls == [("request_uris", "get_id_by_uri"), ("requests", "get")]
     assert [message.id for _, _, message in publisher.published] == [
         first.id,
         "request/b/main/1",
@@ -275,3 +275,22 @@ def test_new_head_writes_its_minted_request_without_reading_it_first(storage: St
     ]
     assert ("requests", "get") not in calls
     assert [message.id for _, _, message in publisher.published] == [admitted.id]
+
+
+def test_an_id_answered_for_a_head_first_seen_here_always_has_its_request_row(
+    storage: Storage,
+) -> None:
+    """A mapping whose row is missing (its writer crashed between the two, or is still
+    between them): another process seeing the head for the first time answers the id only
+    once the row exists, so GetRequest of an id Ingest gave never says NOT_FOUND."""
+    source, clock, publisher = (
+        FakeSourceControl(["c1"], name="monorepo"),
+        FakeClock(),
+        RecordingPublisher(),
+    )
+    uri = source.latest()
+    storage.request_uris.create(QUEUE, uri, "request/monorepo/main/7")  # no row after it
+    answered = controller(storage, source, publisher, clock).ingest(QUEUE)
+    assert answered.id == "request/monorepo/main/7"
+    assert storage.requests.get(answered.id).state == RequestState.ACCEPTED
+    assert [message.id for _, _, message in publisher.published] == [answered.id]
