@@ -177,7 +177,6 @@ class IngestController:
         self._publisher = publisher
         self._builds = builds
         self._heads = _Heads(cache_size)
-        self._interval = republish_interval
         self._clock = clock
         self.cache_size = cache_size
         """Heads whose mapping is remembered, at most."""
@@ -197,7 +196,7 @@ class IngestController:
         check_queue(queue)
         uri = self._sourcecontrol.for_queue(queue).latest()
         key = (queue, uri)
-        known = self._heads.take(key, self._clock(), self._interval)
+        known = self._heads.take(key, self._clock(), self.republish_interval)
         if known is None:
             try:
                 request_id = self._storage.request_uris.get_id_by_uri(queue, uri)
@@ -206,7 +205,7 @@ class IngestController:
             # The row is read before the id is answered: the mapping may be a racer's whose
             # row is not written yet, or one whose writer crashed, and a caller given an id
             # must find its request. A missing row is healed (and published) here.
-            admission = self._settle(queue, uri, request_id, checking=self._interval == 0)
+            admission = self._settle(queue, uri, request_id, checking=self.republish_interval == 0)
             self._warn_if_too_small(self._clock())
             return admission
         request_id, due = known
@@ -261,7 +260,7 @@ class IngestController:
         except BaseException:
             self._heads.put(key, request_id, _NOW)
             raise
-        due = self._clock() + self._interval if accepted else _NEVER
+        due = self._clock() + self.republish_interval if accepted else _NEVER
         self._heads.put(key, request_id, due)
         return Admission(request.id, queue, uri, created)
 
