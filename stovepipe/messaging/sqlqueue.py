@@ -53,7 +53,7 @@ from stovepipe.messaging.codec import decode_text, decode_text_lax, encode_text
 from stovepipe.messaging.contract import Message
 from stovepipe.messaging.inprocess import DeadLetter
 from stovepipe.storage import sqlite as sqlite_url
-from stovepipe.storage.sqlite import create_tables, use_wal, writer_lock
+from stovepipe.storage.sqlite import create_tables, is_transient, use_wal, writer_lock
 
 logger = logging.getLogger(__name__)
 
@@ -547,8 +547,7 @@ class SQLBroker:
 def _sqlite_error(error: sqlite3.Error) -> MessagingError:
     """The messaging contract's error for a ``sqlite3`` error: only a lock held by another
     connection past the busy timeout passes on its own."""
-    code = getattr(error, "sqlite_errorcode", None)
-    if code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+    if is_transient(error):
         return MessagingUnavailable(f"sqlite queue: {error}")
     return MessagingError(f"sqlite queue: {type(error).__name__}: {error}")
 

@@ -111,14 +111,18 @@ _REQUEST_COLUMNS_ADDED = {
 _TRANSIENT = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 
 
-def _transient(error: sqlite3.Error) -> bool:
+def is_transient(error: sqlite3.Error) -> bool:
+    """Whether a ``sqlite3`` error may pass on its own: a lock held by another connection past
+    the busy timeout. A missing table, an unwritable or full disk, a file that cannot be
+    opened are not, and retrying would not help. The one classification of SQLite's errors,
+    for the storage here and the SQLite messaging queue."""
     return getattr(error, "sqlite_errorcode", 0) & 0xFF in _TRANSIENT
 
 
 def _mapped(error: sqlite3.Error) -> StorageError:
-    """Translate a sqlite3 error: a lock wait is transient; a missing table, an unwritable
-    or full disk, a file that cannot be opened are not, and retrying would not help."""
-    if _transient(error):
+    """Translate a sqlite3 error (:func:`is_transient` says which are ``Unavailable``); the
+    caller raises it ``from error``, so logs keep the driver's error."""
+    if is_transient(error):
         return Unavailable(f"sqlite: {error}")
     return StorageError(f"sqlite: {error}")
 
@@ -146,7 +150,7 @@ def _wal_not_yet(error: BaseException) -> bool:
     """Whether switching to WAL may succeed on another try: the file was locked, or it is
     still in another journal mode."""
     if isinstance(error, sqlite3.OperationalError):
-        return _transient(error)
+        return is_transient(error)
     return isinstance(error, Unavailable)
 
 
@@ -161,7 +165,7 @@ def create_tables(connection: sqlite3.Connection, schema: str) -> None:
     try:
         connection.executescript(schema)
     except sqlite3.OperationalError as error:
-        if not _transient(error):
+        if not is_transient(error):
             raise
         connection.executescript(f"BEGIN IMMEDIATE;\n{schema}\nCOMMIT;")
 
@@ -232,7 +236,7 @@ class _Connections:
         try:
             yield connection
         except sqlite3.Error as error:
-            raise _mapped(error) from None
+            raise _mapped(error) from error
         finally:
             self._idle.put(connection)
 
@@ -255,7 +259,7 @@ class _Connections:
                 )
                 connection.execute(f"PRAGMA synchronous = {self._synchronous}")
             except sqlite3.Error as error:
-                raise _mapped(error) from None
+                raise _mapped(error) from error
             self._all.append(connection)
             return connection
 

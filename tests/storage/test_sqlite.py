@@ -84,6 +84,18 @@ def test_sqlite_permanent_faults_are_storage_errors_not_unavailable(tmp_path: pa
         assert not isinstance(raised.value, Unavailable)
 
 
+def test_sqlite_errors_keep_the_driver_error_as_their_cause(tmp_path: pathlib.Path) -> None:
+    """Driver errors are mapped once and chained, so a log of the mapped error shows SQLite's."""
+    path = tmp_path / "state.db"
+    with open_storage(f"sqlite:///{path}") as storage:
+        with sqlite3.connect(path) as admin:
+            admin.execute("DROP TABLE request")
+        with pytest.raises(StorageError) as raised:
+            storage.requests.get("request/q/1")
+        assert isinstance(raised.value.__cause__, sqlite3.OperationalError)
+        assert "no such table: request" in str(raised.value.__cause__)
+
+
 def test_sqlite_unknown_stored_state_is_a_storage_error(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "state.db"
     with open_storage(f"sqlite:///{path}") as storage:
