@@ -14,12 +14,14 @@ SQLite lets one writer at a time into a file, and a writer that finds the lock t
 its busy handler, in steps of up to 100 ms, however soon the lock is free again. So the
 writers of one process queue on one in-process lock per file (:func:`writer_lock`, keyed by
 the file's real path, shared with the SQLite messaging queue in the same file) and reach the
-file one after another, woken as soon as the writer before them is done; only writers in
-other processes still meet in the busy handler. Readers take no lock (WAL).
+file one after another, in the order they came, each woken as soon as the writer before it
+is done; only writers in other processes still meet in the busy handler. Readers take no lock
+(WAL).
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import os
@@ -176,23 +178,81 @@ def _missing_request_columns(connection: sqlite3.Connection) -> list[str]:
 
 
 class WriterLock:
-    """Serializes this process's writers of one SQLite file (see the module's notes)."""
+    """Serializes this process's writers of one SQLite file (see the module's notes), first
+    come first served: a writer that releases the lock hands it to the writer that has waited
+    longest, so one that writes again at once queues behind the others instead of taking the
+    lock back before they wake. A plain lock lets a busy writer (a delivery running its
+    stage's writes one after another) keep it while another waits tens of milliseconds.
+
+    Re-entrant: a writer that nests another write on the same file in the same thread then
+    waits on SQLite's own lock, bounded by its timeout, instead of forever here.
+    """
 
     def __init__(self) -> None:
-        # Re-entrant: a writer that nests another write on the same file in the same thread
-        # then waits on SQLite's own lock, bounded by its timeout, instead of forever here.
-        self._lock = threading.RLock()
+        self._mutex = threading.Lock()
+        self._owner: int | None = None  # the thread holding the lock
+        self._depth = 0  # how many times the owner holds it
+        # Writers waiting, oldest first: each sleeps on a lock of its own, released to wake it.
+        self._waiting: collections.deque[tuple[int, threading.Lock]] = collections.deque()
+
+    @property
+    def waiting(self) -> int:
+        """Writers waiting for the lock now."""
+        return len(self._waiting)
 
     @contextlib.contextmanager
     def held(self, timeout: float) -> Iterator[None]:
-        """Hold the lock for one write transaction; ``Unavailable`` (transient) if other
-        writers of this process held it for ``timeout`` seconds."""
-        if not self._lock.acquire(timeout=timeout):
-            raise Unavailable(f"sqlite: other writers held the file for {timeout} s")
+        """Hold the lock for one write transaction, after the writers already waiting;
+        ``Unavailable`` (transient) if other writers of this process held it for ``timeout``
+        seconds."""
+        self._acquire(timeout)
         try:
             yield
         finally:
-            self._lock.release()
+            self._release()
+
+    def _acquire(self, timeout: float) -> None:
+        me = threading.get_ident()
+        with self._mutex:
+            if self._owner == me:
+                self._depth += 1
+                return
+            if self._owner is None and not self._waiting:
+                self._owner, self._depth = me, 1
+                return
+            wakeup = threading.Lock()
+            wakeup.acquire()
+            entry = (me, wakeup)
+            self._waiting.append(entry)
+        try:
+            granted = wakeup.acquire(timeout=timeout)
+        except BaseException:  # interrupted: leave the queue, or pass on what was handed over
+            with self._mutex:
+                handed_over = self._owner == me
+                if not handed_over:
+                    self._waiting.remove(entry)
+            if handed_over:
+                self._release()
+            raise
+        if granted:
+            return  # handed over: _release made this thread the owner
+        with self._mutex:
+            if self._owner == me:
+                return  # handed over just as the wait timed out
+            self._waiting.remove(entry)
+        raise Unavailable(f"sqlite: other writers held the file for {timeout} s")
+
+    def _release(self) -> None:
+        with self._mutex:
+            self._depth -= 1
+            if self._depth:
+                return
+            if not self._waiting:
+                self._owner = None
+                return
+            self._owner, wakeup = self._waiting.popleft()
+            self._depth = 1
+            wakeup.release()
 
 
 _writer_locks: weakref.WeakValueDictionary[str, WriterLock] = weakref.WeakValueDictionary()

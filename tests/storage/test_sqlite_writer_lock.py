@@ -10,12 +10,14 @@ import contextlib
 import dataclasses
 import os
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from stovepipe.entity import Queue, Request, RequestState
 from stovepipe.messaging.registry import open_messaging
-from stovepipe.storage import Storage, VersionMismatch, open_storage
-from stovepipe.storage.sqlite import writer_lock
+from stovepipe.storage import Storage, Unavailable, VersionMismatch, open_storage
+from stovepipe.storage.sqlite import WriterLock, writer_lock
 
 THREADS = 32
 WRITES = 40
@@ -29,6 +31,101 @@ def test_sqlite_writer_lock_is_one_per_file_by_real_path(tmp_path: Path) -> None
     assert writer_lock(str(tmp_path / "link" / "a.db")) is lock
     assert writer_lock(os.path.relpath(path)) is lock
     assert writer_lock(str(tmp_path / "dir" / "b.db")) is not lock
+
+
+def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait, at most ``timeout`` seconds, for ``condition``; fail if it never holds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.001)
+
+
+def test_sqlite_writers_take_the_writer_lock_in_the_order_they_came() -> None:
+    lock = WriterLock()
+    order: list[int] = []
+
+    def write(index: int) -> None:
+        with lock.held(timeout=10):
+            order.append(index)
+
+    writers = [threading.Thread(target=write, args=(i,)) for i in range(5)]
+    with lock.held(timeout=1):
+        for count, thread in enumerate(writers, start=1):
+            thread.start()
+            _until(lambda count=count: lock.waiting == count)  # type: ignore[misc]
+    for thread in writers:
+        thread.join(timeout=10)
+    assert order == [0, 1, 2, 3, 4]
+
+
+def test_sqlite_a_writer_that_writes_again_at_once_queues_behind_the_one_waiting() -> None:
+    """A delivery runs its stage's writes one after another: it must not take the lock back
+    before a request's writer that was already waiting."""
+    lock = WriterLock()
+    order: list[str] = []
+
+    def request_writer() -> None:
+        with lock.held(timeout=10):
+            order.append("request")
+
+    waiting = threading.Thread(target=request_writer)
+    with lock.held(timeout=1):
+        order.append("delivery, first write")
+        waiting.start()
+        _until(lambda: lock.waiting == 1)
+        time.sleep(0.05)  # the waiter is asleep on the lock by now, however the lock queues
+    with lock.held(timeout=10):  # at once, with the GIL still held: no chance for the waiter
+        order.append("delivery, second write")
+    waiting.join(timeout=10)
+    assert order == ["delivery, first write", "request", "delivery, second write"]
+
+
+def test_sqlite_a_writer_that_waited_past_its_timeout_is_unavailable_and_leaves_the_queue() -> None:
+    lock = WriterLock()
+    errors: list[BaseException] = []
+
+    def impatient() -> None:
+        try:
+            with lock.held(timeout=0.05):
+                pass
+        except BaseException as error:
+            errors.append(error)
+
+    with lock.held(timeout=1):
+        thread = threading.Thread(target=impatient)
+        thread.start()
+        thread.join(timeout=10)
+        assert lock.waiting == 0
+    assert len(errors) == 1
+    assert isinstance(errors[0], Unavailable)
+    assert "held the file for 0.05 s" in str(errors[0])
+    taken = threading.Event()
+
+    def later() -> None:
+        with lock.held(timeout=0.5):
+            taken.set()
+
+    other = threading.Thread(target=later)
+    other.start()
+    other.join(timeout=10)
+    assert taken.is_set()  # the lock was not handed to the writer that gave up
+
+
+def test_sqlite_writer_lock_is_reentrant_in_one_thread() -> None:
+    lock = WriterLock()
+    with lock.held(timeout=1), lock.held(timeout=1):
+        assert lock.waiting == 0
+    taken = threading.Event()
+
+    def other() -> None:
+        with lock.held(timeout=1):
+            taken.set()
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    thread.join(timeout=10)
+    assert taken.is_set()  # released as often as it was taken
 
 
 def test_sqlite_storage_and_messaging_writes_wait_for_the_files_writer_lock(
