@@ -41,6 +41,20 @@ def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
         time.sleep(0.001)
 
 
+def _free_for_another_thread(lock: WriterLock) -> bool:
+    """Whether another thread takes ``lock`` within half a second."""
+    taken = threading.Event()
+
+    def take() -> None:
+        with contextlib.suppress(Unavailable), lock.held(timeout=0.5):
+            taken.set()
+
+    thread = threading.Thread(target=take)
+    thread.start()
+    thread.join(timeout=10)
+    return taken.is_set()
+
+
 def test_sqlite_writers_take_the_writer_lock_in_the_order_they_came() -> None:
     lock = WriterLock()
     order: list[int] = []
@@ -100,32 +114,14 @@ def test_sqlite_a_writer_that_waited_past_its_timeout_is_unavailable_and_leaves_
     assert len(errors) == 1
     assert isinstance(errors[0], Unavailable)
     assert "held the file for 0.05 s" in str(errors[0])
-    taken = threading.Event()
-
-    def later() -> None:
-        with lock.held(timeout=0.5):
-            taken.set()
-
-    other = threading.Thread(target=later)
-    other.start()
-    other.join(timeout=10)
-    assert taken.is_set()  # the lock was not handed to the writer that gave up
+    assert _free_for_another_thread(lock)  # not handed to the writer that gave up
 
 
 def test_sqlite_writer_lock_is_reentrant_in_one_thread() -> None:
     lock = WriterLock()
     with lock.held(timeout=1), lock.held(timeout=1):
         assert lock.waiting == 0
-    taken = threading.Event()
-
-    def other() -> None:
-        with lock.held(timeout=1):
-            taken.set()
-
-    thread = threading.Thread(target=other)
-    thread.start()
-    thread.join(timeout=10)
-    assert taken.is_set()  # released as often as it was taken
+    assert _free_for_another_thread(lock)  # released as often as it was taken
 
 
 def test_sqlite_storage_and_messaging_writes_wait_for_the_files_writer_lock(
