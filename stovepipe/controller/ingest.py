@@ -23,11 +23,12 @@ Recovery of a publish lost to a crash is then the job of a periodic check: at mo
 missing) and, while the request is still ``accepted``, published again; the process stage's
 consumer is idempotent. A check that finds the request past ``accepted`` ends the checks for
 it, since no request goes back. A call of this process that failed part-way has the next
-call for the same head check at once. With a ``republish_interval`` of 0 every Ingest checks,
-cached or not. The schedule lives in the cache: a head evicted from it (more heads polled than
-``cache_size``) is read from storage again at its next Ingest and its check starts over, so a
-server whose polled heads outnumber the cache checks none of them; it warns once when that
-happens.
+call for the same head check at once; if it failed before the row was known to exist, every
+call checks until one finds or writes it, so no caller is answered from the cache meanwhile.
+With a ``republish_interval`` of 0 every Ingest checks, cached or not. The schedule lives in
+the cache: a head evicted from it (more heads polled than ``cache_size``) is read from
+storage again at its next Ingest and its check starts over, so a server whose polled heads
+outnumber the cache checks none of them; it warns once when that happens.
 """
 
 from __future__ import annotations
@@ -101,12 +102,13 @@ def check_queue(queue: object) -> str:
 
 
 class _Heads:
-    """A bounded, thread-safe map from ``(queue, uri)`` to the request id and the time (on
-    the controller's clock) its next check is due; least recently used entries go first."""
+    """A bounded, thread-safe map from ``(queue, uri)`` to the request id, the time (on the
+    controller's clock) its next check is due, and whether its row is known to exist; least
+    recently used entries go first."""
 
     def __init__(self, size: int) -> None:
         self._size = size
-        self._entries: collections.OrderedDict[tuple[str, str], tuple[str, float]] = (
+        self._entries: collections.OrderedDict[tuple[str, str], tuple[str, float, bool]] = (
             collections.OrderedDict()
         )
         self._lock = threading.Lock()
@@ -121,28 +123,31 @@ class _Heads:
     def take(self, key: tuple[str, str], now: float, interval: float) -> tuple[str, bool] | None:
         """The id mapped to ``key`` and whether its check is due now, or ``None`` if unknown.
         A due check is taken: it is not due again for ``interval`` seconds, so racing callers
-        do not all check."""
+        do not all check; but while the row is not known to exist, every caller checks, for
+        none may be given an id before its row exists."""
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
                 return None
             self._entries.move_to_end(key)
-            request_id, due = entry
+            request_id, due, has_row = entry
+            if not has_row:
+                return request_id, True
             if due > now:
                 return request_id, False
-            self._entries[key] = (request_id, now + interval)
+            self._entries[key] = (request_id, now + interval, True)
             return request_id, True
 
-    def put(self, key: tuple[str, str], request_id: str, due: float, *, new: bool = False) -> None:
-        """Remember ``key``'s id and when its check is due; with ``new``, only if ``key`` is
-        not remembered yet (a concurrent admission's own entry wins)."""
+    def put(self, key: tuple[str, str], request_id: str, due: float, *, has_row: bool) -> None:
+        """Remember ``key``'s id, when its check is due and whether its row is known to exist
+        (once known, it stays known: rows are never deleted)."""
         with self._lock:
-            if new and key in self._entries:
-                return
-            self._entries[key] = (request_id, due)
+            known = self._entries.get(key)
+            has_row = has_row or (known is not None and known[0] == request_id and known[2])
+            self._entries[key] = (request_id, due, has_row)
             self._entries.move_to_end(key)
             while len(self._entries) > self._size:
-                _, (_, evicted_due) = self._entries.popitem(last=False)
+                _, (_, evicted_due, _) = self._entries.popitem(last=False)
                 self.evicted_due = evicted_due
 
 
@@ -245,8 +250,10 @@ class IngestController:
         stamp and publish it if this call wrote it, or (``checking``) republish it while it is
         still accepted. Remember when to check next; on failure, check at the next call."""
         key = (queue, uri)
+        has_row = False
         try:
             request, created = self._ensure_request(request_id, queue, uri, minted)
+            has_row = True
             if created:
                 stamp_latest(self._storage, queue, request.id)
             accepted = request.state == RequestState.ACCEPTED
@@ -258,10 +265,10 @@ class IngestController:
                 # periodic check, or a retry after a crash) adds nothing to the topic.
                 self._publisher.publish(TOPIC_PROCESS, queue, payload, message_id=request.id)
         except BaseException:
-            self._heads.put(key, request_id, _NOW)
+            self._heads.put(key, request_id, _NOW, has_row=has_row)
             raise
         due = self._clock() + self.republish_interval if accepted else _NEVER
-        self._heads.put(key, request_id, due)
+        self._heads.put(key, request_id, due, has_row=True)
         return Admission(request.id, queue, uri, created)
 
     def _claim_id(self, queue: str, uri: str) -> tuple[str, bool]:

@@ -24,7 +24,7 @@ from stovepipe.messaging.codec import decode_process_request
 from stovepipe.messaging.v1.messaging_pb2 import ProcessRequest
 from stovepipe.sourcecontrol import QueueMap
 from stovepipe.sourcecontrol.fake import FakeSourceControl
-from stovepipe.storage import Storage, open_storage
+from stovepipe.storage import NotFound, Storage, Unavailable, open_storage
 
 QUEUE = "monorepo/main"
 STORES = ("requests", "request_uris", "counter", "queues", "builds", "facts")
@@ -294,3 +294,75 @@ def test_an_id_answered_for_a_head_first_seen_here_always_has_its_request_row(
     assert answered.id == "request/monorepo/main/7"
     assert storage.requests.get(answered.id).state == RequestState.ACCEPTED
     assert [message.id for _, _, message in publisher.published] == [answered.id]
+
+
+class FailOnceThenGatedRequests:
+    """A request store whose first ``create`` fails (``Unavailable``, as a lock timeout or a
+    reset connection would, after the mapping was claimed) and whose ``get`` waits for
+    ``gate`` while it is closed, saying so on ``reading``."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.failures_left = 1
+        self.gate = threading.Event()
+        self.gate.set()
+        self.reading = threading.Event()
+
+    def create(self, request: Any) -> None:
+        if self.failures_left:
+            self.failures_left -= 1
+            raise Unavailable("sqlite: other writers held the file for 0.001 s")
+        self._inner.create(request)
+
+    def get(self, request_id: str) -> Any:
+        self.reading.set()
+        assert self.gate.wait(timeout=10)
+        return self._inner.get(request_id)
+
+    def update(self, request: Any, *, old_version: int, new_version: int) -> None:
+        self._inner.update(request, old_version=old_version, new_version=new_version)
+
+
+def test_after_an_admission_failed_before_its_row_no_caller_is_answered_until_the_row_exists(
+    storage: Storage,
+) -> None:
+    """The first caller claimed the head and failed writing its row. While a second caller
+    checks (reads, then writes the row), a third must not be answered from the cache: the id
+    would have no request yet, and would have none at all if the check failed too."""
+    source, clock, publisher = (
+        FakeSourceControl(["c1"], name="monorepo"),
+        FakeClock(),
+        RecordingPublisher(),
+    )
+    rows = storage.requests
+    requests = FailOnceThenGatedRequests(rows)
+    storage.requests = requests
+    ingest = controller(storage, source, publisher, clock)
+    with pytest.raises(Unavailable):
+        ingest.ingest(QUEUE)
+    requests.gate.clear()
+    requests.reading.clear()
+    answers: dict[str, tuple[str, bool]] = {}
+
+    def call(name: str) -> None:
+        request_id = ingest.ingest(QUEUE).id
+        try:
+            rows.get(request_id)
+            answers[name] = (request_id, True)
+        except NotFound:
+            answers[name] = (request_id, False)
+
+    checking = threading.Thread(target=call, args=("checking",))
+    checking.start()
+    assert requests.reading.wait(timeout=10)  # the check is reading the row, held at the gate
+    racing = threading.Thread(target=call, args=("racing",))
+    racing.start()
+    racing.join(timeout=0.5)
+    requests.gate.set()
+    for thread in (checking, racing):
+        thread.join(timeout=10)
+    assert not checking.is_alive() and not racing.is_alive()
+    assert answers == {
+        "checking": ("request/monorepo/main/1", True),
+        "racing": ("request/monorepo/main/1", True),
+    }
