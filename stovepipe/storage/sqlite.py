@@ -240,7 +240,9 @@ class WriterLock:
             if self._owner == me:
                 return  # handed over just as the wait timed out
             self._waiting.remove(entry)
-        raise Unavailable(f"sqlite: other writers held the file for {timeout} s")
+        raise Unavailable(
+            f"sqlite: waited {timeout:g} s for the write lock behind other writers of this process"
+        )
 
     def _release(self) -> None:
         with self._mutex:

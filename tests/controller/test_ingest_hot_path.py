@@ -311,7 +311,7 @@ class FailOnceThenGatedRequests:
     def create(self, request: Any) -> None:
         if self.failures_left:
             self.failures_left -= 1
-            raise Unavailable("sqlite: other writers held the file for 0.001 s")
+            raise Unavailable("sqlite: waited 0.001 s for the write lock")
         self._inner.create(request)
 
     def get(self, request_id: str) -> Any:

@@ -113,7 +113,7 @@ def test_sqlite_a_writer_that_waited_past_its_timeout_is_unavailable_and_leaves_
         assert lock.waiting == 0
     assert len(errors) == 1
     assert isinstance(errors[0], Unavailable)
-    assert "held the file for 0.05 s" in str(errors[0])
+    assert "waited 0.05 s for the write lock" in str(errors[0])
     assert _free_for_another_thread(lock)  # not handed to the writer that gave up
 
 
