@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import itertools
 import threading
 import time
@@ -168,7 +169,27 @@ def test_per_key_order_one_at_a_time_with_concurrent_workers(
 ) -> None:
     keys, per_key = 4, 15
     queue = make_messaging(workers=4)
-    recorder = Recorder(pause=0.005)
+    # Each delivery waits, up to a shared deadline, until a delivery of another key runs beside
+    # it: a queue that handles keys in parallel always gets there (its idle workers claim the
+    # other keys within their idle wait), one that handles them one after another never does.
+    # Left to chance, with fast handlers, a loaded machine can serialise a parallel queue.
+    running: collections.Counter[str] = collections.Counter()
+    running_lock = threading.Lock()
+    together = threading.Event()
+    deadline = time.monotonic() + TIMEOUT / 2
+
+    def wait_for_another_key(message: Message) -> None:
+        with running_lock:
+            running[message.key] += 1
+            if len(+running) > 1:
+                together.set()
+        try:
+            together.wait(max(0.0, deadline - time.monotonic()))
+        finally:
+            with running_lock:
+                running[message.key] -= 1
+
+    recorder = Recorder(wait_for_another_key, pause=0.005)
     queue.subscribe(topic, recorder)
     queue.start()
 
@@ -182,7 +203,7 @@ def test_per_key_order_one_at_a_time_with_concurrent_workers(
     for thread in publishers:
         thread.join()
 
-    seen = recorder.wait_for(keys * per_key)
+    seen = recorder.wait_for(keys * per_key, timeout=2 * TIMEOUT)
     for k in range(keys):
         mine = sorted((s for s in seen if s.message.key == f"k{k}"), key=lambda s: s.started)
         assert [s.message.payload for s in mine] == [f"{n:03}".encode() for n in range(per_key)]
@@ -193,7 +214,7 @@ def test_per_key_order_one_at_a_time_with_concurrent_workers(
         for a in seen
         for b in seen
     )
-    assert overlapping_keys, "different keys were never handled in parallel"
+    assert together.is_set() and overlapping_keys, "different keys were never handled in parallel"
 
 
 def test_stop_drains_the_running_delivery_and_acknowledges_it(
