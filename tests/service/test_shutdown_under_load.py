@@ -41,18 +41,24 @@ def serve_many(
     return processes.serve_many(count, arguments, cwd=directory)
 
 
+DELAY = 3.0
+"""Seconds of ``shutdown_delay``."""
+
+
 def test_shutdown_delay_health_reports_not_serving_after_sigterm_before_the_listener_closes(
     processes: ServeProcesses, tmp_path: pathlib.Path
 ) -> None:
-    (server,) = serve_many(processes, tmp_path, 1, shutdown_delay=3.0)
+    (server,) = serve_many(processes, tmp_path, 1, shutdown_delay=DELAY)
     seen: list[tuple[str, int]] = []
     with grpc.insecure_channel(server.address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         client = StovepipeClient(channel)
         request = health_pb2.HealthCheckRequest(service="stovepipe.v1.Stovepipe")
         assert health.Check(request, timeout=TIMEOUT).status == SERVING
+        signalled = time.monotonic()
         server.signal(signal.SIGTERM)
-        deadline = time.monotonic() + TIMEOUT
+        deadline = signalled + TIMEOUT
+        pinged = 0
         while time.monotonic() < deadline:
             try:
                 status = health.Check(request, timeout=2).status
@@ -60,10 +66,14 @@ def test_shutdown_delay_health_reports_not_serving_after_sigterm_before_the_list
                 seen.append(("closed", error.code().value[0]))
                 break
             seen.append(("health", status))
-            if status == NOT_SERVING:
-                # Still serving: the listener is open and calls are answered.
+            # Still serving: the listener is open and calls are answered. Only in the first
+            # half of the delay, which ends at the earliest 3 s after the signal was sent: a
+            # Ping sent at its very end is refused, rightly.
+            if status == NOT_SERVING and time.monotonic() - signalled < DELAY / 2:
                 assert client.Ping(pb.PingRequest(), timeout=2).version
+                pinged += 1
             time.sleep(0.05)
+        assert pinged, f"health never said NOT_SERVING in the first {DELAY / 2:g} s: {seen}"
     assert server.popen.wait(timeout=TIMEOUT) == 0, server.output()
     statuses = [value for kind, value in seen if kind == "health"]
     assert NOT_SERVING in statuses, seen
