@@ -16,9 +16,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import pathlib
-import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import threading
@@ -30,17 +28,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
 
 from stovepipe.client import StovepipeClient
+from stovepipe.conformance.servers import find_binary, free_port, new_executor
 from stovepipe.v1 import stovepipe_pb2 as pb
 
 STOVEPIPE_SERVICE = "stovepipe.v1.Stovepipe"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @dataclasses.dataclass
@@ -91,7 +82,7 @@ class PrivateServer:
 
 
 def _binary(name: str) -> str:
-    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+    path = find_binary(name)
     if path is None:
         raise RuntimeError(f"{name} is not installed (not on PATH)")
     return path
@@ -99,16 +90,7 @@ def _binary(name: str) -> str:
 
 @contextlib.contextmanager
 def _running(name: str, command: list[str], port: int, url: str) -> Iterator[PrivateServer]:
-    from mirakuru import TCPExecutor
-
-    executor = TCPExecutor(
-        command,
-        host="127.0.0.1",
-        port=port,
-        timeout=60,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    executor = new_executor(command, port=port, timeout=60)
     executor.start()
     process = executor.process
     assert process is not None

@@ -15,6 +15,10 @@ import shutil
 import socket
 import subprocess
 from collections.abc import Iterator, Sequence
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mirakuru.base import Executor
 
 STARTUP_TIMEOUT = 60.0
 """Seconds a throwaway server has to start answering before its hook gives up."""
@@ -50,6 +54,60 @@ def _log_tail(log: pathlib.Path, lines: int = 15) -> str:
     return "(no log)"
 
 
+def new_executor(
+    command: Sequence[str],
+    *,
+    port: int,
+    timeout: float,
+    health_path: str | None = None,
+    stdout: int | IO[bytes] = subprocess.DEVNULL,
+) -> Executor:
+    """A mirakuru executor (not started) of ``command``, ready once 127.0.0.1:``port`` accepts
+    connections (and ``health_path``, when given, answers 2xx over HTTP), with its output to
+    ``stdout`` and ``timeout`` seconds to get there.
+
+    Its process leads a session of its own, as mirakuru's would, but is started without Python
+    code between fork and exec: mirakuru's ``preexec_fn`` makes CPython fork the whole process
+    and run gRPC's fork handlers in the child, which, while gRPC threads of the test process
+    are busy, crash the child (SIGABRT) before it runs the server, now and then.
+
+    Raises :class:`ServerUnavailable` if mirakuru is not installed.
+    """
+    try:
+        from mirakuru import HTTPExecutor, TCPExecutor
+    except ImportError as error:
+        raise ServerUnavailable(
+            f"starting a throwaway {pathlib.Path(command[0]).name} needs mirakuru: "
+            "pip install 'stovepipe[testing]'"
+        ) from error
+
+    def session_leader(kwargs: dict[str, Any]) -> dict[str, Any]:
+        if kwargs.pop("preexec_fn", None) is not None:
+            kwargs["start_new_session"] = True
+        return kwargs
+
+    class SpawnedTCP(TCPExecutor):
+        @property
+        def _popen_kwargs(self) -> dict[str, Any]:
+            return session_leader(super()._popen_kwargs)
+
+    class SpawnedHTTP(HTTPExecutor):
+        @property
+        def _popen_kwargs(self) -> dict[str, Any]:
+            return session_leader(super()._popen_kwargs)
+
+    stdin, stderr = subprocess.DEVNULL, subprocess.STDOUT
+    if health_path is None:
+        return SpawnedTCP(
+            list(command), host="127.0.0.1", port=port, timeout=timeout,
+            stdin=stdin, stdout=stdout, stderr=stderr,
+        )  # fmt: skip
+    return SpawnedHTTP(
+        list(command), url=f"http://127.0.0.1:{port}{health_path}", method="GET",
+        timeout=timeout, stdin=stdin, stdout=stdout, stderr=stderr,
+    )  # fmt: skip
+
+
 @contextlib.contextmanager
 def local_server(
     name: str,
@@ -67,27 +125,11 @@ def local_server(
     last lines, when the process exits or does not answer within ``timeout`` seconds; the
     process is stopped (SIGTERM, then SIGKILL after ``timeout``) when the block ends.
     """
-    try:
-        from mirakuru import HTTPExecutor, TCPExecutor
-        from mirakuru.base import Executor
-    except ImportError as error:
-        raise ServerUnavailable(
-            f"starting a throwaway {name} needs mirakuru: pip install 'stovepipe[testing]'"
-        ) from error
     log = directory / f"{name}.log"
     with log.open("wb") as output:
-        executor: Executor
-        stdin, stderr = subprocess.DEVNULL, subprocess.STDOUT
-        if health_path is None:
-            executor = TCPExecutor(
-                list(command), host="127.0.0.1", port=port, timeout=timeout,
-                stdin=stdin, stdout=output, stderr=stderr,
-            )  # fmt: skip
-        else:
-            executor = HTTPExecutor(
-                list(command), url=f"http://127.0.0.1:{port}{health_path}", method="GET",
-                timeout=timeout, stdin=stdin, stdout=output, stderr=stderr,
-            )  # fmt: skip
+        executor = new_executor(
+            command, port=port, timeout=timeout, health_path=health_path, stdout=output
+        )
         try:
             executor.start()
         except Exception as error:
