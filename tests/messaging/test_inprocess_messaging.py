@@ -58,6 +58,10 @@ def test_per_key_ordering_one_delivery_per_key_at_a_time_in_publish_order(
     overlaps: list[str] = []
     peak = 0
     lock = threading.Lock()
+    # Each delivery waits, up to a shared deadline, until another key runs beside it: a queue
+    # that runs keys in parallel gets there at once, one that runs them in turn never does.
+    together = threading.Event()
+    deadline = time.monotonic() + TIMEOUT / 2
 
     def handle(message: Message) -> None:
         nonlocal peak
@@ -66,6 +70,9 @@ def test_per_key_ordering_one_delivery_per_key_at_a_time_in_publish_order(
                 overlaps.append(message.key)
             active.add(message.key)
             peak = max(peak, len(active))
+            if peak > 1:
+                together.set()
+        together.wait(max(0.0, deadline - time.monotonic()))
         time.sleep(0.0005)
         with lock:
             active.discard(message.key)

@@ -168,17 +168,27 @@ def test_no_secret_reaches_a_log_line_or_an_error_in_a_scenario_with_secrets_eve
     assert "UNAUTHENTICATED" in outputs["wrong token: stderr"]
     assert "PERMISSION_DENIED" in outputs["wrong scope: stderr"]
 
-    poller = subprocess.Popen(
-        [*stovepipe_command(), "poll", "q", "--every", "0.2", "--server", "127.0.0.1:1"],
-        env={**os.environ, cli.TOKEN_ENV: INGEST_TOKEN},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        stdin=subprocess.DEVNULL,
-    )
-    time.sleep(1.5)
-    poller.send_signal(signal.SIGTERM)
-    outputs["poll: stdout"], outputs["poll: stderr"] = poller.communicate(timeout=20)
+    poll_log = tmp_path / "poll.stderr"
+    with poll_log.open("w", encoding="utf-8") as poll_stderr:
+        poller = subprocess.Popen(
+            [*stovepipe_command(), "poll", "q", "--every", "0.2", "--server", "127.0.0.1:1"],
+            env={**os.environ, cli.TOKEN_ENV: INGEST_TOKEN},
+            stdout=subprocess.PIPE,
+            stderr=poll_stderr,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
+        # Stopped once it has said it retries: how long the CLI takes to start is the
+        # machine's, and a poller stopped before its first attempt says nothing.
+        poll_deadline = time.monotonic() + 30
+        while "retrying" not in poll_log.read_text(encoding="utf-8"):
+            if poller.poll() is not None or time.monotonic() > poll_deadline:
+                poller.kill()
+                break
+            time.sleep(0.05)
+        poller.send_signal(signal.SIGTERM)
+        outputs["poll: stdout"], _ = poller.communicate(timeout=20)
+    outputs["poll: stderr"] = poll_log.read_text(encoding="utf-8")
     assert "retrying" in outputs["poll: stderr"]
 
     assert served.stop() == 0
