@@ -144,8 +144,17 @@ def test_graceful_stop_hands_a_chained_delivery_back_uncounted(
     stopper = threading.Thread(target=first.stop, kwargs={"timeout": TIMEOUT})
     stopper.start()
     # The stop has begun (it waits for the running delivery), then the handler returns:
-    # its acknowledgement may lease message 1, which the stopping worker must hand back.
-    time.sleep(0.3)
+    # its acknowledgement may lease message 1, which the stopping worker must hand back. A
+    # stopping queue refuses publishes, which shows the stop has begun (on another topic,
+    # so that this one keeps its two messages).
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        assert time.monotonic() < deadline, "the stop never began"
+        try:
+            first.publish(f"{topic}-probe", "k", b"probe")
+        except RuntimeError:
+            break
+        time.sleep(0.01)
     release.set()
     stopper.join(TIMEOUT + 5)
     assert not stopper.is_alive(), "stop hung"

@@ -90,7 +90,7 @@ CALLERS = 8
 
 
 def load_until_closed(
-    address: str, request_id: str, stop: threading.Event
+    address: str, request_id: str, stop: threading.Event, answered: threading.Event
 ) -> collections.Counter[str]:
     """``CALLERS`` threads calling Ingest and GetRequest back to back until ``stop`` is set
     or the server refuses them all; the count of each outcome (``OK`` or a status name)."""
@@ -114,6 +114,8 @@ def load_until_closed(
                     refused += outcome == "UNAVAILABLE"
                 with lock:
                     outcomes[outcome] += 1
+                if outcome == "OK":
+                    answered.set()
 
     threads = [threading.Thread(target=call, args=(n,)) for n in range(CALLERS)]
     for thread in threads:
@@ -129,13 +131,17 @@ def one_sigterm_under_load(server: ServeProcess) -> collections.Counter[str]:
     with grpc.insecure_channel(server.address) as channel:
         client = StovepipeClient(channel)
         request_id = client.Ingest(pb.IngestRequest(queue="q"), timeout=TIMEOUT).id
-    stop = threading.Event()
+    stop, answered = threading.Event(), threading.Event()
     outcomes: collections.Counter[str] = collections.Counter()
     loader = threading.Thread(
-        target=lambda: outcomes.update(load_until_closed(server.address, request_id, stop))
+        target=lambda: outcomes.update(
+            load_until_closed(server.address, request_id, stop, answered)
+        )
     )
     loader.start()
-    time.sleep(0.3)  # calls in flight
+    # Calls in flight: the first has been answered (however slowly the callers start).
+    assert answered.wait(TIMEOUT), "no call was answered before the signal"
+    time.sleep(0.05)
     server.signal(signal.SIGTERM)
     status = server.popen.wait(timeout=TIMEOUT)
     stop.set()
