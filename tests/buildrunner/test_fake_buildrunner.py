@@ -42,7 +42,8 @@ def test_fake_outcome_by_head_uri_overrides_the_default_and_failures_have_a_reas
 
 
 def test_fake_build_runs_for_its_duration_then_ends() -> None:
-    runner = FakeBuildRunner(duration=0.3)
+    # Long enough that the status read right after the trigger falls inside it on any machine.
+    runner = FakeBuildRunner(duration=2.0)
     build_id = runner.trigger("r1", None, "fake://repo/c1")
     assert runner.status(build_id).status is BuildStatus.RUNNING
     assert wait_terminal(runner, build_id) is BuildStatus.SUCCEEDED
@@ -129,7 +130,7 @@ def test_runner_map_is_fixed_when_built() -> None:
 
 
 def test_fake_build_ids_are_unique_across_runners_and_another_runner_follows_them() -> None:
-    first, second = FakeBuildRunner(duration=0.2), FakeBuildRunner(duration=0.2)
+    first, second = FakeBuildRunner(duration=2.0), FakeBuildRunner(duration=2.0)
     failing = FakeBuildRunner(outcome=BuildStatus.FAILED)
     ids = {first.trigger("request/a/1", None, "u"), second.trigger("request/b/1", None, "u")}
     assert len(ids) == 2

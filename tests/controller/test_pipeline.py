@@ -198,7 +198,8 @@ def test_bookmark_moves_forward_only_an_older_green_never_moves_it_back(
 
 
 def test_slow_build_with_two_newer_heads_supersedes_the_middle_one_and_builds_the_newest() -> None:
-    with make_pipeline(FakeBuildRunner(duration=0.3)) as pipeline:
+    # The first build outlasts the two ingests that follow it on any machine.
+    with make_pipeline(FakeBuildRunner(duration=2.0)) as pipeline:
         first = pipeline.ingest.ingest(QUEUE)
         pipeline.wait_for(lambda: pipeline.state(first.id) == RequestState.PROCESSING)
         pipeline.source.push("c2")
