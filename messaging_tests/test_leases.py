@@ -11,8 +11,11 @@ from stovepipe.messaging import Message
 from .conftest import MessagingFactory, backlog_when_drained
 from .recorder import Recorder
 
-LEASE = 1.0
-HANDLER_SECONDS = 3.0
+LEASE = 2.0
+"""Seconds of the visibility timeout: renewed every third of it, so a heartbeat may stall for
+two thirds (1.3 s) on a loaded machine before another consumer could take the message."""
+HANDLER_SECONDS = 5.0
+"""Seconds a slow handler runs: more than two leases."""
 TIMEOUT = 20.0
 
 
