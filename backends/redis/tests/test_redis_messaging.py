@@ -215,7 +215,8 @@ def test_an_idle_claim_runs_one_command_per_topic_not_two_per_shard(
 def test_an_entry_its_topics_ids_set_does_not_show_is_claimed_at_the_next_full_scan(
     redis_url: str, raw: redis.Redis, prefix: str
 ) -> None:
-    full_scan_interval = 1.0
+    # Long enough that the claims between two full scans fall between them on any machine.
+    full_scan_interval = 3.0
     broker = RedisStreamsBroker(
         redis.Redis.from_url(redis_url, socket_timeout=5),
         visibility_timeout=30,
@@ -268,8 +269,8 @@ def test_a_key_parked_by_a_consumer_that_went_away_is_delivered_by_another_once_
         first.publish(topic, "other", b"x", "m-x")
         held = first.claim([topic])
         assert held is not None and held.message.payload == b"0"
+        parked_at = time.monotonic()  # before the hold: its park begins inside it
         first.hold(held, 0.5)
-        parked_at = time.monotonic()
         first.close()  # gone: nobody here moves the key back
         # The shard was given up with the park: its other key goes on at once.
         other = second.claim([topic])
