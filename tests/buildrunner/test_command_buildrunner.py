@@ -333,12 +333,12 @@ def test_timeout_counts_from_the_trigger_and_ends_a_build_still_checking_out(
 ) -> None:
     marker = builds.parent / "ran"
     source = GatedCheckout(repo.path)
-    runner = make_runner(f"touch {q(marker)}", timeout=2.5, source=source)
+    runner = make_runner(f"touch {q(marker)}", timeout=5.0, source=source)
     build_id = runner.trigger("r1", None, head(repo))
     assert source.entered.wait(timeout=WAIT)
     assert runner.status(build_id).status is BuildStatus.ACCEPTED
     report = wait_for(runner, build_id)
-    assert (report.status, report.reason) == (BuildStatus.FAILED, "timed out after 2.5 s")
+    assert (report.status, report.reason) == (BuildStatus.FAILED, "timed out after 5 s")
     source.gate.set()
     wait_until(lambda: not (builds / build_id / "checkout").exists(), "the checkout's removal")
     time.sleep(0.2)

@@ -312,9 +312,10 @@ def test_a_build_that_times_out_ends_failed_frees_the_slot_and_ends_its_processe
     repo = git_repository("project")
     pids = tmp_path / "pids"
     pids.mkdir()
-    # A commit with a file named "slow" builds for a minute; the timeout is 1.5 s.
+    # A commit with a file named "slow" builds for a minute; the timeout is 5 s, which the
+    # fast build (a clone, a checkout and two shells) stays well inside on any machine.
     command = f"if [ -e slow ]; then echo $$ > {pids}/$STOVEPIPE_HEAD_SHA; exec sleep 60; fi"
-    running = start_git_pipeline(launch, queue, repo, tmp_path / "builds", command, timeout=1.5)
+    running = start_git_pipeline(launch, queue, repo, tmp_path / "builds", command, timeout=5.0)
     client = running.client
 
     slow_sha = commit_files(repo, "slow", slow="")

@@ -195,7 +195,7 @@ def test_bulkhead_a_queued_caller_whose_deadline_passes_fails_deadline_exceeded(
     for holder in holders:
         holder.join(timeout=TIMEOUT)
     assert not called
-    assert 0.15 <= waited <= 2.0, waited
+    assert 0.15 <= waited <= 5.0, waited  # the deadline, not the stuck call's end
     assert bulkhead.queued == 0
     assert not breaker.is_open  # the caller ran out of time: the backend is not at fault
 

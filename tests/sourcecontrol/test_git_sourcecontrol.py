@@ -267,6 +267,18 @@ def share_of_speed_left(work: Callable[[], object]) -> float:
     return during / alone
 
 
+def best_share_of_speed_left(works: list[Callable[[], object]], floor: float) -> float:
+    """The best :func:`share_of_speed_left` of ``works`` (one at a time, until one reaches
+    ``floor``): other load on the machine can slow the spinner in one window, but a walk that
+    holds the interpreter lock stops it in every window."""
+    best = 0.0
+    for work in works:
+        best = max(best, share_of_speed_left(work))
+        if best >= floor:
+            break
+    return best
+
+
 def test_is_ancestor_over_a_long_history_does_not_stop_the_servers_other_threads(
     tmp_path: Path,
 ) -> None:
@@ -281,7 +293,7 @@ def test_is_ancestor_over_a_long_history_does_not_stop_the_servers_other_threads
         for _ in range(3):
             assert source.is_ancestor(prefix + other, prefix + head) is False
 
-    share = share_of_speed_left(walk_to_the_root)
+    share = best_share_of_speed_left([walk_to_the_root] * 3, 0.2)
     assert share >= 0.2, f"other threads ran at {share:.0%} of their speed"
 
 
@@ -289,13 +301,20 @@ def test_promote_over_a_long_history_does_not_stop_the_servers_other_threads(
     tmp_path: Path,
 ) -> None:
     root, head, _other = long_history(tmp_path / "long.git", 20_000)
-    source = GitSourceControl(tmp_path / "long.git", "main", promote_ref="green")
-    prefix = source.latest().removesuffix(head)
-    assert source.promote(prefix + root) is True
+    sources = [
+        GitSourceControl(tmp_path / "long.git", "main", promote_ref=ref)
+        for ref in ("green", "green-2", "green-3")
+    ]
+    prefix = sources[0].latest().removesuffix(head)
+    for source in sources:
+        assert source.promote(prefix + root) is True
 
-    def promote_far_forward() -> None:
-        assert source.promote(prefix + head) is True  # checks it is forward: 20,000 commits
+    def promote_far_forward(source: GitSourceControl) -> Callable[[], None]:
+        def promote() -> None:
+            assert source.promote(prefix + head) is True  # checks it is forward: 20,000 commits
 
-    share = share_of_speed_left(promote_far_forward)
+        return promote
+
+    share = best_share_of_speed_left([promote_far_forward(source) for source in sources], 0.2)
     assert share >= 0.2, f"other threads ran at {share:.0%} of their speed"
-    assert source.promote(prefix + root) is False  # and never backwards
+    assert sources[0].promote(prefix + root) is False  # and never backwards

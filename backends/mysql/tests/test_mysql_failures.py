@@ -226,7 +226,8 @@ def test_read_whose_reply_never_comes_is_unavailable_after_one_timeout_not_retri
     with pytest.raises(Unavailable, match="timed out"):
         proxied.requests.get(stored.id)
     elapsed = time.monotonic() - started
-    assert TIMEOUT - 0.2 < elapsed < TIMEOUT + 1.0
+    # Bounded by one timeout: a retry, or a second wait, would take two.
+    assert TIMEOUT - 0.2 < elapsed < 2 * TIMEOUT - 0.2
     assert proxied.requests.get(stored.id) == stored
 
 
@@ -259,7 +260,7 @@ def test_unavailable_promptly_when_the_server_goes_away_under_an_open_storage(
     started = time.monotonic()
     with pytest.raises(Unavailable):
         proxied.counter.next(domain)
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < TIMEOUT - 0.2  # refused, not timed out
 
 
 def test_wait_for_a_free_pooled_connection_is_bounded_by_the_timeout(proxied: Storage) -> None:
@@ -272,7 +273,8 @@ def test_wait_for_a_free_pooled_connection_is_bounded_by_the_timeout(proxied: St
         elapsed = time.monotonic() - started
     finally:
         pool.release(held)
-    assert TIMEOUT - 0.2 < elapsed < TIMEOUT + 1.0
+    # Bounded by one timeout: a retry, or a second wait, would take two.
+    assert TIMEOUT - 0.2 < elapsed < 2 * TIMEOUT - 0.2
     assert proxied.counter.next(unique("request/")) == 1
 
 
