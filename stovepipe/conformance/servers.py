@@ -68,8 +68,9 @@ def new_executor(
 
     Its process leads a session of its own, as mirakuru's would, but is started without Python
     code between fork and exec: mirakuru's ``preexec_fn`` makes CPython fork the whole process
-    and run gRPC's fork handlers in the child, which, while gRPC threads of the test process
-    are busy, crash the child (SIGABRT) before it runs the server, now and then.
+    and run gRPC's fork handlers in the child, which, once the test process has a gRPC server
+    or channel, crash the child (SIGABRT) before it runs the server in a few starts of a
+    hundred.
 
     Raises :class:`ServerUnavailable` if mirakuru is not installed.
     """
